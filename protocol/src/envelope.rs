@@ -1,0 +1,563 @@
+//! The message that travels through RabbitMQ: versioned, self-describing JSON.
+//!
+//! One message carries one or more source transactions in commit order, or one chunk of a large
+//! source transaction. Each message lists the relations its changes refer to (schema, table,
+//! column names, types and key columns), so the applier needs nothing but the stream. The format is
+//! documented in `docs/envelope.md`; [`MessageBuilder`] writes it (decoding side) and
+//! [`Envelope::parse`] reads and checks it (applying side).
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::lsn::Lsn;
+use crate::pgoutput::Value;
+
+/// The envelope version this crate writes and reads.
+pub const VERSION: u32 = 1;
+
+/// Content type of every message.
+pub const CONTENT_TYPE: &str = "application/json";
+
+/// A parsed message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Format version, [`VERSION`].
+    pub version: u32,
+    /// Name of the task that captured the changes.
+    pub task: String,
+    /// Source transactions (or chunks of one), in commit order.
+    pub transactions: Vec<Transaction>,
+    /// Every relation the changes refer to.
+    pub relations: Vec<Relation>,
+}
+
+/// One source transaction, or one chunk of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transaction {
+    /// The changes, in source order.
+    pub changes: Vec<Change>,
+    /// Source transaction id (32-bit, as pgoutput sends it).
+    pub xid: u32,
+    /// LSN of the source commit record: the transaction's identity in the stream, strictly
+    /// increasing in commit order.
+    pub commit_lsn: Lsn,
+    /// Source commit time, RFC 3339 in UTC with microseconds.
+    pub commit_time: String,
+    /// Chunk number within the transaction, from 0.
+    pub seq: u32,
+    /// True on the transaction's final chunk.
+    pub last: bool,
+}
+
+/// A row change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    /// A new row.
+    Insert {
+        /// Relation id (see [`Relation::id`]).
+        rel: u32,
+        /// Column values in text form, `null` for SQL NULL.
+        new: Vec<Option<String>>,
+    },
+    /// A changed row.
+    Update {
+        /// Relation id.
+        rel: u32,
+        /// The old key (or whole old row under REPLICA IDENTITY FULL), sent by PostgreSQL only
+        /// when the key changed or the identity is FULL. Columns outside the identity are null.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        old: Option<Vec<Option<String>>>,
+        /// The new row. Unchanged TOASTed columns are null here and listed in `unchanged`.
+        new: Vec<Option<String>>,
+        /// Indexes of columns whose value did not change and was not sent (TOASTed values).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unchanged: Vec<usize>,
+    },
+    /// A deleted row.
+    Delete {
+        /// Relation id.
+        rel: u32,
+        /// The old key (or whole old row under REPLICA IDENTITY FULL).
+        old: Vec<Option<String>>,
+    },
+    /// TRUNCATE of one or more relations.
+    Truncate {
+        /// Relation ids.
+        rels: Vec<u32>,
+        /// TRUNCATE … CASCADE at the source.
+        cascade: bool,
+        /// TRUNCATE … RESTART IDENTITY at the source.
+        restart_identity: bool,
+    },
+}
+
+/// A source table as the changes see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relation {
+    /// The source relation's OID, used as its id inside a message.
+    pub id: u32,
+    /// Schema name, unquoted.
+    pub schema: String,
+    /// Table name, unquoted.
+    pub table: String,
+    /// Columns in order.
+    pub columns: Vec<Column>,
+}
+
+/// A source column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    /// Column name, unquoted.
+    pub name: String,
+    /// The type as `format_type(oid, typmod)` prints it, identifiers already quoted where
+    /// needed (e.g. `character varying(20)`, `integer[]`, `"My Schema".mood`).
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// The type's OID at the source.
+    pub type_oid: u32,
+    /// Part of the key that identifies a row (primary key or replica identity index).
+    pub key: bool,
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: Option<serde_json::Value>,
+}
+
+impl Envelope {
+    /// Parses and checks a message body. Never panics; every problem is a
+    /// [`ErrorKind::MalformedEnvelope`] error that says what is wrong (never row values).
+    pub fn parse(body: &[u8]) -> Result<Self> {
+        let probe: VersionProbe = serde_json::from_slice(body).map_err(|err| malformed(format!("not a JSON object: {err}")))?;
+        match probe.version {
+            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(VERSION)) => {}
+            Some(other) => return Err(malformed(format!("unsupported envelope version {other}; this applier reads version {VERSION}"))),
+            None => return Err(malformed("missing field `version`")),
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let envelope: Envelope = serde_path_to_error::deserialize(&mut de).map_err(|err| malformed(format!("{}: {}", err.path(), err.inner())))?;
+        envelope.check()?;
+        Ok(envelope)
+    }
+
+    /// The relation with this id.
+    pub fn relation(&self, id: u32) -> Option<&Relation> {
+        self.relations.iter().find(|r| r.id == id)
+    }
+
+    fn check(&self) -> Result<()> {
+        let count = self.transactions.len();
+        for (i, txn) in self.transactions.iter().enumerate() {
+            if !txn.last && i + 1 != count {
+                return Err(malformed(format!("transactions[{i}] is an unfinished chunk but is not the last transaction of the message")));
+            }
+            for (j, change) in txn.changes.iter().enumerate() {
+                self.check_change(change).map_err(|msg| malformed(format!("transactions[{i}].changes[{j}]: {msg}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_change(&self, change: &Change) -> std::result::Result<(), String> {
+        let width = |rel: u32| -> std::result::Result<usize, String> {
+            self.relation(rel).map(|r| r.columns.len()).ok_or_else(|| format!("relation {rel} is not described in `relations`"))
+        };
+        let same_width = |tuple: &[Option<String>], n: usize, what: &str| {
+            if tuple.len() == n { Ok(()) } else { Err(format!("`{what}` has {} values for {n} columns", tuple.len())) }
+        };
+        match change {
+            Change::Insert { rel, new } => same_width(new, width(*rel)?, "new"),
+            Change::Update { rel, old, new, unchanged } => {
+                let n = width(*rel)?;
+                same_width(new, n, "new")?;
+                if let Some(old) = old {
+                    same_width(old, n, "old")?;
+                }
+                match unchanged.iter().find(|&&i| i >= n) {
+                    Some(i) => Err(format!("`unchanged` names column {i} of {n}")),
+                    None => Ok(()),
+                }
+            }
+            Change::Delete { rel, old } => same_width(old, width(*rel)?, "old"),
+            Change::Truncate { rels, .. } => rels.iter().try_for_each(|rel| width(*rel).map(|_| ())),
+        }
+    }
+}
+
+fn malformed(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::MalformedEnvelope, message)
+}
+
+/// What closes a transaction (or chunk) in a [`MessageBuilder`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionHeader {
+    /// Source transaction id.
+    pub xid: u32,
+    /// LSN of the commit record.
+    pub commit_lsn: Lsn,
+    /// Commit time, RFC 3339.
+    pub commit_time: String,
+    /// Chunk number.
+    pub seq: u32,
+    /// Final chunk?
+    pub last: bool,
+}
+
+/// Writes one message incrementally, straight from pgoutput values, without building an
+/// intermediate tree. Produces exactly the JSON that [`Envelope::parse`] reads.
+#[derive(Debug)]
+pub struct MessageBuilder {
+    buf: Vec<u8>,
+    relations: BTreeSet<u32>,
+    transactions: usize,
+    changes: usize,
+    changes_in_open: Option<usize>,
+}
+
+impl MessageBuilder {
+    /// Starts a message for a task.
+    pub fn new(task: &str) -> Self {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        buf.extend_from_slice(b"{\"version\":");
+        buf.extend_from_slice(VERSION.to_string().as_bytes());
+        buf.extend_from_slice(b",\"task\":");
+        write_json_str(&mut buf, task);
+        buf.extend_from_slice(b",\"transactions\":[");
+        Self { buf, relations: BTreeSet::new(), transactions: 0, changes: 0, changes_in_open: None }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True when nothing has been added.
+    pub fn is_empty(&self) -> bool {
+        self.transactions == 0 && self.changes_in_open.is_none()
+    }
+
+    /// Row changes written so far.
+    pub fn changes(&self) -> usize {
+        self.changes
+    }
+
+    /// Opens a transaction (or a chunk of one).
+    pub fn open_transaction(&mut self) {
+        debug_assert!(self.changes_in_open.is_none(), "transaction already open");
+        if self.transactions > 0 {
+            self.buf.push(b',');
+        }
+        self.buf.extend_from_slice(b"{\"changes\":[");
+        self.changes_in_open = Some(0);
+    }
+
+    /// True while a transaction is open.
+    pub fn has_open_transaction(&self) -> bool {
+        self.changes_in_open.is_some()
+    }
+
+    fn start_change(&mut self, op: &str) -> Result<()> {
+        let Some(n) = self.changes_in_open.as_mut() else {
+            return Err(Error::new(ErrorKind::MalformedPgOutput, "row change outside a transaction"));
+        };
+        if *n > 0 {
+            self.buf.push(b',');
+        }
+        *n += 1;
+        self.changes += 1;
+        self.buf.extend_from_slice(b"{\"op\":\"");
+        self.buf.extend_from_slice(op.as_bytes());
+        self.buf.push(b'"');
+        Ok(())
+    }
+
+    fn write_rel(&mut self, rel: u32) {
+        self.relations.insert(rel);
+        self.buf.extend_from_slice(b",\"rel\":");
+        self.buf.extend_from_slice(rel.to_string().as_bytes());
+    }
+
+    /// Adds an INSERT.
+    pub fn insert(&mut self, rel: u32, new: &[Value<'_>]) -> Result<()> {
+        self.start_change("insert")?;
+        self.write_rel(rel);
+        self.buf.extend_from_slice(b",\"new\":");
+        self.write_tuple(new)?;
+        self.buf.push(b'}');
+        Ok(())
+    }
+
+    /// Adds an UPDATE.
+    pub fn update(&mut self, rel: u32, old: Option<&[Value<'_>]>, new: &[Value<'_>]) -> Result<()> {
+        self.start_change("update")?;
+        self.write_rel(rel);
+        if let Some(old) = old {
+            self.buf.extend_from_slice(b",\"old\":");
+            self.write_tuple(old)?;
+        }
+        self.buf.extend_from_slice(b",\"new\":");
+        self.write_tuple(new)?;
+        let mut unchanged = new.iter().enumerate().filter(|(_, v)| matches!(v, Value::UnchangedToast)).map(|(i, _)| i).peekable();
+        if unchanged.peek().is_some() {
+            self.buf.extend_from_slice(b",\"unchanged\":[");
+            for (k, i) in unchanged.enumerate() {
+                if k > 0 {
+                    self.buf.push(b',');
+                }
+                self.buf.extend_from_slice(i.to_string().as_bytes());
+            }
+            self.buf.push(b']');
+        }
+        self.buf.push(b'}');
+        Ok(())
+    }
+
+    /// Adds a DELETE.
+    pub fn delete(&mut self, rel: u32, old: &[Value<'_>]) -> Result<()> {
+        self.start_change("delete")?;
+        self.write_rel(rel);
+        self.buf.extend_from_slice(b",\"old\":");
+        self.write_tuple(old)?;
+        self.buf.push(b'}');
+        Ok(())
+    }
+
+    /// Adds a TRUNCATE.
+    pub fn truncate(&mut self, rels: &[u32], cascade: bool, restart_identity: bool) -> Result<()> {
+        self.start_change("truncate")?;
+        self.buf.extend_from_slice(b",\"rels\":[");
+        for (k, rel) in rels.iter().enumerate() {
+            if k > 0 {
+                self.buf.push(b',');
+            }
+            self.relations.insert(*rel);
+            self.buf.extend_from_slice(rel.to_string().as_bytes());
+        }
+        let _ = write!(self.buf, "],\"cascade\":{cascade},\"restart_identity\":{restart_identity}}}");
+        Ok(())
+    }
+
+    /// Closes the open transaction (or chunk).
+    pub fn close_transaction(&mut self, header: &TransactionHeader) {
+        debug_assert!(self.changes_in_open.is_some(), "no open transaction");
+        self.changes_in_open = None;
+        self.transactions += 1;
+        let _ = write!(self.buf, "],\"xid\":{},\"commit_lsn\":\"{}\",\"commit_time\":", header.xid, header.commit_lsn);
+        write_json_str(&mut self.buf, &header.commit_time);
+        let _ = write!(self.buf, ",\"seq\":{},\"last\":{}}}", header.seq, header.last);
+    }
+
+    /// Relation ids the message refers to, for which [`MessageBuilder::finish`] needs descriptions.
+    pub fn relation_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.relations.iter().copied()
+    }
+
+    /// Finishes the message. `describe` returns the description of each relation the changes
+    /// refer to; a relation it cannot describe is an error.
+    pub fn finish<'r>(mut self, mut describe: impl FnMut(u32) -> Option<&'r Relation>) -> Result<Vec<u8>> {
+        if self.changes_in_open.is_some() {
+            return Err(Error::new(ErrorKind::MalformedPgOutput, "message finished with an open transaction"));
+        }
+        self.buf.extend_from_slice(b"],\"relations\":[");
+        for (k, id) in self.relations.iter().enumerate() {
+            let relation = describe(*id)
+                .ok_or_else(|| Error::new(ErrorKind::MalformedPgOutput, format!("no Relation message for relation {id}")))?;
+            if k > 0 {
+                self.buf.push(b',');
+            }
+            serde_json::to_writer(&mut self.buf, relation).map_err(|err| Error::new(ErrorKind::MalformedPgOutput, err.to_string()))?;
+        }
+        self.buf.extend_from_slice(b"]}");
+        Ok(self.buf)
+    }
+
+    fn write_tuple(&mut self, tuple: &[Value<'_>]) -> Result<()> {
+        self.buf.push(b'[');
+        for (k, value) in tuple.iter().enumerate() {
+            if k > 0 {
+                self.buf.push(b',');
+            }
+            match value {
+                Value::Null | Value::UnchangedToast => self.buf.extend_from_slice(b"null"),
+                Value::Text(text) => write_json_str(&mut self.buf, text),
+                Value::Binary(_) => {
+                    return Err(Error::new(ErrorKind::MalformedPgOutput, "binary column value; TREMpy decodes in text mode"));
+                }
+            }
+        }
+        self.buf.push(b']');
+        Ok(())
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn write_json_str(buf: &mut Vec<u8>, s: &str) {
+    buf.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: Option<&[u8]> = match b {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0x00..=0x1f => None,
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[start..i]);
+        match escape {
+            Some(e) => buf.extend_from_slice(e),
+            None => {
+                let _ = write!(buf, "\\u{b:04x}");
+            }
+        }
+        start = i + 1;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn relation() -> Relation {
+        Relation {
+            id: 16384,
+            schema: "Odd \"Schema\"".into(),
+            table: "tâble".into(),
+            columns: vec![
+                Column { name: "id".into(), type_name: "integer".into(), type_oid: 23, key: true },
+                Column { name: "Na me".into(), type_name: "text".into(), type_oid: 25, key: false },
+            ],
+        }
+    }
+
+    fn header(commit_lsn: u64, seq: u32, last: bool) -> TransactionHeader {
+        TransactionHeader { xid: 7, commit_lsn: Lsn(commit_lsn), commit_time: "2026-11-22T06:00:00.000001Z".into(), seq, last }
+    }
+
+    #[test]
+    fn builder_output_parses_back_exactly() {
+        let rel = relation();
+        let tricky = "quote \" backslash \\ newline \n tab \t bell \u{7} unicode ✓ 'single'";
+        let mut b = MessageBuilder::new("orders_sync");
+        b.open_transaction();
+        b.insert(16384, &[Value::Text("1"), Value::Text(tricky)]).unwrap();
+        b.update(16384, Some(&[Value::Text("1"), Value::Null]), &[Value::Text("2"), Value::UnchangedToast]).unwrap();
+        b.delete(16384, &[Value::Text("2"), Value::Null]).unwrap();
+        b.close_transaction(&header(100, 0, true));
+        b.open_transaction();
+        b.truncate(&[16384], true, false).unwrap();
+        b.close_transaction(&header(200, 0, false));
+        assert_eq!(b.changes(), 4);
+        let body = b.finish(|id| (id == rel.id).then_some(&rel)).unwrap();
+        let env = Envelope::parse(&body).unwrap();
+        assert_eq!(env.task, "orders_sync");
+        assert_eq!(env.relations, vec![rel.clone()]);
+        assert_eq!(env.transactions.len(), 2);
+        let t = &env.transactions[0];
+        assert_eq!((t.xid, t.commit_lsn, t.seq, t.last), (7, Lsn(100), 0, true));
+        assert_eq!(
+            t.changes,
+            vec![
+                Change::Insert { rel: 16384, new: vec![Some("1".into()), Some(tricky.into())] },
+                Change::Update {
+                    rel: 16384,
+                    old: Some(vec![Some("1".into()), None]),
+                    new: vec![Some("2".into()), None],
+                    unchanged: vec![1]
+                },
+                Change::Delete { rel: 16384, old: vec![Some("2".into()), None] },
+            ]
+        );
+        assert_eq!(env.transactions[1].changes, vec![Change::Truncate { rels: vec![16384], cascade: true, restart_identity: false }]);
+        // serde's own serialization parses to the same value
+        let again = Envelope::parse(&serde_json::to_vec(&env).unwrap()).unwrap();
+        assert_eq!(again, env);
+    }
+
+    #[test]
+    fn rejects_bad_messages_with_reasons() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "not a JSON object"),
+            (b"{\"version\":1,\"task\":\"t\",\"transactions\":[", "not a JSON object"),
+            (b"[]", "not a JSON object"),
+            (b"{\"task\":\"t\"}", "missing field `version`"),
+            (b"{\"version\":2}", "unsupported envelope version 2"),
+            (b"{\"version\":\"1\"}", "unsupported envelope version"),
+            (b"{\"version\":1,\"task\":\"t\",\"transactions\":[],\"relations\":[],\"x\":1}", "unknown field"),
+            (
+                b"{\"version\":1,\"task\":\"t\",\"transactions\":[{\"changes\":[{\"op\":\"insert\",\"rel\":1,\"new\":[]}],\"xid\":1,\"commit_lsn\":\"0/1\",\"commit_time\":\"x\",\"seq\":0,\"last\":true}],\"relations\":[]}",
+                "relation 1 is not described",
+            ),
+            (
+                b"{\"version\":1,\"task\":\"t\",\"transactions\":[{\"changes\":[],\"xid\":1,\"commit_lsn\":\"zz\",\"commit_time\":\"x\",\"seq\":0,\"last\":true}],\"relations\":[]}",
+                "transactions[0].commit_lsn",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = Envelope::parse(body).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::MalformedEnvelope);
+            assert!(err.message().contains(expected), "{}: {}", String::from_utf8_lossy(body), err.message());
+        }
+    }
+
+    #[test]
+    fn width_and_chunk_rules_are_checked() {
+        let rel = relation();
+        let mut b = MessageBuilder::new("t");
+        b.open_transaction();
+        b.insert(16384, &[Value::Text("1")]).unwrap();
+        b.close_transaction(&header(1, 0, true));
+        let body = b.finish(|_| Some(&rel)).unwrap();
+        assert!(Envelope::parse(&body).unwrap_err().message().contains("1 values for 2 columns"));
+
+        let mut b = MessageBuilder::new("t");
+        b.open_transaction();
+        b.close_transaction(&header(1, 0, false));
+        b.open_transaction();
+        b.close_transaction(&header(2, 0, true));
+        let body = b.finish(|_| Some(&rel)).unwrap();
+        assert!(Envelope::parse(&body).unwrap_err().message().contains("unfinished chunk"));
+    }
+
+    #[test]
+    fn binary_values_and_orphan_changes_are_errors() {
+        let mut b = MessageBuilder::new("t");
+        assert!(b.insert(1, &[]).is_err());
+        b.open_transaction();
+        assert!(b.insert(1, &[Value::Binary(b"x")]).is_err());
+    }
+
+    #[test]
+    fn parse_never_panics_on_mutations() {
+        let rel = relation();
+        let mut b = MessageBuilder::new("t");
+        b.open_transaction();
+        b.insert(16384, &[Value::Text("1"), Value::Text("x")]).unwrap();
+        b.close_transaction(&header(1, 0, true));
+        let body = b.finish(|_| Some(&rel)).unwrap();
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut m = body.clone();
+            let pos = (state as usize) % m.len();
+            m[pos] = (state >> 32) as u8;
+            m.truncate(m.len() - ((state >> 40) as usize % 4));
+            let _ = Envelope::parse(&m);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The one error type of this crate.
+
+use std::fmt;
+
+/// What went wrong, coarse enough for a caller to decide what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A pgoutput message that is truncated, malformed or of an unknown kind.
+    MalformedPgOutput,
+    /// A text that should have been an LSN (`X/Y`) is not one.
+    InvalidLsn,
+    /// A message body that is not a valid envelope of a version we understand.
+    MalformedEnvelope,
+    /// Task settings that do not validate.
+    InvalidSettings,
+    /// A name (task, slot, queue) that is not allowed or too long.
+    InvalidName,
+}
+
+/// An error of the protocol crate: a kind plus a message for humans.
+///
+/// Messages never contain row values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    /// The kind of error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The human readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,23 @@
+//! What both sides of TREMpy share.
+//!
+//! * [`lsn`]: PostgreSQL log sequence numbers.
+//! * [`pgoutput`]: a parser for the binary messages of PostgreSQL's `pgoutput` plugin (protocol 1).
+//! * [`assemble`]: turns a stream of pgoutput messages into envelope messages of bounded size.
+//! * [`envelope`]: the versioned JSON message that travels through RabbitMQ.
+//! * [`settings`]: task settings, their schema and their validation.
+//! * [`names`]: every object name derived from a task name.
+//!
+//! This crate uses neither pgrx nor tokio, so that it builds and fuzzes fast.
+
+mod error;
+pub mod assemble;
+pub mod envelope;
+pub mod lsn;
+pub mod names;
+pub mod pgoutput;
+pub mod settings;
+
+pub use error::{Error, ErrorKind, Result};
+pub use lsn::Lsn;
+#[cfg(feature = "amqp")]
+pub mod topology;

@@ -1,0 +1,439 @@
+//! Task settings: the original TREMpy's `settings.json` format, parsed strictly and validated.
+//!
+//! [`TaskSettings::parse`] turns JSON text into typed settings or a list of [`Problem`]s, each
+//! naming the offending field by its path (`task.cdc_settings.mode`, `tables[1].priority`).
+//! Unknown keys are errors. [`TaskSettings::unsupported`] lists the valid settings that this
+//! version does not implement yet, so that nothing is ever accepted silently and then ignored.
+//! Checks that need the database (tables exist, have a key) live in the extension.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names;
+
+/// One problem with a task's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: a path into the settings document, such as `tables[0].priority`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
+    }
+}
+
+/// A whole task's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSettings {
+    /// The `task` section.
+    pub task: TaskSection,
+    /// The `error_handling` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_handling: Option<ErrorHandling>,
+    /// Source tables.
+    pub tables: Vec<TableRef>,
+    /// Row filters (not implemented yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<serde_json::Value>,
+    /// Transformations (not implemented yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transformations: Vec<serde_json::Value>,
+}
+
+/// The `task` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSection {
+    /// Must equal the name given to `trempy.create_task`.
+    pub task_name: String,
+    /// What to replicate.
+    pub replication_type: ReplicationType,
+    /// Seconds between polls of the source when idle. Absent: `trempy.poll_interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<u32>,
+    /// `reload` or `continue` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_mode: Option<StartMode>,
+    /// Create missing target tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_table_if_not_exists: Option<bool>,
+    /// Full-load options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_load_settings: Option<FullLoadSettings>,
+    /// CDC options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdc_settings: Option<CdcSettings>,
+    /// SCD2 column names, where the original engine reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scd2_settings: Option<Scd2Settings>,
+    /// Injected by the original engine into its own metadata; accepted and ignored, because
+    /// TREMpy derives every object name from `task_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_id: Option<String>,
+}
+
+/// `task.replication_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationType {
+    /// Copy the tables once.
+    FullLoad,
+    /// Stream changes.
+    Cdc,
+    /// Copy, then stream.
+    FullLoadAndCdc,
+}
+
+/// `task.start_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartMode {
+    /// Start over.
+    Reload,
+    /// Resume.
+    Continue,
+}
+
+/// `task.full_load_settings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullLoadSettings {
+    /// Drop and recreate target tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recreate_table_if_exists: Option<bool>,
+    /// Truncate target tables before loading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate_before_insert: Option<bool>,
+}
+
+/// `task.cdc_settings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdcSettings {
+    /// How changes are applied. Absent: `default`, as in the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<CdcMode>,
+    /// SCD2 column names, where the original's UI and samples put them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scd2_settings: Option<Scd2Settings>,
+}
+
+/// `task.cdc_settings.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CdcMode {
+    /// Plain INSERT / UPDATE / DELETE.
+    Default,
+    /// INSERT … ON CONFLICT DO UPDATE; DELETE by key.
+    Upsert,
+    /// Slowly changing dimension, type 2.
+    Scd2,
+}
+
+/// SCD2 column names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scd2Settings {
+    /// Default `scd_start_date`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_date_column_name: Option<String>,
+    /// Default `scd_end_date`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_date_column_name: Option<String>,
+    /// Default `scd_current`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_column_name: Option<String>,
+}
+
+/// `error_handling`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorHandling {
+    /// Stop the task when an insert fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_if_insert_error: Option<bool>,
+    /// Stop the task when an update fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_if_update_error: Option<bool>,
+    /// Stop the task when a delete fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_if_delete_error: Option<bool>,
+    /// Stop the task when an upsert fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_if_upsert_error: Option<bool>,
+    /// Stop the task when an SCD2 operation fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_if_scd2_error: Option<bool>,
+}
+
+/// One entry of `tables`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableRef {
+    /// Schema, unquoted, as in the catalog.
+    pub schema_name: String,
+    /// Table, unquoted, as in the catalog.
+    pub table_name: String,
+    /// 0 (highest) to 4 (lowest).
+    pub priority: u8,
+}
+
+/// Highest allowed `priority` number (LOWEST).
+pub const MAX_PRIORITY: u8 = 4;
+
+impl TaskSettings {
+    /// Parses settings from JSON text and checks everything that needs no database.
+    ///
+    /// A document that does not match the schema yields the first such problem (with its path);
+    /// a document that matches yields every semantic problem at once.
+    pub fn parse(json: &str) -> Result<Self, Vec<Problem>> {
+        if !json.trim_start().starts_with('{') {
+            return Err(vec![Problem::new("", "settings must be a JSON object")]);
+        }
+        let mut de = serde_json::Deserializer::from_str(json);
+        let settings: TaskSettings = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+            let path = err.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let message = err.into_inner().to_string();
+            // serde_json appends "at line L column C", meaningless for a jsonb the server reformatted
+            let message = message.split(" at line ").next().unwrap_or_default().to_owned();
+            vec![Problem::new(path, message)]
+        })?;
+        let problems = settings.problems();
+        if problems.is_empty() { Ok(settings) } else { Err(problems) }
+    }
+
+    /// Every semantic problem (the schema itself is enforced by parsing).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Err(err) = names::validate_task_name(&self.task.task_name) {
+            problems.push(Problem::new("task.task_name", err.message()));
+        }
+        if self.task.interval_seconds == Some(0) {
+            problems.push(Problem::new("task.interval_seconds", "must be greater than 0"));
+        }
+        if self.tables.is_empty() {
+            problems.push(Problem::new("tables", "at least one table is required"));
+        }
+        for (i, table) in self.tables.iter().enumerate() {
+            if table.schema_name.is_empty() {
+                problems.push(Problem::new(format!("tables[{i}].schema_name"), "must not be empty"));
+            }
+            if table.table_name.is_empty() {
+                problems.push(Problem::new(format!("tables[{i}].table_name"), "must not be empty"));
+            }
+            if table.priority > MAX_PRIORITY {
+                problems.push(Problem::new(
+                    format!("tables[{i}].priority"),
+                    format!("{} is out of range; use 0 (highest) to {MAX_PRIORITY} (lowest)", table.priority),
+                ));
+            }
+            if let Some(first) = self.tables[..i].iter().position(|t| t.schema_name == table.schema_name && t.table_name == table.table_name) {
+                problems.push(Problem::new(format!("tables[{i}]"), format!("duplicate of tables[{first}]")));
+            }
+        }
+        for (path, scd2) in self.scd2_sections() {
+            let names = [
+                ("start_date_column_name", &scd2.start_date_column_name),
+                ("end_date_column_name", &scd2.end_date_column_name),
+                ("current_column_name", &scd2.current_column_name),
+            ];
+            for (key, value) in names {
+                if value.as_deref() == Some("") {
+                    problems.push(Problem::new(format!("{path}.{key}"), "must not be empty"));
+                }
+            }
+        }
+        problems
+    }
+
+    fn scd2_sections(&self) -> impl Iterator<Item = (&'static str, &Scd2Settings)> {
+        let top = self.task.scd2_settings.as_ref().map(|s| ("task.scd2_settings", s));
+        let nested = self.task.cdc_settings.as_ref().and_then(|c| c.scd2_settings.as_ref()).map(|s| ("task.cdc_settings.scd2_settings", s));
+        top.into_iter().chain(nested)
+    }
+
+    /// The CDC mode in effect (`default` when absent, as in the original).
+    pub fn cdc_mode(&self) -> CdcMode {
+        self.task.cdc_settings.as_ref().and_then(|c| c.mode).unwrap_or(CdcMode::Default)
+    }
+
+    /// Valid settings that this version does not implement yet. Each is an error for
+    /// `create_task`: TREMpy never accepts a setting and then ignores it.
+    pub fn unsupported(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let not_yet = |what: &str| format!("{what} is not supported yet");
+        match self.task.replication_type {
+            ReplicationType::Cdc => {}
+            other => problems.push(Problem::new(
+                "task.replication_type",
+                format!("{} (only \"cdc\" is implemented in this version)", not_yet(&format!("{:?}", serde_json::to_value(other).unwrap_or_default()))),
+            )),
+        }
+        match self.cdc_mode() {
+            CdcMode::Upsert => {}
+            CdcMode::Default if self.task.cdc_settings.as_ref().and_then(|c| c.mode).is_none() => problems.push(Problem::new(
+                "task.cdc_settings.mode",
+                "absent, which means \"default\"; that mode is not supported yet: set \"upsert\"",
+            )),
+            other => problems.push(Problem::new(
+                "task.cdc_settings.mode",
+                format!("{}: set \"upsert\"", not_yet(&serde_json::to_value(other).unwrap_or_default().to_string())),
+            )),
+        }
+        if self.task.start_mode == Some(StartMode::Reload) {
+            problems.push(Problem::new("task.start_mode", format!("{} (use \"continue\")", not_yet("\"reload\""))));
+        }
+        if self.task.create_table_if_not_exists == Some(true) {
+            problems.push(Problem::new("task.create_table_if_not_exists", not_yet("true: target tables must exist; creating them")));
+        }
+        if let Some(full) = &self.task.full_load_settings {
+            if full.recreate_table_if_exists == Some(true) {
+                problems.push(Problem::new("task.full_load_settings.recreate_table_if_exists", not_yet("true")));
+            }
+            if full.truncate_before_insert == Some(true) {
+                problems.push(Problem::new("task.full_load_settings.truncate_before_insert", not_yet("true")));
+            }
+        }
+        for (path, _) in self.scd2_sections() {
+            problems.push(Problem::new(path, not_yet("SCD2")));
+        }
+        if let Some(eh) = &self.error_handling {
+            let flags = [
+                ("stop_if_insert_error", eh.stop_if_insert_error),
+                ("stop_if_update_error", eh.stop_if_update_error),
+                ("stop_if_delete_error", eh.stop_if_delete_error),
+                ("stop_if_upsert_error", eh.stop_if_upsert_error),
+                ("stop_if_scd2_error", eh.stop_if_scd2_error),
+            ];
+            for (key, value) in flags {
+                if value != Some(true) {
+                    problems.push(Problem::new(
+                        format!("error_handling.{key}"),
+                        "continuing after an apply error is not supported yet: this version always stops and retries the failed transaction; set true or leave out error_handling",
+                    ));
+                }
+            }
+        }
+        if !self.filters.is_empty() {
+            problems.push(Problem::new("filters", not_yet("filtering")));
+        }
+        if !self.transformations.is_empty() {
+            problems.push(Problem::new("transformations", not_yet("transforming")));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{ "task": {"task_name": "orders_sync", "replication_type": "cdc", "cdc_settings": {"mode": "upsert"}},
+        "tables": [{"schema_name": "public", "table_name": "orders", "priority": 0}] }"#;
+
+    fn first_problem(json: &str) -> String {
+        TaskSettings::parse(json).unwrap_err()[0].to_string()
+    }
+
+    #[test]
+    fn good_settings_parse_and_are_supported() {
+        let s = TaskSettings::parse(GOOD).unwrap();
+        assert_eq!(s.task.task_name, "orders_sync");
+        assert_eq!(s.cdc_mode(), CdcMode::Upsert);
+        assert!(s.unsupported().is_empty(), "{:?}", s.unsupported());
+    }
+
+    #[test]
+    fn the_originals_complete_example_parses() {
+        let json = r#"{
+          "task": { "task_name": "emp_hist_scd2", "replication_type": "full_load_and_cdc", "interval_seconds": 5,
+            "start_mode": "reload", "create_table_if_not_exists": true,
+            "full_load_settings": { "recreate_table_if_exists": true, "truncate_before_insert": true },
+            "cdc_settings": { "mode": "scd2", "scd2_settings": {"start_date_column_name": "a"} },
+            "scd2_settings": { "start_date_column_name": "valid_from", "end_date_column_name": "valid_to", "current_column_name": "is_current" } },
+          "error_handling": { "stop_if_insert_error": false, "stop_if_update_error": false, "stop_if_delete_error": false,
+            "stop_if_upsert_error": false, "stop_if_scd2_error": true },
+          "tables": [ { "schema_name": "employees", "table_name": "employee", "priority": 0 } ],
+          "filters": [ { "table_info": {}, "settings": {} } ],
+          "transformations": [ { "table_info": {}, "settings": {} } ] }"#;
+        let s = TaskSettings::parse(json).unwrap();
+        let paths: Vec<String> = s.unsupported().into_iter().map(|p| p.path).collect();
+        for expected in [
+            "task.replication_type",
+            "task.cdc_settings.mode",
+            "task.start_mode",
+            "task.create_table_if_not_exists",
+            "task.full_load_settings.recreate_table_if_exists",
+            "task.scd2_settings",
+            "task.cdc_settings.scd2_settings",
+            "error_handling.stop_if_insert_error",
+            "filters",
+            "transformations",
+        ] {
+            assert!(paths.iter().any(|p| p == expected), "{expected} missing from {paths:?}");
+        }
+        assert!(!paths.iter().any(|p| p == "error_handling.stop_if_scd2_error"));
+    }
+
+    #[test]
+    fn schema_errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("\"cdc\"", "\"stream\""), "task.replication_type: unknown variant `stream`"),
+            (GOOD.replace("\"upsert\"", "\"merge\""), "task.cdc_settings.mode: unknown variant `merge`"),
+            (GOOD.replace("\"mode\"", "\"mod\""), "task.cdc_settings.mod: unknown field `mod`, expected `mode` or `scd2_settings`"),
+            (GOOD.replace("\"priority\": 0", "\"priority\": \"high\""), "tables[0].priority: invalid type"),
+            (GOOD.replace(", \"priority\": 0", ""), "tables[0]: missing field `priority`"),
+            (GOOD.replace("\"priority\": 0", "\"priority\": -1"), "tables[0].priority: invalid value"),
+            (GOOD.replace("\"tables\"", "\"tablez\""), "tablez: unknown field `tablez`"),
+            (GOOD.replace("\"task_name\": \"orders_sync\", ", ""), "task: missing field `task_name`"),
+            ("[]".to_string(), "settings must be a JSON object"),
+        ];
+        for (json, expected) in cases {
+            let got = first_problem(&json);
+            assert!(got.starts_with(expected), "expected {expected:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let json = r#"{ "task": {"task_name": "Bad-Name", "replication_type": "cdc", "interval_seconds": 0},
+            "tables": [{"schema_name": "", "table_name": "t", "priority": 7},
+                       {"schema_name": "", "table_name": "t", "priority": 0}] }"#;
+        let problems: Vec<String> = TaskSettings::parse(json).unwrap_err().iter().map(ToString::to_string).collect();
+        let expected = [
+            "task.task_name: task name \"Bad-Name\" contains 'B'",
+            "task.interval_seconds: must be greater than 0",
+            "tables[0].schema_name: must not be empty",
+            "tables[0].priority: 7 is out of range",
+            "tables[1]: duplicate of tables[0]",
+        ];
+        for e in expected {
+            assert!(problems.iter().any(|p| p.starts_with(e)), "{e} missing from {problems:?}");
+        }
+        let empty = r#"{ "task": {"task_name": "a", "replication_type": "cdc"}, "tables": [] }"#;
+        assert_eq!(first_problem(empty), "tables: at least one table is required");
+    }
+
+    #[test]
+    fn absent_mode_means_default_and_is_reported() {
+        let json = GOOD.replace(", \"cdc_settings\": {\"mode\": \"upsert\"}", "");
+        let s = TaskSettings::parse(&json).unwrap();
+        assert_eq!(s.cdc_mode(), CdcMode::Default);
+        assert!(s.unsupported()[0].to_string().contains("absent, which means \"default\""));
+    }
+}
