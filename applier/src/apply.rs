@@ -1,0 +1,350 @@
+//! Turns envelope changes into bulk SQL against the target, in source order.
+//!
+//! Consecutive changes that share a statement (same table, same operation, same set of columns)
+//! form a run, executed as one statement over `unnest()`ed text arrays: inserts and updates
+//! become `INSERT … ON CONFLICT (key) DO UPDATE`, deletes a `DELETE … USING unnest(…)`. Values
+//! travel in text form and are cast to the source column type, which round-trips every type
+//! exactly. Within an upsert run only the last image of each key is kept (a later full image of a
+//! row supersedes an earlier one). An update that changes the key deletes the old row first.
+//! Unchanged TOASTed columns are left out of the statement, so the target keeps its value.
+
+use std::collections::{HashMap, HashSet};
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+use trempy_protocol::envelope::{Change, Envelope, Relation};
+
+use crate::error::{Error, ErrorKind};
+
+/// Rows after which a run is executed even if the next change would fit it.
+const MAX_RUN_ROWS: usize = 10_000;
+
+/// Quotes an identifier for SQL.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn qualified(rel: &Relation) -> String {
+    format!("{}.{}", quote_ident(&rel.schema), quote_ident(&rel.table))
+}
+
+/// One row operation, ready to join a run.
+#[derive(Debug)]
+enum Op<'a> {
+    Upsert { rel: &'a Relation, present: Vec<usize>, row: &'a [Option<String>] },
+    Delete { rel: &'a Relation, row: &'a [Option<String>] },
+    Truncate { rels: Vec<&'a Relation>, cascade: bool, restart_identity: bool },
+}
+
+fn key_indexes(rel: &Relation) -> Result<Vec<usize>, Error> {
+    let keys: Vec<usize> = rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
+    if keys.is_empty() {
+        return Err(Error::new(ErrorKind::TargetSql, format!("table {} has no key columns in the stream", qualified(rel))).with_table(qualified(rel)));
+    }
+    Ok(keys)
+}
+
+fn relation<'a>(envelope: &'a Envelope, id: u32) -> Result<&'a Relation, Error> {
+    envelope.relation(id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))
+}
+
+/// The operations a change turns into.
+fn plan<'a>(envelope: &'a Envelope, change: &'a Change) -> Result<Vec<Op<'a>>, Error> {
+    Ok(match change {
+        Change::Insert { rel, new } => {
+            let rel = relation(envelope, *rel)?;
+            vec![Op::Upsert { rel, present: (0..rel.columns.len()).collect(), row: new }]
+        }
+        Change::Update { rel, old, new, unchanged } => {
+            let rel = relation(envelope, *rel)?;
+            let keys = key_indexes(rel)?;
+            let present: Vec<usize> = (0..rel.columns.len()).filter(|i| !unchanged.contains(i)).collect();
+            if let Some(k) = keys.iter().find(|k| !present.contains(k)) {
+                return Err(Error::new(ErrorKind::Envelope, format!("update of {} without a value for key column {k}", qualified(rel))));
+            }
+            let mut ops = Vec::with_capacity(2);
+            if let Some(old) = old {
+                if keys.iter().any(|&k| old.get(k) != new.get(k)) {
+                    ops.push(Op::Delete { rel, row: old });
+                }
+            }
+            ops.push(Op::Upsert { rel, present, row: new });
+            ops
+        }
+        Change::Delete { rel, old } => vec![Op::Delete { rel: relation(envelope, *rel)?, row: old }],
+        Change::Truncate { rels, cascade, restart_identity } => {
+            let rels = rels.iter().map(|id| relation(envelope, *id)).collect::<Result<Vec<_>, _>>()?;
+            vec![Op::Truncate { rels, cascade: *cascade, restart_identity: *restart_identity }]
+        }
+    })
+}
+
+fn upsert_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
+    let keys = key_indexes(rel)?;
+    let cols: Vec<String> = present.iter().map(|&i| quote_ident(&rel.columns[i].name)).collect();
+    let casts: Vec<String> = present.iter().enumerate().map(|(p, &i)| format!("u.c{p}::{}", rel.columns[i].type_name)).collect();
+    let params: Vec<String> = (1..=present.len()).map(|p| format!("${p}::text[]")).collect();
+    let aliases: Vec<String> = (0..present.len()).map(|p| format!("c{p}")).collect();
+    let conflict: Vec<String> = keys.iter().map(|&i| quote_ident(&rel.columns[i].name)).collect();
+    let sets: Vec<String> = present
+        .iter()
+        .filter(|i| !keys.contains(i))
+        .map(|&i| {
+            let c = quote_ident(&rel.columns[i].name);
+            format!("{c} = EXCLUDED.{c}")
+        })
+        .collect();
+    let action = if sets.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", sets.join(", ")) };
+    Ok(format!(
+        "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({}) DO {action}",
+        qualified(rel),
+        cols.join(", "),
+        casts.join(", "),
+        params.join(", "),
+        aliases.join(", "),
+        conflict.join(", ")
+    ))
+}
+
+fn delete_sql(rel: &Relation) -> Result<String, Error> {
+    let keys = key_indexes(rel)?;
+    let params: Vec<String> = (1..=keys.len()).map(|p| format!("${p}::text[]")).collect();
+    let aliases: Vec<String> = (0..keys.len()).map(|p| format!("c{p}")).collect();
+    let conditions: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(p, &i)| format!("t.{} = u.c{p}::{}", quote_ident(&rel.columns[i].name), rel.columns[i].type_name))
+        .collect();
+    Ok(format!("DELETE FROM {} AS t USING unnest({}) AS u({}) WHERE {}", qualified(rel), params.join(", "), aliases.join(", "), conditions.join(" AND ")))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunKind {
+    Upsert,
+    Delete,
+}
+
+/// Consecutive operations sharing one statement.
+#[derive(Debug)]
+struct Run {
+    sql: String,
+    kind: RunKind,
+    table: String,
+    /// Positions, within each row's values, of the key columns (for de-duplication).
+    key_positions: Vec<usize>,
+    rows: Vec<Vec<Option<String>>>,
+}
+
+impl Run {
+    fn for_op(op: &Op<'_>) -> Result<Option<(Run, Vec<Option<String>>)>, Error> {
+        match op {
+            Op::Upsert { rel, present, row } => {
+                let keys = key_indexes(rel)?;
+                let key_positions = present.iter().enumerate().filter(|(_, i)| keys.contains(i)).map(|(p, _)| p).collect();
+                let values = present.iter().map(|&i| row.get(i).cloned().flatten()).collect();
+                Ok(Some((Run { sql: upsert_sql(rel, present)?, kind: RunKind::Upsert, table: qualified(rel), key_positions, rows: Vec::new() }, values)))
+            }
+            Op::Delete { rel, row } => {
+                let keys = key_indexes(rel)?;
+                let values = keys.iter().map(|&i| row.get(i).cloned().flatten()).collect();
+                Ok(Some((Run { sql: delete_sql(rel)?, kind: RunKind::Delete, table: qualified(rel), key_positions: (0..keys.len()).collect(), rows: Vec::new() }, values)))
+            }
+            Op::Truncate { .. } => Ok(None),
+        }
+    }
+
+    /// Column-major text arrays for the statement's parameters; upserts keep the last image
+    /// of each key.
+    fn parameters(&mut self) -> Vec<Vec<Option<String>>> {
+        let width = self.rows.first().map_or(0, Vec::len);
+        let rows = std::mem::take(&mut self.rows);
+        let rows: Vec<Vec<Option<String>>> = if self.kind == RunKind::Upsert {
+            let mut seen = HashSet::new();
+            let mut kept: Vec<Vec<Option<String>>> = rows
+                .into_iter()
+                .rev()
+                .filter(|row| seen.insert(self.key_positions.iter().map(|&p| row[p].clone()).collect::<Vec<_>>()))
+                .collect();
+            kept.reverse();
+            kept
+        } else {
+            rows
+        };
+        let mut columns = vec![Vec::with_capacity(rows.len()); width];
+        for row in rows {
+            for (column, value) in columns.iter_mut().zip(row) {
+                column.push(value);
+            }
+        }
+        columns
+    }
+}
+
+/// Executes operations against the target inside the caller's open transaction.
+pub(crate) struct Writer {
+    statements: HashMap<String, Statement>,
+    run: Option<Run>,
+}
+
+impl Writer {
+    pub(crate) fn new() -> Self {
+        Self { statements: HashMap::new(), run: None }
+    }
+
+    /// Forgets prepared statements (after reconnecting) and any unexecuted run.
+    pub(crate) fn reset(&mut self) {
+        self.statements.clear();
+        self.run = None;
+    }
+
+    /// Applies one change (possibly by adding it to the pending run).
+    pub(crate) async fn apply(&mut self, client: &Client, envelope: &Envelope, change: &Change) -> Result<(), Error> {
+        for op in plan(envelope, change)? {
+            match Run::for_op(&op)? {
+                Some((run, values)) => {
+                    let fits = self.run.as_ref().is_some_and(|r| r.sql == run.sql && r.rows.len() < MAX_RUN_ROWS);
+                    if !fits {
+                        self.flush(client).await?;
+                        self.run = Some(run);
+                    }
+                    if let Some(r) = self.run.as_mut() {
+                        r.rows.push(values);
+                    }
+                }
+                None => {
+                    self.flush(client).await?;
+                    if let Op::Truncate { rels, cascade, restart_identity } = op {
+                        let names: Vec<String> = rels.iter().map(|r| qualified(r)).collect();
+                        let mut sql = format!("TRUNCATE {}", names.join(", "));
+                        if restart_identity {
+                            sql.push_str(" RESTART IDENTITY");
+                        }
+                        if cascade {
+                            sql.push_str(" CASCADE");
+                        }
+                        client.batch_execute(&sql).await.map_err(|e| Error::target(&e).with_table(names.join(", ")))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Executes the pending run.
+    pub(crate) async fn flush(&mut self, client: &Client) -> Result<(), Error> {
+        let Some(mut run) = self.run.take() else { return Ok(()) };
+        if run.rows.is_empty() {
+            return Ok(());
+        }
+        let statement = match self.statements.get(&run.sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = client.prepare(&run.sql).await.map_err(|e| Error::target(&e).with_table(run.table.clone()))?;
+                self.statements.insert(run.sql.clone(), s.clone());
+                s
+            }
+        };
+        let columns = run.parameters();
+        let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        client.execute(&statement, &params).await.map_err(|e| Error::target(&e).with_table(run.table.clone()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use trempy_protocol::envelope::Column;
+
+    use super::*;
+
+    fn rel() -> Relation {
+        Relation {
+            id: 1,
+            schema: "My \"Schema\"".into(),
+            table: "tâble".into(),
+            columns: vec![
+                Column { name: "id".into(), type_name: "integer".into(), type_oid: 23, key: true },
+                Column { name: "Name".into(), type_name: "text".into(), type_oid: 25, key: false },
+                Column { name: "tags".into(), type_name: "\"My Schema\".mood[]".into(), type_oid: 1, key: false },
+            ],
+        }
+    }
+
+    #[test]
+    fn upsert_statement() {
+        assert_eq!(
+            upsert_sql(&rel(), &[0, 1, 2]).unwrap(),
+            "INSERT INTO \"My \"\"Schema\"\"\".\"tâble\" (\"id\", \"Name\", \"tags\") SELECT u.c0::integer, u.c1::text, u.c2::\"My Schema\".mood[] \
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2) ON CONFLICT (\"id\") DO UPDATE SET \"Name\" = EXCLUDED.\"Name\", \"tags\" = EXCLUDED.\"tags\""
+        );
+        assert!(upsert_sql(&rel(), &[0]).unwrap().ends_with("ON CONFLICT (\"id\") DO NOTHING"));
+    }
+
+    #[test]
+    fn delete_statement() {
+        assert_eq!(
+            delete_sql(&rel()).unwrap(),
+            "DELETE FROM \"My \"\"Schema\"\"\".\"tâble\" AS t USING unnest($1::text[]) AS u(c0) WHERE t.\"id\" = u.c0::integer"
+        );
+    }
+
+    fn env(changes: Vec<Change>) -> Envelope {
+        Envelope { version: 1, task: "t".into(), transactions: vec![], relations: vec![rel()] }.with_changes(changes)
+    }
+
+    trait WithChanges {
+        fn with_changes(self, changes: Vec<Change>) -> Self;
+    }
+    impl WithChanges for Envelope {
+        fn with_changes(mut self, changes: Vec<Change>) -> Self {
+            self.transactions.push(trempy_protocol::envelope::Transaction {
+                changes,
+                xid: 1,
+                commit_lsn: trempy_protocol::Lsn(1),
+                commit_time: String::new(),
+                seq: 0,
+                last: true,
+            });
+            self
+        }
+    }
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_owned())
+    }
+
+    #[test]
+    fn key_change_deletes_the_old_row_first() {
+        let e = env(vec![Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("x"), None], unchanged: vec![2] }]);
+        let ops = plan(&e, &e.transactions[0].changes[0]).unwrap();
+        assert!(matches!(&ops[0], Op::Delete { row, .. } if row[0] == s("1")));
+        assert!(matches!(&ops[1], Op::Upsert { present, .. } if present == &vec![0, 1]));
+        let same_key = Change::Update { rel: 1, old: Some(vec![s("2"), None, None]), new: vec![s("2"), s("y"), s("{}")], unchanged: vec![] };
+        let e = env(vec![same_key]);
+        assert_eq!(plan(&e, &e.transactions[0].changes[0]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn upsert_runs_keep_the_last_image_per_key() {
+        let r = rel();
+        let op = |v: &'static [Option<String>]| Op::Upsert { rel: &r, present: vec![0, 1, 2], row: v };
+        let rows: Vec<Vec<Option<String>>> = vec![vec![s("1"), s("a"), None], vec![s("2"), s("b"), None], vec![s("1"), s("c"), None]];
+        let leaked: &'static Vec<Vec<Option<String>>> = Box::leak(Box::new(rows));
+        let (mut run, first) = Run::for_op(&op(&leaked[0])).unwrap().unwrap();
+        run.rows.push(first);
+        run.rows.push(leaked[1].clone());
+        run.rows.push(leaked[2].clone());
+        let columns = run.parameters();
+        assert_eq!(columns[0], vec![s("2"), s("1")]);
+        assert_eq!(columns[1], vec![s("b"), s("c")]);
+    }
+
+    #[test]
+    fn a_relation_without_key_is_an_error() {
+        let mut r = rel();
+        r.columns.iter_mut().for_each(|c| c.key = false);
+        assert!(upsert_sql(&r, &[0]).is_err());
+        assert!(delete_sql(&r).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! TREMpy, target side: consumes one task's RabbitMQ queue and applies the changes to a target
+//! PostgreSQL database, exactly once in effect.
+//!
+//! The data path: [`consume`] receives messages in queue order and groups source transactions
+//! into target transactions; [`apply`] turns their changes into bulk SQL; [`progress`] records
+//! the last applied source commit LSN in the same target transaction as the rows, and anything at
+//! or below it is skipped on redelivery; messages are acknowledged only after COMMIT. [`policy`]
+//! says what to do about each kind of [`error`].
+
+pub mod cli;
+mod apply;
+mod consume;
+mod error;
+mod policy;
+mod progress;

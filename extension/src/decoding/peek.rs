@@ -1,0 +1,151 @@
+//! One decoding call: peek pgoutput changes through an SPI cursor, turn them into envelope
+//! messages, and hand each to the AMQP thread as soon as it is complete, so that memory stays
+//! bounded whatever the size of the source transactions. Nothing here advances the slot.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use trempy_protocol::Lsn;
+use trempy_protocol::assemble::{Assembler, Counts};
+use trempy_protocol::envelope::{Column, Relation};
+use trempy_protocol::names::TaskNames;
+use trempy_protocol::pgoutput;
+
+use crate::error::{Error, ErrorKind};
+use crate::publish::{Offer, Publisher};
+use crate::worker::shutdown_requested;
+
+/// Rows fetched from the cursor at a time.
+const FETCH_ROWS: libc::c_long = 1_000;
+
+/// What one decoding call published.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Published {
+    pub(crate) counts: Counts,
+    /// End of the last complete transaction published, if any: where the slot may advance.
+    pub(crate) end_lsn: Option<Lsn>,
+}
+
+/// Decodes the changes committed before `upto` (at most about `batch_size` changes, always whole
+/// transactions) and publishes them. Returns once RabbitMQ has confirmed every message.
+pub(crate) fn publish_batch(client: &SpiClient<'_>, names: &TaskNames, upto: Lsn, batch_size: i32, max_message_bytes: usize, publisher: &Publisher) -> Result<Published, Error> {
+    let mut cursor = client.try_open_cursor(
+        "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4)",
+        &[names.slot().as_str().into(), upto.to_string().as_str().into(), batch_size.into(), names.publication().as_str().into()],
+    )?;
+    let mut assembler = Assembler::new(names.task(), max_message_bytes);
+    let mut types: HashMap<(u32, i32), String> = HashMap::new();
+    let mut describe = |relation: &pgoutput::Relation<'_>| describe(client, &mut types, relation);
+    let mut sent = 0_u64;
+    loop {
+        let table = cursor.fetch(FETCH_ROWS)?;
+        if table.is_empty() {
+            break;
+        }
+        for row in table {
+            let data = row.get::<&[u8]>(1)?.ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
+            let message = pgoutput::parse(data)?;
+            if let Some(body) = assembler.push(message, &mut describe)? {
+                offer(publisher, body, format!("{}:{upto}:{sent}", names.task()))?;
+                sent += 1;
+            }
+        }
+        // SAFETY: the tuple table of this fetch is no longer borrowed; free it now rather than
+        // at SPI_finish, so a huge transaction does not pile up in memory.
+        unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+        if shutdown_requested() {
+            return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while decoding"));
+        }
+    }
+    if let Some(body) = assembler.finish()? {
+        offer(publisher, body, format!("{}:{upto}:{sent}", names.task()))?;
+    }
+    let counts = assembler.counts();
+    if counts.messages > 0 {
+        confirm(publisher)?;
+    }
+    Ok(Published { counts, end_lsn: assembler.last_end_lsn() })
+}
+
+/// Hands a message to the AMQP thread, waiting while it is busy (and giving up on shutdown).
+fn offer(publisher: &Publisher, body: Vec<u8>, message_id: String) -> Result<(), Error> {
+    let mut pending = (body, message_id);
+    loop {
+        match publisher.offer(pending.0, pending.1) {
+            Offer::Accepted => return Ok(()),
+            Offer::Gone => return Err(Error::new(ErrorKind::Publish, "the AMQP thread has stopped")),
+            Offer::Full(body, id) => {
+                if shutdown_requested() {
+                    return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while publishing"));
+                }
+                pending = (body, id);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Waits until RabbitMQ has confirmed everything offered so far.
+fn confirm(publisher: &Publisher) -> Result<(), Error> {
+    let reply = publisher.flush().ok_or_else(|| Error::new(ErrorKind::Publish, "the AMQP thread has stopped"))?;
+    loop {
+        match reply.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(reason)) => return Err(Error::new(ErrorKind::Publish, reason)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if shutdown_requested() {
+                    return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while waiting for RabbitMQ"));
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Error::new(ErrorKind::Publish, "the AMQP thread has stopped")),
+        }
+    }
+}
+
+/// Describes a relation for the envelope: type names as `format_type` prints them, and key
+/// columns. Under REPLICA IDENTITY FULL pgoutput marks every column as key, so the primary key
+/// is read from the catalog instead.
+fn describe(client: &SpiClient<'_>, types: &mut HashMap<(u32, i32), String>, relation: &pgoutput::Relation<'_>) -> Result<Relation, Error> {
+    let primary_key: Option<Vec<String>> = if relation.replica_identity == b'f' {
+        let table = client.select(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+              WHERE i.indrelid = $1::oid AND i.indisprimary",
+            None,
+            &[i64::from(relation.oid).into()],
+        )?;
+        let mut names = Vec::new();
+        for row in table {
+            if let Some(name) = row.get::<String>(1)? {
+                names.push(name);
+            }
+        }
+        Some(names)
+    } else {
+        None
+    };
+    let mut columns = Vec::with_capacity(relation.columns.len());
+    for column in &relation.columns {
+        let key = (column.type_oid, column.type_modifier);
+        let type_name = match types.get(&key) {
+            Some(name) => name.clone(),
+            None => {
+                let name = client
+                    .select("SELECT pg_catalog.format_type($1::oid, $2)", Some(1), &[i64::from(column.type_oid).into(), column.type_modifier.into()])?
+                    .first()
+                    .get::<String>(1)?
+                    .ok_or_else(|| Error::new(ErrorKind::Decode, format!("unknown type oid {}", column.type_oid)))?;
+                types.insert(key, name.clone());
+                name
+            }
+        };
+        let is_key = match &primary_key {
+            Some(pk) => pk.iter().any(|name| name == column.name),
+            None => column.is_key,
+        };
+        columns.push(Column { name: column.name.to_owned(), type_name, type_oid: column.type_oid, key: is_key });
+    }
+    let schema = if relation.namespace.is_empty() { "pg_catalog" } else { relation.namespace };
+    Ok(Relation { id: relation.oid, schema: schema.to_owned(), table: relation.name.to_owned(), columns })
+}

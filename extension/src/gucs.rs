@@ -1,0 +1,90 @@
+//! Every `trempy.*` setting, registered in one place.
+
+use std::ffi::CString;
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static AMQP_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
+static MAX_MESSAGE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
+
+/// Registers the settings. Called from `_PG_init`.
+pub(crate) fn init() {
+    GucRegistry::define_string_guc(
+        c"trempy.database",
+        c"Database in which TREMpy's launcher reads trempy.tasks.",
+        c"The extension must be created in this database; tasks are created there too.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"trempy.amqp_url",
+        c"RabbitMQ URL (amqp://user:password@host:port/vhost) the task workers publish to.",
+        c"Superuser-only: it holds a password. Set it in postgresql.conf or with ALTER SYSTEM, then reload.",
+        &AMQP_URL,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_int_guc(
+        c"trempy.batch_size",
+        c"Changes a task worker asks logical decoding for per call (whole transactions are always returned).",
+        c"",
+        &BATCH_SIZE,
+        100,
+        10_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"trempy.poll_interval",
+        c"How long an idle task worker waits between checks for new WAL, unless the task sets interval_seconds.",
+        c"",
+        &POLL_INTERVAL_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"trempy.max_message_size",
+        c"Size at which a RabbitMQ message is cut; larger source transactions are split into chunks.",
+        c"",
+        &MAX_MESSAGE_KB,
+        16,
+        65_536,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+}
+
+fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
+    setting.get().and_then(|s| s.into_string().ok()).filter(|s| !s.is_empty())
+}
+
+/// `trempy.database`.
+pub(crate) fn database() -> String {
+    string(&DATABASE).unwrap_or_else(|| "postgres".to_owned())
+}
+
+/// `trempy.amqp_url`, if set. Never log it.
+pub(crate) fn amqp_url() -> Option<String> {
+    string(&AMQP_URL)
+}
+
+/// `trempy.batch_size`.
+pub(crate) fn batch_size() -> i32 {
+    BATCH_SIZE.get()
+}
+
+/// `trempy.poll_interval`.
+pub(crate) fn poll_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(u64::try_from(POLL_INTERVAL_MS.get()).unwrap_or(200))
+}
+
+/// `trempy.max_message_size`, in bytes.
+pub(crate) fn max_message_bytes() -> usize {
+    usize::try_from(MAX_MESSAGE_KB.get()).unwrap_or(1024) * 1024
+}

@@ -1,0 +1,214 @@
+//! The AMQP side of a task worker: one OS thread with its own tokio runtime, which owns the
+//! RabbitMQ connection and publishes what the worker's main thread hands it.
+//!
+//! **No Postgres API is called from here** (this module imports no pgrx): the main thread talks
+//! to this thread over channels only. Messages are published one at a time, each awaited until
+//! RabbitMQ confirms it; a nack, a returned (unroutable) message, an error or a timeout marks the
+//! batch failed and drops the connection, and every later message of the batch is discarded. So
+//! the queue only ever receives a prefix of a batch, never a batch with a hole in it, and the
+//! main thread advances the slot only when the whole batch was confirmed.
+
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::mpsc;
+use trempy_protocol::envelope;
+use trempy_protocol::names::TaskNames;
+use trempy_protocol::topology;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Command {
+    Configure(Option<String>),
+    Publish { body: Vec<u8>, message_id: String },
+    Flush(std_mpsc::Sender<Result<(), String>>),
+}
+
+/// What became of a message offered to the thread.
+pub(crate) enum Offer {
+    /// Queued for publishing.
+    Accepted,
+    /// The thread is busy; offer it again.
+    Full(Vec<u8>, String),
+    /// The thread is gone.
+    Gone,
+}
+
+/// Handle to the AMQP thread, held by the worker's main thread.
+pub(crate) struct Publisher {
+    tx: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Publisher {
+    /// Starts the thread with every signal blocked, so that PostgreSQL's signals are always
+    /// delivered to the main thread (and to no thread that lapin or tokio start later).
+    pub(crate) fn spawn(names: TaskNames) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(4);
+        let thread = with_signals_blocked(|| std::thread::Builder::new().name("trempy-amqp".into()).spawn(move || run(names, rx)))?;
+        Ok(Self { tx, thread: Some(thread) })
+    }
+
+    /// Sets (or changes) the broker URL; the connection is re-opened on the next message.
+    pub(crate) fn configure(&self, url: Option<String>) -> bool {
+        self.tx.blocking_send(Command::Configure(url)).is_ok()
+    }
+
+    /// Offers one message without blocking.
+    pub(crate) fn offer(&self, body: Vec<u8>, message_id: String) -> Offer {
+        match self.tx.try_send(Command::Publish { body, message_id }) {
+            Ok(()) => Offer::Accepted,
+            Err(mpsc::error::TrySendError::Full(Command::Publish { body, message_id })) => Offer::Full(body, message_id),
+            Err(_) => Offer::Gone,
+        }
+    }
+
+    /// Asks for the outcome of everything offered since the last flush: `Ok` once RabbitMQ has
+    /// confirmed all of it, else the first failure. Poll the receiver with a timeout.
+    pub(crate) fn flush(&self) -> Option<std_mpsc::Receiver<Result<(), String>>> {
+        let (reply, rx) = std_mpsc::channel();
+        self.tx.blocking_send(Command::Flush(reply)).ok().map(|()| rx)
+    }
+
+    /// Closes the connection and waits (boundedly) for the thread to end.
+    pub(crate) fn shutdown(mut self) {
+        let Some(thread) = self.thread.take() else { return };
+        drop(self);
+        let deadline = std::time::Instant::now() + JOIN_TIMEOUT;
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: plain libc calls on properly initialised sigset_t values.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let result = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        result
+    }
+}
+
+struct Link {
+    connection: Connection,
+    channel: Channel,
+}
+
+struct State {
+    names: TaskNames,
+    url: Option<String>,
+    link: Option<Link>,
+    failure: Option<String>,
+}
+
+fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("trempy task {}: could not start the AMQP runtime: {err}", names.task());
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut state = State { names, url: None, link: None, failure: None };
+        while let Some(command) = rx.recv().await {
+            match command {
+                Command::Configure(url) => {
+                    if url != state.url {
+                        state.url = url;
+                        state.disconnect().await;
+                    }
+                }
+                Command::Publish { body, message_id } => {
+                    if state.failure.is_none() {
+                        if let Err(err) = state.publish(&body, message_id).await {
+                            eprintln!("trempy task {}: publish failed: {err}", state.names.task());
+                            state.failure = Some(err);
+                            state.disconnect().await;
+                        }
+                    }
+                }
+                Command::Flush(reply) => {
+                    let _ = reply.send(state.failure.take().map_or(Ok(()), Err));
+                }
+            }
+        }
+        state.disconnect().await;
+    });
+}
+
+impl State {
+    async fn connect(&mut self) -> Result<&Channel, String> {
+        if self.link.as_ref().is_some_and(|l| !l.connection.status().connected() || !l.channel.status().connected()) {
+            self.disconnect().await;
+        }
+        if self.link.is_none() {
+            let Some(url) = self.url.clone() else {
+                return Err("trempy.amqp_url is not set".to_owned());
+            };
+            let name = format!("trempy task {}", self.names.task());
+            let link = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                let props = ConnectionProperties::default().with_connection_name(name.into());
+                let connection = Connection::connect(&url, props).await.map_err(|e| format!("cannot connect to RabbitMQ: {e}"))?;
+                let channel = connection.create_channel().await.map_err(|e| format!("cannot open a channel: {e}"))?;
+                channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| format!("cannot enable publisher confirms: {e}"))?;
+                topology::declare(&channel, &self.names).await.map_err(|e| format!("cannot declare the task's exchanges and queues: {e}"))?;
+                Ok::<_, String>(Link { connection, channel })
+            })
+            .await
+            .map_err(|_| format!("connecting to RabbitMQ timed out after {}s", CONNECT_TIMEOUT.as_secs()))??;
+            self.link = Some(link);
+        }
+        self.link.as_ref().map(|l| &l.channel).ok_or_else(|| "no channel".to_owned())
+    }
+
+    async fn publish(&mut self, body: &[u8], message_id: String) -> Result<(), String> {
+        let exchange = self.names.exchange();
+        let routing_key = self.names.routing_key();
+        let channel = self.connect().await?;
+        let mut headers = FieldTable::default();
+        headers.insert("trempy-envelope-version".into(), AMQPValue::LongUInt(envelope::VERSION));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(envelope::CONTENT_TYPE.into())
+            .with_message_id(message_id.into())
+            .with_app_id("trempy".into())
+            .with_headers(headers);
+        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let confirm = channel
+            .basic_publish(exchange.as_str().into(), routing_key.as_str().into(), options, body, properties)
+            .await
+            .map_err(|e| format!("publish failed: {e}"))?;
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| format!("RabbitMQ did not confirm a message within {}s", CONFIRM_TIMEOUT.as_secs()))?
+            .map_err(|e| format!("publisher confirm failed: {e}"))?;
+        if !confirmation.is_ack() {
+            return Err("RabbitMQ refused (nacked) a message".to_owned());
+        }
+        if let Some(returned) = confirmation.take_message() {
+            return Err(format!("RabbitMQ returned a message as unroutable ({} {}); is the task's queue bound?", returned.reply_code, returned.reply_text));
+        }
+        Ok(())
+    }
+
+    async fn disconnect(&mut self) {
+        if let Some(link) = self.link.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), link.connection.close(200, "bye".into())).await;
+        }
+    }
+}

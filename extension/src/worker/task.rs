@@ -1,0 +1,219 @@
+//! A task worker: decodes one task's changes and publishes them, forever.
+//!
+//! Each round: is the task still enabled? does its slot exist (create it on the first round)?
+//! is there WAL past the slot's confirmed position? If so, peek a batch, publish it, wait for
+//! RabbitMQ's confirms, and only then advance the slot. An empty batch advances the slot to the
+//! flushed WAL position, so idle or filtered databases do not pin WAL.
+
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::prelude::*;
+use trempy_protocol::Lsn;
+use trempy_protocol::assemble::Counts;
+use trempy_protocol::names::TaskNames;
+use trempy_protocol::settings::TaskSettings;
+
+use super::{LOCK_CLASS, in_transaction};
+use crate::decoding::{peek, slot};
+use crate::error::{Error, ErrorKind, Reaction, reaction};
+use crate::gucs;
+use crate::publish::Publisher;
+
+enum Round {
+    /// Nothing new; wait for the poll interval.
+    Idle,
+    /// Published something; there may be more right away.
+    Published(Counts, Lsn),
+    /// Created the slot.
+    SlotCreated,
+    /// The task was stopped or dropped.
+    Stop,
+}
+
+struct Task {
+    names: TaskNames,
+    task_id: i32,
+    poll_interval: Duration,
+}
+
+/// Entry point of a task worker; the argument is the task's `task_id`, the extra field the
+/// database name.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn trempy_task_main(arg: pg_sys::Datum) {
+    let task_id = i32::try_from(arg.value()).unwrap_or(-1);
+    let database = BackgroundWorker::get_extra().to_owned();
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+
+    let task = match in_transaction(|| Ok(claim(task_id))) {
+        Ok(Some(task)) => task,
+        Ok(None) => return, // stopped, dropped, or another worker runs it: exit 0
+        Err(err) => {
+            warning!("trempy task {task_id}: could not start: {err}");
+            return;
+        }
+    };
+    let publisher = match Publisher::spawn(task.names.clone()) {
+        Ok(publisher) => publisher,
+        Err(err) => {
+            record_error(&task, &Error::new(ErrorKind::Config, format!("could not start the AMQP thread: {err}")));
+            return;
+        }
+    };
+    publisher.configure(gucs::amqp_url());
+    log!("trempy task \"{}\": worker started", task.names.task());
+    run(&task, &publisher);
+    publisher.shutdown();
+    log!("trempy task \"{}\": worker stopped", task.names.task());
+}
+
+/// Takes the task's advisory lock and reads the task. `None` when the task is not to run here.
+fn claim(task_id: i32) -> Option<Task> {
+    Spi::connect(|client| {
+        let row = client
+            .select(
+                "SELECT t.task_name, t.settings::text, t.enabled, pg_try_advisory_lock($1, t.task_id) FROM trempy.tasks t WHERE t.task_id = $2",
+                Some(1),
+                &[LOCK_CLASS.into(), task_id.into()],
+            )
+            .ok()?;
+        if row.is_empty() {
+            return None;
+        }
+        let row = row.first();
+        let name = row.get::<String>(1).ok()??;
+        let settings = row.get::<String>(2).ok()??;
+        let enabled = row.get::<bool>(3).ok()??;
+        let locked = row.get::<bool>(4).ok()??;
+        if !locked || !enabled {
+            return None;
+        }
+        let names = TaskNames::new(&name).ok()?;
+        let interval = TaskSettings::parse(&settings).ok().and_then(|s| s.task.interval_seconds);
+        let poll_interval = interval.map_or_else(gucs::poll_interval, |s| Duration::from_secs(u64::from(s)));
+        Some(Task { names, task_id, poll_interval })
+    })
+}
+
+fn run(task: &Task, publisher: &Publisher) {
+    let mut failures = 0_u32;
+    let mut error_active = true; // clear any error a previous worker left, on the first success
+    let mut wait = Duration::ZERO;
+    while BackgroundWorker::wait_latch(Some(wait)) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: main thread, outside a transaction.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            publisher.configure(gucs::amqp_url());
+        }
+        let outcome = in_transaction(|| Spi::connect(|client| round(client, task, publisher)));
+        match outcome {
+            Ok(Round::Stop) => return,
+            Ok(Round::Idle) => {
+                failures = 0;
+                wait = task.poll_interval;
+                if error_active {
+                    error_active = !record(task, "UPDATE trempy.task_progress SET error_active = false WHERE task_name = $1 AND error_active", &[]);
+                }
+            }
+            Ok(Round::SlotCreated) => {
+                failures = 0;
+                wait = Duration::ZERO;
+                log!("trempy task \"{}\": created replication slot \"{}\"", task.names.task(), task.names.slot());
+                record(task, "UPDATE trempy.task_progress SET slot_created_at = now() WHERE task_name = $1", &[]);
+            }
+            Ok(Round::Published(counts, lsn)) => {
+                failures = 0;
+                wait = Duration::ZERO;
+                error_active = false;
+                let done = record(
+                    task,
+                    "UPDATE trempy.task_progress
+                        SET changes_published = changes_published + $2, transactions_published = transactions_published + $3,
+                            messages_published = messages_published + $4, last_published_lsn = $5::pg_lsn,
+                            last_publish_at = now(), error_active = false
+                      WHERE task_name = $1",
+                    &[
+                        i64::try_from(counts.changes).unwrap_or(i64::MAX).into(),
+                        i64::try_from(counts.transactions).unwrap_or(i64::MAX).into(),
+                        i64::try_from(counts.messages).unwrap_or(i64::MAX).into(),
+                        lsn.to_string().into(),
+                    ],
+                );
+                if !done {
+                    error_active = true;
+                }
+            }
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                match reaction(err.kind(), failures) {
+                    Reaction::Exit => return,
+                    Reaction::RetryAfter(delay) => {
+                        warning!("trempy task \"{}\": {err}; retrying in {} ms", task.names.task(), delay.as_millis());
+                        record_error(task, &err);
+                        error_active = true;
+                        wait = delay;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One round, inside one transaction.
+fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) -> Result<Round, Error> {
+    let enabled = client
+        .select("SELECT enabled FROM trempy.tasks WHERE task_id = $1", Some(1), &[task.task_id.into()])?
+        .first()
+        .get::<bool>(1)?
+        .unwrap_or(false);
+    if !enabled {
+        return Ok(Round::Stop);
+    }
+    let Some(position) = slot::position(client, &task.names)? else {
+        slot::create_slot(client, &task.names)?;
+        return Ok(Round::SlotCreated);
+    };
+    if position.flushed <= position.confirmed {
+        return Ok(Round::Idle);
+    }
+    let published = peek::publish_batch(client, &task.names, position.flushed, gucs::batch_size(), gucs::max_message_bytes(), publisher)?;
+    match published.end_lsn {
+        Some(end) if published.counts.transactions > 0 => {
+            slot::advance(client, &task.names, end)?;
+            Ok(Round::Published(published.counts, end))
+        }
+        _ => {
+            // Nothing published committed before the flushed position: skip past it.
+            slot::advance(client, &task.names, position.flushed)?;
+            Ok(Round::Idle)
+        }
+    }
+}
+
+/// Runs a write against the task's progress row in its own transaction; true on success.
+fn record(task: &Task, sql: &str, extra: &[pgrx::datum::DatumWithOid<'_>]) -> bool {
+    let name = task.names.task().to_owned();
+    let result = in_transaction(|| {
+        Spi::connect_mut(|client| {
+            let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = vec![name.as_str().into()];
+            // SAFETY: re-wrapping datums the caller built, valid for this call.
+            args.extend(extra.iter().map(|d| unsafe { pgrx::datum::DatumWithOid::new_from_datum(d.datum(), d.oid()) }));
+            client.update(sql, None, &args).map(|_| ()).map_err(Error::from)
+        })
+    });
+    if let Err(err) = &result {
+        warning!("trempy task \"{}\": could not record progress: {err}", task.names.task());
+    }
+    result.is_ok()
+}
+
+fn record_error(task: &Task, err: &Error) {
+    let message = err.to_string();
+    record(
+        task,
+        "UPDATE trempy.task_progress SET last_error = $2, last_error_at = now(), error_active = true WHERE task_name = $1",
+        &[message.as_str().into()],
+    );
+}
