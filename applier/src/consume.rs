@@ -9,14 +9,19 @@
 //! A source transaction larger than one message arrives as chunks; it is applied inside a
 //! savepoint, so that if the decoding side re-publishes it from its first chunk (after a failed
 //! publish) the partial copy is rolled back and applied afresh. When its chunks outnumber the
-//! prefetch window, the rest are pulled with `basic.get` (the consumer gets no more deliveries
-//! until something is acknowledged, and nothing can be acknowledged before the transaction ends).
+//! prefetch window, the window is doubled: RabbitMQ would send nothing more until something is
+//! acknowledged, and nothing can be acknowledged before the transaction ends. (Quorum queues with
+//! a single active consumer refuse both `basic.get` and a channel-wide QoS, so the consumer is
+//! cancelled, whatever it already received is kept in order, and it consumes again with the
+//! larger window; unacknowledged messages stay with the channel meanwhile.) After the next
+//! COMMIT the window returns to its configured size.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::watch;
@@ -119,6 +124,12 @@ struct Session<'o> {
     connection: Connection,
     channel: Channel,
     consumer: Consumer,
+    /// Prefetch window of the current consumer.
+    window: u16,
+    /// Number of consumers opened in this session (for unique consumer tags).
+    consumers: u32,
+    /// Deliveries received by a cancelled consumer, not processed yet.
+    backlog: VecDeque<Delivery>,
     writer: Writer,
     /// Watermark committed in the target.
     committed: Lsn,
@@ -128,7 +139,7 @@ struct Session<'o> {
     open: Option<OpenTransaction>,
     /// Highest delivery tag that may be acknowledged at the next COMMIT.
     ackable: Option<u64>,
-    /// Deliveries received since the last acknowledgement.
+    /// Deliveries the current consumer received since the last acknowledgement.
     unacked: u32,
     since: Option<Instant>,
     committed_any: bool,
@@ -159,10 +170,7 @@ impl<'o> Session<'o> {
             .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
         let channel = connection.create_channel().await?;
         topology::declare(&channel, &options.names).await?;
-        channel.basic_qos(options.prefetch, BasicQosOptions { global: false }).await?;
-        let consumer = channel
-            .basic_consume(options.names.queue().as_str().into(), format!("trempy-applier-{task}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await?;
+        let consumer = consume(&channel, &options.names, options.prefetch, 0).await?;
         info!(task, watermark = %committed, queue = %options.names.queue(), "applier connected");
         Ok(Session {
             options,
@@ -170,6 +178,9 @@ impl<'o> Session<'o> {
             connection,
             channel,
             consumer,
+            window: options.prefetch,
+            consumers: 1,
+            backlog: VecDeque::new(),
             writer: Writer::new(),
             committed,
             pending: Applied { watermark: committed, ..Applied::default() },
@@ -193,11 +204,15 @@ impl<'o> Session<'o> {
     /// Consumes until shutdown (Ok) or an error.
     async fn serve(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Error> {
         loop {
-            if self.open.is_some() && self.unacked >= u32::from(self.options.prefetch) {
-                // The consumer's window is full in the middle of a source transaction.
-                match self.channel.basic_get(self.options.names.queue().as_str().into(), BasicGetOptions { no_ack: false }).await? {
-                    Some(message) => self.handle(message.delivery).await?,
-                    None => tokio::time::sleep(Duration::from_millis(20)).await,
+            if self.open.is_some() && self.backlog.is_empty() && self.unacked >= u32::from(self.window) {
+                // The window is full in the middle of a source transaction.
+                self.resize_window(self.window.saturating_mul(2)).await?;
+                continue;
+            }
+            if let Some(delivery) = self.backlog.pop_front() {
+                self.handle(delivery).await?;
+                if self.commit_due() {
+                    self.commit().await?;
                 }
                 continue;
             }
@@ -215,6 +230,7 @@ impl<'o> Session<'o> {
             match next {
                 None => self.commit().await?,
                 Some(Some(Ok(delivery))) => {
+                    self.unacked += 1;
                     self.handle(delivery).await?;
                     if self.commit_due() {
                         self.commit().await?;
@@ -242,7 +258,6 @@ impl<'o> Session<'o> {
     }
 
     async fn handle(&mut self, delivery: Delivery) -> Result<(), Error> {
-        self.unacked += 1;
         self.since.get_or_insert_with(Instant::now);
         let tag = delivery.delivery_tag;
         let envelope = match Envelope::parse(&delivery.data) {
@@ -329,6 +344,25 @@ impl<'o> Session<'o> {
         self.pending = Applied { watermark: self.committed, ..Applied::default() };
         self.since = None;
         self.report();
+        if self.window > self.options.prefetch && self.open.is_none() {
+            self.resize_window(self.options.prefetch).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the consumer by one with another prefetch window, keeping every delivery the
+    /// old one received (in order) for processing.
+    async fn resize_window(&mut self, window: u16) -> Result<(), Error> {
+        let tag = consumer_tag(&self.options.names, self.consumers - 1);
+        self.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
+        while let Some(delivery) = self.consumer.next().await {
+            self.backlog.push_back(delivery?);
+        }
+        self.consumer = consume(&self.channel, &self.options.names, window, self.consumers).await?;
+        self.consumers += 1;
+        self.unacked = 0;
+        self.window = window;
+        info!(task = self.options.names.task(), window, "consumer window resized");
         Ok(())
     }
 
@@ -350,6 +384,16 @@ impl<'o> Session<'o> {
         self.channel.basic_reject(tag, BasicRejectOptions { requeue: false }).await?;
         Ok(())
     }
+}
+
+fn consumer_tag(names: &TaskNames, n: u32) -> String {
+    format!("trempy-applier-{}-{n}", names.task())
+}
+
+async fn consume(channel: &Channel, names: &TaskNames, window: u16, n: u32) -> Result<Consumer, Error> {
+    channel.basic_qos(window, BasicQosOptions { global: false }).await?;
+    let tag = consumer_tag(names, n);
+    Ok(channel.basic_consume(names.queue().as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await?)
 }
 
 async fn sleep_opt(wait: Option<Duration>) {
