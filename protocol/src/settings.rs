@@ -280,7 +280,7 @@ impl TaskSettings {
             ReplicationType::Cdc => {}
             other => problems.push(Problem::new(
                 "task.replication_type",
-                format!("{} (only \"cdc\" is implemented in this version)", not_yet(&format!("{:?}", serde_json::to_value(other).unwrap_or_default()))),
+                format!("{} (only \"cdc\" is implemented in this version)", not_yet(&serde_json::to_string(&other).unwrap_or_default())),
             )),
         }
         match self.cdc_mode() {
@@ -291,7 +291,7 @@ impl TaskSettings {
             )),
             other => problems.push(Problem::new(
                 "task.cdc_settings.mode",
-                format!("{}: set \"upsert\"", not_yet(&serde_json::to_value(other).unwrap_or_default().to_string())),
+                format!("{}: set \"upsert\"", not_yet(&serde_json::to_string(&other).unwrap_or_default())),
             )),
         }
         if self.task.start_mode == Some(StartMode::Reload) {

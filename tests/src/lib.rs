@@ -1,1 +1,240 @@
+//! Helpers for TREMpy's end-to-end tests. They run against the real stack started by
+//! `scripts/dev.sh stack-up` (source and target PostgreSQL, RabbitMQ, the installed extension
+//! and the built applier), found through the variables of `.stack/env`.
+//!
+//! Every test uses its own task and tables (names made unique per process and call), so tests
+//! share one stack; tests that restart servers run serially (`--test-threads=1`).
 
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio_postgres::{Client, NoTls};
+
+/// A required environment variable, with a clear message when the stack is not up.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: start the stack with `scripts/dev.sh stack-up` and `. .stack/env`"))
+}
+
+/// A name unique to this test process and call: `<prefix>_<pid>_<n>`.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Connects to a DSN, retrying for a while (servers may be restarting).
+pub async fn connect(dsn: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio_postgres::connect(dsn, NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                return client;
+            }
+            Err(err) if Instant::now() < deadline => {
+                let _ = err;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("cannot connect: {err}"),
+        }
+    }
+}
+
+/// The source database.
+pub async fn source() -> Client {
+    connect(&env("TREMPY_SOURCE_DSN")).await
+}
+
+/// The target database.
+pub async fn target() -> Client {
+    connect(&env("TREMPY_TARGET_DSN")).await
+}
+
+/// Runs a `scripts/dev.sh` subcommand (e.g. `rabbit-stop`) and asserts it succeeded.
+pub async fn dev(args: &[&str]) {
+    let status = Command::new(env("TREMPY_DEV")).args(args).stdout(Stdio::null()).status().await.unwrap();
+    assert!(status.success(), "dev.sh {args:?} failed");
+}
+
+/// Settings for a CDC upsert task over `tables` (`schema.table` names, unquoted parts).
+pub fn cdc_settings(task: &str, tables: &[(&str, &str)]) -> serde_json::Value {
+    let tables: Vec<serde_json::Value> = tables.iter().map(|(s, t)| serde_json::json!({"schema_name": s, "table_name": t, "priority": 0})).collect();
+    serde_json::json!({
+        "task": {"task_name": task, "replication_type": "cdc", "cdc_settings": {"mode": "upsert"}},
+        "tables": tables,
+    })
+}
+
+/// Creates a task and waits until its worker has created the slot (`state = 'running'`):
+/// only changes committed after that are captured.
+pub async fn create_task(source: &Client, task: &str, tables: &[(&str, &str)]) {
+    source.execute("CREATE EXTENSION IF NOT EXISTS trempy", &[]).await.unwrap();
+    source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &cdc_settings(task, tables).to_string()]).await.unwrap();
+    wait_for_state(source, task, "running", Duration::from_secs(60)).await;
+}
+
+/// The task's state as `trempy.status()` shows it.
+pub async fn state(source: &Client, task: &str) -> Option<String> {
+    source.query_opt("SELECT state FROM trempy.status() WHERE task_name = $1", &[&task]).await.ok().flatten().map(|r| r.get(0))
+}
+
+/// Waits until the task reaches `wanted`.
+pub async fn wait_for_state(source: &Client, task: &str, wanted: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = state(source, task).await;
+        if now.as_deref() == Some(wanted) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "task {task} did not reach state {wanted} (is {now:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Drops the task (slot and publication) at the end of a test.
+pub async fn drop_task(source: &Client, task: &str) {
+    source.execute("SELECT trempy.drop_task($1)", &[&task]).await.unwrap();
+}
+
+/// The applier, running as a child process for one task; killed when dropped.
+pub struct Applier {
+    task: String,
+    child: Child,
+}
+
+impl Applier {
+    /// Starts `trempy-applier run --task <task>` with a small prefetch window, so that tests
+    /// also exercise transactions spanning more messages than the window.
+    pub fn start(task: &str) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(format!("{}/applier-{task}.log", env("TREMPY_STACK_DIR")))
+            .unwrap();
+        let child = Command::new(env("TREMPY_APPLIER_BIN"))
+            .args(["run", "--task", task, "--prefetch", "8"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Self { task: task.to_owned(), child }
+    }
+
+    /// SIGKILLs the applier.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// SIGKILLs and starts it again.
+    pub async fn restart_after_kill(&mut self) {
+        self.kill().await;
+        *self = Self::start(&self.task);
+    }
+}
+
+/// `md5` of a table's rows in key order (text form of each row) and the row count.
+pub async fn fingerprint(client: &Client, table: &str, order_by: &str) -> (i64, String) {
+    let sql = format!("SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY {order_by})), '') FROM {table} t");
+    let row = client.query_one(sql.as_str(), &[]).await.unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Waits until every table has the same rows in the target as in the source (compared by
+/// full contents, not counts), and returns the final source fingerprints.
+pub async fn wait_converged(tables: &[(&str, &str)], timeout: Duration) -> Vec<(i64, String)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (source, target) = (source().await, target().await);
+        let mut all = Vec::new();
+        let mut equal = true;
+        for (table, order_by) in tables {
+            let s = fingerprint(&source, table, order_by).await;
+            let t = fingerprint(&target, table, order_by).await;
+            equal &= s == t;
+            all.push((s, t));
+        }
+        if equal {
+            return all.into_iter().map(|(s, _)| s).collect();
+        }
+        assert!(Instant::now() < deadline, "target did not converge within {timeout:?}: {all:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Installs, on the target, a trigger that counts how many times each row of `table` (keyed by
+/// its `id` column) has been written. A source that writes each id once must see 1 everywhere:
+/// anything more means a change was applied twice.
+pub async fn install_duplicate_detector(target: &Client, table: &str) {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS public.write_counts (tbl text, id bigint, writes int NOT NULL, PRIMARY KEY (tbl, id));
+         CREATE OR REPLACE FUNCTION public.count_writes() RETURNS trigger LANGUAGE plpgsql AS $f$
+         BEGIN
+           INSERT INTO public.write_counts VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, NEW.id, 1)
+             ON CONFLICT (tbl, id) DO UPDATE SET writes = write_counts.writes + 1;
+           RETURN NEW;
+         END $f$;
+         CREATE TRIGGER count_writes BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION public.count_writes();"
+    );
+    target.batch_execute(&sql).await.unwrap();
+}
+
+/// Rows of `table` the target wrote more than once (see [`install_duplicate_detector`]).
+pub async fn rows_written_twice(target: &Client, schema_table: &str) -> i64 {
+    target
+        .query_one("SELECT count(*) FROM public.write_counts WHERE tbl = $1 AND writes > 1", &[&schema_table])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Creates the same table on source and target.
+pub async fn create_table_both(ddl: &str) {
+    source().await.batch_execute(ddl).await.unwrap();
+    target().await.batch_execute(ddl).await.unwrap();
+}
+
+/// A background writer: runs `statement(i)` as one transaction for i = 0, 1, … until stopped,
+/// reconnecting after errors (the source may be restarting). Returns how many commits it saw.
+pub struct Writer {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<u64>,
+}
+
+impl Writer {
+    /// Starts the writer.
+    pub fn start(statement: impl Fn(u64) -> String + Send + 'static) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let handle = tokio::spawn(async move {
+            let mut client = source().await;
+            let mut i = 0_u64;
+            let mut committed = 0_u64;
+            while !*stopped.borrow() {
+                match client.batch_execute(&statement(i)).await {
+                    Ok(()) => committed += 1,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        client = source().await;
+                    }
+                }
+                i += 1;
+                if tokio::time::timeout(Duration::from_millis(2), stopped.changed()).await.is_ok() {
+                    break;
+                }
+            }
+            committed
+        });
+        Self { stop, handle }
+    }
+
+    /// Stops it and returns how many transactions committed.
+    pub async fn stop(self) -> u64 {
+        let _ = self.stop.send(true);
+        self.handle.await.unwrap()
+    }
+}

@@ -1,0 +1,224 @@
+//! End-to-end CDC tests against the real stack (see `trempy_e2e`). Run serially:
+//! `. .stack/env && cargo test -p trempy-e2e -- --test-threads=1`.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::time::Duration;
+
+use trempy_e2e::*;
+
+const CONVERGE: Duration = Duration::from_secs(120);
+
+async fn transactions_applied(task: &str) -> i64 {
+    target()
+        .await
+        .query_one("SELECT transactions_applied FROM trempy.applier_progress WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_updates_deletes_on_two_tables_with_odd_identifiers_and_text() {
+    let task = unique("dml");
+    let schema = format!("Odd Schema ✓ {task}");
+    let table_b = "Tâble \"B\"";
+    let q_schema = format!("\"{}\"", schema.replace('"', "\"\""));
+    let q_b = format!("{q_schema}.\"{}\"", table_b.replace('"', "\"\""));
+    let a = format!("public.{task}_a");
+    create_table_both(&format!(
+        "CREATE TABLE {a} (id int PRIMARY KEY, note text, amount numeric(12,2), tags text[]);
+         CREATE SCHEMA {q_schema};
+         CREATE TABLE {q_b} (\"Id\" int, \"Kind Of\" text, \"Na\"\"me\" text, PRIMARY KEY (\"Id\", \"Kind Of\"));"
+    ))
+    .await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &format!("{task}_a")), (&schema, table_b)]).await;
+    let _applier = Applier::start(&task);
+
+    let tricky = ["it's \"quoted\"", "line\nbreak\r\n and\ttab", "back\\slash \\x00", "unicode ✓ 🚀 ñ 中文", "", "null", "NULL", " leading and trailing "];
+    for (i, text) in tricky.iter().enumerate() {
+        source.execute(&format!("INSERT INTO {a} VALUES ($1, $2, $1::int * 1.5, ARRAY[$2::text, 'x,y', NULL])"), &[&(i as i32), text]).await.unwrap();
+        source.execute(&format!("INSERT INTO {q_b} VALUES ($1, 'k', $2)"), &[&(i as i32), text]).await.unwrap();
+    }
+    source.execute(&format!("INSERT INTO {a} (id) VALUES (100)"), &[]).await.unwrap();
+    source.batch_execute(&format!("UPDATE {a} SET note = 'updated', amount = NULL WHERE id = 1")).await.unwrap();
+    source.batch_execute(&format!("UPDATE {a} SET id = 200 WHERE id = 2")).await.unwrap();
+    source.batch_execute(&format!("UPDATE {q_b} SET \"Kind Of\" = 'moved' WHERE \"Id\" = 3")).await.unwrap();
+    source.batch_execute(&format!("DELETE FROM {a} WHERE id = 4; DELETE FROM {q_b} WHERE \"Id\" = 4")).await.unwrap();
+    source.batch_execute(&format!("BEGIN; INSERT INTO {a} (id, note) VALUES (999, 'rolled back'); UPDATE {a} SET note = 'rolled back' WHERE id = 0; ROLLBACK;")).await.unwrap();
+    source
+        .batch_execute(&format!("BEGIN; INSERT INTO {a} (id, note) VALUES (300, 'multi'); UPDATE {q_b} SET \"Na\"\"me\" = 'multi' WHERE \"Id\" = 5; DELETE FROM {a} WHERE id = 5; COMMIT;"))
+        .await
+        .unwrap();
+
+    wait_converged(&[(&a, "id"), (&q_b, "\"Id\", \"Kind Of\"")], CONVERGE).await;
+    let target = target().await;
+    let ids: Vec<i32> = target.query(&format!("SELECT id FROM {a} ORDER BY id"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert!(!ids.contains(&999), "a rolled-back insert reached the target");
+    assert!(ids.contains(&200) && !ids.contains(&2), "primary-key update did not move the row: {ids:?}");
+    let note: String = target.query_one(&format!("SELECT note FROM {a} WHERE id = 0"), &[]).await.unwrap().get(0);
+    assert_eq!(note, tricky[0]);
+    drop_task(&source, &task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transaction_of_100k_rows() {
+    let task = unique("big");
+    let t = format!("public.{task}");
+    create_table_both(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, payload text, n int)")).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task)]).await;
+    let _applier = Applier::start(&task);
+    source.batch_execute(&format!("INSERT INTO {t} SELECT g, md5(g::text) || repeat('x', 40), g FROM generate_series(1, 100000) g")).await.unwrap();
+    source.batch_execute(&format!("UPDATE {t} SET n = n + 1 WHERE id % 2 = 0")).await.unwrap();
+    let fp = wait_converged(&[(&t, "id")], CONVERGE).await;
+    assert_eq!(fp[0].0, 100_000);
+    assert_eq!(transactions_applied(&task).await, 2, "each source transaction applied exactly once");
+    drop_task(&source, &task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_one_row_transactions() {
+    let task = unique("small");
+    let t = format!("public.{task}");
+    create_table_both(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, v text)")).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task)]).await;
+    let _applier = Applier::start(&task);
+    source.batch_execute(&format!("DO $$ BEGIN FOR i IN 1..10000 LOOP INSERT INTO {t} VALUES (i, 'v' || i); COMMIT; END LOOP; END $$")).await.unwrap();
+    let fp = wait_converged(&[(&t, "id")], CONVERGE).await;
+    assert_eq!(fp[0].0, 10_000);
+    assert_eq!(transactions_applied(&task).await, 10_000, "each source transaction applied exactly once");
+    drop_task(&source, &task).await;
+}
+
+/// A table of rows plus an insert-only ledger (one row per source transaction) whose target
+/// copy counts every write, to detect double application.
+async fn mixed_workload_tables(task: &str) -> (String, String) {
+    let t = format!("public.{task}");
+    let ledger = format!("public.{task}_ledger");
+    create_table_both(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, v bigint, note text); CREATE TABLE {ledger} (id bigint PRIMARY KEY, at timestamptz)")).await;
+    install_duplicate_detector(&target().await, &ledger).await;
+    (t, ledger)
+}
+
+fn mixed_transaction(t: &str, ledger: &str) -> impl Fn(u64) -> String + Send + 'static {
+    let (t, ledger) = (t.to_owned(), ledger.to_owned());
+    move |i| {
+        let big = if i % 50 == 0 { format!("INSERT INTO {t} SELECT g, g, 'bulk' FROM generate_series({}, {}) g ON CONFLICT (id) DO UPDATE SET v = {t}.v + 1;", 1_000_000 + i * 2_000, 1_000_000 + i * 2_000 + 1_999) } else { String::new() };
+        format!(
+            "BEGIN; INSERT INTO {t} VALUES ({i}, {i}, 'row {i}') ON CONFLICT (id) DO NOTHING; UPDATE {t} SET v = v + 1, note = 'upd' WHERE id = {}; DELETE FROM {t} WHERE id = {}; {big} INSERT INTO {ledger} VALUES ({i}, now()); COMMIT;",
+            i / 2,
+            i.saturating_sub(40)
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applier_sigkilled_mid_stream_loses_and_duplicates_nothing() {
+    let task = unique("kill_applier");
+    let (t, ledger) = mixed_workload_tables(&task).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task), ("public", &format!("{task}_ledger"))]).await;
+    let mut applier = Applier::start(&task);
+    let writer = Writer::start(mixed_transaction(&t, &ledger));
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        applier.restart_after_kill().await;
+    }
+    let committed = writer.stop().await;
+    wait_converged(&[(&t, "id"), (&ledger, "id")], CONVERGE).await;
+    assert_eq!(rows_written_twice(&target().await, &ledger).await, 0, "a source transaction was applied twice");
+    assert_eq!(transactions_applied(&task).await, committed as i64, "applied transactions != committed source transactions");
+    println!("{committed} source transactions, applier killed 4 times");
+    drop_task(&source, &task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_worker_sigkilled_mid_stream_is_restarted_and_loses_nothing() {
+    let task = unique("kill_worker");
+    let (t, ledger) = mixed_workload_tables(&task).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task), ("public", &format!("{task}_ledger"))]).await;
+    let _applier = Applier::start(&task);
+    let writer = Writer::start(mixed_transaction(&t, &ledger));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid: i32 = source.query_one("SELECT worker_pid FROM trempy.status() WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    // SIGKILL of a backend makes the postmaster reset the whole cluster; the launcher comes back
+    // and starts the task's worker again.
+    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = writer.stop().await;
+    let source = trempy_e2e::source().await;
+    wait_for_state(&source, &task, "running", Duration::from_secs(60)).await;
+    let new_pid: i32 = source.query_one("SELECT worker_pid FROM trempy.status() WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    assert_ne!(pid, new_pid);
+    wait_converged(&[(&t, "id"), (&ledger, "id")], CONVERGE).await;
+    assert_eq!(rows_written_twice(&target().await, &ledger).await, 0, "a source transaction was applied twice");
+    drop_task(&source, &task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_stopped_and_restarted_mid_stream_loses_nothing() {
+    let task = unique("rabbit");
+    let (t, ledger) = mixed_workload_tables(&task).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task), ("public", &format!("{task}_ledger"))]).await;
+    let _applier = Applier::start(&task);
+    let writer = Writer::start(mixed_transaction(&t, &ledger));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    dev(&["rabbit-stop"]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    dev(&["rabbit-start"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let committed = writer.stop().await;
+    wait_converged(&[(&t, "id"), (&ledger, "id")], CONVERGE).await;
+    assert_eq!(rows_written_twice(&target().await, &ledger).await, 0, "a source transaction was applied twice");
+    assert_eq!(transactions_applied(&task).await, committed as i64, "applied transactions != committed source transactions");
+    assert_eq!(state(&source, &task).await.as_deref(), Some("running"));
+    drop_task(&source, &task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_task_resumes_where_it_stopped() {
+    let task = unique("stopstart");
+    let t = format!("public.{task}");
+    create_table_both(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)")).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task)]).await;
+    let _applier = Applier::start(&task);
+    source.batch_execute(&format!("INSERT INTO {t} SELECT g, 'a' FROM generate_series(1, 100) g")).await.unwrap();
+    source.execute("SELECT trempy.stop_task($1)", &[&task]).await.unwrap();
+    wait_for_state(&source, &task, "stopped", Duration::from_secs(30)).await;
+    source.batch_execute(&format!("INSERT INTO {t} SELECT g, 'b' FROM generate_series(101, 200) g; UPDATE {t} SET v = 'c' WHERE id <= 10")).await.unwrap();
+    source.execute("SELECT trempy.start_task($1)", &[&task]).await.unwrap();
+    wait_for_state(&source, &task, "running", Duration::from_secs(30)).await;
+    let fp = wait_converged(&[(&t, "id")], CONVERGE).await;
+    assert_eq!(fp[0].0, 200);
+    drop_task(&source, &task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_task_removes_only_its_own_slot_and_publication() {
+    let a = unique("drop");
+    let b = format!("{a}_x"); // shares a's name as a prefix
+    let table = format!("{a}_t");
+    create_table_both(&format!("CREATE TABLE public.{table} (id int PRIMARY KEY)")).await;
+    let source = source().await;
+    create_task(&source, &a, &[("public", &table)]).await;
+    create_task(&source, &b, &[("public", &table)]).await;
+    drop_task(&source, &a).await;
+    let slots: Vec<String> = source
+        .query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_name IN ($1, $2)", &[&format!("trempy_{a}"), &format!("trempy_{b}")])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(slots, vec![format!("trempy_{b}")]);
+    let pubs: i64 = source.query_one("SELECT count(*) FROM pg_publication WHERE pubname = $1", &[&format!("trempy_{a}")]).await.unwrap().get(0);
+    assert_eq!(pubs, 0);
+    assert_eq!(state(&source, &b).await.as_deref(), Some("running"));
+    drop_task(&source, &b).await;
+}

@@ -1,0 +1,73 @@
+//! `trempy.create_task` rejects invalid settings with a message naming the field, and creates
+//! nothing when it does.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use serde_json::json;
+use trempy_e2e::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_task_rejects_each_kind_of_invalid_settings_naming_the_field() {
+    let task = unique("bad");
+    let good_table = format!("{task}_ok");
+    let ddl = format!(
+        "CREATE TABLE public.{good_table} (id int PRIMARY KEY);
+         CREATE TABLE public.{task}_nopk (id int);
+         CREATE TABLE public.{task}_nothing (id int PRIMARY KEY); ALTER TABLE public.{task}_nothing REPLICA IDENTITY NOTHING;
+         CREATE VIEW public.{task}_view AS SELECT 1 AS id;
+         CREATE UNLOGGED TABLE public.{task}_unlogged (id int PRIMARY KEY);"
+    );
+    let source = source().await;
+    source.execute("CREATE EXTENSION IF NOT EXISTS trempy", &[]).await.unwrap();
+    source.batch_execute(&ddl).await.unwrap();
+    let good = cdc_settings(&task, &[("public", &good_table)]);
+    let with = |path: &[&str], value: serde_json::Value| {
+        let mut s = good.clone();
+        let mut node = &mut s;
+        for key in &path[..path.len() - 1] {
+            node = &mut node[*key];
+        }
+        node[path[path.len() - 1]] = value;
+        s
+    };
+    let too_long = "x".repeat(57);
+    let table = |name: &str| json!([{"schema_name": "public", "table_name": name, "priority": 0}]);
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (task.as_str(), with(&["task", "colour"], json!("red")), "task.colour: unknown field `colour`"),
+        (task.as_str(), with(&["task", "replication_type"], json!("stream")), "task.replication_type: unknown variant `stream`"),
+        (task.as_str(), with(&["task", "cdc_settings", "mode"], json!("merge")), "task.cdc_settings.mode: unknown variant `merge`"),
+        (task.as_str(), with(&["task", "interval_seconds"], json!("soon")), "task.interval_seconds: invalid type"),
+        (task.as_str(), with(&["task", "interval_seconds"], json!(0)), "task.interval_seconds: must be greater than 0"),
+        (task.as_str(), with(&["task", "task_name"], json!("other")), "task.task_name: \"other\" differs"),
+        (task.as_str(), with(&["tables"], json!([{"schema_name": "public", "table_name": good_table}])), "tables[0]: missing field `priority`"),
+        (task.as_str(), with(&["tables"], json!([{"schema_name": "public", "table_name": good_table, "priority": 9}])), "tables[0].priority: 9 is out of range"),
+        (task.as_str(), with(&["tables"], json!([])), "tables: at least one table is required"),
+        (task.as_str(), with(&["tables"], table("no_such_table")), "tables[0]: table public.no_such_table does not exist"),
+        (task.as_str(), with(&["tables"], table(&format!("{task}_nopk"))), "has no primary key"),
+        (task.as_str(), with(&["tables"], table(&format!("{task}_nothing"))), "has REPLICA IDENTITY NOTHING"),
+        (task.as_str(), with(&["tables"], table(&format!("{task}_view"))), "is a view"),
+        (task.as_str(), with(&["tables"], table(&format!("{task}_unlogged"))), "is unlogged or temporary"),
+        (task.as_str(), with(&["task", "replication_type"], json!("full_load")), "task.replication_type: \"full_load\" is not supported yet"),
+        (task.as_str(), with(&["task", "cdc_settings", "mode"], json!("scd2")), "task.cdc_settings.mode: \"scd2\" is not supported yet"),
+        (task.as_str(), with(&["filters"], json!([{"table_info": {}, "settings": {}}])), "filters: filtering is not supported yet"),
+        (task.as_str(), json!([1, 2]), "settings must be a JSON object"),
+        ("Bad-Name", good.clone(), "name: task name \"Bad-Name\" contains 'B'"),
+        (too_long.as_str(), good.clone(), "63-byte"),
+    ];
+    for (name, settings, expected) in &cases {
+        let err = source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[name, &settings.to_string()]).await.unwrap_err();
+        let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| err.to_string());
+        assert!(message.contains(expected), "expected {expected:?} in {message:?}");
+        println!("ok: {message}");
+    }
+    let created: i64 = source.query_one("SELECT count(*) FROM trempy.tasks WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    assert_eq!(created, 0, "a rejected task must leave nothing behind");
+    let pubs: i64 = source.query_one("SELECT count(*) FROM pg_publication WHERE pubname = $1", &[&format!("trempy_{task}")]).await.unwrap().get(0);
+    assert_eq!(pubs, 0);
+
+    // and a duplicate is refused once the task exists
+    source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &good.to_string()]).await.unwrap();
+    let err = source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &good.to_string()]).await.unwrap_err();
+    assert!(err.as_db_error().unwrap().message().contains("already exists"));
+    drop_task(&source, &task).await;
+}
