@@ -16,7 +16,11 @@
 #   target-stop [fast|immediate]   target-start   target-restart [fast|immediate]
 #   rabbit-stop                  rabbit-start     rabbit-restart
 #   psql-source [psql args]      psql-target [psql args]   (unix socket, as the postgres OS user)
-#   demo | test | bench
+#   demo                         stack-up, then a live demo (scripts/demo.sh): task `demo` on the
+#                                tables of sql/demo_schema.sql, applier left running in the background
+#   bench                        stack-up, then the CDC catch-up benchmark (scripts/bench.sh;
+#                                BENCH_ROWS, BENCH_TXNS, BENCH_QUICK=1)
+#   test
 #
 # Environment:
 #   TREMPY_STACK_DIR        state dir (default /tmp/trempy-stack-<cksum of the repo path>)
@@ -717,9 +721,40 @@ cmd_rabbit_restart() {
 cmd_psql_source() { pg_psql source "$@"; }
 cmd_psql_target() { pg_psql target "$@"; }
 
-cmd_demo() { echo "demo: not implemented yet"; }
-cmd_test() { echo "test: not implemented yet"; }
-cmd_bench() { echo "bench: not implemented yet"; }
+# demo: stack-up (deps + build unless TREMPY_SKIP_BUILD=1), then scripts/demo.sh.
+cmd_demo() {
+    cmd_stack_up
+    "$REPO_ROOT/scripts/demo.sh" "$@"
+}
+# test: stack-up (deps + build unless TREMPY_SKIP_BUILD=1), the unit tests, then the end-to-end
+# suite against the stack (serially: some tests restart servers). Stops the stack afterwards if
+# this command started it, unless TREMPY_KEEP_STACK=1.
+cmd_test() {
+    local started=1
+    stack_anything_running && started=0
+    cmd_stack_up
+    if [[ $started == 1 && ${TREMPY_KEEP_STACK:-0} != 1 ]]; then
+        trap 'cmd_stack_down' EXIT
+    fi
+    export CARGO_TARGET_DIR
+    CARGO_TARGET_DIR=$(target_dir)
+    cd "$REPO_ROOT"
+    log "unit tests"
+    cargo test --release -p trempy-protocol -p trempy-applier
+    log "end-to-end tests against the stack"
+    (
+        set -a
+        # shellcheck disable=SC1090
+        . "$ENV_FILE"
+        set +a
+        cargo test --release -p trempy-e2e -- --test-threads=1
+    )
+}
+# bench: stack-up (deps + build unless TREMPY_SKIP_BUILD=1), then scripts/bench.sh.
+cmd_bench() {
+    cmd_stack_up
+    "$REPO_ROOT/scripts/bench.sh" "$@"
+}
 
 usage() {
     sed -n '3,/^set -euo/p' "$SCRIPT_PATH" | sed '$d; s/^# \{0,1\}//'
