@@ -731,6 +731,7 @@ cmd_demo() {
 # this command started it, unless TREMPY_KEEP_STACK=1.
 cmd_test() {
     local started=1
+    init_layout
     stack_anything_running && started=0
     cmd_stack_up
     if [[ $started == 1 && ${TREMPY_KEEP_STACK:-0} != 1 ]]; then
