@@ -222,3 +222,62 @@ async fn drop_task_removes_only_its_own_slot_and_publication() {
     assert_eq!(state(&source, &b).await.as_deref(), Some("running"));
     drop_task(&source, &b).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slot_advances_when_only_other_tables_change() {
+    let task = unique("idle");
+    let published = format!("{task}_pub");
+    let other = format!("public.{task}_other");
+    create_table_both(&format!("CREATE TABLE public.{published} (id int PRIMARY KEY)")).await;
+    let source = source().await;
+    source.batch_execute(&format!("CREATE TABLE {other} (id int PRIMARY KEY, v text)")).await.unwrap();
+    create_task(&source, &task, &[("public", &published)]).await;
+    let slot = format!("trempy_{task}");
+    let position = |client: &tokio_postgres::Client| {
+        let slot = slot.clone();
+        async move {
+            let row = client
+                .query_one("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint, pg_wal_lsn_diff(restart_lsn, '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                .await
+                .unwrap();
+            (row.get::<_, i64>(0), row.get::<_, i64>(1))
+        }
+    };
+    let before = position(&source).await;
+    source.batch_execute(&format!("INSERT INTO {other} SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g")).await.unwrap();
+    let wal_after_writes: i64 = source.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint", &[]).await.unwrap().get(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = position(&source).await;
+        if now.0 >= wal_after_writes {
+            assert!(now.1 >= before.1);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot did not advance past unpublished changes: {before:?} -> {now:?}, WAL at {wal_after_writes}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let published_changes: i64 = source.query_one("SELECT changes_published FROM trempy.status() WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    assert_eq!(published_changes, 0, "changes of an unpublished table were published");
+    drop_task(&source, &task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_target_table_halts_in_order_then_resumes_once_created() {
+    let task = unique("missing");
+    let t = format!("public.{task}");
+    let ddl = format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)");
+    let source = source().await;
+    source.batch_execute(&ddl).await.unwrap();
+    create_task(&source, &task, &[("public", &task)]).await;
+    let _applier = Applier::start(&task);
+    source.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'first'); INSERT INTO {t} VALUES (2, 'second'); UPDATE {t} SET v = 'third' WHERE id = 1")).await.unwrap();
+    // The applier cannot apply anything yet: it must neither skip nor crash-loop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = std::fs::read_to_string(format!("{}/applier-{task}.log", env("TREMPY_STACK_DIR"))).unwrap();
+    assert!(log.contains("apply halted") && log.contains("42P01"), "expected a clear halt with SQLSTATE 42P01 in the applier log");
+    assert!(!log.contains(&format!("{t}\" does not exist")) || !log.contains("'first'"), "row values must not be logged");
+    target().await.batch_execute(&ddl).await.unwrap();
+    wait_converged(&[(&t, "id")], CONVERGE).await;
+    assert_eq!(transactions_applied(&task).await, 3);
+    drop_task(&source, &task).await;
+}
