@@ -319,7 +319,7 @@ detail() { DETAILS+=("$*"); }
 # run_case NAME ROWS ROWS_PER_TXN
 run_case() {
     local name=$1 rows=$2 step=$3 txns task sub t0 want
-    local build_s publish_s drain_s e2e_s native_s native_build_s native_e2e_s native_e2e_build_s e2e_build_s copy_s
+    local startup_s build_s publish_s drain_s e2e_s native_s native_build_s native_e2e_s native_e2e_build_s e2e_build_s copy_s
     local msgs queue_msgs progress
     txns=$(((rows + step - 1) / step))
     task=bench_$name
@@ -339,10 +339,17 @@ run_case() {
     say "[$name] TREMpy: backlog built in ${build_s}s; start_task, waiting for decode+publish"
     t0=$EPOCHREALTIME
     src -c "SELECT trempy.start_task('$task')" >/dev/null
+    wait_state "$task" running
+    startup_s=$(since "$t0")
     wait_published "$task" "$rows" "$txns"
     publish_s=$(since "$t0")
     msgs=$(src -At -F ' ' -c "SELECT messages_published || ' ' || coalesce(lag_bytes::text, '-') FROM trempy.status() WHERE task_name = '$task'")
-    queue_msgs=$(queue_messages "trempy_queue_$task")
+    # RabbitMQ refreshes quorum queue counters every few seconds: give them up to 10 s to
+    # catch up with messages_published (not timed).
+    local q_deadline=$((SECONDS + 10))
+    while queue_msgs=$(queue_messages "trempy_queue_$task") && ((queue_msgs < ${msgs%% *} && SECONDS < q_deadline)); do
+        sleep 0.5
+    done
     say "[$name] TREMpy: published in ${publish_s}s (messages_published, lag_bytes: $msgs; queue depth $queue_msgs); starting the applier"
     t0=$EPOCHREALTIME
     start_applier "$task"
@@ -401,7 +408,8 @@ run_case() {
     local common="\"txns\":$txns,\"rows_per_txn\":$step,\"sync_commit\":\"$SYNC_COMMIT\""
     result "$label" "apply drain (queue -> target)" "$rows" "$drain_s" "native sub catch-up" "$native_s" \
         "$common,\"messages_published\":${msgs%% *},\"queue_messages\":$queue_msgs"
-    result "$label" "decode+publish (slot -> RabbitMQ)" "$rows" "$publish_s" "native sub catch-up" "$native_s" "$common"
+    result "$label" "decode+publish (slot -> RabbitMQ)" "$rows" "$publish_s" "native sub catch-up" "$native_s" \
+        "$common,\"worker_start_s\":$startup_s"
     result "$label" "catch-up total (publish + drain)" "$rows" "$(awk -v a="$publish_s" -v b="$drain_s" 'BEGIN { printf "%.3f", a + b }')" \
         "native sub catch-up" "$native_s" "$common"
     result "$label" "end-to-end (applier live)" "$rows" "$e2e_s" "native end-to-end" "$native_e2e_s" \
@@ -421,7 +429,7 @@ run_case() {
         result "$label" "apply drain (queue -> target)" "$rows" "$drain_s" "COPY binary pipe" "$copy_s" "$common"
     fi
 
-    detail "$label: backlog write ${build_s}s (native ${native_build_s}s); TREMpy decode+publish ${publish_s}s, drain ${drain_s}s; native catch-up ${native_s}s"
+    detail "$label: backlog write ${build_s}s (native ${native_build_s}s); TREMpy decode+publish ${publish_s}s (of which worker start ${startup_s}s), drain ${drain_s}s; native catch-up ${native_s}s"
     detail "$label: messages_published ${msgs%% *} (lag_bytes after publish ${msgs##* }), RabbitMQ queue depth before the applier $queue_msgs, rows/message $(awk -v r="$rows" -v m="${msgs%% *}" 'BEGIN { if (m > 0) printf "%.0f", r / m; else print "-" }'), applier_progress (txns, changes) $progress"
     detail "$label: end-to-end TREMpy ${e2e_s}s (backlog written in ${e2e_build_s}s), native ${native_e2e_s}s (written in ${native_e2e_build_s}s)${copy_s:+; COPY pipe ${copy_s}s}"
 }

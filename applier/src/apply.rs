@@ -44,7 +44,7 @@ fn key_indexes(rel: &Relation) -> Result<Vec<usize>, Error> {
     Ok(keys)
 }
 
-fn relation<'a>(envelope: &'a Envelope, id: u32) -> Result<&'a Relation, Error> {
+fn relation(envelope: &Envelope, id: u32) -> Result<&Relation, Error> {
     envelope.relation(id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))
 }
 
@@ -63,10 +63,10 @@ fn plan<'a>(envelope: &'a Envelope, change: &'a Change) -> Result<Vec<Op<'a>>, E
                 return Err(Error::new(ErrorKind::Envelope, format!("update of {} without a value for key column {k}", qualified(rel))));
             }
             let mut ops = Vec::with_capacity(2);
-            if let Some(old) = old {
-                if keys.iter().any(|&k| old.get(k) != new.get(k)) {
-                    ops.push(Op::Delete { rel, row: old });
-                }
+            if let Some(old) = old
+                && keys.iter().any(|&k| old.get(k) != new.get(k))
+            {
+                ops.push(Op::Delete { rel, row: old });
             }
             ops.push(Op::Upsert { rel, present, row: new });
             ops
@@ -124,6 +124,9 @@ enum RunKind {
     Delete,
 }
 
+/// A new run for an operation, and the operation's row of values for it.
+type RunStart = (Run, Vec<Option<String>>);
+
 /// Consecutive operations sharing one statement.
 #[derive(Debug)]
 struct Run {
@@ -136,7 +139,7 @@ struct Run {
 }
 
 impl Run {
-    fn for_op(op: &Op<'_>) -> Result<Option<(Run, Vec<Option<String>>)>, Error> {
+    fn for_op(op: &Op<'_>) -> Result<Option<RunStart>, Error> {
         match op {
             Op::Upsert { rel, present, row } => {
                 let keys = key_indexes(rel)?;

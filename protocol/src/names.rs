@@ -108,6 +108,7 @@ pub fn task_of_object(name: &str) -> Option<&str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -223,6 +223,18 @@ async fn drop_task_removes_only_its_own_slot_and_publication() {
     drop_task(&source, &b).await;
 }
 
+/// The slot's confirmed_flush_lsn and restart_lsn, as byte positions.
+async fn slot_position(client: &tokio_postgres::Client, slot: &str) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint, pg_wal_lsn_diff(restart_lsn, '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_slot_advances_when_only_other_tables_change() {
     let task = unique("idle");
@@ -233,22 +245,12 @@ async fn idle_slot_advances_when_only_other_tables_change() {
     source.batch_execute(&format!("CREATE TABLE {other} (id int PRIMARY KEY, v text)")).await.unwrap();
     create_task(&source, &task, &[("public", &published)]).await;
     let slot = format!("trempy_{task}");
-    let position = |client: &tokio_postgres::Client| {
-        let slot = slot.clone();
-        async move {
-            let row = client
-                .query_one("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint, pg_wal_lsn_diff(restart_lsn, '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-                .await
-                .unwrap();
-            (row.get::<_, i64>(0), row.get::<_, i64>(1))
-        }
-    };
-    let before = position(&source).await;
+    let before = slot_position(&source, &slot).await;
     source.batch_execute(&format!("INSERT INTO {other} SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g")).await.unwrap();
     let wal_after_writes: i64 = source.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint", &[]).await.unwrap().get(0);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let now = position(&source).await;
+        let now = slot_position(&source, &slot).await;
         if now.0 >= wal_after_writes {
             assert!(now.1 >= before.1);
             break;

@@ -134,12 +134,12 @@ fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>) {
                     }
                 }
                 Command::Publish { body, message_id } => {
-                    if state.failure.is_none() {
-                        if let Err(err) = state.publish(&body, message_id).await {
-                            eprintln!("trempy task {}: publish failed: {err}", state.names.task());
-                            state.failure = Some(err);
-                            state.disconnect().await;
-                        }
+                    if state.failure.is_none()
+                        && let Err(err) = state.publish(&body, message_id).await
+                    {
+                        eprintln!("trempy task {}: publish failed: {err}", state.names.task());
+                        state.failure = Some(err);
+                        state.disconnect().await;
                     }
                 }
                 Command::Flush(reply) => {
