@@ -730,7 +730,7 @@ cmd_demo() {
 # suite against the stack (serially: some tests restart servers). Stops the stack afterwards if
 # this command started it, unless TREMPY_KEEP_STACK=1.
 cmd_test() {
-    local started=1
+    local started=1 log
     init_layout
     stack_anything_running && started=0
     cmd_stack_up
@@ -740,8 +740,9 @@ cmd_test() {
     export CARGO_TARGET_DIR
     CARGO_TARGET_DIR=$(target_dir)
     cd "$REPO_ROOT"
+    log=$(mktemp)
     log "unit tests"
-    cargo test --release -p trempy-protocol -p trempy-applier
+    cargo test --release -p trempy-protocol -p trempy-applier 2>&1 | tee -a "$log"
     log "end-to-end tests against the stack"
     (
         set -a
@@ -749,8 +750,16 @@ cmd_test() {
         . "$ENV_FILE"
         set +a
         cargo test --release -p trempy-e2e -- --test-threads=1
-    )
+    ) 2>&1 | tee -a "$log"
+    if [[ $started == 1 && ${TREMPY_KEEP_STACK:-0} != 1 ]]; then
+        trap - EXIT
+        cmd_stack_down
+    fi
+    # One closing line for the whole run (cargo prints one per test binary).
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+         END { printf "all tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' "$log"
 }
+
 # bench: stack-up (deps + build unless TREMPY_SKIP_BUILD=1), then scripts/bench.sh.
 cmd_bench() {
     cmd_stack_up
