@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use pgrx::prelude::*;
+use pgrx::{FromDatum, PgMemoryContexts};
 use pgrx::spi::SpiClient;
 use trempy_protocol::Lsn;
 use trempy_protocol::assemble::{Assembler, Counts};
@@ -39,22 +40,40 @@ pub(crate) fn publish_batch(client: &SpiClient<'_>, names: &TaskNames, upto: Lsn
     let mut types: HashMap<(u32, i32), String> = HashMap::new();
     let mut describe = |relation: &pgoutput::Relation<'_>| describe(client, &mut types, relation);
     let mut sent = 0_u64;
+    // Anything PostgreSQL allocates while a page is processed goes into this context, reset
+    // after each page, so memory does not grow with the size of the transaction.
+    let mut page_memory = PgMemoryContexts::new("trempy decoding page");
     loop {
-        let table = cursor.fetch(FETCH_ROWS)?;
+        let mut table = cursor.fetch(FETCH_ROWS)?;
         if table.is_empty() {
             break;
         }
-        for row in table {
-            let data = row.get::<&[u8]>(1)?.ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
-            let message = pgoutput::parse(data)?;
-            if let Some(body) = assembler.push(message, &mut describe)? {
-                offer(publisher, body, format!("{}:{upto}:{sent}", names.task()))?;
-                sent += 1;
-            }
+        // SAFETY: switching to a context we own; nothing allocated in it outlives the page.
+        unsafe {
+            page_memory.switch_to(|_| -> Result<(), Error> {
+                while table.next().is_some() {
+                    // The raw datum, not `SpiHeapTupleData::get`, which copies every value into
+                    // the transaction's memory context until commit.
+                    let datum = table.get_datum_by_ordinal(1)?.ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
+                    // SAFETY: a bytea datum of the current tuple, valid until the page is freed.
+                    let data = <&[u8] as FromDatum>::from_polymorphic_datum(datum, false, pg_sys::BYTEAOID)
+                        .ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
+                    let message = pgoutput::parse(data)?;
+                    if let Some(body) = assembler.push(message, &mut describe)? {
+                        offer(publisher, body, format!("{}:{upto}:{sent}", names.task()))?;
+                        sent += 1;
+                    }
+                }
+                Ok(())
+            })?;
         }
-        // SAFETY: the tuple table of this fetch is no longer borrowed; free it now rather than
-        // at SPI_finish, so a huge transaction does not pile up in memory.
-        unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+        drop(table);
+        // SAFETY: nothing allocated in the page context, and no tuple of this fetch, is used
+        // any more; free them now rather than at the end of the transaction.
+        unsafe {
+            page_memory.reset();
+            pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
+        }
         if shutdown_requested() {
             return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while decoding"));
         }
