@@ -194,12 +194,6 @@ impl Writer {
         Self { statements: HashMap::new(), run: None }
     }
 
-    /// Forgets prepared statements (after reconnecting) and any unexecuted run.
-    pub(crate) fn reset(&mut self) {
-        self.statements.clear();
-        self.run = None;
-    }
-
     /// Applies one change (possibly by adding it to the pending run).
     pub(crate) async fn apply(&mut self, client: &Client, envelope: &Envelope, change: &Change) -> Result<(), Error> {
         for op in plan(envelope, change)? {

@@ -2,40 +2,37 @@
 //!
 //! Deliveries are processed strictly in queue order. Source transactions already at or below the
 //! watermark are skipped. Applied changes accumulate in one open target transaction that is
-//! committed (together with the new watermark) at a delivery boundary where no source transaction
-//! is half-applied, once enough changes are pending, enough time has passed, or the queue is idle.
-//! Deliveries are acknowledged (cumulatively) only after that COMMIT.
+//! committed, together with the new watermark, once enough changes are pending, enough time has
+//! passed, or the queue is idle; deliveries are acknowledged (cumulatively) only after that COMMIT.
 //!
-//! A source transaction larger than one message arrives as chunks; it is applied inside a
-//! savepoint, so that if the decoding side re-publishes it from its first chunk (after a failed
-//! publish) the partial copy is rolled back and applied afresh. When its chunks outnumber the
-//! prefetch window, the window is doubled: RabbitMQ would send nothing more until something is
-//! acknowledged, and nothing can be acknowledged before the transaction ends. (Quorum queues with
-//! a single active consumer refuse both `basic.get` and a channel-wide QoS, so the consumer is
-//! cancelled, whatever it already received is kept in order, and it consumes again with the
-//! larger window; unacknowledged messages stay with the channel meanwhile.) After the next
-//! COMMIT the window returns to its configured size.
+//! A source transaction larger than one message arrives as chunks (`seq` 0, 1, …, `last`). Its
+//! chunks are staged in the target (`trempy.applier_staging`), each staged chunk committed before
+//! its delivery is acknowledged, so the prefetch window never has to hold a whole transaction and
+//! memory stays bounded. When the last chunk arrives, the staged chunks and the last one are
+//! applied in one target transaction with the new watermark, and the staging rows are deleted in
+//! it. If the decoding side re-publishes the transaction from its first chunk (after a failed
+//! publish), staging starts over. A chunk that does not follow its predecessor is an error: it is
+//! never skipped and never acknowledged.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 use tracing::{error, info, warn};
 use trempy_protocol::Lsn;
-use trempy_protocol::envelope::Envelope;
+use trempy_protocol::envelope::{Envelope, Transaction};
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::topology;
 
 use crate::apply::Writer;
 use crate::error::{Error, ErrorKind};
 use crate::policy::{self, Reaction};
-use crate::progress::{self, Applied};
+use crate::progress::{self, Applied, Staged};
 
 /// How the applier runs.
 #[derive(Debug, Clone)]
@@ -111,36 +108,22 @@ fn delay_ms(delay: Duration) -> u64 {
     u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A source transaction whose chunks are being applied.
-#[derive(Debug, Clone, Copy)]
-struct OpenTransaction {
-    commit_lsn: Lsn,
-    next_seq: u32,
-}
-
 struct Session<'o> {
     options: &'o Options,
     client: Client,
     connection: Connection,
     channel: Channel,
     consumer: Consumer,
-    /// Prefetch window of the current consumer.
-    window: u16,
-    /// Number of consumers opened in this session (for unique consumer tags).
-    consumers: u32,
-    /// Deliveries received by a cancelled consumer, not processed yet.
-    backlog: VecDeque<Delivery>,
     writer: Writer,
     /// Watermark committed in the target.
     committed: Lsn,
     /// What the open target transaction holds.
     pending: Applied,
     in_transaction: bool,
-    open: Option<OpenTransaction>,
+    /// The transaction being staged, as the open target transaction sees it.
+    staged: Option<Staged>,
     /// Highest delivery tag that may be acknowledged at the next COMMIT.
     ackable: Option<u64>,
-    /// Deliveries the current consumer received since the last acknowledgement.
-    unacked: u32,
     since: Option<Instant>,
     committed_any: bool,
     stats: Stats,
@@ -165,12 +148,16 @@ impl<'o> Session<'o> {
         });
         let task = options.names.task();
         let committed = progress::load(&mut client, task).await?;
+        let staged = progress::load_staged(&client, task).await?;
         let connection = Connection::connect(&options.amqp_url, ConnectionProperties::default().with_connection_name(format!("trempy-applier {task}").into()))
             .await
             .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
         let channel = connection.create_channel().await?;
         topology::declare(&channel, &options.names).await?;
-        let consumer = consume(&channel, &options.names, options.prefetch, 0).await?;
+        channel.basic_qos(options.prefetch, BasicQosOptions { global: false }).await?;
+        let consumer = channel
+            .basic_consume(options.names.queue().as_str().into(), format!("trempy-applier-{task}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
         info!(task, watermark = %committed, queue = %options.names.queue(), "applier connected");
         Ok(Session {
             options,
@@ -178,16 +165,12 @@ impl<'o> Session<'o> {
             connection,
             channel,
             consumer,
-            window: options.prefetch,
-            consumers: 1,
-            backlog: VecDeque::new(),
             writer: Writer::new(),
             committed,
             pending: Applied { watermark: committed, ..Applied::default() },
             in_transaction: false,
-            open: None,
+            staged,
             ackable: None,
-            unacked: 0,
             since: None,
             committed_any: false,
             stats: Stats::default(),
@@ -201,36 +184,25 @@ impl<'o> Session<'o> {
         let _ = self.connection.close(200, "bye".into()).await;
     }
 
+    fn task(&self) -> &str {
+        self.options.names.task()
+    }
+
     /// Consumes until shutdown (Ok) or an error.
     async fn serve(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Error> {
         loop {
-            if self.open.is_some() && self.backlog.is_empty() && self.unacked >= u32::from(self.window) {
-                // The window is full in the middle of a source transaction.
-                self.resize_window(self.window.saturating_mul(2)).await?;
-                continue;
-            }
-            if let Some(delivery) = self.backlog.pop_front() {
-                self.handle(delivery).await?;
-                if self.commit_due() {
-                    self.commit().await?;
-                }
-                continue;
-            }
             let wait = self.commit_wait();
             let next = tokio::select! {
                 next = self.consumer.next() => Some(next),
                 () = sleep_opt(wait) => None,
                 _ = shutdown.wait_for(|stop| *stop) => {
-                    if self.open.is_none() {
-                        self.commit().await?;
-                    }
+                    self.commit().await?;
                     return Ok(());
                 }
             };
             match next {
                 None => self.commit().await?,
                 Some(Some(Ok(delivery))) => {
-                    self.unacked += 1;
                     self.handle(delivery).await?;
                     if self.commit_due() {
                         self.commit().await?;
@@ -244,57 +216,72 @@ impl<'o> Session<'o> {
 
     /// How long to wait for the next delivery before committing what is pending.
     fn commit_wait(&self) -> Option<Duration> {
-        if self.open.is_some() || self.ackable.is_none() {
-            return None;
-        }
+        self.ackable?;
         let since = self.since.map_or(Duration::ZERO, |s| s.elapsed());
         Some(self.options.idle_commit.min(self.options.batch_delay.saturating_sub(since)))
     }
 
     fn commit_due(&self) -> bool {
-        self.open.is_none()
-            && self.ackable.is_some()
-            && (self.pending.changes >= self.options.batch_changes || self.since.is_some_and(|s| s.elapsed() >= self.options.batch_delay))
+        self.ackable.is_some() && (self.pending.changes >= self.options.batch_changes || self.since.is_some_and(|s| s.elapsed() >= self.options.batch_delay))
     }
 
     async fn handle(&mut self, delivery: Delivery) -> Result<(), Error> {
         self.since.get_or_insert_with(Instant::now);
         let tag = delivery.delivery_tag;
         let envelope = match Envelope::parse(&delivery.data) {
-            Ok(envelope) if envelope.task == self.options.names.task() => envelope,
-            Ok(envelope) => return self.dead_letter(tag, &format!("message of task {:?} in the queue of task {:?}", envelope.task, self.options.names.task())).await,
+            Ok(envelope) if envelope.task == self.task() => envelope,
+            Ok(envelope) => return self.dead_letter(tag, &format!("message of task {:?} in the queue of task {:?}", envelope.task, self.task())).await,
             Err(err) => return self.dead_letter(tag, err.message()).await,
         };
         for transaction in &envelope.transactions {
-            if let Some(open) = self.open {
-                if transaction.commit_lsn == open.commit_lsn && transaction.seq == open.next_seq {
-                    self.apply(&envelope, transaction).await?;
-                    continue;
-                }
-                // The decoding side re-published from an earlier point: drop the partial copy.
-                warn!(task = self.options.names.task(), lsn = %open.commit_lsn, "source transaction restarted; discarding its partial application");
-                self.writer.reset();
-                self.client.batch_execute("ROLLBACK TO SAVEPOINT trempy_source_transaction").await?;
-                self.open = None;
-            }
-            if transaction.commit_lsn <= self.pending.watermark {
-                continue; // applied already (redelivery or re-publication)
-            }
-            if transaction.seq != 0 {
-                warn!(task = self.options.names.task(), lsn = %transaction.commit_lsn, seq = transaction.seq, "chunk without its start; skipped (its transaction is re-published whole)");
-                continue;
-            }
-            self.begin().await?;
-            if !transaction.last {
-                self.writer.flush(&self.client).await?;
-                self.client.batch_execute("SAVEPOINT trempy_source_transaction").await?;
-            }
-            self.apply(&envelope, transaction).await?;
+            self.transaction(&envelope, transaction).await.map_err(|e| e.with_lsn(transaction.commit_lsn))?;
         }
-        if self.open.is_none() {
-            self.ackable = Some(tag);
-        }
+        self.ackable = Some(tag);
         Ok(())
+    }
+
+    /// One source transaction, or one chunk of it.
+    async fn transaction(&mut self, envelope: &Envelope, transaction: &Transaction) -> Result<(), Error> {
+        let lsn = transaction.commit_lsn;
+        if let Some(staged) = self.staged {
+            if lsn == staged.commit_lsn && transaction.seq != 0 {
+                if transaction.seq < staged.next_seq {
+                    return Ok(()); // redelivered after it was staged
+                }
+                if transaction.seq > staged.next_seq {
+                    return Err(self.out_of_order(transaction, Some(staged)));
+                }
+                return if transaction.last { self.apply_staged(envelope, transaction).await } else { self.stage(envelope, transaction).await };
+            }
+            // The staged transaction was re-published from its start, or abandoned for an
+            // earlier position: its chunks will all come again.
+            warn!(task = self.task(), lsn = %staged.commit_lsn, "discarding a partly staged source transaction that is being re-published");
+            self.begin().await?;
+            progress::clear_staged(&self.client, self.options.names.task()).await?;
+            self.staged = None;
+        }
+        if lsn <= self.pending.watermark {
+            return Ok(()); // applied already (redelivery or re-publication)
+        }
+        if transaction.seq != 0 {
+            return Err(self.out_of_order(transaction, None));
+        }
+        if transaction.last {
+            self.begin().await?;
+            self.apply(envelope, transaction).await?;
+            self.completed(transaction);
+            Ok(())
+        } else {
+            self.stage(envelope, transaction).await
+        }
+    }
+
+    fn out_of_order(&self, transaction: &Transaction, staged: Option<Staged>) -> Error {
+        let expected = staged.map_or_else(|| "chunk 0".to_owned(), |s| format!("chunk {} of {}", s.next_seq, s.commit_lsn));
+        Error::new(
+            ErrorKind::Conflict,
+            format!("chunk {} of source transaction {} arrived where {expected} was expected; not applying or acknowledging it", transaction.seq, transaction.commit_lsn),
+        )
     }
 
     async fn begin(&mut self) -> Result<(), Error> {
@@ -305,26 +292,71 @@ impl<'o> Session<'o> {
         Ok(())
     }
 
-    async fn apply(&mut self, envelope: &Envelope, transaction: &trempy_protocol::envelope::Transaction) -> Result<(), Error> {
+    async fn apply(&mut self, envelope: &Envelope, transaction: &Transaction) -> Result<(), Error> {
         for change in &transaction.changes {
-            self.writer.apply(&self.client, envelope, change).await.map_err(|e| e.with_lsn(transaction.commit_lsn))?;
+            self.writer.apply(&self.client, envelope, change).await?;
         }
         self.pending.changes += transaction.changes.len() as u64;
-        if transaction.last {
-            self.writer.flush(&self.client).await.map_err(|e| e.with_lsn(transaction.commit_lsn))?;
-            self.pending.watermark = transaction.commit_lsn;
-            self.pending.commit_time = Some(transaction.commit_time.clone());
-            self.pending.transactions += 1;
-            self.open = None;
-        } else {
-            self.open = Some(OpenTransaction { commit_lsn: transaction.commit_lsn, next_seq: transaction.seq + 1 });
+        Ok(())
+    }
+
+    fn completed(&mut self, transaction: &Transaction) {
+        self.pending.watermark = transaction.commit_lsn;
+        self.pending.commit_time = Some(transaction.commit_time.clone());
+        self.pending.transactions += 1;
+    }
+
+    /// Stores one chunk of a large source transaction in the open target transaction.
+    async fn stage(&mut self, envelope: &Envelope, transaction: &Transaction) -> Result<(), Error> {
+        self.begin().await?;
+        let single = Envelope { version: envelope.version, task: envelope.task.clone(), transactions: vec![transaction.clone()], relations: envelope.relations.clone() };
+        let body = serde_json::to_vec(&single).map_err(|e| Error::new(ErrorKind::Envelope, e.to_string()))?;
+        progress::stage(&self.client, self.options.names.task(), transaction.commit_lsn, transaction.seq, &body).await?;
+        self.staged = Some(Staged { commit_lsn: transaction.commit_lsn, next_seq: transaction.seq + 1 });
+        Ok(())
+    }
+
+    /// Applies a staged source transaction: its staged chunks in order, then its last chunk.
+    async fn apply_staged(&mut self, envelope: &Envelope, last: &Transaction) -> Result<(), Error> {
+        self.begin().await?;
+        let cursor = format!(
+            "DECLARE trempy_staged NO SCROLL CURSOR FOR SELECT body FROM trempy.applier_staging WHERE task_name = '{}' AND commit_lsn = '{}' ORDER BY seq",
+            self.task(),
+            last.commit_lsn
+        );
+        self.client.batch_execute(&cursor).await?;
+        let mut expected = 0_u32;
+        loop {
+            let rows = self.client.query("FETCH 4 FROM trempy_staged", &[]).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                let body: Vec<u8> = row.get(0);
+                let staged = Envelope::parse(&body).map_err(|e| Error::new(ErrorKind::Conflict, format!("a staged chunk does not parse: {e}")))?;
+                for chunk in &staged.transactions {
+                    if chunk.seq != expected {
+                        return Err(Error::new(ErrorKind::Conflict, format!("staged chunks of {} are not contiguous at {expected}", last.commit_lsn)));
+                    }
+                    expected += 1;
+                    self.apply(&staged, chunk).await?;
+                }
+            }
         }
+        self.client.batch_execute("CLOSE trempy_staged").await?;
+        if expected != last.seq {
+            return Err(Error::new(ErrorKind::Conflict, format!("{expected} chunks of {} are staged, the last one is chunk {}", last.commit_lsn, last.seq)));
+        }
+        self.apply(envelope, last).await?;
+        self.writer.flush(&self.client).await?;
+        progress::clear_staged(&self.client, self.options.names.task()).await?;
+        self.staged = None;
+        self.completed(last);
         Ok(())
     }
 
     /// Commits the open target transaction with the new watermark, then acknowledges.
     async fn commit(&mut self) -> Result<(), Error> {
-        debug_assert!(self.open.is_none());
         if self.in_transaction {
             self.writer.flush(&self.client).await?;
             if self.pending.watermark > self.committed {
@@ -339,37 +371,17 @@ impl<'o> Session<'o> {
         }
         if let Some(tag) = self.ackable.take() {
             self.channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
-            self.unacked = 0;
         }
         self.pending = Applied { watermark: self.committed, ..Applied::default() };
         self.since = None;
         self.report();
-        if self.window > self.options.prefetch && self.open.is_none() {
-            self.resize_window(self.options.prefetch).await?;
-        }
-        Ok(())
-    }
-
-    /// Replaces the consumer by one with another prefetch window, keeping every delivery the
-    /// old one received (in order) for processing.
-    async fn resize_window(&mut self, window: u16) -> Result<(), Error> {
-        let tag = consumer_tag(&self.options.names, self.consumers - 1);
-        self.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
-        while let Some(delivery) = self.consumer.next().await {
-            self.backlog.push_back(delivery?);
-        }
-        self.consumer = consume(&self.channel, &self.options.names, window, self.consumers).await?;
-        self.consumers += 1;
-        self.unacked = 0;
-        self.window = window;
-        info!(task = self.options.names.task(), window, "consumer window resized");
         Ok(())
     }
 
     fn report(&mut self) {
         let at = *self.stats.at.get_or_insert_with(Instant::now);
         if at.elapsed() >= Duration::from_secs(10) {
-            info!(task = self.options.names.task(), transactions = self.stats.transactions, changes = self.stats.changes, watermark = %self.committed, "applied");
+            info!(task = self.task(), transactions = self.stats.transactions, changes = self.stats.changes, watermark = %self.committed, "applied");
             self.stats = Stats { at: Some(Instant::now()), ..Stats::default() };
         }
     }
@@ -377,23 +389,11 @@ impl<'o> Session<'o> {
     /// Sends a message that can never be applied to the task's dead-letter queue. Everything
     /// before it is committed first, so the order of what is applied is unaffected.
     async fn dead_letter(&mut self, tag: u64, reason: &str) -> Result<(), Error> {
-        error!(task = self.options.names.task(), delivery_tag = tag, reason, "dead-lettering a message that is not a valid envelope");
-        if self.open.is_none() {
-            self.commit().await?;
-        }
+        error!(task = self.task(), delivery_tag = tag, reason, "dead-lettering a message that is not a valid envelope");
+        self.commit().await?;
         self.channel.basic_reject(tag, BasicRejectOptions { requeue: false }).await?;
         Ok(())
     }
-}
-
-fn consumer_tag(names: &TaskNames, n: u32) -> String {
-    format!("trempy-applier-{}-{n}", names.task())
-}
-
-async fn consume(channel: &Channel, names: &TaskNames, window: u16, n: u32) -> Result<Consumer, Error> {
-    channel.basic_qos(window, BasicQosOptions { global: false }).await?;
-    let tag = consumer_tag(names, n);
-    Ok(channel.basic_consume(names.queue().as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await?)
 }
 
 async fn sleep_opt(wait: Option<Duration>) {

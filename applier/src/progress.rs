@@ -6,6 +6,7 @@ use trempy_protocol::Lsn;
 use crate::error::{Error, ErrorKind};
 
 const SETUP: &str = "
+SET client_min_messages = warning;
 CREATE SCHEMA IF NOT EXISTS trempy;
 CREATE TABLE IF NOT EXISTS trempy.applier_progress (
     task_name              text PRIMARY KEY,
@@ -63,4 +64,54 @@ pub(crate) async fn advance(tx: &tokio_postgres::Client, task: &str, from: Lsn, 
     } else {
         Err(Error::new(ErrorKind::Conflict, format!("the progress of task {task} moved under this applier (is another applier running?)")))
     }
+}
+
+const STAGING_SETUP: &str = "
+CREATE TABLE IF NOT EXISTS trempy.applier_staging (
+    task_name  text NOT NULL,
+    commit_lsn pg_lsn NOT NULL,
+    seq        integer NOT NULL,
+    body       bytea NOT NULL,
+    PRIMARY KEY (task_name, commit_lsn, seq)
+);
+COMMENT ON TABLE trempy.applier_staging IS
+  'TREMpy: chunks of a source transaction larger than one message, kept until its last chunk arrives.';
+";
+
+/// A source transaction whose first chunks are staged in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Staged {
+    pub(crate) commit_lsn: Lsn,
+    pub(crate) next_seq: u32,
+}
+
+/// Creates the staging table if needed and returns what is staged for the task (committed).
+pub(crate) async fn load_staged(client: &tokio_postgres::Client, task: &str) -> Result<Option<Staged>, Error> {
+    client.batch_execute(STAGING_SETUP).await?;
+    let rows = client
+        .query("SELECT commit_lsn::text, max(seq) FROM trempy.applier_staging WHERE task_name = $1 GROUP BY commit_lsn ORDER BY commit_lsn DESC", &[&task])
+        .await?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let lsn: String = row.get(0);
+    let max_seq: i32 = row.get(1);
+    let commit_lsn = Lsn::parse(&lsn).map_err(|e| Error::new(ErrorKind::Conflict, format!("staging of task {task}: {e}")))?;
+    Ok(Some(Staged { commit_lsn, next_seq: u32::try_from(max_seq).unwrap_or(0) + 1 }))
+}
+
+/// Stages one chunk (inside the caller's open transaction).
+pub(crate) async fn stage(client: &tokio_postgres::Client, task: &str, commit_lsn: Lsn, seq: u32, body: &[u8]) -> Result<(), Error> {
+    client
+        .execute(
+            "INSERT INTO trempy.applier_staging (task_name, commit_lsn, seq, body) VALUES ($1, $2::text::pg_lsn, $3, $4)
+             ON CONFLICT (task_name, commit_lsn, seq) DO UPDATE SET body = EXCLUDED.body",
+            &[&task, &commit_lsn.to_string(), &i32::try_from(seq).unwrap_or(i32::MAX), &body],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Forgets every staged chunk of the task (inside the caller's open transaction).
+pub(crate) async fn clear_staged(client: &tokio_postgres::Client, task: &str) -> Result<(), Error> {
+    client.execute("DELETE FROM trempy.applier_staging WHERE task_name = $1", &[&task]).await?;
+    Ok(())
 }
