@@ -6,7 +6,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static AMQP_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
 static MAX_MESSAGE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
@@ -31,7 +31,7 @@ pub(crate) fn init() {
     GucRegistry::define_int_guc(
         c"trempy.batch_size",
         c"Changes a task worker asks logical decoding for per call (whole transactions are always returned).",
-        c"",
+        c"Every call decodes again from the slot's restart_lsn, which only moves at running-transactions records, so small batches make a backlog cost quadratic. Memory does not grow with it: results are streamed.",
         &BATCH_SIZE,
         100,
         10_000_000,
