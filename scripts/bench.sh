@@ -319,7 +319,7 @@ detail() { DETAILS+=("$*"); }
 # run_case NAME ROWS ROWS_PER_TXN
 run_case() {
     local name=$1 rows=$2 step=$3 txns task sub t0 want
-    local startup_s build_s publish_s drain_s e2e_s native_s native_build_s native_e2e_s native_e2e_build_s e2e_build_s copy_s
+    local slot_before slot_moves startup_s build_s publish_s drain_s e2e_s native_s native_build_s native_e2e_s native_e2e_build_s e2e_build_s copy_s
     local msgs queue_msgs progress
     txns=$(((rows + step - 1) / step))
     task=bench_$name
@@ -337,6 +337,7 @@ run_case() {
     build_s=$(since "$t0")
     want=$(checksum source)
     say "[$name] TREMpy: backlog built in ${build_s}s; start_task, waiting for decode+publish"
+    slot_before=$(src -At -F ' ' -c "SELECT restart_lsn, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'trempy_$task'")
     t0=$EPOCHREALTIME
     src -c "SELECT trempy.start_task('$task')" >/dev/null
     wait_state "$task" running
@@ -344,6 +345,8 @@ run_case() {
     wait_published "$task" "$rows" "$txns"
     publish_s=$(since "$t0")
     msgs=$(src -At -F ' ' -c "SELECT messages_published || ' ' || coalesce(lag_bytes::text, '-') FROM trempy.status() WHERE task_name = '$task'")
+    # Each decoding call re-reads the WAL from the slot's restart_lsn: show how far it moved.
+    slot_moves=$(src -At -F '|' -c "SELECT pg_size_pretty(pg_wal_lsn_diff(restart_lsn, '${slot_before% *}')), pg_size_pretty(pg_wal_lsn_diff(confirmed_flush_lsn, '${slot_before#* }')) FROM pg_replication_slots WHERE slot_name = 'trempy_$task'")
     # RabbitMQ refreshes quorum queue counters every few seconds: give them up to 10 s to
     # catch up with messages_published (not timed).
     local q_deadline=$((SECONDS + 10))
@@ -430,6 +433,7 @@ run_case() {
     fi
 
     detail "$label: backlog write ${build_s}s (native ${native_build_s}s); TREMpy decode+publish ${publish_s}s (of which worker start ${startup_s}s), drain ${drain_s}s; native catch-up ${native_s}s"
+    detail "$label: during decode+publish the slot's restart_lsn moved ${slot_moves%|*}, its confirmed_flush_lsn ${slot_moves#*|} (every decoding call starts at restart_lsn)"
     detail "$label: messages_published ${msgs%% *} (lag_bytes after publish ${msgs##* }), RabbitMQ queue depth before the applier $queue_msgs, rows/message $(awk -v r="$rows" -v m="${msgs%% *}" 'BEGIN { if (m > 0) printf "%.0f", r / m; else print "-" }'), applier_progress (txns, changes) $progress"
     detail "$label: end-to-end TREMpy ${e2e_s}s (backlog written in ${e2e_build_s}s), native ${native_e2e_s}s (written in ${native_e2e_build_s}s)${copy_s:+; COPY pipe ${copy_s}s}"
 }

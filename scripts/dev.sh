@@ -793,4 +793,4 @@ main() {
 }
 
 # Allow `source scripts/dev.sh` (e.g. to reuse helpers) without running a command.
-[[ ${BASH_SOURCE[0]} != "$0" ]] || main "$@"
+[[ ${BASH_SOURCE[0]} != "$0" ]] || { main "$@"; exit; }  # one command: bash reads nothing after it, so editing dev.sh while a command runs is safe
