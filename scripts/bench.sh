@@ -43,13 +43,7 @@ fail() {
     exit 1
 }
 
-require_stack
-[[ -f $ENV_FILE ]] || fail "$ENV_FILE is missing; run 'scripts/dev.sh stack-up' first"
-# shellcheck disable=SC1090
-. "$ENV_FILE"
-[[ -x $TREMPY_APPLIER_BIN ]] || fail "$TREMPY_APPLIER_BIN is not built; run 'scripts/dev.sh build'"
-for cluster in source target; do pg_running "$cluster" || fail "the $cluster PostgreSQL is not running"; done
-rabbit_running || fail "RabbitMQ is not running"
+use_running_stack
 
 QUICK=${BENCH_QUICK:-0}
 if [[ $QUICK == 1 ]]; then
@@ -75,20 +69,7 @@ BENCH_SUBS=(bench_sub_batch bench_sub_txns bench_sub_batch_e2e bench_sub_txns_e2
 
 # ------------------------------------------------------------------ helpers
 
-# psql as role trempy over the unix socket; the password travels in the environment only.
-sql_on() {
-    local db=$1 port
-    shift
-    case $db in
-        source) port=$TREMPY_SOURCE_PORT ;;
-        target) port=$TREMPY_TARGET_PORT ;;
-        *) fail "unknown database $db" ;;
-    esac
-    PGPASSWORD=$(password) PGTZ=UTC PGAPPNAME=trempy-bench PGCONNECT_TIMEOUT=10 PGOPTIONS='-c client_min_messages=warning' \
-        "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$TREMPY_SOCKET_DIR" -p "$port" -U trempy -d "$db" "$@"
-}
-src() { sql_on source "$@"; }
-tgt() { sql_on target "$@"; }
+SQL_APP=trempy-bench
 
 # since T0: seconds elapsed since T0 (an $EPOCHREALTIME value), 3 decimals.
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }

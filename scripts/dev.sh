@@ -718,6 +718,35 @@ cmd_rabbit_restart() {
     rabbit_stop
     rabbit_start
 }
+# For scripts that use the running stack (demo.sh, bench.sh): exports .stack/env and checks that
+# every component is up. Reports with the caller's fail().
+use_running_stack() {
+    require_stack
+    [[ -f $ENV_FILE ]] || fail "$ENV_FILE is missing; run 'scripts/dev.sh stack-up' first"
+    set -a
+    # shellcheck disable=SC1090
+    . "$ENV_FILE"
+    set +a
+    [[ -x $TREMPY_APPLIER_BIN ]] || fail "$TREMPY_APPLIER_BIN is not built; run 'scripts/dev.sh build'"
+    local cluster
+    for cluster in source target; do pg_running "$cluster" || fail "the $cluster PostgreSQL is not running"; done
+    rabbit_running || fail "RabbitMQ is not running"
+}
+# psql as role trempy over the stack's unix socket (after use_running_stack); the password travels
+# in the environment only. SQL_APP names the caller in pg_stat_activity.
+sql_on() {
+    local db=$1 port
+    shift
+    case $db in
+        source) port=$TREMPY_SOURCE_PORT ;;
+        target) port=$TREMPY_TARGET_PORT ;;
+        *) fail "unknown database $db" ;;
+    esac
+    PGPASSWORD=$(password) PGTZ=UTC PGAPPNAME=${SQL_APP:-trempy-dev} PGCONNECT_TIMEOUT=10 PGOPTIONS='-c client_min_messages=warning' \
+        "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$TREMPY_SOCKET_DIR" -p "$port" -U trempy -d "$db" "$@"
+}
+src() { sql_on source "$@"; }
+tgt() { sql_on target "$@"; }
 cmd_psql_source() { pg_psql source "$@"; }
 cmd_psql_target() { pg_psql target "$@"; }
 

@@ -7,6 +7,8 @@
 //! exactly. Within an upsert run only the last image of each key is kept (a later full image of a
 //! row supersedes an earlier one). An update that changes the key deletes the old row first.
 //! Unchanged TOASTed columns are left out of the statement, so the target keeps its value.
+//! Inserts say `OVERRIDING SYSTEM VALUE`: the source's values win over `GENERATED ALWAYS`
+//! identity columns in the target.
 
 use std::collections::{HashMap, HashSet};
 
@@ -31,8 +33,8 @@ fn qualified(rel: &Relation) -> String {
 /// One row operation, ready to join a run.
 #[derive(Debug)]
 enum Op<'a> {
-    Upsert { rel: &'a Relation, present: Vec<usize>, row: &'a [Option<String>] },
-    Delete { rel: &'a Relation, row: &'a [Option<String>] },
+    Upsert { rel: &'a Relation, present: Vec<usize>, row: Vec<Option<String>> },
+    Delete { rel: &'a Relation, row: Vec<Option<String>> },
     Truncate { rels: Vec<&'a Relation>, cascade: bool, restart_identity: bool },
 }
 
@@ -48,15 +50,15 @@ fn relation(envelope: &Envelope, id: u32) -> Result<&Relation, Error> {
     envelope.relation(id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))
 }
 
-/// The operations a change turns into.
-fn plan<'a>(envelope: &'a Envelope, change: &'a Change) -> Result<Vec<Op<'a>>, Error> {
+/// The operations a change turns into (taking its values, not copying them).
+fn plan(envelope: &Envelope, change: Change) -> Result<Vec<Op<'_>>, Error> {
     Ok(match change {
         Change::Insert { rel, new } => {
-            let rel = relation(envelope, *rel)?;
+            let rel = relation(envelope, rel)?;
             vec![Op::Upsert { rel, present: (0..rel.columns.len()).collect(), row: new }]
         }
         Change::Update { rel, old, new, unchanged } => {
-            let rel = relation(envelope, *rel)?;
+            let rel = relation(envelope, rel)?;
             let keys = key_indexes(rel)?;
             let present: Vec<usize> = (0..rel.columns.len()).filter(|i| !unchanged.contains(i)).collect();
             if let Some(k) = keys.iter().find(|k| !present.contains(k)) {
@@ -71,10 +73,10 @@ fn plan<'a>(envelope: &'a Envelope, change: &'a Change) -> Result<Vec<Op<'a>>, E
             ops.push(Op::Upsert { rel, present, row: new });
             ops
         }
-        Change::Delete { rel, old } => vec![Op::Delete { rel: relation(envelope, *rel)?, row: old }],
+        Change::Delete { rel, old } => vec![Op::Delete { rel: relation(envelope, rel)?, row: old }],
         Change::Truncate { rels, cascade, restart_identity } => {
             let rels = rels.iter().map(|id| relation(envelope, *id)).collect::<Result<Vec<_>, _>>()?;
-            vec![Op::Truncate { rels, cascade: *cascade, restart_identity: *restart_identity }]
+            vec![Op::Truncate { rels, cascade, restart_identity }]
         }
     })
 }
@@ -96,7 +98,7 @@ fn upsert_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
         .collect();
     let action = if sets.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", sets.join(", ")) };
     Ok(format!(
-        "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({}) DO {action}",
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({}) DO {action}",
         qualified(rel),
         cols.join(", "),
         casts.join(", "),
@@ -139,17 +141,18 @@ struct Run {
 }
 
 impl Run {
-    fn for_op(op: &Op<'_>) -> Result<Option<RunStart>, Error> {
+    fn for_op(op: &mut Op<'_>) -> Result<Option<RunStart>, Error> {
+        let take = |row: &mut Vec<Option<String>>, i: usize| row.get_mut(i).and_then(Option::take);
         match op {
             Op::Upsert { rel, present, row } => {
                 let keys = key_indexes(rel)?;
                 let key_positions = present.iter().enumerate().filter(|(_, i)| keys.contains(i)).map(|(p, _)| p).collect();
-                let values = present.iter().map(|&i| row.get(i).cloned().flatten()).collect();
+                let values = present.iter().map(|&i| take(row, i)).collect();
                 Ok(Some((Run { sql: upsert_sql(rel, present)?, kind: RunKind::Upsert, table: qualified(rel), key_positions, rows: Vec::new() }, values)))
             }
             Op::Delete { rel, row } => {
                 let keys = key_indexes(rel)?;
-                let values = keys.iter().map(|&i| row.get(i).cloned().flatten()).collect();
+                let values = keys.iter().map(|&i| take(row, i)).collect();
                 Ok(Some((Run { sql: delete_sql(rel)?, kind: RunKind::Delete, table: qualified(rel), key_positions: (0..keys.len()).collect(), rows: Vec::new() }, values)))
             }
             Op::Truncate { .. } => Ok(None),
@@ -161,22 +164,22 @@ impl Run {
     fn parameters(&mut self) -> Vec<Vec<Option<String>>> {
         let width = self.rows.first().map_or(0, Vec::len);
         let rows = std::mem::take(&mut self.rows);
-        let rows: Vec<Vec<Option<String>>> = if self.kind == RunKind::Upsert {
-            let mut seen = HashSet::new();
-            let mut kept: Vec<Vec<Option<String>>> = rows
-                .into_iter()
-                .rev()
-                .filter(|row| seen.insert(self.key_positions.iter().map(|&p| row[p].clone()).collect::<Vec<_>>()))
-                .collect();
-            kept.reverse();
-            kept
+        // Upserts keep only the last image of each key (borrowed keys: no copies).
+        let keep: Vec<bool> = if self.kind == RunKind::Upsert {
+            let mut seen = HashSet::with_capacity(rows.len());
+            let mut keep: Vec<bool> = rows.iter().rev().map(|row| seen.insert(self.key_positions.iter().map(|&p| row[p].as_deref()).collect::<Vec<_>>())).collect();
+            keep.reverse();
+            keep
         } else {
-            rows
+            vec![true; rows.len()]
         };
-        let mut columns = vec![Vec::with_capacity(rows.len()); width];
-        for row in rows {
-            for (column, value) in columns.iter_mut().zip(row) {
-                column.push(value);
+        let kept = keep.iter().filter(|k| **k).count();
+        let mut columns = vec![Vec::with_capacity(kept); width];
+        for (row, keep) in rows.into_iter().zip(keep) {
+            if keep {
+                for (column, value) in columns.iter_mut().zip(row) {
+                    column.push(value);
+                }
             }
         }
         columns
@@ -195,9 +198,9 @@ impl Writer {
     }
 
     /// Applies one change (possibly by adding it to the pending run).
-    pub(crate) async fn apply(&mut self, client: &Client, envelope: &Envelope, change: &Change) -> Result<(), Error> {
-        for op in plan(envelope, change)? {
-            match Run::for_op(&op)? {
+    pub(crate) async fn apply(&mut self, client: &Client, envelope: &Envelope, change: Change) -> Result<(), Error> {
+        for mut op in plan(envelope, change)? {
+            match Run::for_op(&mut op)? {
                 Some((run, values)) => {
                     let fits = self.run.as_ref().is_some_and(|r| r.sql == run.sql && r.rows.len() < MAX_RUN_ROWS);
                     if !fits {
@@ -272,7 +275,7 @@ mod tests {
     fn upsert_statement() {
         assert_eq!(
             upsert_sql(&rel(), &[0, 1, 2]).unwrap(),
-            "INSERT INTO \"My \"\"Schema\"\"\".\"tâble\" (\"id\", \"Name\", \"tags\") SELECT u.c0::integer, u.c1::text, u.c2::\"My Schema\".mood[] \
+            "INSERT INTO \"My \"\"Schema\"\"\".\"tâble\" (\"id\", \"Name\", \"tags\") OVERRIDING SYSTEM VALUE SELECT u.c0::integer, u.c1::text, u.c2::\"My Schema\".mood[] \
              FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2) ON CONFLICT (\"id\") DO UPDATE SET \"Name\" = EXCLUDED.\"Name\", \"tags\" = EXCLUDED.\"tags\""
         );
         assert!(upsert_sql(&rel(), &[0]).unwrap().ends_with("ON CONFLICT (\"id\") DO NOTHING"));
@@ -313,25 +316,23 @@ mod tests {
 
     #[test]
     fn key_change_deletes_the_old_row_first() {
-        let e = env(vec![Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("x"), None], unchanged: vec![2] }]);
-        let ops = plan(&e, &e.transactions[0].changes[0]).unwrap();
+        let change = Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("x"), None], unchanged: vec![2] };
+        let e = env(vec![]);
+        let ops = plan(&e, change).unwrap();
         assert!(matches!(&ops[0], Op::Delete { row, .. } if row[0] == s("1")));
         assert!(matches!(&ops[1], Op::Upsert { present, .. } if present == &vec![0, 1]));
         let same_key = Change::Update { rel: 1, old: Some(vec![s("2"), None, None]), new: vec![s("2"), s("y"), s("{}")], unchanged: vec![] };
-        let e = env(vec![same_key]);
-        assert_eq!(plan(&e, &e.transactions[0].changes[0]).unwrap().len(), 1);
+        assert_eq!(plan(&e, same_key).unwrap().len(), 1);
     }
 
     #[test]
     fn upsert_runs_keep_the_last_image_per_key() {
         let r = rel();
-        let op = |v: &'static [Option<String>]| Op::Upsert { rel: &r, present: vec![0, 1, 2], row: v };
-        let rows: Vec<Vec<Option<String>>> = vec![vec![s("1"), s("a"), None], vec![s("2"), s("b"), None], vec![s("1"), s("c"), None]];
-        let leaked: &'static Vec<Vec<Option<String>>> = Box::leak(Box::new(rows));
-        let (mut run, first) = Run::for_op(&op(&leaked[0])).unwrap().unwrap();
+        let mut op = Op::Upsert { rel: &r, present: vec![0, 1, 2], row: vec![s("1"), s("a"), None] };
+        let (mut run, first) = Run::for_op(&mut op).unwrap().unwrap();
         run.rows.push(first);
-        run.rows.push(leaked[1].clone());
-        run.rows.push(leaked[2].clone());
+        run.rows.push(vec![s("2"), s("b"), None]);
+        run.rows.push(vec![s("1"), s("c"), None]);
         let columns = run.parameters();
         assert_eq!(columns[0], vec![s("2"), s("1")]);
         assert_eq!(columns[1], vec![s("b"), s("c")]);

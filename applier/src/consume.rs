@@ -228,20 +228,22 @@ impl<'o> Session<'o> {
     async fn handle(&mut self, delivery: Delivery) -> Result<(), Error> {
         self.since.get_or_insert_with(Instant::now);
         let tag = delivery.delivery_tag;
-        let envelope = match Envelope::parse(&delivery.data) {
+        let mut envelope = match Envelope::parse(&delivery.data) {
             Ok(envelope) if envelope.task == self.task() => envelope,
             Ok(envelope) => return self.dead_letter(tag, &format!("message of task {:?} in the queue of task {:?}", envelope.task, self.task())).await,
             Err(err) => return self.dead_letter(tag, err.message()).await,
         };
-        for transaction in &envelope.transactions {
-            self.transaction(&envelope, transaction).await.map_err(|e| e.with_lsn(transaction.commit_lsn))?;
+        drop(delivery);
+        for transaction in std::mem::take(&mut envelope.transactions) {
+            let lsn = transaction.commit_lsn;
+            self.transaction(&envelope, transaction).await.map_err(|e| e.with_lsn(lsn))?;
         }
         self.ackable = Some(tag);
         Ok(())
     }
 
     /// One source transaction, or one chunk of it.
-    async fn transaction(&mut self, envelope: &Envelope, transaction: &Transaction) -> Result<(), Error> {
+    async fn transaction(&mut self, envelope: &Envelope, transaction: Transaction) -> Result<(), Error> {
         let lsn = transaction.commit_lsn;
         if let Some(staged) = self.staged {
             if lsn == staged.commit_lsn && transaction.seq != 0 {
@@ -249,7 +251,7 @@ impl<'o> Session<'o> {
                     return Ok(()); // redelivered after it was staged
                 }
                 if transaction.seq > staged.next_seq {
-                    return Err(self.out_of_order(transaction, Some(staged)));
+                    return Err(self.out_of_order(&transaction, Some(staged)));
                 }
                 return if transaction.last { self.apply_staged(envelope, transaction).await } else { self.stage(envelope, transaction).await };
             }
@@ -264,13 +266,11 @@ impl<'o> Session<'o> {
             return Ok(()); // applied already (redelivery or re-publication)
         }
         if transaction.seq != 0 {
-            return Err(self.out_of_order(transaction, None));
+            return Err(self.out_of_order(&transaction, None));
         }
         if transaction.last {
             self.begin().await?;
-            self.apply(envelope, transaction).await?;
-            self.completed(transaction);
-            Ok(())
+            self.apply(envelope, transaction).await
         } else {
             self.stage(envelope, transaction).await
         }
@@ -292,32 +292,33 @@ impl<'o> Session<'o> {
         Ok(())
     }
 
-    async fn apply(&mut self, envelope: &Envelope, transaction: &Transaction) -> Result<(), Error> {
-        for change in &transaction.changes {
+    /// Applies the changes of a transaction (or chunk); the last chunk completes it.
+    async fn apply(&mut self, envelope: &Envelope, transaction: Transaction) -> Result<(), Error> {
+        self.pending.changes += transaction.changes.len() as u64;
+        for change in transaction.changes {
             self.writer.apply(&self.client, envelope, change).await?;
         }
-        self.pending.changes += transaction.changes.len() as u64;
+        if transaction.last {
+            self.pending.watermark = transaction.commit_lsn;
+            self.pending.commit_time = Some(transaction.commit_time);
+            self.pending.transactions += 1;
+        }
         Ok(())
     }
 
-    fn completed(&mut self, transaction: &Transaction) {
-        self.pending.watermark = transaction.commit_lsn;
-        self.pending.commit_time = Some(transaction.commit_time.clone());
-        self.pending.transactions += 1;
-    }
-
     /// Stores one chunk of a large source transaction in the open target transaction.
-    async fn stage(&mut self, envelope: &Envelope, transaction: &Transaction) -> Result<(), Error> {
+    async fn stage(&mut self, envelope: &Envelope, transaction: Transaction) -> Result<(), Error> {
         self.begin().await?;
-        let single = Envelope { version: envelope.version, task: envelope.task.clone(), transactions: vec![transaction.clone()], relations: envelope.relations.clone() };
+        let (commit_lsn, seq) = (transaction.commit_lsn, transaction.seq);
+        let single = Envelope { version: envelope.version, task: envelope.task.clone(), transactions: vec![transaction], relations: envelope.relations.clone() };
         let body = serde_json::to_vec(&single).map_err(|e| Error::new(ErrorKind::Envelope, e.to_string()))?;
-        progress::stage(&self.client, self.options.names.task(), transaction.commit_lsn, transaction.seq, &body).await?;
-        self.staged = Some(Staged { commit_lsn: transaction.commit_lsn, next_seq: transaction.seq + 1 });
+        progress::stage(&self.client, self.options.names.task(), commit_lsn, seq, &body).await?;
+        self.staged = Some(Staged { commit_lsn, next_seq: seq + 1 });
         Ok(())
     }
 
     /// Applies a staged source transaction: its staged chunks in order, then its last chunk.
-    async fn apply_staged(&mut self, envelope: &Envelope, last: &Transaction) -> Result<(), Error> {
+    async fn apply_staged(&mut self, envelope: &Envelope, last: Transaction) -> Result<(), Error> {
         self.begin().await?;
         let cursor = format!(
             "DECLARE trempy_staged NO SCROLL CURSOR FOR SELECT body FROM trempy.applier_staging WHERE task_name = '{}' AND commit_lsn = '{}' ORDER BY seq",
@@ -333,9 +334,9 @@ impl<'o> Session<'o> {
             }
             for row in rows {
                 let body: Vec<u8> = row.get(0);
-                let staged = Envelope::parse(&body).map_err(|e| Error::new(ErrorKind::Conflict, format!("a staged chunk does not parse: {e}")))?;
-                for chunk in &staged.transactions {
-                    if chunk.seq != expected {
+                let mut staged = Envelope::parse(&body).map_err(|e| Error::new(ErrorKind::Conflict, format!("a staged chunk does not parse: {e}")))?;
+                for chunk in std::mem::take(&mut staged.transactions) {
+                    if chunk.seq != expected || chunk.last {
                         return Err(Error::new(ErrorKind::Conflict, format!("staged chunks of {} are not contiguous at {expected}", last.commit_lsn)));
                     }
                     expected += 1;
@@ -351,7 +352,6 @@ impl<'o> Session<'o> {
         self.writer.flush(&self.client).await?;
         progress::clear_staged(&self.client, self.options.names.task()).await?;
         self.staged = None;
-        self.completed(last);
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static AMQP_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
-static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
+static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 static MAX_MESSAGE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
 /// Registers the settings. Called from `_PG_init`.
@@ -81,7 +81,7 @@ pub(crate) fn batch_size() -> i32 {
 
 /// `trempy.poll_interval`.
 pub(crate) fn poll_interval() -> std::time::Duration {
-    std::time::Duration::from_millis(u64::try_from(POLL_INTERVAL_MS.get()).unwrap_or(200))
+    std::time::Duration::from_millis(u64::try_from(POLL_INTERVAL_MS.get()).unwrap_or(100))
 }
 
 /// `trempy.max_message_size`, in bytes.

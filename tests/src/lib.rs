@@ -193,6 +193,17 @@ pub async fn rows_written_twice(target: &Client, schema_table: &str) -> i64 {
         .get(0)
 }
 
+/// A fresh task replicating one fresh table `public.<task>` (created with `columns` on both
+/// sides). Returns the task name, the table's qualified name and a source connection.
+pub async fn table_task(prefix: &str, columns: &str) -> (String, String, Client) {
+    let task = unique(prefix);
+    let table = format!("public.{task}");
+    create_table_both(&format!("CREATE TABLE {table} ({columns})")).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task)]).await;
+    (task, table, source)
+}
+
 /// Creates the same table on source and target.
 pub async fn create_table_both(ddl: &str) {
     source().await.batch_execute(ddl).await.unwrap();

@@ -64,11 +64,7 @@ async fn inserts_updates_deletes_on_two_tables_with_odd_identifiers_and_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_transaction_of_100k_rows() {
-    let task = unique("big");
-    let t = format!("public.{task}");
-    create_table_both(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, payload text, n int)")).await;
-    let source = source().await;
-    create_task(&source, &task, &[("public", &task)]).await;
+    let (task, t, source) = table_task("big", "id bigint PRIMARY KEY, payload text, n int").await;
     let _applier = Applier::start(&task);
     source.batch_execute(&format!("INSERT INTO {t} SELECT g, md5(g::text) || repeat('x', 40), g FROM generate_series(1, 100000) g")).await.unwrap();
     source.batch_execute(&format!("UPDATE {t} SET n = n + 1 WHERE id % 2 = 0")).await.unwrap();
@@ -80,11 +76,7 @@ async fn one_transaction_of_100k_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_one_row_transactions() {
-    let task = unique("small");
-    let t = format!("public.{task}");
-    create_table_both(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, v text)")).await;
-    let source = source().await;
-    create_task(&source, &task, &[("public", &task)]).await;
+    let (task, t, source) = table_task("small", "id bigint PRIMARY KEY, v text").await;
     let _applier = Applier::start(&task);
     source.batch_execute(&format!("DO $$ BEGIN FOR i IN 1..10000 LOOP INSERT INTO {t} VALUES (i, 'v' || i); COMMIT; END LOOP; END $$")).await.unwrap();
     let fp = wait_converged(&[(&t, "id")], CONVERGE).await;
@@ -93,14 +85,19 @@ async fn ten_thousand_one_row_transactions() {
     drop_task(&source, &task).await;
 }
 
-/// A table of rows plus an insert-only ledger (one row per source transaction) whose target
-/// copy counts every write, to detect double application.
-async fn mixed_workload_tables(task: &str) -> (String, String) {
+/// A task over a table of rows plus an insert-only ledger (one row per source transaction) whose
+/// target copy counts every write, to detect double application; its applier runs.
+/// Returns (task, table, ledger, source connection, applier).
+async fn mixed_workload_task(prefix: &str) -> (String, String, String, tokio_postgres::Client, Applier) {
+    let task = unique(prefix);
     let t = format!("public.{task}");
     let ledger = format!("public.{task}_ledger");
     create_table_both(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, v bigint, note text); CREATE TABLE {ledger} (id bigint PRIMARY KEY, at timestamptz)")).await;
     install_duplicate_detector(&target().await, &ledger).await;
-    (t, ledger)
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task), ("public", &format!("{task}_ledger"))]).await;
+    let applier = Applier::start(&task);
+    (task, t, ledger, source, applier)
 }
 
 fn mixed_transaction(t: &str, ledger: &str) -> impl Fn(u64) -> String + Send + 'static {
@@ -122,11 +119,7 @@ fn mixed_transaction(t: &str, ledger: &str) -> impl Fn(u64) -> String + Send + '
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applier_sigkilled_mid_stream_loses_and_duplicates_nothing() {
-    let task = unique("kill_applier");
-    let (t, ledger) = mixed_workload_tables(&task).await;
-    let source = source().await;
-    create_task(&source, &task, &[("public", &task), ("public", &format!("{task}_ledger"))]).await;
-    let mut applier = Applier::start(&task);
+    let (task, t, ledger, source, mut applier) = mixed_workload_task("kill_applier").await;
     let writer = Writer::start(mixed_transaction(&t, &ledger));
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -142,11 +135,7 @@ async fn applier_sigkilled_mid_stream_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_worker_sigkilled_mid_stream_is_restarted_and_loses_nothing() {
-    let task = unique("kill_worker");
-    let (t, ledger) = mixed_workload_tables(&task).await;
-    let source = source().await;
-    create_task(&source, &task, &[("public", &task), ("public", &format!("{task}_ledger"))]).await;
-    let _applier = Applier::start(&task);
+    let (task, t, ledger, source, _applier) = mixed_workload_task("kill_worker").await;
     let writer = Writer::start(mixed_transaction(&t, &ledger));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid: i32 = source.query_one("SELECT worker_pid FROM trempy.status() WHERE task_name = $1", &[&task]).await.unwrap().get(0);
@@ -166,11 +155,7 @@ async fn task_worker_sigkilled_mid_stream_is_restarted_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_stopped_and_restarted_mid_stream_loses_nothing() {
-    let task = unique("rabbit");
-    let (t, ledger) = mixed_workload_tables(&task).await;
-    let source = source().await;
-    create_task(&source, &task, &[("public", &task), ("public", &format!("{task}_ledger"))]).await;
-    let _applier = Applier::start(&task);
+    let (task, t, ledger, source, _applier) = mixed_workload_task("rabbit").await;
     let writer = Writer::start(mixed_transaction(&t, &ledger));
     tokio::time::sleep(Duration::from_secs(2)).await;
     dev(&["rabbit-stop"]).await;
@@ -187,11 +172,7 @@ async fn rabbitmq_stopped_and_restarted_mid_stream_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_task_resumes_where_it_stopped() {
-    let task = unique("stopstart");
-    let t = format!("public.{task}");
-    create_table_both(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)")).await;
-    let source = source().await;
-    create_task(&source, &task, &[("public", &task)]).await;
+    let (task, t, source) = table_task("stopstart", "id int PRIMARY KEY, v text").await;
     let _applier = Applier::start(&task);
     source.batch_execute(&format!("INSERT INTO {t} SELECT g, 'a' FROM generate_series(1, 100) g")).await.unwrap();
     source.execute("SELECT trempy.stop_task($1)", &[&task]).await.unwrap();

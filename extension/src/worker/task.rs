@@ -125,7 +125,11 @@ fn run(task: &Task, publisher: &Publisher) {
             }
             Ok(Round::Published(counts, lsn)) => {
                 failures = 0;
-                wait = Duration::ZERO;
+                // Every decoding call re-reads WAL from the slot's restart_lsn (which moves only at
+                // running-transactions records, every 15 s or so): loop at once only when the
+                // batch was full and more is certainly waiting.
+                let full = counts.changes >= u64::try_from(gucs::batch_size()).unwrap_or(u64::MAX);
+                wait = if full { Duration::ZERO } else { task.poll_interval };
                 error_active = false;
                 let done = record(
                     task,

@@ -1,0 +1,97 @@
+//! What the applier does with bad input on the queue: a message that is not a valid envelope is
+//! dead-lettered with nothing lost around it; a chunk out of sequence is never applied and never
+//! acknowledged.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use trempy_e2e::*;
+
+async fn channel() -> (Connection, Channel) {
+    let connection = Connection::connect(&env("TREMPY_AMQP_URL"), ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    (connection, channel)
+}
+
+async fn publish(channel: &Channel, task: &str, body: &[u8]) {
+    let confirm = channel
+        .basic_publish(
+            format!("trempy_exchange_{task}").as_str().into(),
+            format!("trempy_routing_key_{task}").as_str().into(),
+            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack() && confirm.take_message().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_message_is_dead_lettered_and_the_stream_goes_on() {
+    let (task, t, source) = table_task("poison", "id int PRIMARY KEY, v text").await;
+    let _applier = Applier::start(&task);
+    source.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'before')")).await.unwrap();
+    wait_converged(&[(&t, "id")], Duration::from_secs(60)).await;
+
+    let (_connection, channel) = channel().await;
+    publish(&channel, &task, b"{\"version\": 1, \"task\": \"truncated").await;
+    source.batch_execute(&format!("INSERT INTO {t} VALUES (2, 'after')")).await.unwrap();
+    wait_converged(&[(&t, "id")], Duration::from_secs(60)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        if let Some(message) = channel.basic_get(format!("dlx_queue_{task}").as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+            break message;
+        }
+        assert!(Instant::now() < deadline, "the malformed message did not reach the dead-letter queue");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(dead.delivery.data, b"{\"version\": 1, \"task\": \"truncated");
+    drop_task(&source, &task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_out_of_sequence_is_never_applied_nor_acknowledged() {
+    let (task, t, source) = table_task("order", "id int PRIMARY KEY, v text").await;
+    let mut applier = Applier::start(&task);
+    source.batch_execute(&format!("INSERT INTO {t} VALUES (0, 'first')")).await.unwrap();
+    wait_converged(&[(&t, "id")], Duration::from_secs(60)).await; // the topology exists
+
+    // Chunk 1 of a transaction whose chunk 0 never came, far beyond anything applied.
+    let body = serde_json::json!({
+        "version": 1, "task": task,
+        "transactions": [{"changes": [{"op": "insert", "rel": 1, "new": ["42", "orphan"]}],
+                          "xid": 1, "commit_lsn": "FF/0", "commit_time": "2026-01-01T00:00:00.000000Z", "seq": 1, "last": true}],
+        "relations": [{"id": 1, "schema": "public", "table": task, "columns": [
+            {"name": "id", "type": "integer", "type_oid": 23, "key": true},
+            {"name": "v", "type": "text", "type_oid": 25, "key": false}]}]
+    });
+    let (connection, channel) = channel().await;
+    publish(&channel, &task, body.to_string().as_bytes()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let target = target().await;
+    let orphans: i64 = target.query_one(&format!("SELECT count(*) FROM {t} WHERE id = 42"), &[]).await.unwrap().get(0);
+    assert_eq!(orphans, 0, "an out-of-sequence chunk was applied");
+    let log = std::fs::read_to_string(format!("{}/applier-{task}.log", env("TREMPY_STACK_DIR"))).unwrap();
+    assert!(log.contains("arrived where chunk 0 was expected"), "the applier did not report the out-of-sequence chunk");
+
+    // It is still in the queue: stop the applier, and the message is there to be inspected.
+    applier.kill().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still_there = channel.queue_purge(format!("trempy_queue_{task}").as_str().into(), QueuePurgeOptions::default()).await.unwrap();
+    assert_eq!(still_there, 1, "the out-of-sequence chunk was acknowledged");
+    drop(connection);
+
+    // With the bad message gone, replication goes on.
+    let _applier = Applier::start(&task);
+    source.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'fine')")).await.unwrap();
+    wait_converged(&[(&t, "id")], Duration::from_secs(60)).await;
+    drop_task(&source, &task).await;
+}
