@@ -10,7 +10,11 @@
 //! Inserts say `OVERRIDING SYSTEM VALUE`: the source's values win over `GENERATED ALWAYS`
 //! identity columns in the target.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
@@ -20,6 +24,11 @@ use crate::error::{Error, ErrorKind};
 
 /// Rows after which a run is executed even if the next change would fit it.
 const MAX_RUN_ROWS: usize = 10_000;
+
+/// Bulk statements submitted to the target and not yet awaited.
+const MAX_IN_FLIGHT: usize = 2;
+
+type InFlight = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
 /// Quotes an identifier for SQL.
 pub(crate) fn quote_ident(name: &str) -> String {
@@ -187,18 +196,24 @@ impl Run {
 }
 
 /// Executes operations against the target inside the caller's open transaction.
+///
+/// Bulk statements are pipelined: each is sent as soon as its run is complete, and the next
+/// message is parsed while the server executes it. Results are awaited in order (so the first
+/// failure is the one reported), at most [`MAX_IN_FLIGHT`] behind; [`Writer::finish`] awaits them
+/// all and must precede the watermark update and COMMIT.
 pub(crate) struct Writer {
     statements: HashMap<String, Statement>,
     run: Option<Run>,
+    in_flight: VecDeque<InFlight>,
 }
 
 impl Writer {
     pub(crate) fn new() -> Self {
-        Self { statements: HashMap::new(), run: None }
+        Self { statements: HashMap::new(), run: None, in_flight: VecDeque::new() }
     }
 
     /// Applies one change (possibly by adding it to the pending run).
-    pub(crate) async fn apply(&mut self, client: &Client, envelope: &Envelope, change: Change) -> Result<(), Error> {
+    pub(crate) async fn apply(&mut self, client: &Arc<Client>, envelope: &Envelope, change: Change) -> Result<(), Error> {
         for mut op in plan(envelope, change)? {
             match Run::for_op(&mut op)? {
                 Some((run, values)) => {
@@ -212,7 +227,7 @@ impl Writer {
                     }
                 }
                 None => {
-                    self.flush(client).await?;
+                    self.finish(client).await?;
                     if let Op::Truncate { rels, cascade, restart_identity } = op {
                         let names: Vec<String> = rels.iter().map(|r| qualified(r)).collect();
                         let mut sql = format!("TRUNCATE {}", names.join(", "));
@@ -230,8 +245,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Executes the pending run.
-    pub(crate) async fn flush(&mut self, client: &Client) -> Result<(), Error> {
+    /// Sends the pending run to the target (without waiting for its result beyond the
+    /// pipelining bound).
+    pub(crate) async fn flush(&mut self, client: &Arc<Client>) -> Result<(), Error> {
         let Some(mut run) = self.run.take() else { return Ok(()) };
         if run.rows.is_empty() {
             return Ok(());
@@ -245,8 +261,31 @@ impl Writer {
             }
         };
         let columns = run.parameters();
-        let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        client.execute(&statement, &params).await.map_err(|e| Error::target(&e).with_table(run.table.clone()))?;
+        let (client, table) = (Arc::clone(client), run.table);
+        let mut execution: InFlight = Box::pin(async move {
+            let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            client.execute(&statement, &params).await.map(|_| ()).map_err(|e| Error::target(&e).with_table(table))
+        });
+        // The first poll sends the request; the server works on it while we go on.
+        let waker = futures_util::task::noop_waker();
+        match execution.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(result) => result?,
+            Poll::Pending => self.in_flight.push_back(execution),
+        }
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            if let Some(oldest) = self.in_flight.pop_front() {
+                oldest.await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the pending run and waits for every statement sent so far.
+    pub(crate) async fn finish(&mut self, client: &Arc<Client>) -> Result<(), Error> {
+        self.flush(client).await?;
+        while let Some(execution) = self.in_flight.pop_front() {
+            execution.await?;
+        }
         Ok(())
     }
 }

@@ -14,6 +14,7 @@
 //! publish), staging starts over. A chunk that does not follow its predecessor is an error: it is
 //! never skipped and never acknowledged.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -110,7 +111,7 @@ fn delay_ms(delay: Duration) -> u64 {
 
 struct Session<'o> {
     options: &'o Options,
-    client: Client,
+    client: Arc<Client>,
     connection: Connection,
     channel: Channel,
     consumer: Consumer,
@@ -161,7 +162,7 @@ impl<'o> Session<'o> {
         info!(task, watermark = %committed, queue = %options.names.queue(), "applier connected");
         Ok(Session {
             options,
-            client,
+            client: Arc::new(client),
             connection,
             channel,
             consumer,
@@ -358,7 +359,7 @@ impl<'o> Session<'o> {
     /// Commits the open target transaction with the new watermark, then acknowledges.
     async fn commit(&mut self) -> Result<(), Error> {
         if self.in_transaction {
-            self.writer.flush(&self.client).await?;
+            self.writer.finish(&self.client).await?;
             if self.pending.watermark > self.committed {
                 progress::advance(&self.client, self.options.names.task(), self.committed, &self.pending).await?;
             }
