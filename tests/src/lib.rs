@@ -193,6 +193,20 @@ pub async fn rows_written_twice(target: &Client, schema_table: &str) -> i64 {
         .get(0)
 }
 
+/// Waits until the applier's log for `task` contains every one of `needles`, and returns the log.
+pub async fn wait_for_applier_log(task: &str, needles: &[&str], timeout: Duration) -> String {
+    let path = format!("{}/applier-{task}.log", env("TREMPY_STACK_DIR"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if needles.iter().all(|n| log.contains(n)) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "the applier log of {task} did not show {needles:?} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A fresh task replicating one fresh table `public.<task>` (created with `columns` on both
 /// sides). Returns the task name, the table's qualified name and a source connection.
 pub async fn table_task(prefix: &str, columns: &str) -> (String, String, Client) {
