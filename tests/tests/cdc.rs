@@ -267,3 +267,17 @@ async fn missing_target_table_halts_in_order_then_resumes_once_created() {
     assert_eq!(transactions_applied(&task).await, 1, "the three statements were one source transaction");
     drop_task(&source, &task).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_restarted_mid_stream_loses_and_duplicates_nothing() {
+    let (task, t, ledger, source, _applier) = mixed_workload_task("target_restart").await;
+    let writer = Writer::start(mixed_transaction(&t, &ledger));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    dev(&["target-restart", "immediate"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let committed = writer.stop().await;
+    wait_converged(&[(&t, "id"), (&ledger, "id")], CONVERGE).await;
+    assert_eq!(rows_written_twice(&target().await, &ledger).await, 0, "a source transaction was applied twice");
+    assert_eq!(transactions_applied(&task).await, committed as i64, "applied transactions != committed source transactions");
+    drop_task(&source, &task).await;
+}
