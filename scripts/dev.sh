@@ -18,8 +18,9 @@
 #   psql-source [psql args]      psql-target [psql args]   (unix socket, as the postgres OS user)
 #   demo                         stack-up, then a live demo (scripts/demo.sh): task `demo` on the
 #                                tables of sql/demo_schema.sql, applier left running in the background
-#   bench                        stack-up, then the CDC catch-up benchmark (scripts/bench.sh;
-#                                BENCH_ROWS, BENCH_TXNS, BENCH_QUICK=1)
+#   bench                        stack-up, then the benchmarks next to their anchors (scripts/bench.sh:
+#                                CDC catch-up vs native logical replication, commit-to-apply latency,
+#                                CPU per million changes, peak RSS, COPY pipe; see docs/benchmarks.md)
 #   test
 #
 # Environment:
