@@ -67,7 +67,6 @@ pub(crate) fn publish_batch(client: &SpiClient<'_>, names: &TaskNames, upto: Lsn
                 Ok(())
             })?;
         }
-        drop(table);
         // SAFETY: nothing allocated in the page context, and no tuple of this fetch, is used
         // any more; free them now rather than at the end of the transaction.
         unsafe {
