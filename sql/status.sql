@@ -1,6 +1,22 @@
--- trempy.status(): one row per task, from the catalog, the worker's advisory lock and the slot.
--- The worker of task N holds the session advisory lock (1414680400, N) while it runs.
+-- The worker of task N holds the session advisory lock (1414680400, N) in this database while it
+-- runs (LOCK_CLASS in extension/src/worker/mod.rs). The launcher, status() and drop_task find the
+-- worker through this function only.
+CREATE FUNCTION trempy.worker_pid(task_id integer)
+RETURNS integer
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT l.pid
+      FROM pg_locks l
+     WHERE l.locktype = 'advisory' AND l.granted
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND l.classid = 1414680400::oid AND l.objid = task_id::oid AND l.objsubid = 2
+     LIMIT 1
+$$;
 
+COMMENT ON FUNCTION trempy.worker_pid(integer) IS 'PID of the worker running the task with this task_id, or NULL.';
+
+-- trempy.status(): one row per task, from the catalog, the worker's advisory lock and the slot.
 CREATE FUNCTION trempy.status()
 RETURNS TABLE (
     task_name              text,
@@ -45,13 +61,7 @@ AS $$
       LEFT JOIN trempy.task_progress p ON p.task_name = t.task_name
       LEFT JOIN pg_replication_slots s
              ON s.slot_name = 'trempy_' || t.task_name AND s.database = current_database()
-      LEFT JOIN LATERAL (
-            SELECT l.pid
-              FROM pg_locks l
-             WHERE l.locktype = 'advisory' AND l.granted
-               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND l.classid = 1414680400::oid AND l.objid = t.task_id::oid AND l.objsubid = 2
-             LIMIT 1) w ON true
+      LEFT JOIN LATERAL (SELECT trempy.worker_pid(t.task_id) AS pid) w ON true
      ORDER BY t.task_name
 $$;
 

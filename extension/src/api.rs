@@ -235,13 +235,7 @@ fn stop_worker(name: &str, task_id: i32) {
         if Instant::now() > deadline {
             fail(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, format!("the worker of task \"{name}\" did not stop within 30 seconds"), None);
         }
-        let _ = Spi::get_one_with_args::<bool>(
-            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l
-              WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2
-                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                AND l.pid <> pg_backend_pid()",
-            &[i64::from(worker::LOCK_CLASS).into(), i64::from(task_id).into()],
-        );
+        let _ = Spi::get_one_with_args::<bool>("SELECT pg_terminate_backend(trempy.worker_pid($1))", &[task_id.into()]);
         let _ = Spi::run("SELECT pg_sleep(0.05)");
     }
 }

@@ -3,8 +3,8 @@
 //! are not re-created after a crash restart: the launcher is their only supervisor).
 //!
 //! A running task worker holds a session advisory lock ([`super::LOCK_CLASS`], task id); the
-//! launcher starts a worker for every enabled task whose lock nobody holds, at most once per
-//! [`START_BACKOFF`] per task.
+//! launcher starts a worker for every enabled task for which `trempy.worker_pid()` finds none,
+//! at most once per [`START_BACKOFF`] per task.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 
-use super::LOCK_CLASS;
 use crate::gucs;
 
 const TICK: Duration = Duration::from_secs(1);
@@ -74,15 +73,7 @@ fn tasks_without_worker() -> Vec<(i32, String)> {
             return Vec::new();
         }
         let mut orphans = Vec::new();
-        if let Ok(table) = client.select(
-            "SELECT t.task_id, t.task_name FROM trempy.tasks t
-              WHERE t.enabled AND NOT EXISTS (
-                    SELECT 1 FROM pg_locks l
-                     WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid AND l.objid = t.task_id::oid
-                       AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-            None,
-            &[i64::from(LOCK_CLASS).into()],
-        ) {
+        if let Ok(table) = client.select("SELECT task_id, task_name FROM trempy.tasks WHERE enabled AND trempy.worker_pid(task_id) IS NULL", None, &[]) {
             for row in table {
                 if let (Ok(Some(id)), Ok(Some(name))) = (row.get::<i32>(1), row.get::<String>(2)) {
                     orphans.push((id, name));

@@ -114,14 +114,14 @@ fn run(task: &Task, publisher: &Publisher) {
                 failures = 0;
                 wait = task.poll_interval;
                 if error_active {
-                    error_active = !record(task, "UPDATE trempy.task_progress SET error_active = false WHERE task_name = $1 AND error_active", &[]);
+                    error_active = !record(task, "UPDATE trempy.task_progress SET error_active = false WHERE task_name = $1 AND error_active", &[task.names.task().into()]);
                 }
             }
             Ok(Round::SlotCreated) => {
                 failures = 0;
                 wait = Duration::ZERO;
                 log!("trempy task \"{}\": created replication slot \"{}\"", task.names.task(), task.names.slot());
-                record(task, "UPDATE trempy.task_progress SET slot_created_at = now() WHERE task_name = $1", &[]);
+                record(task, "UPDATE trempy.task_progress SET slot_created_at = now() WHERE task_name = $1", &[task.names.task().into()]);
             }
             Ok(Round::Published(counts, lsn)) => {
                 failures = 0;
@@ -130,8 +130,7 @@ fn run(task: &Task, publisher: &Publisher) {
                 // batch was full and more is certainly waiting.
                 let full = counts.changes >= u64::try_from(gucs::batch_size()).unwrap_or(u64::MAX);
                 wait = if full { Duration::ZERO } else { task.poll_interval };
-                error_active = false;
-                let done = record(
+                let recorded = record(
                     task,
                     "UPDATE trempy.task_progress
                         SET changes_published = changes_published + $2, transactions_published = transactions_published + $3,
@@ -139,15 +138,14 @@ fn run(task: &Task, publisher: &Publisher) {
                             last_publish_at = now(), error_active = false
                       WHERE task_name = $1",
                     &[
+                        task.names.task().into(),
                         i64::try_from(counts.changes).unwrap_or(i64::MAX).into(),
                         i64::try_from(counts.transactions).unwrap_or(i64::MAX).into(),
                         i64::try_from(counts.messages).unwrap_or(i64::MAX).into(),
                         lsn.to_string().into(),
                     ],
                 );
-                if !done {
-                    error_active = true;
-                }
+                error_active = !recorded;
             }
             Err(err) => {
                 failures = failures.saturating_add(1);
@@ -196,17 +194,10 @@ fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) 
     }
 }
 
-/// Runs a write against the task's progress row in its own transaction; true on success.
-fn record(task: &Task, sql: &str, extra: &[pgrx::datum::DatumWithOid<'_>]) -> bool {
-    let name = task.names.task().to_owned();
-    let result = in_transaction(|| {
-        Spi::connect_mut(|client| {
-            let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = vec![name.as_str().into()];
-            // SAFETY: re-wrapping datums the caller built, valid for this call.
-            args.extend(extra.iter().map(|d| unsafe { pgrx::datum::DatumWithOid::new_from_datum(d.datum(), d.oid()) }));
-            client.update(sql, None, &args).map(|_| ()).map_err(Error::from)
-        })
-    });
+/// Runs a write against the task's progress row (`$1` is the task name, first of `args`) in its
+/// own transaction; true on success.
+fn record(task: &Task, sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> bool {
+    let result = in_transaction(|| Spi::connect_mut(|client| client.update(sql, None, args).map(|_| ()).map_err(Error::from)));
     if let Err(err) = &result {
         warning!("trempy task \"{}\": could not record progress: {err}", task.names.task());
     }
@@ -218,6 +209,6 @@ fn record_error(task: &Task, err: &Error) {
     record(
         task,
         "UPDATE trempy.task_progress SET last_error = $2, last_error_at = now(), error_active = true WHERE task_name = $1",
-        &[message.as_str().into()],
+        &[task.names.task().into(), message.as_str().into()],
     );
 }
