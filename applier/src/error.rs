@@ -47,6 +47,11 @@ impl Error {
         self
     }
 
+    pub(crate) fn with_sqlstate(mut self, code: &str) -> Self {
+        self.sqlstate = Some(code.to_owned());
+        self
+    }
+
     pub(crate) fn with_lsn(mut self, lsn: Lsn) -> Self {
         self.lsn = Some(lsn);
         self

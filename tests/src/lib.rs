@@ -70,6 +70,41 @@ pub fn cdc_settings(task: &str, tables: &[(&str, &str)]) -> serde_json::Value {
     })
 }
 
+/// Settings for a `full_load` or `full_load_and_cdc` upsert task over `tables`, creating missing
+/// target tables; `priority` follows the order of `tables`.
+pub fn load_settings(task: &str, replication_type: &str, tables: &[(&str, &str)]) -> serde_json::Value {
+    let tables: Vec<serde_json::Value> =
+        tables.iter().enumerate().map(|(i, (s, t))| serde_json::json!({"schema_name": s, "table_name": t, "priority": i.min(4)})).collect();
+    serde_json::json!({
+        "task": {"task_name": task, "replication_type": replication_type, "cdc_settings": {"mode": "upsert"}, "create_table_if_not_exists": true},
+        "tables": tables,
+    })
+}
+
+/// Creates a task from a settings document (without waiting).
+pub async fn create_task_with(source: &Client, task: &str, settings: &serde_json::Value) {
+    source.execute("CREATE EXTENSION IF NOT EXISTS trempy", &[]).await.unwrap();
+    source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
+}
+
+/// The task's phase (`full_load`, `cdc`, `finished`) as `trempy.status()` shows it.
+pub async fn phase(source: &Client, task: &str) -> Option<String> {
+    source.query_opt("SELECT phase FROM trempy.status() WHERE task_name = $1", &[&task]).await.ok().flatten().and_then(|r| r.get(0))
+}
+
+/// Waits until the task's phase is `wanted`.
+pub async fn wait_for_phase(source: &Client, task: &str, wanted: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = phase(source, task).await;
+        if now.as_deref() == Some(wanted) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "task {task} did not reach phase {wanted} (is {now:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Creates a task and waits until its worker has created the slot (`state = 'running'`):
 /// only changes committed after that are captured.
 pub async fn create_task(source: &Client, task: &str, tables: &[(&str, &str)]) {

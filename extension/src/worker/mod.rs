@@ -6,12 +6,14 @@ pub(crate) mod launcher;
 pub(crate) mod task;
 
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
 use crate::error::{Error, ErrorKind};
+use crate::publish::{Offer, Publisher};
 
 /// First key of the session advisory lock a task worker holds while it runs; the second key is
 /// the task's `task_id`. `trempy.status()` and `drop_task` find the worker through it.
@@ -49,4 +51,39 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Erro
 /// Runs `f` in its own transaction on the main thread, [`guarded`].
 pub(crate) fn in_transaction<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     guarded(|| pgrx::bgworkers::BackgroundWorker::transaction(AssertUnwindSafe(f)))
+}
+
+/// Hands a message to the AMQP thread, waiting while it is busy (and giving up on shutdown).
+pub(crate) fn send(publisher: &Publisher, body: Vec<u8>, message_id: String) -> Result<(), Error> {
+    let mut pending = (body, message_id);
+    loop {
+        match publisher.offer(pending.0, pending.1) {
+            Offer::Accepted => return Ok(()),
+            Offer::Gone => return Err(Error::new(ErrorKind::Publish, "the AMQP thread has stopped")),
+            Offer::Full(body, id) => {
+                if shutdown_requested() {
+                    return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while publishing"));
+                }
+                pending = (body, id);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Waits until RabbitMQ has confirmed everything sent so far.
+pub(crate) fn confirm(publisher: &Publisher) -> Result<(), Error> {
+    let reply = publisher.flush().ok_or_else(|| Error::new(ErrorKind::Publish, "the AMQP thread has stopped"))?;
+    loop {
+        match reply.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(reason)) => return Err(Error::new(ErrorKind::Publish, reason)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if shutdown_requested() {
+                    return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while waiting for RabbitMQ"));
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Error::new(ErrorKind::Publish, "the AMQP thread has stopped")),
+        }
+    }
 }
