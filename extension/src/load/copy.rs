@@ -34,16 +34,12 @@ pub(crate) struct Copied {
 }
 
 /// Copies `due` and publishes it; records it as copied (with its snapshot) when RabbitMQ has
-/// confirmed every chunk. Must be the first thing the current transaction does: it makes the
-/// transaction REPEATABLE READ.
+/// confirmed every chunk. Runs inside a REPEATABLE READ transaction (see
+/// [`crate::worker::in_repeatable_read_transaction`]), so that every query sees one snapshot.
 pub(crate) fn copy_table(names: &TaskNames, generation: u32, prepare: Prepare, for_cdc: bool, due: &Due, publisher: &Publisher, max_message_bytes: usize) -> Result<Copied, Error> {
-    // SAFETY: main thread, at the start of a transaction that has taken no snapshot yet; this is
-    // what SET TRANSACTION ISOLATION LEVEL REPEATABLE READ does.
-    unsafe {
-        if pg_sys::FirstSnapshotSet {
-            return Err(Error::new(ErrorKind::Postgres, "the copy transaction already has a snapshot"));
-        }
-        pg_sys::XactIsoLevel = pg_sys::XACT_REPEATABLE_READ as i32;
+    // SAFETY: reads a variable of this backend on its main thread.
+    if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_REPEATABLE_READ as i32 {
+        return Err(Error::new(ErrorKind::Postgres, "a table must be copied in a REPEATABLE READ transaction"));
     }
     Spi::connect_mut(|client| {
         // The first query takes the transaction's snapshot; the LSN read after it is at or past

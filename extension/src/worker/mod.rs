@@ -48,6 +48,28 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Erro
         .execute()
 }
 
+/// Runs `f` in its own REPEATABLE READ transaction on the main thread, [`guarded`]: every query
+/// in it sees the snapshot taken when it started.
+pub(crate) fn in_repeatable_read_transaction<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    guarded(|| {
+        // SAFETY: main thread of a background worker, outside any transaction; setting
+        // XactIsoLevel before the first snapshot is what SET TRANSACTION ISOLATION LEVEL does.
+        unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            pg_sys::XactIsoLevel = pg_sys::XACT_REPEATABLE_READ as i32;
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        let result = f();
+        // SAFETY: balances the push above; an ERROR inside `f` unwinds to `guarded`, which aborts.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        result
+    })
+}
+
 /// Runs `f` in its own transaction on the main thread, [`guarded`].
 pub(crate) fn in_transaction<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     guarded(|| pgrx::bgworkers::BackgroundWorker::transaction(AssertUnwindSafe(f)))
