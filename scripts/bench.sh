@@ -24,8 +24,9 @@
 #   end-to-end       the consumer runs while the backlog is written (TREMpy task + applier, resp. an
 #                    enabled subscription): time from the first insert to the target having it all.
 #   COPY pipe        (batch only) COPY (SELECT * FROM bench.t) TO STDOUT (binary) | COPY bench.t2
-#                    FROM STDIN (binary) between the two databases; also the anchor of the (not yet
-#                    implemented) full load.
+#                    FROM STDIN (binary) between the two databases: the anchor of the full load.
+#   full load        (batch only) a full_load task over the same rows into the emptied target
+#                    table, the applier running: from create_task to the target having every row.
 #   CPU              utime+stime (/proc/<pid>/stat) per million changes over the catch-up: the
 #                    task's worker, RabbitMQ's beam.smp, trempy-applier and its target backend,
 #                    next to the native walsender and apply worker.
@@ -99,7 +100,7 @@ RESULTS=$TREMPY_STACK_DIR/bench-results.jsonl
 RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
 WORK=$(mktemp -d /tmp/trempy-bench.XXXXXX)
 # Everything this script creates, by exact name (never another task's or engineer's objects).
-BENCH_TASKS=(bench_batch bench_txns bench_batch_e2e bench_txns_e2e bench_lat bench_rss)
+BENCH_TASKS=(bench_batch bench_txns bench_batch_e2e bench_txns_e2e bench_batch_load bench_lat bench_rss)
 BENCH_SUBS=(bench_sub_batch bench_sub_txns bench_sub_batch_e2e bench_sub_txns_e2e bench_sub_lat bench_sub_rss)
 WALHOLD_SLOT=bench_walhold # physical slot at the target: keeps the WAL read by the latency case
 PGBENCH=$PG_BIN/pgbench
@@ -492,7 +493,7 @@ case_check() {
 # run_case NAME ROWS ROWS_PER_TXN
 run_case() {
     local name=$1 rows=$2 step=$3 txns task sub t0 want
-    local slot_before slot_moves startup_s build_s publish_s drain_s e2e_s native_s native_build_s native_e2e_s native_e2e_build_s e2e_build_s copy_s
+    local slot_before slot_moves startup_s build_s publish_s drain_s e2e_s native_s native_build_s native_e2e_s native_e2e_build_s e2e_build_s copy_s load_s
     local msgs queue_msgs progress
     local beam wpid wpid_end m0 m1 m2 m3 b0 bp b1 b2 w1 w2 a_cpu abpid ab_cpu ws_pid aw_pid ws_cpu aw_cpu nm0 nm1
     txns=$(((rows + step - 1) / step))
@@ -662,8 +663,24 @@ run_case() {
         tgt -c 'DROP TABLE bench.t2'
         say "[$name] COPY pipe: ${copy_s}s"
         result "$label" "apply drain (queue -> target)" "$rows" "$drain_s" "COPY binary pipe" "$copy_s" "$common"
-        figure "full load: $rows rows" "not implemented in TREMpy yet" rows/s null "COPY binary pipe" "$(rate "$rows" "$copy_s")" "" null \
-            "\"rows\":$rows,\"anchor_s\":$copy_s"
+        # --- TREMpy full load of the same rows into the emptied target table: from create_task
+        # (full_load, truncate_before_insert) to the target having every row, applier running.
+        tgt -c 'TRUNCATE bench.t' >/dev/null || fail "could not empty bench.t on the target"
+        start_applier "${task}_load"
+        wait_applier_connected
+        say "[$name] TREMpy full load: $rows rows"
+        t0=$EPOCHREALTIME
+        src -c "SELECT trempy.create_task('${task}_load', '{
+            \"task\": {\"task_name\": \"${task}_load\", \"replication_type\": \"full_load\", \"full_load_settings\": {\"truncate_before_insert\": true}},
+            \"tables\": [{\"schema_name\": \"bench\", \"table_name\": \"t\", \"priority\": 0}]}')" >/dev/null ||
+            fail "trempy.create_task('${task}_load') failed"
+        wait_converged "$t0" "$rows" "$want"
+        load_s=$CONVERGED_S
+        stop_applier
+        drop_trempy_task "${task}_load"
+        say "[$name] TREMpy full load: ${load_s}s"
+        figure "full load: $rows rows" "TREMpy full load (create_task -> all rows in target)" rows/s "$(rate "$rows" "$load_s")" \
+            "COPY binary pipe" "$(rate "$rows" "$copy_s")" "" null "\"rows\":$rows,\"trempy_s\":$load_s,\"anchor_s\":$copy_s"
     fi
 
     detail "$label: backlog write ${build_s}s (native ${native_build_s}s); TREMpy decode+publish ${publish_s}s (of which worker start ${startup_s}s), drain ${drain_s}s; native catch-up ${native_s}s"
