@@ -42,7 +42,7 @@ fn mixed_writes(tables: &[(String, String)], i: u64) -> String {
     let (a, b, c) = (&tables[0].0, &tables[1].0, &tables[2].0);
     let id = (i * 7919) % (ROWS as u64) + 1;
     let other = (i * 104_729) % (ROWS as u64) + 1;
-    let big = if i % 50 == 0 { format!("UPDATE {a} SET v = v + 1 WHERE id BETWEEN {id} AND {id} + 500;") } else { String::new() };
+    let big = if i.is_multiple_of(50) { format!("UPDATE {a} SET v = v + 1 WHERE id BETWEEN {id} AND {id} + 500;") } else { String::new() };
     format!(
         "BEGIN;
          INSERT INTO {a} VALUES ({n}, {i} % 1000, 'new') ON CONFLICT (id) DO UPDATE SET note = 'again';
