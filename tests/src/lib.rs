@@ -87,22 +87,9 @@ pub async fn create_task_with(source: &Client, task: &str, settings: &serde_json
     source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
 }
 
-/// The task's phase (`full_load`, `cdc`, `finished`) as `trempy.status()` shows it.
-pub async fn phase(source: &Client, task: &str) -> Option<String> {
-    source.query_opt("SELECT phase FROM trempy.status() WHERE task_name = $1", &[&task]).await.ok().flatten().and_then(|r| r.get(0))
-}
-
-/// Waits until the task's phase is `wanted`.
+/// Waits until the task's phase (`full_load`, `cdc`, `finished`) is `wanted`.
 pub async fn wait_for_phase(source: &Client, task: &str, wanted: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let now = phase(source, task).await;
-        if now.as_deref() == Some(wanted) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "task {task} did not reach phase {wanted} (is {now:?})");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_status(source, task, "phase", wanted, timeout).await;
 }
 
 /// Creates a task and waits until its worker has created the slot (`state = 'running'`):
@@ -120,13 +107,19 @@ pub async fn state(source: &Client, task: &str) -> Option<String> {
 
 /// Waits until the task reaches `wanted`.
 pub async fn wait_for_state(source: &Client, task: &str, wanted: &str, timeout: Duration) {
+    wait_for_status(source, task, "state", wanted, timeout).await;
+}
+
+/// Waits until a text column of the task's `trempy.status()` row shows `wanted`.
+async fn wait_for_status(source: &Client, task: &str, column: &str, wanted: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
+    let sql = format!("SELECT {column} FROM trempy.status() WHERE task_name = $1");
     loop {
-        let now = state(source, task).await;
+        let now: Option<String> = source.query_opt(sql.as_str(), &[&task]).await.ok().flatten().and_then(|r| r.get(0));
         if now.as_deref() == Some(wanted) {
             return;
         }
-        assert!(Instant::now() < deadline, "task {task} did not reach state {wanted} (is {now:?})");
+        assert!(Instant::now() < deadline, "task {task} did not reach {column} {wanted} (is {now:?})");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

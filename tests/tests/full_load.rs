@@ -37,6 +37,11 @@ async fn three_tables(task: &str) -> Vec<(String, String)> {
     vec![(a, "id".into()), (b, "\"Id\", \"Kind\"".into()), (c, "id".into())]
 }
 
+/// The three tables of [`three_tables`] as (schema, table) pairs, unquoted.
+fn table_names(task: &str) -> Vec<(String, String)> {
+    vec![("public".into(), format!("{task}_a")), (format!("Load ✓ {task}"), "Mixed Case".into()), ("public".into(), format!("{task}_c"))]
+}
+
 /// One transaction touching all three tables: inserts, updates and deletes, sometimes many rows.
 fn mixed_writes(tables: &[(String, String)], i: u64) -> String {
     let (a, b, c) = (&tables[0].0, &tables[1].0, &tables[2].0);
@@ -69,11 +74,7 @@ async fn full_load_and_cdc_is_exact_while_writers_change_every_table() {
     let task = unique("load");
     let tables = three_tables(&task).await;
     let source = source().await;
-    let names: Vec<(String, String)> = vec![
-        ("public".into(), format!("{task}_a")),
-        (format!("Load ✓ {task}"), "Mixed Case".into()),
-        ("public".into(), format!("{task}_c")),
-    ];
+    let names = table_names(&task);
     let refs: Vec<(&str, &str)> = names.iter().map(|(s, t)| (s.as_str(), t.as_str())).collect();
     let writer_tables = tables.clone();
     let writer = Writer::start(move |i| mixed_writes(&writer_tables, i));
@@ -121,11 +122,7 @@ async fn an_applier_killed_during_the_load_resumes_from_its_last_chunk_and_stays
     let task = unique("loadkill");
     let tables = three_tables(&task).await;
     let source = source().await;
-    let names: Vec<(String, String)> = vec![
-        ("public".into(), format!("{task}_a")),
-        (format!("Load ✓ {task}"), "Mixed Case".into()),
-        ("public".into(), format!("{task}_c")),
-    ];
+    let names = table_names(&task);
     let refs: Vec<(&str, &str)> = names.iter().map(|(s, t)| (s.as_str(), t.as_str())).collect();
     let writer_tables = tables.clone();
     let writer = Writer::start(move |i| mixed_writes(&writer_tables, i));
