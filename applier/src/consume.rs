@@ -13,13 +13,21 @@
 //! it. If the decoding side re-publishes the transaction from its first chunk (after a failed
 //! publish), staging starts over. A chunk that does not follow its predecessor is an error: it is
 //! never skipped and never acknowledged.
+//!
+//! Errors: see [`policy`]. After a permanent failure in a batch, the messages of that batch are
+//! applied one at a time, each source transaction in a savepoint ([`isolate`]), so that the
+//! failing source transaction is known; the task's [`ErrorPolicy`] then stops the task, retries
+//! the transaction, or dead-letters it. A message that is not a valid envelope is dead-lettered at
+//! once.
+
+mod isolate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::watch;
@@ -31,9 +39,12 @@ use trempy_protocol::names::TaskNames;
 use trempy_protocol::topology;
 
 use crate::apply::Writer;
+use crate::deadletter::{self, Why};
 use crate::error::{Error, ErrorKind};
-use crate::policy::{self, Reaction};
+use crate::errorlog::{self, Action};
+use crate::policy::{self, ErrorPolicy, Reaction};
 use crate::progress::{self, Applied, Staged};
+use crate::state;
 
 /// How the applier runs.
 #[derive(Debug, Clone)]
@@ -45,31 +56,66 @@ pub(crate) struct Options {
     pub(crate) batch_changes: u64,
     pub(crate) batch_delay: Duration,
     pub(crate) idle_commit: Duration,
+    /// The error policy until the stream says otherwise.
+    pub(crate) error_policy: ErrorPolicy,
 }
+
+/// What outlives one session.
+#[derive(Debug, Clone, Copy)]
+struct Carry {
+    policy: ErrorPolicy,
+    /// After a permanent failure in a batch, messages up to this LSN are applied one at a time.
+    isolate_until: Option<Lsn>,
+    /// The source transaction `trempy.applier_state` counts failed attempts at.
+    failing: Option<Lsn>,
+    /// `trempy.applier_state` was told this run started.
+    started: bool,
+}
+
+/// How long a stopped task waits between looks at `trempy.applier_state`.
+const STOPPED_POLL: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` turns true, reconnecting after failures as the policy says.
 pub(crate) async fn run(options: Options, mut shutdown: watch::Receiver<bool>) {
     let mut attempt = 0_u32;
+    // A start resumes a stopped task: the state is set to running at the first connection.
+    let mut carry = Carry { policy: options.error_policy, isolate_until: None, failing: None, started: false };
     loop {
-        let mut session = match Session::open(&options).await {
+        let mut session = match Session::open(&options, carry).await {
             Ok(session) => session,
             Err(err) => {
                 attempt = attempt.saturating_add(1);
-                if !pause(&options, &err, attempt, &mut shutdown).await {
+                if !pause(&options, &err, attempt, None, &mut shutdown).await {
                     return;
                 }
                 continue;
             }
         };
-        match session.serve(&mut shutdown).await {
+        let served = session.serve(&mut shutdown).await;
+        carry = session.carry;
+        match served {
             Ok(()) => {
                 session.close().await;
                 return;
             }
             Err(err) => {
                 attempt = if session.committed_any { 1 } else { attempt.saturating_add(1) };
+                let (high, committed, retry_in) = (session.high, session.committed, session.retry_in);
                 session.close().await;
-                if !pause(&options, &err, attempt, &mut shutdown).await {
+                if err.kind() == ErrorKind::Stopped {
+                    error!(task = options.names.task(), error = %err, "task stopped by its error policy; resume with `trempy-applier resume --task` or a restart");
+                    if !wait_for_resume(&options, &mut shutdown).await {
+                        return;
+                    }
+                    attempt = 0;
+                    continue;
+                }
+                if policy::reaction(&err, attempt) == Reaction::Permanent && carry.isolate_until.is_none() && high > committed {
+                    warn!(task = options.names.task(), error = %err, up_to = %high, "a source transaction failed permanently; applying one transaction at a time to find it");
+                    carry.isolate_until = Some(high);
+                    attempt = 0;
+                }
+                if !pause(&options, &err, attempt, retry_in, &mut shutdown).await {
                     return;
                 }
             }
@@ -77,16 +123,44 @@ pub(crate) async fn run(options: Options, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Reports an error and waits as the policy says; false if shutdown came first.
-async fn pause(options: &Options, err: &Error, attempt: u32, shutdown: &mut watch::Receiver<bool>) -> bool {
+/// Waits until an operator resumes the stopped task (or shutdown: false).
+async fn wait_for_resume(options: &Options, shutdown: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(STOPPED_POLL) => {},
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+        }
+        let Ok((client, driver)) = tokio_postgres::connect(&options.target_dsn, NoTls).await else { continue };
+        let driver = tokio::spawn(driver);
+        let now = state::get(&client, options.names.task()).await;
+        drop(client);
+        let _ = driver.await;
+        if let Ok(Some(now)) = now
+            && now != "stopped"
+        {
+            info!(task = options.names.task(), "task resumed");
+            return true;
+        }
+    }
+}
+
+/// Reports an error and waits as the policy says (or `retry_in`, when the error policy chose
+/// the delay); false if shutdown came first.
+async fn pause(options: &Options, err: &Error, attempt: u32, retry_in: Option<Duration>, shutdown: &mut watch::Receiver<bool>) -> bool {
     let task = options.names.task();
     let table = err.table().unwrap_or("-");
     let lsn = err.lsn().map(|l| l.to_string()).unwrap_or_else(|| "-".into());
     let sqlstate = err.sqlstate().unwrap_or("-");
-    let reaction = match policy::reaction(err, attempt) {
+    let reaction = match (policy::reaction(err, attempt), retry_in) {
+        (Reaction::Permanent, Some(delay)) => Reaction::Retry(delay),
+        // Pinpointing the failing transaction comes first.
+        (Reaction::Permanent, None) if attempt == 0 => Reaction::Retry(Duration::ZERO),
+        // Failing again while one transaction at a time is applied, where it cannot be
+        // dead-lettered (a source transaction larger than one message): halt.
+        (Reaction::Permanent, None) => Reaction::Halt(policy::halt_delay(attempt)),
         // Dead-lettering happens inside a session; out here it can only mean "try again".
-        Reaction::DeadLetter => Reaction::Retry(Duration::from_secs(1)),
-        other => other,
+        (Reaction::DeadLetter, _) => Reaction::Retry(Duration::from_secs(1)),
+        (other, _) => other,
     };
     let delay = match reaction {
         Reaction::Retry(delay) => {
@@ -97,7 +171,7 @@ async fn pause(options: &Options, err: &Error, attempt: u32, shutdown: &mut watc
             error!(task, table, lsn, sqlstate, error = %err, retry_in_ms = delay_ms(delay), "apply halted: fix the cause on the target; the task resumes by itself");
             delay
         }
-        Reaction::DeadLetter => Duration::from_secs(1),
+        Reaction::DeadLetter | Reaction::Permanent => Duration::from_secs(1),
     };
     tokio::select! {
         () = tokio::time::sleep(delay) => true,
@@ -115,6 +189,8 @@ struct Session<'o> {
     connection: Connection,
     channel: Channel,
     consumer: Consumer,
+    /// Confirm-mode channel for dead-letter copies.
+    dead_letters: Channel,
     writer: Writer,
     /// Watermark committed in the target.
     committed: Lsn,
@@ -128,6 +204,11 @@ struct Session<'o> {
     since: Option<Instant>,
     committed_any: bool,
     stats: Stats,
+    carry: Carry,
+    /// Highest source commit LSN seen in this session.
+    high: Lsn,
+    /// Delay the error policy chose for the next attempt.
+    retry_in: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -138,7 +219,7 @@ struct Stats {
 }
 
 impl<'o> Session<'o> {
-    async fn open(options: &'o Options) -> Result<Session<'o>, Error> {
+    async fn open(options: &'o Options, mut carry: Carry) -> Result<Session<'o>, Error> {
         let (mut client, driver) = tokio_postgres::connect(&options.target_dsn, NoTls).await.map_err(|e| {
             Error::new(ErrorKind::TargetConnection, format!("cannot connect to the target database: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())))
         })?;
@@ -150,11 +231,19 @@ impl<'o> Session<'o> {
         let task = options.names.task();
         let committed = progress::load(&mut client, task).await?;
         let staged = progress::load_staged(&client, task).await?;
+        errorlog::setup(&client).await?;
+        state::setup(&client).await?;
+        deadletter::setup(&client).await?;
+        if !carry.started {
+            carry.failing = state::started(&client, task).await?;
+            carry.started = true;
+        }
         let connection = Connection::connect(&options.amqp_url, ConnectionProperties::default().with_connection_name(format!("trempy-applier {task}").into()))
             .await
             .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
         let channel = connection.create_channel().await?;
         topology::declare(&channel, &options.names).await?;
+        let dead_letters = deadletter::confirm_channel(&connection).await?;
         channel.basic_qos(options.prefetch, BasicQosOptions { global: false }).await?;
         let consumer = channel
             .basic_consume(options.names.queue().as_str().into(), format!("trempy-applier-{task}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
@@ -166,6 +255,7 @@ impl<'o> Session<'o> {
             connection,
             channel,
             consumer,
+            dead_letters,
             writer: Writer::new(),
             committed,
             pending: Applied { watermark: committed, ..Applied::default() },
@@ -175,7 +265,17 @@ impl<'o> Session<'o> {
             since: None,
             committed_any: false,
             stats: Stats::default(),
+            carry,
+            high: committed,
+            retry_in: None,
         })
+    }
+
+    /// Replaces the error policy (the task's `error_handling` settings), effective at once and
+    /// for the following sessions of this run.
+    #[allow(dead_code, reason = "called once task settings travel in the stream")]
+    pub(crate) fn set_error_policy(&mut self, policy: ErrorPolicy) {
+        self.carry.policy = policy;
     }
 
     async fn close(self) {
@@ -231,9 +331,18 @@ impl<'o> Session<'o> {
         let tag = delivery.delivery_tag;
         let mut envelope = match Envelope::parse(&delivery.data) {
             Ok(envelope) if envelope.task == self.task() => envelope,
-            Ok(envelope) => return self.dead_letter(tag, &format!("message of task {:?} in the queue of task {:?}", envelope.task, self.task())).await,
-            Err(err) => return self.dead_letter(tag, err.message()).await,
+            Ok(envelope) => {
+                let reason = format!("message of task {:?} in the queue of task {:?}", envelope.task, self.task());
+                return self.dead_letter(delivery, &reason).await;
+            }
+            Err(err) => return self.dead_letter(delivery, err.message()).await,
         };
+        if let Some(last) = envelope.transactions.last() {
+            self.high = self.high.max(last.commit_lsn);
+        }
+        if self.isolating(&envelope) {
+            return self.handle_isolated(tag, delivery.data, envelope).await;
+        }
         drop(delivery);
         for transaction in std::mem::take(&mut envelope.transactions) {
             let lsn = transaction.commit_lsn;
@@ -376,6 +485,12 @@ impl<'o> Session<'o> {
         self.pending = Applied { watermark: self.committed, ..Applied::default() };
         self.since = None;
         self.report();
+        if let Some(failing) = self.carry.failing
+            && self.committed >= failing
+        {
+            state::passed(&self.client, self.task(), self.committed).await?;
+            self.carry.failing = None;
+        }
         Ok(())
     }
 
@@ -387,12 +502,19 @@ impl<'o> Session<'o> {
         }
     }
 
-    /// Sends a message that can never be applied to the task's dead-letter queue. Everything
-    /// before it is committed first, so the order of what is applied is unaffected.
-    async fn dead_letter(&mut self, tag: u64, reason: &str) -> Result<(), Error> {
+    /// Dead-letters a message that can never be applied (see [`deadletter`]): everything before
+    /// it is committed first, so the order of what is applied is unaffected; then it is recorded
+    /// in the target, its copy confirmed by RabbitMQ, and only then acknowledged.
+    async fn dead_letter(&mut self, delivery: Delivery, reason: &str) -> Result<(), Error> {
+        let tag = delivery.delivery_tag;
         error!(task = self.task(), delivery_tag = tag, reason, "dead-lettering a message that is not a valid envelope");
         self.commit().await?;
-        self.channel.basic_reject(tag, BasicRejectOptions { requeue: false }).await?;
+        let err = Error::new(ErrorKind::Envelope, reason);
+        let why = Why { error: &err, commit_lsn: None, xid: None, attempts: 1 };
+        let id = deadletter::insert(&self.client, self.task(), &why, &delivery.data).await?;
+        deadletter::publish(&self.dead_letters, &self.options.names, id, &why, &delivery.data).await?;
+        errorlog::record(&self.client, self.task(), &err, None, Some(1), Action::DeadLetter).await?;
+        self.channel.basic_ack(tag, BasicAckOptions::default()).await?;
         Ok(())
     }
 }
