@@ -110,7 +110,7 @@ pub(crate) async fn run(options: Options, mut shutdown: watch::Receiver<bool>) {
                     attempt = 0;
                     continue;
                 }
-                if policy::reaction(&err, attempt) == Reaction::Permanent && carry.isolate_until.is_none() && high > committed {
+                if matches!(policy::reaction(&err, attempt), Reaction::Permanent | Reaction::DeadLetter) && carry.isolate_until.is_none() && high > committed {
                     warn!(task = options.names.task(), error = %err, up_to = %high, "a source transaction failed permanently; applying one transaction at a time to find it");
                     carry.isolate_until = Some(high);
                     attempt = 0;
@@ -152,14 +152,14 @@ async fn pause(options: &Options, err: &Error, attempt: u32, retry_in: Option<Du
     let lsn = err.lsn().map(|l| l.to_string()).unwrap_or_else(|| "-".into());
     let sqlstate = err.sqlstate().unwrap_or("-");
     let reaction = match (policy::reaction(err, attempt), retry_in) {
-        (Reaction::Permanent, Some(delay)) => Reaction::Retry(delay),
+        // Dead-lettering happens inside a session; out here it means the failing source
+        // transaction is being pinpointed or tried again.
+        (Reaction::Permanent | Reaction::DeadLetter, Some(delay)) => Reaction::Retry(delay),
         // Pinpointing the failing transaction comes first.
-        (Reaction::Permanent, None) if attempt == 0 => Reaction::Retry(Duration::ZERO),
+        (Reaction::Permanent | Reaction::DeadLetter, None) if attempt == 0 => Reaction::Retry(Duration::ZERO),
         // Failing again while one transaction at a time is applied, where it cannot be
         // dead-lettered (a source transaction larger than one message): halt.
-        (Reaction::Permanent, None) => Reaction::Halt(policy::halt_delay(attempt)),
-        // Dead-lettering happens inside a session; out here it can only mean "try again".
-        (Reaction::DeadLetter, _) => Reaction::Retry(Duration::from_secs(1)),
+        (Reaction::Permanent | Reaction::DeadLetter, None) => Reaction::Halt(policy::halt_delay(attempt)),
         (other, _) => other,
     };
     let delay = match reaction {
