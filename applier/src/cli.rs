@@ -173,7 +173,11 @@ async fn run(args: RunArgs) -> ExitCode {
         Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|json| {
             TaskSettings::parse(&json).map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
         }) {
-            Ok(settings) => settings.error_handling,
+            Ok(settings) if settings.task.task_name == args.task => settings.error_handling,
+            Ok(settings) => {
+                tracing::error!("--settings-file {}: the settings are those of task {:?}, not {:?}", path.display(), settings.task.task_name, args.task);
+                return ExitCode::from(2);
+            }
             Err(err) => {
                 tracing::error!("--settings-file {}: {err}", path.display());
                 return ExitCode::from(2);

@@ -119,6 +119,9 @@ impl Session<'_> {
     /// for a permanent reason (rolled back to their savepoint); any other failure is an error.
     async fn apply_savepointed(&mut self, mut envelope: Envelope, dead: &[(Lsn, Error)], attempts: u32) -> Result<Failures, Error> {
         self.begin().await?;
+        // Deferred constraints are checked at each statement, inside its savepoint, rather than at
+        // COMMIT, where the failing source transaction could not be told apart.
+        self.client.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
         let mut failures = Vec::new();
         for transaction in std::mem::take(&mut envelope.transactions) {
             let lsn = transaction.commit_lsn;
