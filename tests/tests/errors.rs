@@ -334,3 +334,34 @@ async fn invalid_messages_are_dead_lettered_at_once_with_a_reason_and_can_be_dis
     assert!(ok && out.contains("discarded 3; removed 3"), "{out}");
     assert!(dead_letters(&task).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_are_counted_across_applier_restarts() {
+    let (task, t, mut applier) = refusing_task("restart", false).await;
+    publish(&task, &[&envelope(&task, vec![txn(0x10, vec![insert(1, "bad")]), txn(0x20, vec![insert(2, "fine")])])]).await;
+    wait_for_applier_log(&task, &["source transaction failed"], Duration::from_secs(60)).await;
+    applier.restart_after_kill().await;
+    let dead = wait_for_dead_letters(&task, 1).await;
+    assert_eq!(header(&dead[0], "x-trempy-attempts").as_deref(), Some("3"));
+    let target = target().await;
+    wait_rows(&target, &t, &[(2, "fine")]).await;
+    // Had the restart reset the counter, the transaction would have been tried more than 3 times.
+    let tried = count(&target, "SELECT count(*) FROM trempy.applier_errors WHERE task_name = $1 AND commit_lsn = '0/10'", &task).await;
+    let dead_lettered = count(&target, "SELECT count(*) FROM trempy.applier_errors WHERE task_name = $1 AND action = 'dead_letter'", &task).await;
+    assert!(tried <= 3 && dead_lettered == 1, "{tried} attempts logged, {dead_lettered} dead-lettered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_target_table_halts_and_is_never_dead_lettered() {
+    let task = unique("notable");
+    let t = format!("public.{task}");
+    let _applier = Applier::start(&task);
+    wait_for_applier_log(&task, &["applier connected"], Duration::from_secs(60)).await;
+    publish(&task, &[&envelope(&task, vec![txn(0x10, vec![insert(1, "waits")])])]).await;
+    wait_for_applier_log(&task, &["apply halted", "42P01"], Duration::from_secs(60)).await;
+    let target = target().await;
+    target.batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)")).await.unwrap();
+    wait_rows(&target, &t, &[(1, "waits")]).await;
+    assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await, 0);
+    assert!(dead_letters(&task).await.is_empty());
+}
