@@ -7,6 +7,9 @@ CREATE TABLE trempy.tasks (
     task_id    integer GENERATED ALWAYS AS IDENTITY UNIQUE,
     settings   jsonb NOT NULL,
     enabled    boolean NOT NULL DEFAULT true,
+    -- 1 at creation, one more at every reload (start_mode "reload"). Every message carries it;
+    -- appliers drop messages of older generations.
+    generation integer NOT NULL DEFAULT 1,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
@@ -22,9 +25,39 @@ CREATE TABLE trempy.task_progress (
     last_publish_at        timestamptz,
     last_error             text,
     last_error_at          timestamptz,
-    error_active           boolean NOT NULL DEFAULT false
+    error_active           boolean NOT NULL DEFAULT false,
+    -- 'full_load' while tables are being copied, then 'cdc' (or 'finished' for a full_load task).
+    phase                  text CHECK (phase IN ('full_load', 'cdc', 'finished')),
+    load_started_at        timestamptz,
+    load_finished_at       timestamptz
+);
+
+-- The full load of each table of a task, in load order (priority, then list order). Each table
+-- is copied under one REPEATABLE READ snapshot; CDC later leaves out the changes of transactions
+-- visible in that snapshot (see docs/architecture.md).
+CREATE TABLE trempy.task_tables (
+    task_name      text NOT NULL REFERENCES trempy.tasks ON DELETE CASCADE,
+    generation     integer NOT NULL,
+    position       integer NOT NULL,
+    schema_name    text NOT NULL,
+    table_name     text NOT NULL,
+    relid          oid NOT NULL,
+    state          text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'copying', 'copied')),
+    attempt        integer NOT NULL DEFAULT 0,
+    rows_estimated bigint,
+    rows_copied    bigint NOT NULL DEFAULT 0,
+    bytes_copied   bigint NOT NULL DEFAULT 0,
+    snapshot       text,
+    snapshot_lsn   pg_lsn,
+    -- The copy was taken after the task's slot existed, so CDC can take over from it. A copy made
+    -- without a slot (a full_load task later switched to full_load_and_cdc) is made again.
+    for_cdc        boolean NOT NULL DEFAULT false,
+    started_at     timestamptz,
+    finished_at    timestamptz,
+    PRIMARY KEY (task_name, schema_name, table_name)
 );
 
 -- pg_dump keeps the task definitions and their progress.
 SELECT pg_catalog.pg_extension_config_dump('trempy.tasks', '');
 SELECT pg_catalog.pg_extension_config_dump('trempy.task_progress', '');
+SELECT pg_catalog.pg_extension_config_dump('trempy.task_tables', '');

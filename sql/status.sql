@@ -16,6 +16,44 @@ $$;
 
 COMMENT ON FUNCTION trempy.worker_pid(integer) IS 'PID of the worker running the task with this task_id, or NULL.';
 
+-- trempy.load_status(): one row per table of each task's full load. Rows of the table being
+-- copied come live from pg_stat_progress_copy (the worker reports its copy there).
+CREATE FUNCTION trempy.load_status()
+RETURNS TABLE (
+    task_name      text,
+    "position"     integer,
+    schema_name    text,
+    table_name     text,
+    state          text,
+    attempt        integer,
+    rows_copied    bigint,
+    rows_estimated bigint,
+    percent        numeric,
+    started_at     timestamptz,
+    finished_at    timestamptz,
+    eta            timestamptz
+)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT tt.task_name, tt.position, tt.schema_name, tt.table_name, tt.state, tt.attempt, r.copied, tt.rows_estimated,
+           CASE WHEN tt.state = 'copied' THEN 100
+                WHEN tt.rows_estimated > 0 THEN least(99.9, round(100.0 * r.copied / tt.rows_estimated, 1))
+           END,
+           tt.started_at, tt.finished_at,
+           CASE WHEN tt.state = 'copied' THEN tt.finished_at
+                WHEN tt.state = 'copying' AND r.copied > 0 AND tt.rows_estimated > r.copied
+                THEN now() + (now() - tt.started_at) * ((tt.rows_estimated - r.copied)::float8 / r.copied)
+           END
+      FROM trempy.task_tables tt
+      JOIN trempy.tasks t ON t.task_name = tt.task_name
+      LEFT JOIN pg_stat_progress_copy p ON tt.state = 'copying' AND p.relid = tt.relid AND p.pid = trempy.worker_pid(t.task_id)
+      CROSS JOIN LATERAL (SELECT CASE WHEN tt.state = 'copying' THEN coalesce(p.tuples_processed, 0) ELSE tt.rows_copied END AS copied) r
+     ORDER BY tt.task_name, tt.position
+$$;
+
+COMMENT ON FUNCTION trempy.load_status() IS 'Full load progress: one row per table of each task, with rows copied, estimate, percent and ETA.';
+
 -- trempy.status(): one row per task, from the catalog, the worker's advisory lock and the slot.
 CREATE FUNCTION trempy.status()
 RETURNS TABLE (
@@ -31,17 +69,23 @@ RETURNS TABLE (
     messages_published     bigint,
     last_publish_at        timestamptz,
     last_error             text,
-    last_error_at          timestamptz
+    last_error_at          timestamptz,
+    phase                  text,
+    load_rows_copied       bigint,
+    load_rows_estimated    bigint,
+    load_percent           numeric,
+    load_eta               timestamptz
 )
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.task_name,
            CASE
+               WHEN NOT t.enabled AND w.pid IS NULL AND p.phase = 'finished' THEN 'finished'
                WHEN NOT t.enabled AND w.pid IS NULL THEN 'stopped'
                WHEN NOT t.enabled THEN 'stopping'
                WHEN w.pid IS NULL THEN 'starting'
-               WHEN s.slot_name IS NULL THEN 'starting'
+               WHEN s.slot_name IS NULL AND t.settings #>> '{task,replication_type}' <> 'full_load' THEN 'starting'
                WHEN coalesce(p.error_active, false) THEN 'retrying'
                ELSE 'running'
            END,
@@ -56,19 +100,31 @@ AS $$
            coalesce(p.messages_published, 0),
            p.last_publish_at,
            p.last_error,
-           p.last_error_at
+           p.last_error_at,
+           p.phase,
+           l.copied,
+           l.estimated,
+           CASE WHEN p.phase IN ('cdc', 'finished') THEN 100
+                WHEN l.estimated > 0 THEN least(99.9, round(100.0 * l.copied / l.estimated, 1)) END,
+           CASE WHEN p.phase IN ('cdc', 'finished') THEN p.load_finished_at
+                WHEN p.phase = 'full_load' AND l.copied > 0 AND l.estimated > l.copied
+                THEN now() + (now() - p.load_started_at) * ((l.estimated - l.copied)::float8 / l.copied) END
       FROM trempy.tasks t
       LEFT JOIN trempy.task_progress p ON p.task_name = t.task_name
       LEFT JOIN pg_replication_slots s
              ON s.slot_name = 'trempy_' || t.task_name AND s.database = current_database()
       LEFT JOIN LATERAL (SELECT trempy.worker_pid(t.task_id) AS pid) w ON true
+      LEFT JOIN LATERAL (SELECT sum(ls.rows_copied)::bigint AS copied,
+                                sum(greatest(coalesce(ls.rows_estimated, 0), ls.rows_copied))::bigint AS estimated
+                           FROM trempy.load_status() ls WHERE ls.task_name = t.task_name) l ON true
      ORDER BY t.task_name
 $$;
 
-COMMENT ON FUNCTION trempy.status() IS 'One row per TREMpy task: state, worker, slot position and lag, publish counters, last error.';
+COMMENT ON FUNCTION trempy.status() IS 'One row per TREMpy task: state, worker, slot position and lag, publish counters, last error, full load phase, progress and ETA.';
 
 -- Managing tasks is for superusers (or roles they grant EXECUTE to); status is readable by all.
 REVOKE ALL ON FUNCTION trempy.create_task(text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION trempy.update_task(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION trempy.start_task(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION trempy.stop_task(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION trempy.drop_task(text) FROM PUBLIC;

@@ -322,9 +322,9 @@ mod tests {
             schema: "My \"Schema\"".into(),
             table: "tâble".into(),
             columns: vec![
-                Column { name: "id".into(), type_name: "integer".into(), type_oid: 23, key: true },
-                Column { name: "Name".into(), type_name: "text".into(), type_oid: 25, key: false },
-                Column { name: "tags".into(), type_name: "\"My Schema\".mood[]".into(), type_oid: 1, key: false },
+                Column { name: "id".into(), type_name: "integer".into(), type_oid: 23, key: true, ..Column::default() },
+                Column { name: "Name".into(), type_name: "text".into(), type_oid: 25, key: false, ..Column::default() },
+                Column { name: "tags".into(), type_name: "\"My Schema\".mood[]".into(), type_oid: 1, key: false, ..Column::default() },
             ],
         }
     }
@@ -348,7 +348,7 @@ mod tests {
     }
 
     fn env(changes: Vec<Change>) -> Envelope {
-        Envelope { version: 1, task: "t".into(), transactions: vec![], relations: vec![rel()] }.with_changes(changes)
+        Envelope { version: 1, task: "t".into(), generation: 1, settings: None, transactions: vec![], relations: vec![rel()], load: None }.with_changes(changes)
     }
 
     trait WithChanges {

@@ -34,16 +34,19 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 use tracing::{error, info, warn};
 use trempy_protocol::Lsn;
-use trempy_protocol::envelope::{Envelope, Transaction};
+use trempy_protocol::envelope::{Envelope, LoadChunk, Transaction};
 use trempy_protocol::names::TaskNames;
+use trempy_protocol::settings::TaskSettings;
 use trempy_protocol::topology;
 
 use crate::apply::Writer;
+use crate::catalog::Catalog;
 use crate::deadletter::{self, Why};
 use crate::error::{Error, ErrorKind};
 use crate::errorlog::{self, Action};
+use crate::load::{self, Verdict};
 use crate::policy::{self, ErrorPolicy, Reaction};
-use crate::progress::{self, Applied, Staged};
+use crate::progress::{self, Applied, Position, Staged};
 use crate::state;
 
 /// How the applier runs.
@@ -56,7 +59,8 @@ pub(crate) struct Options {
     pub(crate) batch_changes: u64,
     pub(crate) batch_delay: Duration,
     pub(crate) idle_commit: Duration,
-    /// The error policy until the stream says otherwise.
+    /// The error policy until the task's settings arrive in the stream (or are found recorded in
+    /// the target); only `max_attempts` is kept then.
     pub(crate) error_policy: ErrorPolicy,
 }
 
@@ -100,7 +104,7 @@ pub(crate) async fn run(options: Options, mut shutdown: watch::Receiver<bool>) {
             }
             Err(err) => {
                 attempt = if session.committed_any { 1 } else { attempt.saturating_add(1) };
-                let (high, committed, retry_in) = (session.high, session.committed, session.retry_in);
+                let (high, committed, retry_in) = (session.high, session.committed.watermark, session.retry_in);
                 session.close().await;
                 if err.kind() == ErrorKind::Stopped {
                     error!(task = options.names.task(), error = %err, "task stopped by its error policy; resume with `trempy-applier resume --task` or a restart");
@@ -192,8 +196,11 @@ struct Session<'o> {
     /// Confirm-mode channel for dead-letter copies.
     dead_letters: Channel,
     writer: Writer,
-    /// Watermark committed in the target.
-    committed: Lsn,
+    catalog: Catalog,
+    /// The task's settings, as last received.
+    settings: Option<TaskSettings>,
+    /// Where the task stands, as committed in the target.
+    committed: Position,
     /// What the open target transaction holds.
     pending: Applied,
     in_transaction: bool,
@@ -230,6 +237,10 @@ impl<'o> Session<'o> {
         });
         let task = options.names.task();
         let committed = progress::load(&mut client, task).await?;
+        let settings = committed.settings.as_deref().and_then(|text| TaskSettings::parse(text).ok());
+        if let Some(settings) = &settings {
+            carry.policy = ErrorPolicy::from_settings(settings.error_handling.as_ref(), carry.policy.max_attempts);
+        }
         let staged = progress::load_staged(&client, task).await?;
         errorlog::setup(&client).await?;
         state::setup(&client).await?;
@@ -248,7 +259,9 @@ impl<'o> Session<'o> {
         let consumer = channel
             .basic_consume(options.names.queue().as_str().into(), format!("trempy-applier-{task}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
-        info!(task, watermark = %committed, queue = %options.names.queue(), "applier connected");
+        info!(task, watermark = %committed.watermark, generation = committed.generation, queue = %options.names.queue(), "applier connected");
+        let pending = Applied::continuing(&committed);
+        let high = committed.watermark;
         Ok(Session {
             options,
             client: Arc::new(client),
@@ -257,8 +270,10 @@ impl<'o> Session<'o> {
             consumer,
             dead_letters,
             writer: Writer::new(),
+            catalog: Catalog::default(),
+            settings,
             committed,
-            pending: Applied { watermark: committed, ..Applied::default() },
+            pending,
             in_transaction: false,
             staged,
             ackable: None,
@@ -266,15 +281,14 @@ impl<'o> Session<'o> {
             committed_any: false,
             stats: Stats::default(),
             carry,
-            high: committed,
+            high,
             retry_in: None,
         })
     }
 
-    /// Replaces the error policy (the task's `error_handling` settings), effective at once and
-    /// for the following sessions of this run.
-    #[allow(dead_code, reason = "called once task settings travel in the stream")]
-    pub(crate) fn set_error_policy(&mut self, policy: ErrorPolicy) {
+    /// Replaces the error policy (the task's `error_handling` settings, as they arrive in the
+    /// stream), effective at once and for the following sessions of this run.
+    fn set_error_policy(&mut self, policy: ErrorPolicy) {
         self.carry.policy = policy;
     }
 
@@ -337,18 +351,83 @@ impl<'o> Session<'o> {
             }
             Err(err) => return self.dead_letter(delivery, err.message()).await,
         };
+        drop(delivery);
         if let Some(last) = envelope.transactions.last() {
             self.high = self.high.max(last.commit_lsn);
         }
-        if self.isolating(&envelope) {
-            return self.handle_isolated(tag, delivery.data, envelope).await;
+        if envelope.generation < self.pending.generation {
+            self.ackable = Some(tag); // from before a reload
+            return Ok(());
         }
-        drop(delivery);
+        if envelope.generation > self.pending.generation {
+            self.start_generation(envelope.generation).await?;
+        }
+        if let Some(settings) = envelope.settings.take() {
+            self.take_settings(&settings).await?;
+        }
+        if let Some(chunk) = envelope.load.take() {
+            self.load_chunk(&envelope, chunk).await?;
+        }
+        if !envelope.transactions.is_empty() {
+            let create = self.settings.as_ref().is_some_and(|s| s.prepare().create);
+            if create {
+                self.begin().await?;
+            }
+            self.catalog.resolve(&self.client, &mut envelope.relations, create).await?;
+        }
+        if self.isolating(&envelope) {
+            return self.handle_isolated(tag, envelope).await;
+        }
         for transaction in std::mem::take(&mut envelope.transactions) {
             let lsn = transaction.commit_lsn;
             self.transaction(&envelope, transaction).await.map_err(|e| e.with_lsn(lsn))?;
         }
         self.ackable = Some(tag);
+        Ok(())
+    }
+
+    /// The task was reloaded at the source: start over from an empty position (in the open
+    /// transaction, so it only counts once committed).
+    async fn start_generation(&mut self, generation: u32) -> Result<(), Error> {
+        info!(task = self.task(), generation, "the task was reloaded at the source; starting over");
+        self.begin().await?;
+        self.writer.finish(&self.client).await?;
+        progress::clear_staged(&self.client, self.options.names.task()).await?;
+        self.staged = None;
+        self.pending.generation = generation;
+        self.pending.watermark = Lsn(0);
+        self.pending.load = None;
+        Ok(())
+    }
+
+    /// New task settings: they apply to every later message.
+    async fn take_settings(&mut self, settings: &serde_json::Value) -> Result<(), Error> {
+        let text = settings.to_string();
+        let parsed = TaskSettings::parse(&text).map_err(|problems| {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            Error::new(ErrorKind::Conflict, format!("this applier does not understand the task's settings ({}); upgrade it", list.join("; ")))
+        })?;
+        self.begin().await?;
+        self.set_error_policy(ErrorPolicy::from_settings(parsed.error_handling.as_ref(), self.carry.policy.max_attempts));
+        self.settings = Some(parsed);
+        self.pending.settings = Some(text);
+        Ok(())
+    }
+
+    /// One chunk of a table's full load.
+    async fn load_chunk(&mut self, envelope: &Envelope, chunk: LoadChunk) -> Result<(), Error> {
+        let verdict = load::verdict(self.pending.load, &chunk).map_err(|m| Error::new(ErrorKind::Conflict, format!("{m}; not applying or acknowledging it")))?;
+        if verdict == Verdict::Skip {
+            return Ok(());
+        }
+        let relation = envelope.relation(chunk.rel).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("load relation {} is not described", chunk.rel)))?;
+        self.begin().await?;
+        self.writer.finish(&self.client).await?;
+        let rows = chunk.rows;
+        let mark = load::apply(&self.client, &mut self.catalog, relation, chunk, verdict, self.pending.load).await?;
+        self.pending.load = Some(mark);
+        self.pending.rows_loaded += rows;
+        self.pending.changes += rows;
         Ok(())
     }
 
@@ -420,7 +499,7 @@ impl<'o> Session<'o> {
     async fn stage(&mut self, envelope: &Envelope, transaction: Transaction) -> Result<(), Error> {
         self.begin().await?;
         let (commit_lsn, seq) = (transaction.commit_lsn, transaction.seq);
-        let single = Envelope { version: envelope.version, task: envelope.task.clone(), transactions: vec![transaction], relations: envelope.relations.clone() };
+        let single = Envelope { version: envelope.version, task: envelope.task.clone(), generation: envelope.generation, settings: None, transactions: vec![transaction], relations: envelope.relations.clone(), load: None };
         let body = serde_json::to_vec(&single).map_err(|e| Error::new(ErrorKind::Envelope, e.to_string()))?;
         progress::stage(&self.client, self.options.names.task(), commit_lsn, seq, &body).await?;
         self.staged = Some(Staged { commit_lsn, next_seq: seq + 1 });
@@ -469,12 +548,17 @@ impl<'o> Session<'o> {
     async fn commit(&mut self) -> Result<(), Error> {
         if self.in_transaction {
             self.writer.finish(&self.client).await?;
-            if self.pending.watermark > self.committed {
-                progress::advance(&self.client, self.options.names.task(), self.committed, &self.pending).await?;
+            if self.pending.moves(&self.committed) {
+                progress::advance(&self.client, self.options.names.task(), &self.committed, &self.pending).await?;
             }
             self.client.batch_execute("COMMIT").await?;
             self.in_transaction = false;
-            self.committed = self.pending.watermark;
+            self.committed = Position {
+                watermark: self.pending.watermark,
+                generation: self.pending.generation,
+                settings: self.pending.settings.take().or_else(|| self.committed.settings.take()),
+                load: self.pending.load,
+            };
             self.committed_any = true;
             self.stats.transactions += self.pending.transactions;
             self.stats.changes += self.pending.changes;
@@ -482,13 +566,13 @@ impl<'o> Session<'o> {
         if let Some(tag) = self.ackable.take() {
             self.channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
         }
-        self.pending = Applied { watermark: self.committed, ..Applied::default() };
+        self.pending = Applied::continuing(&self.committed);
         self.since = None;
         self.report();
         if let Some(failing) = self.carry.failing
-            && self.committed >= failing
+            && self.committed.watermark >= failing
         {
-            state::passed(&self.client, self.task(), self.committed).await?;
+            state::passed(&self.client, self.task(), self.committed.watermark).await?;
             self.carry.failing = None;
         }
         Ok(())
@@ -497,7 +581,7 @@ impl<'o> Session<'o> {
     fn report(&mut self) {
         let at = *self.stats.at.get_or_insert_with(Instant::now);
         if at.elapsed() >= Duration::from_secs(10) {
-            info!(task = self.task(), transactions = self.stats.transactions, changes = self.stats.changes, watermark = %self.committed, "applied");
+            info!(task = self.task(), transactions = self.stats.transactions, changes = self.stats.changes, watermark = %self.committed.watermark, "applied");
             self.stats = Stats { at: Some(Instant::now()), ..Stats::default() };
         }
     }

@@ -70,7 +70,15 @@ pub(crate) struct Why<'e> {
 
 /// A message body holding exactly one source transaction of `envelope`.
 pub(crate) fn single(envelope: &Envelope, transaction: Transaction) -> Result<Vec<u8>, Error> {
-    let single = Envelope { version: envelope.version, task: envelope.task.clone(), transactions: vec![transaction], relations: envelope.relations.clone() };
+    let single = Envelope {
+        version: envelope.version,
+        task: envelope.task.clone(),
+        generation: envelope.generation,
+        settings: None,
+        transactions: vec![transaction],
+        relations: envelope.relations.clone(),
+        load: None,
+    };
     serde_json::to_vec(&single).map_err(|e| Error::new(ErrorKind::Envelope, e.to_string()))
 }
 

@@ -92,6 +92,11 @@ impl Error {
         self
     }
 
+    pub(crate) fn with_sqlstate(mut self, code: &str) -> Self {
+        self.sqlstate = Some(code.to_owned());
+        self
+    }
+
     /// Sets the source commit LSN, unless a more precise one is known already.
     pub(crate) fn with_lsn(mut self, lsn: Lsn) -> Self {
         self.lsn.get_or_insert(lsn);

@@ -2,7 +2,8 @@
 //! PostgreSQL database, exactly once in effect.
 //!
 //! The data path: [`consume`] receives messages in queue order and groups source transactions
-//! into target transactions; [`apply`] turns their changes into bulk SQL; [`progress`] records
+//! into target transactions; [`apply`] turns their changes into bulk SQL; [`load`] writes
+//! full-load chunks with COPY; [`catalog`] reads target column types and creates target tables; [`progress`] records
 //! the last applied source commit LSN in the same target transaction as the rows, and anything at
 //! or below it is skipped on redelivery; messages are acknowledged only after COMMIT. [`policy`]
 //! says what to do about each kind of [`error`]; source transactions that cannot be applied are
@@ -11,10 +12,12 @@
 
 pub mod cli;
 mod apply;
+mod catalog;
 mod consume;
 mod deadletter;
 mod error;
 mod errorlog;
+mod load;
 mod policy;
 mod progress;
 mod state;

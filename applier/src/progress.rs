@@ -4,6 +4,7 @@
 use trempy_protocol::Lsn;
 
 use crate::error::{Error, ErrorKind};
+use crate::load::LoadMark;
 
 const SETUP: &str = "
 SET client_min_messages = warning;
@@ -18,17 +19,46 @@ CREATE TABLE IF NOT EXISTS trempy.applier_progress (
 );
 COMMENT ON TABLE trempy.applier_progress IS
   'TREMpy: per task, the last source commit LSN applied here. Updated in the same transaction as the rows.';
+ALTER TABLE trempy.applier_progress
+    ADD COLUMN IF NOT EXISTS generation   integer NOT NULL DEFAULT 1,
+    ADD COLUMN IF NOT EXISTS settings     jsonb,
+    ADD COLUMN IF NOT EXISTS load_table   integer,
+    ADD COLUMN IF NOT EXISTS load_attempt integer,
+    ADD COLUMN IF NOT EXISTS load_seq     integer,
+    ADD COLUMN IF NOT EXISTS load_merge   boolean,
+    ADD COLUMN IF NOT EXISTS rows_loaded  bigint NOT NULL DEFAULT 0;
 ";
 
-/// Creates the progress table if needed and returns the task's watermark.
-pub(crate) async fn load(client: &mut tokio_postgres::Client, task: &str) -> Result<Lsn, Error> {
+/// Where a task stands in the target, as committed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Position {
+    pub(crate) watermark: Lsn,
+    pub(crate) generation: u32,
+    /// The task settings last received (JSON).
+    pub(crate) settings: Option<String>,
+    pub(crate) load: Option<LoadMark>,
+}
+
+/// Creates the progress table if needed and returns where the task stands.
+pub(crate) async fn load(client: &mut tokio_postgres::Client, task: &str) -> Result<Position, Error> {
     client.batch_execute(SETUP).await?;
     client
         .execute("INSERT INTO trempy.applier_progress (task_name, commit_lsn) VALUES ($1, '0/0') ON CONFLICT (task_name) DO NOTHING", &[&task])
         .await?;
-    let row = client.query_one("SELECT commit_lsn::text FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await?;
+    let row = client
+        .query_one(
+            "SELECT commit_lsn::text, generation, settings::text, load_table, load_attempt, load_seq, load_merge FROM trempy.applier_progress WHERE task_name = $1",
+            &[&task],
+        )
+        .await?;
     let text: String = row.get(0);
-    Lsn::parse(&text).map_err(|e| Error::new(ErrorKind::Conflict, format!("progress row of task {task}: {e}")))
+    let watermark = Lsn::parse(&text).map_err(|e| Error::new(ErrorKind::Conflict, format!("progress row of task {task}: {e}")))?;
+    let number = |i: usize| row.get::<_, Option<i32>>(i).and_then(|v| u32::try_from(v).ok());
+    let load = match (number(3), number(4), number(5)) {
+        (Some(table_index), Some(attempt), Some(seq)) => Some(LoadMark { table_index, attempt, seq, merge: row.get::<_, Option<bool>>(6).unwrap_or(false) }),
+        _ => None,
+    };
+    Ok(Position { watermark, generation: number(1).unwrap_or(1), settings: row.get(2), load })
 }
 
 /// What one target transaction applied.
@@ -38,24 +68,55 @@ pub(crate) struct Applied {
     pub(crate) commit_time: Option<String>,
     pub(crate) transactions: u64,
     pub(crate) changes: u64,
+    /// The generation the transaction applies (a newer one than committed starts over).
+    pub(crate) generation: u32,
+    /// New settings received, to record.
+    pub(crate) settings: Option<String>,
+    pub(crate) load: Option<LoadMark>,
+    pub(crate) rows_loaded: u64,
 }
 
-/// Moves the watermark from `from` to `applied.watermark` inside the open transaction. Fails
-/// (so the transaction is rolled back) if the row no longer holds `from`: another applier moved it.
-pub(crate) async fn advance(tx: &tokio_postgres::Client, task: &str, from: Lsn, applied: &Applied) -> Result<(), Error> {
+impl Applied {
+    /// Nothing applied yet, from this committed position.
+    pub(crate) fn continuing(from: &Position) -> Self {
+        Self { watermark: from.watermark, generation: from.generation, load: from.load, ..Self::default() }
+    }
+
+    /// True when committing this must move the recorded position.
+    pub(crate) fn moves(&self, from: &Position) -> bool {
+        self.watermark != from.watermark || self.generation != from.generation || self.load != from.load || self.settings.is_some() || self.transactions > 0
+    }
+}
+
+/// Moves the task's position from `from` to `applied` inside the open transaction. Fails (so
+/// the transaction is rolled back) if the row no longer holds `from`: another applier moved it.
+pub(crate) async fn advance(tx: &tokio_postgres::Client, task: &str, from: &Position, applied: &Applied) -> Result<(), Error> {
+    let number = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
     let updated = tx
         .execute(
             "UPDATE trempy.applier_progress
-                SET commit_lsn = $2::text::pg_lsn, source_commit_time = $4::text::timestamptz,
-                    transactions_applied = transactions_applied + $5, changes_applied = changes_applied + $6, applied_at = now()
-              WHERE task_name = $1 AND commit_lsn = $3::text::pg_lsn",
+                SET commit_lsn = $2::text::pg_lsn, source_commit_time = coalesce($4::text::timestamptz, source_commit_time),
+                    transactions_applied = CASE WHEN generation = $8 THEN transactions_applied ELSE 0 END + $5,
+                    changes_applied = CASE WHEN generation = $8 THEN changes_applied ELSE 0 END + $6,
+                    rows_loaded = CASE WHEN generation = $8 THEN rows_loaded ELSE 0 END + $14,
+                    applied_at = now(), generation = $8, settings = coalesce($9::text::jsonb, settings),
+                    load_table = $10, load_attempt = $11, load_seq = $12, load_merge = $13
+              WHERE task_name = $1 AND commit_lsn = $3::text::pg_lsn AND generation = $7",
             &[
                 &task,
                 &applied.watermark.to_string(),
-                &from.to_string(),
+                &from.watermark.to_string(),
                 &applied.commit_time,
                 &i64::try_from(applied.transactions).unwrap_or(i64::MAX),
                 &i64::try_from(applied.changes).unwrap_or(i64::MAX),
+                &i32::try_from(from.generation).unwrap_or(i32::MAX),
+                &i32::try_from(applied.generation).unwrap_or(i32::MAX),
+                &applied.settings,
+                &number(applied.load.map(|m| m.table_index)),
+                &number(applied.load.map(|m| m.attempt)),
+                &number(applied.load.map(|m| m.seq)),
+                &applied.load.map(|m| m.merge),
+                &i64::try_from(applied.rows_loaded).unwrap_or(i64::MAX),
             ],
         )
         .await?;

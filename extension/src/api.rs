@@ -1,4 +1,4 @@
-//! The SQL API: `trempy.create_task`, `start_task`, `stop_task`, `drop_task`.
+//! The SQL API: `trempy.create_task`, `update_task`, `start_task`, `stop_task`, `drop_task`.
 //! (`trempy.status()` is plain SQL, in `sql/status.sql`.)
 //!
 //! Workers are never started from here: a dynamic background worker is not transactional, so a
@@ -11,7 +11,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgSqlErrorCode};
 use trempy_protocol::names::TaskNames;
-use trempy_protocol::settings::{Problem, TaskSettings};
+use trempy_protocol::settings::{Problem, StartMode, TaskSettings};
 
 use crate::decoding::slot;
 use crate::{gucs, worker};
@@ -43,20 +43,7 @@ fn task_names(name: &str) -> TaskNames {
 #[pg_extern]
 fn create_task(name: &str, settings: JsonB) {
     let names = task_names(name);
-    ensure_runnable_here();
-    let text = settings.0.to_string();
-    let parsed = TaskSettings::parse(&text).unwrap_or_else(|problems| fail_settings(name, &problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings"));
-    if parsed.task.task_name != name {
-        fail(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("invalid settings for task \"{name}\": task.task_name: \"{}\" differs from the task name \"{name}\"", parsed.task.task_name),
-            None,
-        );
-    }
-    let unsupported = parsed.unsupported();
-    if !unsupported.is_empty() {
-        fail_settings(name, &unsupported, PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, "unsupported settings");
-    }
+    let parsed = validated(name, &settings);
 
     Spi::connect_mut(|client| {
         let exists = client
@@ -64,7 +51,11 @@ fn create_task(name: &str, settings: JsonB) {
             .map(|t| !t.is_empty())
             .unwrap_or(false);
         if exists {
-            fail(PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT, format!("task \"{name}\" already exists"), None);
+            fail(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                format!("task \"{name}\" already exists"),
+                Some("Use trempy.update_task to change its settings (start_mode \"continue\" keeps its position, \"reload\" starts over).".to_owned()),
+            );
         }
         let table_problems = check_tables(client, &parsed);
         if !table_problems.is_empty() {
@@ -81,6 +72,81 @@ fn create_task(name: &str, settings: JsonB) {
             .unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not record task \"{name}\": {err}"), None));
         let tables: Vec<(String, String)> = parsed.tables.iter().map(|t| (t.schema_name.clone(), t.table_name.clone())).collect();
         slot::create_publication(client, &names, &tables);
+    });
+}
+
+/// Parses and checks settings for task `name`, or raises an error naming every problem.
+fn validated(name: &str, settings: &JsonB) -> TaskSettings {
+    ensure_runnable_here();
+    let text = settings.0.to_string();
+    let parsed = TaskSettings::parse(&text).unwrap_or_else(|problems| fail_settings(name, &problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings"));
+    if parsed.task.task_name != name {
+        fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid settings for task \"{name}\": task.task_name: \"{}\" differs from the task name \"{name}\"", parsed.task.task_name),
+            None,
+        );
+    }
+    let unsupported = parsed.unsupported();
+    if !unsupported.is_empty() {
+        fail_settings(name, &unsupported, PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, "unsupported settings");
+    }
+    parsed
+}
+
+/// Replaces a task's settings and restarts it, as its new `task.start_mode` says:
+///
+/// * `continue` (the default): the task keeps its slot, its position and what it has copied, and
+///   goes on under the new settings (tables added to a task with a full load are copied first).
+/// * `reload`: the task starts over: its slot and load state are dropped, its generation goes
+///   up (appliers drop every message of older generations still queued and restart from an
+///   empty position), and a task with a full load copies every table again.
+#[pg_extern]
+fn update_task(name: &str, settings: JsonB) {
+    let names = task_names(name);
+    let parsed = validated(name, &settings);
+    let task_id = Spi::get_one_with_args::<i32>("SELECT task_id FROM trempy.tasks WHERE task_name = $1 FOR UPDATE", &[name.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("task \"{name}\" does not exist"), None));
+    Spi::connect_mut(|client| {
+        let table_problems = check_tables(client, &parsed);
+        if !table_problems.is_empty() {
+            fail_settings(name, &table_problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings");
+        }
+    });
+    stop_worker(name, task_id);
+    Spi::connect_mut(|client| {
+        let tables: Vec<(String, String)> = parsed.tables.iter().map(|t| (t.schema_name.clone(), t.table_name.clone())).collect();
+        slot::set_publication_tables(client, &names, &tables);
+        let reload = parsed.start_mode() == StartMode::Reload;
+        if reload {
+            slot::drop_slot(client, &names);
+        }
+        let sql = if reload {
+            "UPDATE trempy.tasks SET settings = $2, enabled = true, generation = generation + 1, updated_at = now() WHERE task_name = $1"
+        } else {
+            "UPDATE trempy.tasks SET settings = $2, enabled = true, updated_at = now() WHERE task_name = $1"
+        };
+        client
+            .update(sql, None, &[name.into(), JsonB(settings.0.clone()).into()])
+            .unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not update task \"{name}\": {err}"), None));
+        let reset = if reload {
+            vec![
+                "DELETE FROM trempy.task_tables WHERE task_name = $1",
+                "UPDATE trempy.task_progress SET slot_created_at = NULL, changes_published = 0, transactions_published = 0, messages_published = 0,
+                        last_published_lsn = NULL, last_publish_at = NULL, last_error = NULL, last_error_at = NULL, error_active = false,
+                        phase = NULL, load_started_at = NULL, load_finished_at = NULL
+                  WHERE task_name = $1",
+            ]
+        } else {
+            vec!["UPDATE trempy.task_progress SET phase = NULL WHERE task_name = $1 AND phase = 'finished'"]
+        };
+        for sql in reset {
+            client
+                .update(sql, None, &[name.into()])
+                .unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not update task \"{name}\": {err}"), None));
+        }
     });
 }
 

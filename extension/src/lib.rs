@@ -3,15 +3,18 @@
 //! RabbitMQ with publisher confirms, advancing the slot only past what RabbitMQ has confirmed.
 //!
 //! Layout: [`api`] (SQL functions), [`gucs`] (settings), [`worker`] (launcher and task workers:
-//! everything that runs on a worker's main thread), [`decoding`] (slot, publication, peek and
-//! advance over SPI), [`publish`] (the AMQP thread: no Postgres API may be called there).
+//! everything that runs on a worker's main thread), [`load`] (the full load: snapshot copies
+//! published in chunks), [`decoding`] (slot, publication, peek and advance over SPI),
+//! [`catalog`] (table descriptions), [`publish`] (the AMQP thread: no Postgres API may be called there).
 
 use pgrx::prelude::*;
 
 mod api;
+mod catalog;
 mod decoding;
 mod error;
 mod gucs;
+mod load;
 mod publish;
 mod worker;
 

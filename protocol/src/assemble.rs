@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use crate::envelope::{MessageBuilder, Relation, TransactionHeader};
 use crate::error::{Error, ErrorKind, Result};
+use crate::handoff::Handoff;
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, Message, OldTuple};
 
@@ -36,6 +37,8 @@ struct OpenTransaction {
 #[derive(Debug)]
 pub struct Assembler {
     task: String,
+    generation: u32,
+    handoff: Handoff,
     max_message_bytes: usize,
     relations: HashMap<u32, Relation>,
     builder: MessageBuilder,
@@ -47,16 +50,30 @@ pub struct Assembler {
 impl Assembler {
     /// An assembler for one decoding call of `task`; messages are cut once they reach
     /// `max_message_bytes` (a soft bound: one row change is never split).
-    pub fn new(task: &str, max_message_bytes: usize) -> Self {
+    pub fn new(task: &str, generation: u32, max_message_bytes: usize) -> Self {
         Self {
             task: task.to_owned(),
+            generation,
+            handoff: Handoff::new(),
             max_message_bytes,
             relations: HashMap::new(),
-            builder: MessageBuilder::new(task),
+            builder: MessageBuilder::new(task, generation),
             open: None,
             last_end_lsn: None,
             counts: Counts::default(),
         }
+    }
+
+    /// Leaves out the changes that tables' full loads already contain (see [`Handoff`]). The
+    /// transactions themselves are kept, possibly empty, so the applier's watermark moves.
+    #[must_use]
+    pub fn with_handoff(mut self, handoff: Handoff) -> Self {
+        self.handoff = handoff;
+        self
+    }
+
+    fn skips(&self, rel: u32) -> bool {
+        !self.handoff.is_empty() && self.open.as_ref().is_some_and(|open| self.handoff.skips(rel, open.xid))
     }
 
     /// End LSN of the last complete transaction seen: where the slot may advance once everything
@@ -113,6 +130,17 @@ impl Assembler {
                 self.relations.insert(relation.oid, described);
                 Ok(ready)
             }
+            Message::Insert(insert) if self.skips(insert.relation_oid) => Ok(None),
+            Message::Update(update) if self.skips(update.relation_oid) => Ok(None),
+            Message::Delete(delete) if self.skips(delete.relation_oid) => Ok(None),
+            Message::Truncate(mut truncate) if truncate.relation_oids.iter().any(|&rel| self.skips(rel)) => {
+                let kept: Vec<u32> = truncate.relation_oids.iter().copied().filter(|&rel| !self.skips(rel)).collect();
+                if kept.is_empty() {
+                    return Ok(None);
+                }
+                truncate.relation_oids = kept;
+                Ok(self.change(|b| b.truncate(&truncate.relation_oids, truncate.cascade, truncate.restart_identity))?)
+            }
             Message::Insert(insert) => Ok(self.change(|b| b.insert(insert.relation_oid, &insert.new))?),
             Message::Update(update) => {
                 let old = update.old.as_ref().map(|old| match old {
@@ -163,7 +191,7 @@ impl Assembler {
         if self.builder.is_empty() {
             return Ok(None);
         }
-        let builder = std::mem::replace(&mut self.builder, MessageBuilder::new(&self.task));
+        let builder = std::mem::replace(&mut self.builder, MessageBuilder::new(&self.task, self.generation));
         let relations = &self.relations;
         let body = builder.finish(|id| relations.get(&id))?;
         self.counts.messages += 1;
@@ -201,7 +229,7 @@ mod tests {
             id: r.oid,
             schema: r.namespace.to_owned(),
             table: r.name.to_owned(),
-            columns: r.columns.iter().map(|c| Column { name: c.name.to_owned(), type_name: "text".into(), type_oid: c.type_oid, key: c.is_key }).collect(),
+            columns: r.columns.iter().map(|c| Column { name: c.name.to_owned(), type_name: "text".into(), type_oid: c.type_oid, key: c.is_key, ..Column::default() }).collect(),
         })
     }
 
@@ -218,7 +246,7 @@ mod tests {
     }
 
     fn run(messages: Vec<Message<'static>>, max: usize) -> (Vec<Envelope>, Assembler) {
-        let mut a = Assembler::new("t", max);
+        let mut a = Assembler::new("t", 1, max);
         let mut out = Vec::new();
         for m in messages {
             if let Some(body) = a.push::<Error>(m, &mut describe).unwrap() {
@@ -288,8 +316,32 @@ mod tests {
     }
 
     #[test]
+    fn changes_the_copy_contains_are_left_out_but_transactions_kept() {
+        let mut handoff = Handoff::new();
+        // transactions 1 and 3 are visible in the copy of relation 42, transaction 2 is not
+        handoff.add(42, crate::handoff::Snapshot::parse("2:4:2").unwrap());
+        let mut a = Assembler::new("t", 1, 1 << 20).with_handoff(handoff);
+        let mut msgs = vec![Message::Relation(rel_msg(2))];
+        for n in 1..=3 {
+            msgs.extend([begin(n), insert("x"), commit(n)]);
+        }
+        let mut out = Vec::new();
+        for m in msgs {
+            if let Some(body) = a.push::<Error>(m, &mut describe).unwrap() {
+                out.push(body);
+            }
+        }
+        out.extend(a.finish().unwrap());
+        let env = Envelope::parse(&out[0]).unwrap();
+        let sizes: Vec<usize> = env.transactions.iter().map(|t| t.changes.len()).collect();
+        assert_eq!(sizes, vec![0, 1, 0]);
+        assert_eq!(a.counts().changes, 1);
+        assert_eq!(a.last_end_lsn(), Some(Lsn(308)));
+    }
+
+    #[test]
     fn sequence_errors_are_reported() {
-        let mut a = Assembler::new("t", 100);
+        let mut a = Assembler::new("t", 1, 100);
         assert!(a.push::<Error>(insert("x"), &mut describe).is_err());
         assert!(a.push::<Error>(commit(1), &mut describe).is_err());
         a.push::<Error>(begin(1), &mut describe).unwrap();

@@ -29,10 +29,68 @@ pub struct Envelope {
     pub version: u32,
     /// Name of the task that captured the changes.
     pub task: String,
+    /// The task's generation: 1 at creation, one more at every `reload`. An applier drops
+    /// messages of an older generation than the one it has applied, and starts over (empty
+    /// watermark) at the first message of a newer one.
+    #[serde(default = "first_generation")]
+    pub generation: u32,
+    /// A control message: the task's settings document, in effect for every message after
+    /// this one. Published each time a task worker starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
     /// Source transactions (or chunks of one), in commit order.
     pub transactions: Vec<Transaction>,
     /// Every relation the changes refer to.
     pub relations: Vec<Relation>,
+    /// A chunk of a table's full load (then `transactions` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadChunk>,
+}
+
+fn first_generation() -> u32 {
+    1
+}
+
+/// One chunk of rows of a table's full load, copied under one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadChunk {
+    /// The relation (described in `relations`).
+    pub rel: u32,
+    /// Position of the table in the task's load order (priority, then list order), from 0.
+    pub table_index: u32,
+    /// Copy attempt of this table, from 1. A new attempt (after the decoding worker was
+    /// interrupted mid-table) copies the table again from its first row under a new snapshot.
+    pub attempt: u32,
+    /// Chunk number within the attempt, from 0.
+    pub seq: u32,
+    /// True on the attempt's final chunk.
+    pub last: bool,
+    /// Rows in `data`.
+    pub rows: u64,
+    /// Time of the copy snapshot, RFC 3339 (UTC).
+    pub snapshot_time: String,
+    /// What the target table needs before the first chunk (sent with `seq` 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare: Option<Prepare>,
+    /// The rows in PostgreSQL's COPY text format: one line per row, columns in the relation's
+    /// order separated by tabs, `\N` for NULL, backslash escapes.
+    pub data: String,
+}
+
+/// How to prepare a target table for its full load (from the task's settings).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prepare {
+    /// Create the target table when it does not exist.
+    #[serde(default)]
+    pub create: bool,
+    /// Drop and re-create the target table.
+    #[serde(default)]
+    pub recreate: bool,
+    /// Empty the target table first.
+    #[serde(default)]
+    pub truncate: bool,
 }
 
 /// One source transaction, or one chunk of it.
@@ -112,7 +170,7 @@ pub struct Relation {
 }
 
 /// A source column.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Column {
     /// Column name, unquoted.
@@ -125,6 +183,13 @@ pub struct Column {
     pub type_oid: u32,
     /// Part of the key that identifies a row (primary key or replica identity index).
     pub key: bool,
+    /// Declared NOT NULL at the source.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_null: bool,
+    /// The type a target table created by TREMpy gets for this column, when it differs from
+    /// `type`: domains are resolved to their base type and enums become `text` (arrays alike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +219,17 @@ impl Envelope {
     }
 
     fn check(&self) -> Result<()> {
+        if let Some(load) = &self.load {
+            if !self.transactions.is_empty() {
+                return Err(malformed("a load chunk carries transactions"));
+            }
+            if self.relation(load.rel).is_none() {
+                return Err(malformed(format!("load.rel: relation {} is not described in `relations`", load.rel)));
+            }
+        }
+        if self.generation == 0 {
+            return Err(malformed("generation: must be at least 1"));
+        }
         let count = self.transactions.len();
         for (i, txn) in self.transactions.iter().enumerate() {
             if !txn.last && i + 1 != count {
@@ -224,12 +300,13 @@ pub struct MessageBuilder {
 
 impl MessageBuilder {
     /// Starts a message for a task.
-    pub fn new(task: &str) -> Self {
+    pub fn new(task: &str, generation: u32) -> Self {
         let mut buf = Vec::with_capacity(64 * 1024);
         buf.extend_from_slice(b"{\"version\":");
         buf.extend_from_slice(VERSION.to_string().as_bytes());
         buf.extend_from_slice(b",\"task\":");
         write_json_str(&mut buf, task);
+        let _ = write!(buf, ",\"generation\":{generation}");
         buf.extend_from_slice(b",\"transactions\":[");
         Self { buf, relations: BTreeSet::new(), transactions: 0, changes: 0, changes_in_open: None }
     }
@@ -398,6 +475,51 @@ impl MessageBuilder {
     }
 }
 
+/// A control message carrying the task's settings document.
+pub fn settings_message(task: &str, generation: u32, settings: &serde_json::Value) -> Result<Vec<u8>> {
+    let envelope = Envelope {
+        version: VERSION,
+        task: task.to_owned(),
+        generation,
+        settings: Some(settings.clone()),
+        transactions: Vec::new(),
+        relations: Vec::new(),
+        load: None,
+    };
+    serde_json::to_vec(&envelope).map_err(|err| Error::new(ErrorKind::MalformedEnvelope, err.to_string()))
+}
+
+/// A full-load message: `chunk.data` is ignored and `copy_data` (COPY text, UTF-8) is written in
+/// its place without an intermediate copy.
+pub fn load_message(task: &str, generation: u32, relation: &Relation, chunk: &LoadChunk, copy_data: &[u8]) -> Result<Vec<u8>> {
+    let text = std::str::from_utf8(copy_data).map_err(|err| Error::new(ErrorKind::MalformedEnvelope, format!("load data of {}.{} is not UTF-8: {err}", relation.schema, relation.table)))?;
+    let mut buf = Vec::with_capacity(copy_data.len() + copy_data.len() / 8 + 1024);
+    buf.extend_from_slice(b"{\"version\":");
+    buf.extend_from_slice(VERSION.to_string().as_bytes());
+    buf.extend_from_slice(b",\"task\":");
+    write_json_str(&mut buf, task);
+    let _ = write!(buf, ",\"generation\":{generation},\"transactions\":[],\"relations\":[");
+    write_serialized(&mut buf, relation)?;
+    let _ = write!(
+        buf,
+        "],\"load\":{{\"rel\":{},\"table_index\":{},\"attempt\":{},\"seq\":{},\"last\":{},\"rows\":{},\"snapshot_time\":",
+        chunk.rel, chunk.table_index, chunk.attempt, chunk.seq, chunk.last, chunk.rows
+    );
+    write_json_str(&mut buf, &chunk.snapshot_time);
+    if let Some(prepare) = &chunk.prepare {
+        buf.extend_from_slice(b",\"prepare\":");
+        write_serialized(&mut buf, prepare)?;
+    }
+    buf.extend_from_slice(b",\"data\":");
+    write_json_str(&mut buf, text);
+    buf.extend_from_slice(b"}}");
+    Ok(buf)
+}
+
+fn write_serialized<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<()> {
+    serde_json::to_writer(buf, value).map_err(|err| Error::new(ErrorKind::MalformedEnvelope, err.to_string()))
+}
+
 /// Appends `s` as a JSON string literal.
 fn write_json_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
@@ -437,8 +559,8 @@ mod tests {
             schema: "Odd \"Schema\"".into(),
             table: "tâble".into(),
             columns: vec![
-                Column { name: "id".into(), type_name: "integer".into(), type_oid: 23, key: true },
-                Column { name: "Na me".into(), type_name: "text".into(), type_oid: 25, key: false },
+                Column { name: "id".into(), type_name: "integer".into(), type_oid: 23, key: true, ..Column::default() },
+                Column { name: "Na me".into(), type_name: "text".into(), type_oid: 25, key: false, ..Column::default() },
             ],
         }
     }
@@ -451,7 +573,7 @@ mod tests {
     fn builder_output_parses_back_exactly() {
         let rel = relation();
         let tricky = "quote \" backslash \\ newline \n tab \t bell \u{7} unicode ✓ 'single'";
-        let mut b = MessageBuilder::new("orders_sync");
+        let mut b = MessageBuilder::new("orders_sync", 1);
         b.open_transaction();
         b.insert(16384, &[Value::Text("1"), Value::Text(tricky)]).unwrap();
         b.update(16384, Some(&[Value::Text("1"), Value::Null]), &[Value::Text("2"), Value::UnchangedToast]).unwrap();
@@ -488,6 +610,37 @@ mod tests {
     }
 
     #[test]
+    fn load_and_settings_messages_parse_back() {
+        let rel = relation();
+        let chunk = LoadChunk {
+            rel: rel.id,
+            table_index: 2,
+            attempt: 1,
+            seq: 0,
+            last: false,
+            rows: 2,
+            snapshot_time: "2026-11-22T06:00:00Z".into(),
+            prepare: Some(Prepare { create: true, recreate: false, truncate: true }),
+            data: String::new(),
+        };
+        let data = "1\tx\\y \"q\"\n2\t\\N\n";
+        let body = load_message("t", 3, &rel, &chunk, data.as_bytes()).unwrap();
+        let env = Envelope::parse(&body).unwrap();
+        assert_eq!(env.generation, 3);
+        let load = env.load.unwrap();
+        assert_eq!(load.data, data);
+        assert_eq!(LoadChunk { data: String::new(), ..load }, chunk);
+        assert!(load_message("t", 3, &rel, &chunk, b"\xff").is_err());
+
+        let settings = serde_json::json!({"task": {"task_name": "t"}});
+        let env = Envelope::parse(&settings_message("t", 2, &settings).unwrap()).unwrap();
+        assert_eq!((env.generation, env.settings), (2, Some(settings)));
+        // absent generation means the first
+        let env = Envelope::parse(b"{\"version\":1,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap();
+        assert_eq!(env.generation, 1);
+    }
+
+    #[test]
     fn rejects_bad_messages_with_reasons() {
         let cases: &[(&[u8], &str)] = &[
             (b"", "not a JSON object"),
@@ -516,14 +669,14 @@ mod tests {
     #[test]
     fn width_and_chunk_rules_are_checked() {
         let rel = relation();
-        let mut b = MessageBuilder::new("t");
+        let mut b = MessageBuilder::new("t", 1);
         b.open_transaction();
         b.insert(16384, &[Value::Text("1")]).unwrap();
         b.close_transaction(&header(1, 0, true));
         let body = b.finish(|_| Some(&rel)).unwrap();
         assert!(Envelope::parse(&body).unwrap_err().message().contains("1 values for 2 columns"));
 
-        let mut b = MessageBuilder::new("t");
+        let mut b = MessageBuilder::new("t", 1);
         b.open_transaction();
         b.close_transaction(&header(1, 0, false));
         b.open_transaction();
@@ -534,7 +687,7 @@ mod tests {
 
     #[test]
     fn binary_values_and_orphan_changes_are_errors() {
-        let mut b = MessageBuilder::new("t");
+        let mut b = MessageBuilder::new("t", 1);
         assert!(b.insert(1, &[]).is_err());
         b.open_transaction();
         assert!(b.insert(1, &[Value::Binary(b"x")]).is_err());
@@ -543,7 +696,7 @@ mod tests {
     #[test]
     fn parse_never_panics_on_mutations() {
         let rel = relation();
-        let mut b = MessageBuilder::new("t");
+        let mut b = MessageBuilder::new("t", 1);
         b.open_transaction();
         b.insert(16384, &[Value::Text("1"), Value::Text("x")]).unwrap();
         b.close_transaction(&header(1, 0, true));

@@ -15,6 +15,10 @@ pub enum ErrorKind {
     InvalidSettings,
     /// A name (task, slot, queue) that is not allowed or too long.
     InvalidName,
+    /// A text that should have been a `pg_snapshot` is not one.
+    MalformedSnapshot,
+    /// COPY text data that does not parse.
+    MalformedCopyData,
 }
 
 /// An error of the protocol crate: a kind plus a message for humans.

@@ -4,6 +4,8 @@
 //! * [`pgoutput`]: a parser for the binary messages of PostgreSQL's `pgoutput` plugin (protocol 1).
 //! * [`assemble`]: turns a stream of pgoutput messages into envelope messages of bounded size.
 //! * [`envelope`]: the versioned JSON message that travels through RabbitMQ.
+//! * [`handoff`]: which decoded changes a table's full load already contains.
+//! * [`copytext`]: PostgreSQL's COPY text format, the body of full-load messages.
 //! * [`settings`]: task settings, their schema and their validation.
 //! * [`names`]: every object name derived from a task name.
 //!
@@ -11,7 +13,9 @@
 
 mod error;
 pub mod assemble;
+pub mod copytext;
 pub mod envelope;
+pub mod handoff;
 pub mod lsn;
 pub mod names;
 pub mod pgoutput;

@@ -266,6 +266,38 @@ impl TaskSettings {
         top.into_iter().chain(nested)
     }
 
+    /// True when the task copies its tables (`full_load` or `full_load_and_cdc`).
+    pub fn copies(&self) -> bool {
+        matches!(self.task.replication_type, ReplicationType::FullLoad | ReplicationType::FullLoadAndCdc)
+    }
+
+    /// True when the task streams changes (`cdc` or `full_load_and_cdc`).
+    pub fn streams(&self) -> bool {
+        matches!(self.task.replication_type, ReplicationType::Cdc | ReplicationType::FullLoadAndCdc)
+    }
+
+    /// The start mode in effect (`continue` when absent, as in the original).
+    pub fn start_mode(&self) -> StartMode {
+        self.task.start_mode.unwrap_or(StartMode::Continue)
+    }
+
+    /// How target tables are prepared before their full load.
+    pub fn prepare(&self) -> crate::envelope::Prepare {
+        let full = self.task.full_load_settings.as_ref();
+        crate::envelope::Prepare {
+            create: self.task.create_table_if_not_exists == Some(true),
+            recreate: full.and_then(|f| f.recreate_table_if_exists) == Some(true),
+            truncate: full.and_then(|f| f.truncate_before_insert) == Some(true),
+        }
+    }
+
+    /// The tables in load order: ascending priority, ties in list order.
+    pub fn tables_in_load_order(&self) -> Vec<&TableRef> {
+        let mut tables: Vec<&TableRef> = self.tables.iter().collect();
+        tables.sort_by_key(|t| t.priority);
+        tables
+    }
+
     /// The CDC mode in effect (`default` when absent, as in the original).
     pub fn cdc_mode(&self) -> CdcMode {
         self.task.cdc_settings.as_ref().and_then(|c| c.mode).unwrap_or(CdcMode::Default)
@@ -276,36 +308,17 @@ impl TaskSettings {
     pub fn unsupported(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let not_yet = |what: &str| format!("{what} is not supported yet");
-        match self.task.replication_type {
-            ReplicationType::Cdc => {}
-            other => problems.push(Problem::new(
-                "task.replication_type",
-                format!("{} (only \"cdc\" is implemented in this version)", not_yet(&serde_json::to_string(&other).unwrap_or_default())),
-            )),
-        }
-        match self.cdc_mode() {
-            CdcMode::Upsert => {}
-            CdcMode::Default if self.task.cdc_settings.as_ref().and_then(|c| c.mode).is_none() => problems.push(Problem::new(
-                "task.cdc_settings.mode",
-                "absent, which means \"default\"; that mode is not supported yet: set \"upsert\"",
-            )),
-            other => problems.push(Problem::new(
-                "task.cdc_settings.mode",
-                format!("{}: set \"upsert\"", not_yet(&serde_json::to_string(&other).unwrap_or_default())),
-            )),
-        }
-        if self.task.start_mode == Some(StartMode::Reload) {
-            problems.push(Problem::new("task.start_mode", format!("{} (use \"continue\")", not_yet("\"reload\""))));
-        }
-        if self.task.create_table_if_not_exists == Some(true) {
-            problems.push(Problem::new("task.create_table_if_not_exists", not_yet("true: target tables must exist; creating them")));
-        }
-        if let Some(full) = &self.task.full_load_settings {
-            if full.recreate_table_if_exists == Some(true) {
-                problems.push(Problem::new("task.full_load_settings.recreate_table_if_exists", not_yet("true")));
-            }
-            if full.truncate_before_insert == Some(true) {
-                problems.push(Problem::new("task.full_load_settings.truncate_before_insert", not_yet("true")));
+        if self.streams() {
+            match self.cdc_mode() {
+                CdcMode::Upsert => {}
+                CdcMode::Default if self.task.cdc_settings.as_ref().and_then(|c| c.mode).is_none() => problems.push(Problem::new(
+                    "task.cdc_settings.mode",
+                    "absent, which means \"default\"; that mode is not supported yet: set \"upsert\"",
+                )),
+                other => problems.push(Problem::new(
+                    "task.cdc_settings.mode",
+                    format!("{}: set \"upsert\"", not_yet(&serde_json::to_string(&other).unwrap_or_default())),
+                )),
             }
         }
         for (path, _) in self.scd2_sections() {
@@ -358,11 +371,7 @@ mod tests {
         let s = TaskSettings::parse(json).unwrap();
         let paths: Vec<String> = s.unsupported().into_iter().map(|p| p.path).collect();
         for expected in [
-            "task.replication_type",
             "task.cdc_settings.mode",
-            "task.start_mode",
-            "task.create_table_if_not_exists",
-            "task.full_load_settings.recreate_table_if_exists",
             "task.scd2_settings",
             "task.cdc_settings.scd2_settings",
             "filters",
@@ -371,6 +380,12 @@ mod tests {
             assert!(paths.iter().any(|p| p == expected), "{expected} missing from {paths:?}");
         }
         assert!(!paths.iter().any(|p| p.starts_with("error_handling")), "{paths:?}");
+        for supported in ["task.replication_type", "task.start_mode", "task.create_table_if_not_exists", "task.full_load_settings.recreate_table_if_exists"] {
+            assert!(!paths.iter().any(|p| p == supported), "{supported} in {paths:?}");
+        }
+        assert!(s.copies() && s.streams());
+        assert_eq!(s.start_mode(), StartMode::Reload);
+        assert_eq!(s.prepare(), crate::envelope::Prepare { create: true, recreate: true, truncate: true });
     }
 
     #[test]

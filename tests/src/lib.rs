@@ -70,16 +70,33 @@ pub fn cdc_settings(task: &str, tables: &[(&str, &str)]) -> serde_json::Value {
     })
 }
 
-/// Creates a task and waits until its worker has created the slot (`state = 'running'`):
-/// only changes committed after that are captured.
-pub async fn create_task(source: &Client, task: &str, tables: &[(&str, &str)]) {
-    create_task_with(source, task, &cdc_settings(task, tables)).await;
+/// Settings for a `full_load` or `full_load_and_cdc` upsert task over `tables`, creating missing
+/// target tables; `priority` follows the order of `tables`.
+pub fn load_settings(task: &str, replication_type: &str, tables: &[(&str, &str)]) -> serde_json::Value {
+    let tables: Vec<serde_json::Value> =
+        tables.iter().enumerate().map(|(i, (s, t))| serde_json::json!({"schema_name": s, "table_name": t, "priority": i.min(4)})).collect();
+    serde_json::json!({
+        "task": {"task_name": task, "replication_type": replication_type, "cdc_settings": {"mode": "upsert"}, "create_table_if_not_exists": true},
+        "tables": tables,
+    })
 }
 
-/// [`create_task`] with the given settings document.
+/// Creates a task from a settings document (without waiting).
 pub async fn create_task_with(source: &Client, task: &str, settings: &serde_json::Value) {
     source.execute("CREATE EXTENSION IF NOT EXISTS trempy", &[]).await.unwrap();
     source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
+}
+
+/// Waits until the task's phase (`full_load`, `cdc`, `finished`) is `wanted`.
+pub async fn wait_for_phase(source: &Client, task: &str, wanted: &str, timeout: Duration) {
+    wait_for_status(source, task, "phase", wanted, timeout).await;
+}
+
+/// Creates a task and waits until its worker has created the slot (`state = 'running'`):
+/// only changes committed after that are captured.
+pub async fn create_task(source: &Client, task: &str, tables: &[(&str, &str)]) {
+    source.execute("CREATE EXTENSION IF NOT EXISTS trempy", &[]).await.unwrap();
+    source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &cdc_settings(task, tables).to_string()]).await.unwrap();
     wait_for_state(source, task, "running", Duration::from_secs(60)).await;
 }
 
@@ -97,13 +114,19 @@ pub async fn state(source: &Client, task: &str) -> Option<String> {
 
 /// Waits until the task reaches `wanted`.
 pub async fn wait_for_state(source: &Client, task: &str, wanted: &str, timeout: Duration) {
+    wait_for_status(source, task, "state", wanted, timeout).await;
+}
+
+/// Waits until a text column of the task's `trempy.status()` row shows `wanted`.
+async fn wait_for_status(source: &Client, task: &str, column: &str, wanted: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
+    let sql = format!("SELECT {column} FROM trempy.status() WHERE task_name = $1");
     loop {
-        let now = state(source, task).await;
+        let now: Option<String> = source.query_opt(sql.as_str(), &[&task]).await.ok().flatten().and_then(|r| r.get(0));
         if now.as_deref() == Some(wanted) {
             return;
         }
-        assert!(Instant::now() < deadline, "task {task} did not reach state {wanted} (is {now:?})");
+        assert!(Instant::now() < deadline, "task {task} did not reach {column} {wanted} (is {now:?})");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -283,3 +306,36 @@ impl Writer {
         self.handle.await.unwrap()
     }
 }
+
+/// A task over a table of rows plus an insert-only ledger (one row per source transaction) whose
+/// target copy counts every write, to detect double application; its applier runs.
+/// Returns (task, table, ledger, source connection, applier).
+pub async fn mixed_workload_task(prefix: &str) -> (String, String, String, Client, Applier) {
+    let task = unique(prefix);
+    let t = format!("public.{task}");
+    let ledger = format!("public.{task}_ledger");
+    create_table_both(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, v bigint, note text); CREATE TABLE {ledger} (id bigint PRIMARY KEY, at timestamptz)")).await;
+    install_duplicate_detector(&target().await, &ledger).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task), ("public", &format!("{task}_ledger"))]).await;
+    let applier = Applier::start(&task);
+    (task, t, ledger, source, applier)
+}
+
+pub fn mixed_transaction(t: &str, ledger: &str) -> impl Fn(u64) -> String + Send + 'static {
+    let (t, ledger) = (t.to_owned(), ledger.to_owned());
+    move |i| {
+        // every 25th transaction is larger than one message (about 2.5 MB): staged in chunks
+        let big = if i % 25 == 0 {
+            format!("INSERT INTO {t} SELECT g, g, repeat('bulk', 25) FROM generate_series({}, {}) g ON CONFLICT (id) DO UPDATE SET v = {t}.v + 1;", 1_000_000 + i * 20_000, 1_000_000 + i * 20_000 + 19_999)
+        } else {
+            String::new()
+        };
+        format!(
+            "BEGIN; INSERT INTO {t} VALUES ({i}, {i}, 'row {i}') ON CONFLICT (id) DO NOTHING; UPDATE {t} SET v = v + 1, note = 'upd' WHERE id = {}; DELETE FROM {t} WHERE id = {}; {big} INSERT INTO {ledger} VALUES ({i}, now()); COMMIT;",
+            i / 2,
+            i.saturating_sub(40)
+        )
+    }
+}
+

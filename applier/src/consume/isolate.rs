@@ -49,7 +49,7 @@ impl Session<'_> {
     }
 
     /// Applies one message in isolation mode (see the module documentation).
-    pub(super) async fn handle_isolated(&mut self, tag: u64, body: Vec<u8>, mut envelope: Envelope) -> Result<(), Error> {
+    pub(super) async fn handle_isolated(&mut self, tag: u64, mut envelope: Envelope) -> Result<(), Error> {
         self.commit().await?;
         if self.staged.is_some() || envelope.transactions.iter().any(|t| t.seq != 0 || !t.last) {
             for transaction in std::mem::take(&mut envelope.transactions) {
@@ -59,6 +59,7 @@ impl Session<'_> {
             self.ackable = Some(tag);
             return self.commit().await;
         }
+        let again = envelope.clone();
         let failures = self.apply_savepointed(envelope, &[], 0).await?;
         if failures.is_empty() {
             self.ackable = Some(tag);
@@ -100,8 +101,7 @@ impl Session<'_> {
                 Err(first.clone())
             }
             Decision::DeadLetter => {
-                let envelope = Envelope::parse(&body).map_err(|e| Error::new(ErrorKind::Envelope, e.message()))?;
-                let again = self.apply_savepointed(envelope, &failures, attempts).await?;
+                let again = self.apply_savepointed(again, &failures, attempts).await?;
                 if let Some((_, err)) = again.into_iter().next() {
                     // Something else failed this time: start over with this message.
                     self.rollback().await?;
@@ -168,7 +168,7 @@ impl Session<'_> {
             self.client.batch_execute("ROLLBACK").await?;
             self.in_transaction = false;
         }
-        self.pending = super::Applied { watermark: self.committed, ..super::Applied::default() };
+        self.pending = super::Applied::continuing(&self.committed);
         self.ackable = None;
         Ok(())
     }

@@ -3,23 +3,32 @@
 //! bounded whatever the size of the source transactions. Nothing here advances the slot.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use pgrx::prelude::*;
-use pgrx::{FromDatum, PgMemoryContexts};
+use pgrx::FromDatum;
 use pgrx::spi::SpiClient;
 use trempy_protocol::Lsn;
 use trempy_protocol::assemble::{Assembler, Counts};
 use trempy_protocol::envelope::{Column, Relation};
+use trempy_protocol::handoff::Handoff;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::pgoutput;
 
 use crate::error::{Error, ErrorKind};
-use crate::publish::{Offer, Publisher};
-use crate::worker::shutdown_requested;
+use crate::publish::Publisher;
+use crate::worker::{confirm, each_row, send};
 
-/// Rows fetched from the cursor at a time.
-const FETCH_ROWS: libc::c_long = 1_000;
+/// What one decoding call is to do.
+pub(crate) struct Batch<'a> {
+    pub(crate) names: &'a TaskNames,
+    pub(crate) generation: u32,
+    /// Changes that tables' full loads already contain, to leave out.
+    pub(crate) handoff: Handoff,
+    /// Decode what committed before this position.
+    pub(crate) upto: Lsn,
+    pub(crate) batch_size: i32,
+    pub(crate) max_message_bytes: usize,
+}
 
 /// What one decoding call published.
 #[derive(Debug, Clone, Copy)]
@@ -31,95 +40,36 @@ pub(crate) struct Published {
 
 /// Decodes the changes committed before `upto` (at most about `batch_size` changes, always whole
 /// transactions) and publishes them. Returns once RabbitMQ has confirmed every message.
-pub(crate) fn publish_batch(client: &SpiClient<'_>, names: &TaskNames, upto: Lsn, batch_size: i32, max_message_bytes: usize, publisher: &Publisher) -> Result<Published, Error> {
+pub(crate) fn publish_batch(client: &SpiClient<'_>, batch: Batch<'_>, publisher: &Publisher) -> Result<Published, Error> {
+    let Batch { names, generation, handoff, upto, batch_size, max_message_bytes } = batch;
     let mut cursor = client.try_open_cursor(
         "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4)",
         &[names.slot().as_str().into(), upto.to_string().as_str().into(), batch_size.into(), names.publication().as_str().into()],
     )?;
-    let mut assembler = Assembler::new(names.task(), max_message_bytes);
+    let mut assembler = Assembler::new(names.task(), generation, max_message_bytes).with_handoff(handoff);
     let mut types: HashMap<(u32, i32), String> = HashMap::new();
     let mut describe = |relation: &pgoutput::Relation<'_>| describe(client, &mut types, relation);
     let mut sent = 0_u64;
-    // Anything PostgreSQL allocates while a page is processed goes into this context, reset
-    // after each page, so memory does not grow with the size of the transaction.
-    let mut page_memory = PgMemoryContexts::new("trempy decoding page");
-    loop {
-        let mut table = cursor.fetch(FETCH_ROWS)?;
-        if table.is_empty() {
-            break;
+    each_row(&mut cursor, "trempy decoding", |table| {
+        let datum = table.get_datum_by_ordinal(1)?.ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
+        // SAFETY: a bytea datum of the current tuple, valid until the page is freed.
+        let data = unsafe { <&[u8] as FromDatum>::from_polymorphic_datum(datum, false, pg_sys::BYTEAOID) }
+            .ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
+        let message = pgoutput::parse(data)?;
+        if let Some(body) = assembler.push(message, &mut describe)? {
+            send(publisher, body, format!("{}:{upto}:{sent}", names.task()))?;
+            sent += 1;
         }
-        // SAFETY: switching to a context we own; nothing allocated in it outlives the page.
-        unsafe {
-            page_memory.switch_to(|_| -> Result<(), Error> {
-                while table.next().is_some() {
-                    // The raw datum, not `SpiHeapTupleData::get`, which copies every value into
-                    // the transaction's memory context until commit.
-                    let datum = table.get_datum_by_ordinal(1)?.ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
-                    // SAFETY: a bytea datum of the current tuple, valid until the page is freed.
-                    let data = <&[u8] as FromDatum>::from_polymorphic_datum(datum, false, pg_sys::BYTEAOID)
-                        .ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
-                    let message = pgoutput::parse(data)?;
-                    if let Some(body) = assembler.push(message, &mut describe)? {
-                        offer(publisher, body, format!("{}:{upto}:{sent}", names.task()))?;
-                        sent += 1;
-                    }
-                }
-                Ok(())
-            })?;
-        }
-        // SAFETY: nothing allocated in the page context, and no tuple of this fetch, is used
-        // any more; free them now rather than at the end of the transaction.
-        unsafe {
-            page_memory.reset();
-            pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
-        }
-        if shutdown_requested() {
-            return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while decoding"));
-        }
-    }
+        Ok(())
+    })?;
     if let Some(body) = assembler.finish()? {
-        offer(publisher, body, format!("{}:{upto}:{sent}", names.task()))?;
+        send(publisher, body, format!("{}:{upto}:{sent}", names.task()))?;
     }
     let counts = assembler.counts();
     if counts.messages > 0 {
         confirm(publisher)?;
     }
     Ok(Published { counts, end_lsn: assembler.last_end_lsn() })
-}
-
-/// Hands a message to the AMQP thread, waiting while it is busy (and giving up on shutdown).
-fn offer(publisher: &Publisher, body: Vec<u8>, message_id: String) -> Result<(), Error> {
-    let mut pending = (body, message_id);
-    loop {
-        match publisher.offer(pending.0, pending.1) {
-            Offer::Accepted => return Ok(()),
-            Offer::Gone => return Err(Error::new(ErrorKind::Publish, "the AMQP thread has stopped")),
-            Offer::Full(body, id) => {
-                if shutdown_requested() {
-                    return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while publishing"));
-                }
-                pending = (body, id);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
-}
-
-/// Waits until RabbitMQ has confirmed everything offered so far.
-fn confirm(publisher: &Publisher) -> Result<(), Error> {
-    let reply = publisher.flush().ok_or_else(|| Error::new(ErrorKind::Publish, "the AMQP thread has stopped"))?;
-    loop {
-        match reply.recv_timeout(Duration::from_millis(100)) {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(reason)) => return Err(Error::new(ErrorKind::Publish, reason)),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if shutdown_requested() {
-                    return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while waiting for RabbitMQ"));
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Error::new(ErrorKind::Publish, "the AMQP thread has stopped")),
-        }
-    }
 }
 
 /// Describes a relation for the envelope: type names as `format_type` prints them, and key
@@ -143,6 +93,10 @@ fn describe(client: &SpiClient<'_>, types: &mut HashMap<(u32, i32), String>, rel
     } else {
         None
     };
+    // NOT NULL and the type of a created target table, from the current catalog (the table may
+    // have been dropped since: then without them).
+    let current = crate::catalog::describe_table(client, relation.oid).ok();
+    let extras = |name: &str| current.as_ref().and_then(|r| r.columns.iter().find(|c| c.name == name)).map(|c| (c.not_null, c.create_type.clone()));
     let mut columns = Vec::with_capacity(relation.columns.len());
     for column in &relation.columns {
         let key = (column.type_oid, column.type_modifier);
@@ -162,7 +116,8 @@ fn describe(client: &SpiClient<'_>, types: &mut HashMap<(u32, i32), String>, rel
             Some(pk) => pk.iter().any(|name| name == column.name),
             None => column.is_key,
         };
-        columns.push(Column { name: column.name.to_owned(), type_name, type_oid: column.type_oid, key: is_key });
+        let (not_null, create_type) = extras(column.name).unwrap_or_default();
+        columns.push(Column { name: column.name.to_owned(), type_name, type_oid: column.type_oid, key: is_key, not_null, create_type });
     }
     let schema = if relation.namespace.is_empty() { "pg_catalog" } else { relation.namespace };
     Ok(Relation { id: relation.oid, schema: schema.to_owned(), table: relation.name.to_owned(), columns })

@@ -39,8 +39,22 @@ pub(crate) fn create_publication(client: &mut SpiClient<'_>, names: &TaskNames, 
     client.update(sql.as_str(), None, &[]).unwrap_or_else(|err| sql_error(format!("could not create publication \"{}\": {err}", names.publication())));
 }
 
+/// Makes the task's publication cover exactly these tables.
+pub(crate) fn set_publication_tables(client: &mut SpiClient<'_>, names: &TaskNames, tables: &[(String, String)]) {
+    let list: Vec<String> = tables.iter().map(|(s, t)| format!("{}.{}", spi::quote_identifier(s), spi::quote_identifier(t))).collect();
+    let sql = format!("ALTER PUBLICATION {} SET TABLE {}", spi::quote_identifier(names.publication()), list.join(", "));
+    client.update(sql.as_str(), None, &[]).unwrap_or_else(|err| sql_error(format!("could not change publication \"{}\": {err}", names.publication())));
+}
+
 /// Drops the task's slot (once no process uses it) and its publication, by exact name.
 pub(crate) fn drop_slot_and_publication(client: &mut SpiClient<'_>, names: &TaskNames) {
+    drop_slot(client, names);
+    let sql = format!("DROP PUBLICATION IF EXISTS {}", spi::quote_identifier(names.publication()));
+    client.update(sql.as_str(), None, &[]).unwrap_or_else(|err| sql_error(format!("could not drop publication \"{}\": {err}", names.publication())));
+}
+
+/// Drops the task's slot, by exact name, once no process uses it.
+pub(crate) fn drop_slot(client: &mut SpiClient<'_>, names: &TaskNames) {
     let slot = names.slot();
     for _ in 0..600 {
         let active = client
@@ -64,8 +78,6 @@ pub(crate) fn drop_slot_and_publication(client: &mut SpiClient<'_>, names: &Task
             }
         }
     }
-    let sql = format!("DROP PUBLICATION IF EXISTS {}", spi::quote_identifier(names.publication()));
-    client.update(sql.as_str(), None, &[]).unwrap_or_else(|err| sql_error(format!("could not drop publication \"{}\": {err}", names.publication())));
 }
 
 /// Where the slot stands: its confirmed position and how far WAL has been flushed.

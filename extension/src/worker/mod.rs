@@ -6,12 +6,16 @@ pub(crate) mod launcher;
 pub(crate) mod task;
 
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
+use pgrx::PgMemoryContexts;
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
+use pgrx::spi::{SpiCursor, SpiTupleTable};
 
 use crate::error::{Error, ErrorKind};
+use crate::publish::{Offer, Publisher};
 
 /// First key of the session advisory lock a task worker holds while it runs; the second key is
 /// the task's `task_id`. `trempy.status()` and `drop_task` find the worker through it.
@@ -46,7 +50,97 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Erro
         .execute()
 }
 
+/// Runs `f` in its own REPEATABLE READ transaction on the main thread, [`guarded`]: every query
+/// in it sees the snapshot taken when it started.
+pub(crate) fn in_repeatable_read_transaction<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    guarded(|| {
+        // SAFETY: main thread of a background worker, outside any transaction; setting
+        // XactIsoLevel before the first snapshot is what SET TRANSACTION ISOLATION LEVEL does.
+        unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            pg_sys::XactIsoLevel = pg_sys::XACT_REPEATABLE_READ as i32;
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        let result = f();
+        // SAFETY: balances the push above; an ERROR inside `f` unwinds to `guarded`, which aborts.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        result
+    })
+}
+
 /// Runs `f` in its own transaction on the main thread, [`guarded`].
 pub(crate) fn in_transaction<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     guarded(|| pgrx::bgworkers::BackgroundWorker::transaction(AssertUnwindSafe(f)))
+}
+
+/// Hands a message to the AMQP thread, waiting while it is busy (and giving up on shutdown).
+pub(crate) fn send(publisher: &Publisher, body: Vec<u8>, message_id: String) -> Result<(), Error> {
+    let mut pending = (body, message_id);
+    loop {
+        match publisher.offer(pending.0, pending.1) {
+            Offer::Accepted => return Ok(()),
+            Offer::Gone => return Err(Error::new(ErrorKind::Publish, "the AMQP thread has stopped")),
+            Offer::Full(body, id) => {
+                if shutdown_requested() {
+                    return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while publishing"));
+                }
+                pending = (body, id);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Waits until RabbitMQ has confirmed everything sent so far.
+pub(crate) fn confirm(publisher: &Publisher) -> Result<(), Error> {
+    let reply = publisher.flush().ok_or_else(|| Error::new(ErrorKind::Publish, "the AMQP thread has stopped"))?;
+    loop {
+        match reply.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(reason)) => return Err(Error::new(ErrorKind::Publish, reason)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if shutdown_requested() {
+                    return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while waiting for RabbitMQ"));
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Error::new(ErrorKind::Publish, "the AMQP thread has stopped")),
+        }
+    }
+}
+
+/// Rows fetched from a cursor at a time.
+const FETCH_ROWS: libc::c_long = 1_000;
+
+/// Reads a cursor to its end, calling `row` with the table positioned on each row. Everything
+/// PostgreSQL allocates meanwhile goes into a memory context named `what`, reset after each page
+/// of rows (with the page itself), so memory does not grow with the number of rows. Raw datums
+/// (`get_datum_by_ordinal`) are valid until the page is freed; `SpiHeapTupleData::get` would copy
+/// every value into the transaction's context until commit. Stops early on shutdown.
+pub(crate) fn each_row(cursor: &mut SpiCursor<'_>, what: &str, mut row: impl FnMut(&SpiTupleTable<'_>) -> Result<(), Error>) -> Result<(), Error> {
+    let mut page_memory = PgMemoryContexts::new(what);
+    loop {
+        let mut table = cursor.fetch(FETCH_ROWS)?;
+        if table.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: switching to a context we own; nothing allocated in it outlives the page, and
+        // neither the page context nor the page's tuples are used after they are freed.
+        unsafe {
+            page_memory.switch_to(|_| -> Result<(), Error> {
+                while table.next().is_some() {
+                    row(&table)?;
+                }
+                Ok(())
+            })?;
+            page_memory.reset();
+            pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
+        }
+        if shutdown_requested() {
+            return Err(Error::new(ErrorKind::Shutdown, format!("shutdown requested during {what}")));
+        }
+    }
 }

@@ -1,10 +1,14 @@
-//! A task worker: decodes one task's changes and publishes them, forever.
+//! A task worker: copies one task's tables (full load), then decodes its changes and publishes
+//! them, forever.
 //!
-//! Each round: is the task still enabled? does its slot exist (create it on the first round)?
-//! is there WAL past the slot's confirmed position? If so, peek a batch, publish it, wait for
-//! RabbitMQ's confirms, and only then advance the slot. An empty batch advances the slot to the
-//! flushed WAL position, so idle or filtered databases do not pin WAL.
+//! On start it publishes the task's settings (a control message: the applier applies what follows
+//! under them). Each round: is the task still enabled? does its slot exist (create it on the
+//! first round, before any copy)? Is a table still to be copied? Copy it (see [`crate::load`]).
+//! Otherwise, is there WAL past the slot's confirmed position? If so, peek a batch, publish it,
+//! wait for RabbitMQ's confirms, and only then advance the slot. An empty batch advances the slot
+//! to the flushed WAL position, so idle or filtered databases do not pin WAL.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -14,8 +18,9 @@ use trempy_protocol::assemble::Counts;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 
-use super::{LOCK_CLASS, in_transaction};
+use super::{LOCK_CLASS, confirm, in_repeatable_read_transaction, in_transaction, send};
 use crate::decoding::{peek, slot};
+use crate::load::{self, Next};
 use crate::error::{Error, ErrorKind, Reaction, reaction};
 use crate::gucs;
 use crate::publish::Publisher;
@@ -27,6 +32,10 @@ enum Round {
     Published(Counts, Lsn),
     /// Created the slot.
     SlotCreated,
+    /// Copied a table.
+    Copied(load::Due, load::Copied),
+    /// The full load is complete.
+    Loaded,
     /// The task was stopped or dropped.
     Stop,
 }
@@ -34,7 +43,12 @@ enum Round {
 struct Task {
     names: TaskNames,
     task_id: i32,
+    generation: u32,
+    settings: TaskSettings,
+    document: serde_json::Value,
     poll_interval: Duration,
+    /// True once every table is copied (always, for a task without full load).
+    loaded: Cell<bool>,
 }
 
 /// Entry point of a task worker; the argument is the task's `task_id`, the extra field the
@@ -74,7 +88,7 @@ fn claim(task_id: i32) -> Option<Task> {
     Spi::connect(|client| {
         let row = client
             .select(
-                "SELECT t.task_name, t.settings::text, t.enabled, pg_try_advisory_lock($1, t.task_id) FROM trempy.tasks t WHERE t.task_id = $2",
+                "SELECT t.task_name, t.settings::text, t.enabled, pg_try_advisory_lock($1, t.task_id), t.generation FROM trempy.tasks t WHERE t.task_id = $2",
                 Some(1),
                 &[LOCK_CLASS.into(), task_id.into()],
             )
@@ -87,13 +101,20 @@ fn claim(task_id: i32) -> Option<Task> {
         let settings = row.get::<String>(2).ok()??;
         let enabled = row.get::<bool>(3).ok()??;
         let locked = row.get::<bool>(4).ok()??;
+        let generation = u32::try_from(row.get::<i32>(5).ok()??).ok()?;
         if !locked || !enabled {
             return None;
         }
         let names = TaskNames::new(&name).ok()?;
-        let interval = TaskSettings::parse(&settings).ok().and_then(|s| s.task.interval_seconds);
+        let document: serde_json::Value = serde_json::from_str(&settings).ok()?;
+        let Ok(settings) = TaskSettings::parse(&settings) else {
+            warning!("trempy task \"{name}\": its stored settings no longer validate; update them with trempy.update_task");
+            return None;
+        };
+        let interval = settings.task.interval_seconds;
         let poll_interval = interval.map_or_else(gucs::poll_interval, |s| Duration::from_secs(u64::from(s)));
-        Some(Task { names, task_id, poll_interval })
+        let loaded = Cell::new(!settings.copies());
+        Some(Task { names, task_id, generation, settings, document, poll_interval, loaded })
     })
 }
 
@@ -101,13 +122,19 @@ fn run(task: &Task, publisher: &Publisher) {
     let mut failures = 0_u32;
     let mut error_active = true; // clear any error a previous worker left, on the first success
     let mut wait = Duration::ZERO;
+    let mut settings_published = false;
     while BackgroundWorker::wait_latch(Some(wait)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             publisher.configure(gucs::amqp_url());
         }
-        let outcome = in_transaction(|| Spi::connect(|client| round(client, task, publisher)));
+        let outcome = if settings_published { step(task, publisher) } else { publish_settings(task, publisher).map(|()| Round::Idle) };
+        if outcome.is_ok() && !settings_published {
+            settings_published = true;
+            wait = Duration::ZERO;
+            continue;
+        }
         match outcome {
             Ok(Round::Stop) => return,
             Ok(Round::Idle) => {
@@ -115,6 +142,28 @@ fn run(task: &Task, publisher: &Publisher) {
                 wait = task.poll_interval;
                 if error_active {
                     error_active = !record(task, "UPDATE trempy.task_progress SET error_active = false WHERE task_name = $1 AND error_active", &[task.names.task().into()]);
+                }
+            }
+            Ok(Round::Copied(due, copied)) => {
+                failures = 0;
+                wait = Duration::ZERO;
+                log!(
+                    "trempy task \"{}\": copied table {}.{} (attempt {}): {} rows in {} messages",
+                    task.names.task(),
+                    spi::quote_identifier(&due.schema),
+                    spi::quote_identifier(&due.table),
+                    due.attempt,
+                    copied.rows,
+                    copied.messages
+                );
+                error_active = !record(task, "UPDATE trempy.task_progress SET error_active = false WHERE task_name = $1", &[task.names.task().into()]);
+            }
+            Ok(Round::Loaded) => {
+                failures = 0;
+                wait = Duration::ZERO;
+                log!("trempy task \"{}\": full load complete", task.names.task());
+                if !task.settings.streams() {
+                    return;
                 }
             }
             Ok(Round::SlotCreated) => {
@@ -163,14 +212,75 @@ fn run(task: &Task, publisher: &Publisher) {
     }
 }
 
-/// One round, inside one transaction.
+/// Publishes the task's settings, which apply to every message after them.
+fn publish_settings(task: &Task, publisher: &Publisher) -> Result<(), Error> {
+    let body = trempy_protocol::envelope::settings_message(task.names.task(), task.generation, &task.document)?;
+    send(publisher, body, format!("{}:settings:{}", task.names.task(), task.generation))?;
+    confirm(publisher)
+}
+
+/// One round: the full load's next step while it lasts (a transaction to plan, one to copy),
+/// then CDC (one transaction).
+fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
+    if task.loaded.get() {
+        return in_transaction(|| Spi::connect(|client| round(client, task, publisher)));
+    }
+    let next = in_transaction(|| {
+        Spi::connect_mut(|client| {
+            if !enabled(client, task)? {
+                return Ok(None);
+            }
+            if task.settings.streams() && slot::position(client, &task.names)?.is_none() {
+                // The slot comes first: every copy's snapshot is taken after its consistent point.
+                slot::create_slot(client, &task.names)?;
+                return Ok(Some(Err(Round::SlotCreated)));
+            }
+            client.update(
+                "UPDATE trempy.task_progress SET phase = 'full_load', load_started_at = coalesce(load_started_at, now()), load_finished_at = NULL
+                  WHERE task_name = $1 AND phase IS DISTINCT FROM 'full_load'",
+                None,
+                &[task.names.task().into()],
+            )?;
+            match load::next(client, task.names.task(), task.generation, &task.settings)? {
+                Next::Copy(due) => Ok(Some(Ok(due))),
+                Next::Done => {
+                    let phase = if task.settings.streams() { "cdc" } else { "finished" };
+                    client.update(
+                        "UPDATE trempy.task_progress SET phase = $2, load_finished_at = now() WHERE task_name = $1",
+                        None,
+                        &[task.names.task().into(), phase.into()],
+                    )?;
+                    if !task.settings.streams() {
+                        // A full load runs once: the task is done, not waiting.
+                        client.update("UPDATE trempy.tasks SET enabled = false WHERE task_id = $1", None, &[task.task_id.into()])?;
+                    }
+                    Ok(Some(Err(Round::Loaded)))
+                }
+            }
+        })
+    })?;
+    match next {
+        None => Ok(Round::Stop),
+        Some(Err(round)) => {
+            if matches!(round, Round::Loaded) {
+                task.loaded.set(true);
+            }
+            Ok(round)
+        }
+        Some(Ok(due)) => {
+            let copied = in_repeatable_read_transaction(|| load::copy_table(&task.names, task.generation, task.settings.prepare(), task.settings.streams(), &due, publisher, gucs::max_message_bytes()))?;
+            Ok(Round::Copied(due, copied))
+        }
+    }
+}
+
+fn enabled(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<bool, Error> {
+    Ok(client.select("SELECT enabled FROM trempy.tasks WHERE task_id = $1", Some(1), &[task.task_id.into()])?.first().get::<bool>(1)?.unwrap_or(false))
+}
+
+/// One CDC round, inside one transaction.
 fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) -> Result<Round, Error> {
-    let enabled = client
-        .select("SELECT enabled FROM trempy.tasks WHERE task_id = $1", Some(1), &[task.task_id.into()])?
-        .first()
-        .get::<bool>(1)?
-        .unwrap_or(false);
-    if !enabled {
+    if !enabled(client, task)? {
         return Ok(Round::Stop);
     }
     let Some(position) = slot::position(client, &task.names)? else {
@@ -180,7 +290,16 @@ fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) 
     if position.flushed <= position.confirmed {
         return Ok(Round::Idle);
     }
-    let published = peek::publish_batch(client, &task.names, position.flushed, gucs::batch_size(), gucs::max_message_bytes(), publisher)?;
+    let handoff = if task.settings.copies() { load::handoff(client, task.names.task(), position.confirmed)? } else { trempy_protocol::handoff::Handoff::new() };
+    let batch = peek::Batch {
+        names: &task.names,
+        generation: task.generation,
+        handoff,
+        upto: position.flushed,
+        batch_size: gucs::batch_size(),
+        max_message_bytes: gucs::max_message_bytes(),
+    };
+    let published = peek::publish_batch(client, batch, publisher)?;
     match published.end_lsn {
         Some(end) if published.counts.transactions > 0 => {
             slot::advance(client, &task.names, end)?;

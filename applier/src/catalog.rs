@@ -1,0 +1,135 @@
+//! The target's catalog: the actual type of each target column (values are cast to it, so a
+//! target column of another type than the source's, e.g. `text` for an enum, works) and the DDL
+//! that creates a target table from a source description.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+use trempy_protocol::envelope::Relation;
+
+use crate::apply::quote_ident;
+use crate::error::Error;
+
+/// Target column types, per target table, read once per session.
+#[derive(Debug, Default)]
+pub(crate) struct Catalog {
+    tables: HashMap<(String, String), Option<HashMap<String, String>>>,
+}
+
+/// `schema.table`, quoted.
+pub(crate) fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+impl Catalog {
+    /// Forgets what was read (after DDL).
+    pub(crate) fn forget(&mut self, schema: &str, table: &str) {
+        self.tables.remove(&(schema.to_owned(), table.to_owned()));
+    }
+
+    /// The target's column types of a table, `None` when the table does not exist.
+    pub(crate) async fn columns(&mut self, client: &Client, schema: &str, table: &str) -> Result<Option<&HashMap<String, String>>, Error> {
+        let key = (schema.to_owned(), table.to_owned());
+        if !self.tables.contains_key(&key) {
+            let rows = client
+                .query(
+                    "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
+                       FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                    &[&qualified(schema, table)],
+                )
+                .await
+                .map_err(|e| Error::target(&e))?;
+            let exists = !rows.is_empty();
+            let columns: HashMap<String, String> = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+            self.tables.insert(key.clone(), exists.then_some(columns));
+        }
+        Ok(self.tables.get(&key).and_then(Option::as_ref))
+    }
+
+    /// Rewrites each relation's column types to the target's (columns the target lacks keep the
+    /// source type: the statement then fails and names the column). When `create` is set, a
+    /// missing target table is created first.
+    pub(crate) async fn resolve(&mut self, client: &Client, relations: &mut [Relation], create: bool) -> Result<(), Error> {
+        for relation in relations {
+            if create && self.columns(client, &relation.schema, &relation.table).await?.is_none() {
+                create_table(client, relation, false).await?;
+                self.forget(&relation.schema, &relation.table);
+            }
+            if let Some(target) = self.columns(client, &relation.schema, &relation.table).await? {
+                for column in &mut relation.columns {
+                    if let Some(t) = target.get(&column.name) {
+                        column.type_name.clone_from(t);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `CREATE TABLE` for a source relation: same column names, the source types (domains resolved
+/// to their base type, enums as text: see `Column::create_type`), NOT NULL, and the key as the
+/// primary key. The schema is created if missing.
+pub(crate) fn create_table_sql(relation: &Relation, if_not_exists: bool) -> String {
+    let mut columns: Vec<String> = relation
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = c.create_type.as_deref().unwrap_or(&c.type_name);
+            let not_null = if c.not_null || c.key { " NOT NULL" } else { "" };
+            format!("{} {ty}{not_null}", quote_ident(&c.name))
+        })
+        .collect();
+    let keys: Vec<String> = relation.columns.iter().filter(|c| c.key).map(|c| quote_ident(&c.name)).collect();
+    if !keys.is_empty() {
+        columns.push(format!("PRIMARY KEY ({})", keys.join(", ")));
+    }
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE {}{} ({})",
+        quote_ident(&relation.schema),
+        if if_not_exists { "IF NOT EXISTS " } else { "" },
+        qualified(&relation.schema, &relation.table),
+        columns.join(", ")
+    )
+}
+
+/// Creates the target table (see [`create_table_sql`]).
+pub(crate) async fn create_table(client: &Client, relation: &Relation, recreate: bool) -> Result<(), Error> {
+    let table = qualified(&relation.schema, &relation.table);
+    let mut sql = String::new();
+    if recreate {
+        sql.push_str(&format!("DROP TABLE IF EXISTS {table}; "));
+    }
+    sql.push_str(&create_table_sql(relation, !recreate));
+    client.batch_execute(&sql).await.map_err(|e| Error::target(&e).with_table(table))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use trempy_protocol::envelope::Column;
+
+    use super::*;
+
+    #[test]
+    fn create_table_reproduces_names_types_not_null_and_key() {
+        let relation = Relation {
+            id: 1,
+            schema: "Sales \"EU\"".into(),
+            table: "Ordér s".into(),
+            columns: vec![
+                Column { name: "id".into(), type_name: "bigint".into(), key: true, ..Column::default() },
+                Column { name: "Line No".into(), type_name: "integer".into(), key: true, ..Column::default() },
+                Column { name: "amount".into(), type_name: "numeric(12,2)".into(), not_null: true, ..Column::default() },
+                Column { name: "mood".into(), type_name: "\"Sales \"\"EU\"\"\".mood".into(), create_type: Some("text".into()), ..Column::default() },
+                Column { name: "code".into(), type_name: "public.code_domain[]".into(), create_type: Some("character varying(3)[]".into()), ..Column::default() },
+            ],
+        };
+        assert_eq!(
+            create_table_sql(&relation, true),
+            "CREATE SCHEMA IF NOT EXISTS \"Sales \"\"EU\"\"\"; CREATE TABLE IF NOT EXISTS \"Sales \"\"EU\"\"\".\"Ordér s\" (\"id\" bigint NOT NULL, \
+             \"Line No\" integer NOT NULL, \"amount\" numeric(12,2) NOT NULL, \"mood\" text, \"code\" character varying(3)[], PRIMARY KEY (\"id\", \"Line No\"))"
+        );
+    }
+}
