@@ -53,6 +53,12 @@ pub(crate) fn retry_delay(attempt: u32) -> Duration {
     backoff(Duration::from_millis(250), Duration::from_secs(30), attempt)
 }
 
+/// Delay before reconnecting to a server that is down: it comes back at an unknown moment, so
+/// keep knocking every few seconds and replication resumes soon after it does.
+pub(crate) fn reconnect_delay(attempt: u32) -> Duration {
+    backoff(Duration::from_millis(250), Duration::from_secs(4), attempt)
+}
+
 /// Delay before the next attempt while halted.
 pub(crate) fn halt_delay(attempt: u32) -> Duration {
     backoff(Duration::from_secs(5), Duration::from_secs(300), attempt)
@@ -66,7 +72,8 @@ pub(crate) fn permanent_delay(attempt: u32) -> Duration {
 /// The classification.
 pub(crate) fn reaction(err: &Error, attempt: u32) -> Reaction {
     match err.kind() {
-        ErrorKind::Broker | ErrorKind::TargetConnection | ErrorKind::Conflict => Reaction::Retry(retry_delay(attempt)),
+        ErrorKind::Broker | ErrorKind::TargetConnection => Reaction::Retry(reconnect_delay(attempt)),
+        ErrorKind::Conflict => Reaction::Retry(retry_delay(attempt)),
         ErrorKind::Stopped => Reaction::Halt(halt_delay(attempt)),
         ErrorKind::Envelope => Reaction::DeadLetter,
         ErrorKind::TargetSql => match err.sqlstate() {
@@ -172,7 +179,8 @@ mod tests {
         let broker = Error::new(ErrorKind::Broker, "x");
         assert_eq!(reaction(&broker, 0), Reaction::Retry(Duration::from_millis(250)));
         assert_eq!(reaction(&broker, 3), Reaction::Retry(Duration::from_secs(2)));
-        assert_eq!(reaction(&broker, 30), Reaction::Retry(Duration::from_secs(30)));
+        assert_eq!(reaction(&broker, 30), Reaction::Retry(Duration::from_secs(4)));
+        assert_eq!(reaction(&Error::new(ErrorKind::Conflict, "x"), 30), Reaction::Retry(Duration::from_secs(30)));
         assert_eq!(reaction(&Error::new(ErrorKind::Envelope, "x"), 0), Reaction::DeadLetter);
         assert_eq!(reaction(&Error::new(ErrorKind::TargetSql, "x"), 0), Reaction::Permanent);
         assert_eq!(reaction(&sql("23505", None), 0), Reaction::Permanent);
