@@ -20,7 +20,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 use trempy_protocol::envelope::{Change, Envelope, Relation};
 
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Operation};
 
 /// Rows after which a run is executed even if the next change would fit it.
 const MAX_RUN_ROWS: usize = 10_000;
@@ -42,8 +42,8 @@ fn qualified(rel: &Relation) -> String {
 /// One row operation, ready to join a run.
 #[derive(Debug)]
 enum Op<'a> {
-    Upsert { rel: &'a Relation, present: Vec<usize>, row: Vec<Option<String>> },
-    Delete { rel: &'a Relation, row: Vec<Option<String>> },
+    Upsert { rel: &'a Relation, present: Vec<usize>, row: Vec<Option<String>>, source: Operation },
+    Delete { rel: &'a Relation, row: Vec<Option<String>>, source: Operation },
     Truncate { rels: Vec<&'a Relation>, cascade: bool, restart_identity: bool },
 }
 
@@ -64,7 +64,7 @@ fn plan(envelope: &Envelope, change: Change) -> Result<Vec<Op<'_>>, Error> {
     Ok(match change {
         Change::Insert { rel, new } => {
             let rel = relation(envelope, rel)?;
-            vec![Op::Upsert { rel, present: (0..rel.columns.len()).collect(), row: new }]
+            vec![Op::Upsert { rel, present: (0..rel.columns.len()).collect(), row: new, source: Operation::Insert }]
         }
         Change::Update { rel, old, new, unchanged } => {
             let rel = relation(envelope, rel)?;
@@ -77,12 +77,12 @@ fn plan(envelope: &Envelope, change: Change) -> Result<Vec<Op<'_>>, Error> {
             if let Some(old) = old
                 && keys.iter().any(|&k| old.get(k) != new.get(k))
             {
-                ops.push(Op::Delete { rel, row: old });
+                ops.push(Op::Delete { rel, row: old, source: Operation::Update });
             }
-            ops.push(Op::Upsert { rel, present, row: new });
+            ops.push(Op::Upsert { rel, present, row: new, source: Operation::Update });
             ops
         }
-        Change::Delete { rel, old } => vec![Op::Delete { rel: relation(envelope, rel)?, row: old }],
+        Change::Delete { rel, old } => vec![Op::Delete { rel: relation(envelope, rel)?, row: old, source: Operation::Delete }],
         Change::Truncate { rels, cascade, restart_identity } => {
             let rels = rels.iter().map(|id| relation(envelope, *id)).collect::<Result<Vec<_>, _>>()?;
             vec![Op::Truncate { rels, cascade, restart_identity }]
@@ -144,6 +144,8 @@ struct Run {
     sql: String,
     kind: RunKind,
     table: String,
+    /// The source operations of its rows.
+    operation: Operation,
     /// Positions, within each row's values, of the key columns (for de-duplication).
     key_positions: Vec<usize>,
     rows: Vec<Vec<Option<String>>>,
@@ -153,16 +155,24 @@ impl Run {
     fn for_op(op: &mut Op<'_>) -> Result<Option<RunStart>, Error> {
         let take = |row: &mut Vec<Option<String>>, i: usize| row.get_mut(i).and_then(Option::take);
         match op {
-            Op::Upsert { rel, present, row } => {
+            Op::Upsert { rel, present, row, source } => {
                 let keys = key_indexes(rel)?;
                 let key_positions = present.iter().enumerate().filter(|(_, i)| keys.contains(i)).map(|(p, _)| p).collect();
                 let values = present.iter().map(|&i| take(row, i)).collect();
-                Ok(Some((Run { sql: upsert_sql(rel, present)?, kind: RunKind::Upsert, table: qualified(rel), key_positions, rows: Vec::new() }, values)))
+                Ok(Some((Run { sql: upsert_sql(rel, present)?, kind: RunKind::Upsert, table: qualified(rel), operation: *source, key_positions, rows: Vec::new() }, values)))
             }
-            Op::Delete { rel, row } => {
+            Op::Delete { rel, row, source } => {
                 let keys = key_indexes(rel)?;
                 let values = keys.iter().map(|&i| take(row, i)).collect();
-                Ok(Some((Run { sql: delete_sql(rel)?, kind: RunKind::Delete, table: qualified(rel), key_positions: (0..keys.len()).collect(), rows: Vec::new() }, values)))
+                let run = Run {
+                    sql: delete_sql(rel)?,
+                    kind: RunKind::Delete,
+                    table: qualified(rel),
+                    operation: *source,
+                    key_positions: (0..keys.len()).collect(),
+                    rows: Vec::new(),
+                };
+                Ok(Some((run, values)))
             }
             Op::Truncate { .. } => Ok(None),
         }
@@ -218,11 +228,13 @@ impl Writer {
             match Run::for_op(&mut op)? {
                 Some((run, values)) => {
                     let fits = self.run.as_ref().is_some_and(|r| r.sql == run.sql && r.rows.len() < MAX_RUN_ROWS);
+                    let operation = run.operation;
                     if !fits {
                         self.flush(client).await?;
                         self.run = Some(run);
                     }
                     if let Some(r) = self.run.as_mut() {
+                        r.operation = r.operation.merge(operation);
                         r.rows.push(values);
                     }
                 }
@@ -237,7 +249,7 @@ impl Writer {
                         if cascade {
                             sql.push_str(" CASCADE");
                         }
-                        client.batch_execute(&sql).await.map_err(|e| Error::target(&e).with_table(names.join(", ")))?;
+                        client.batch_execute(&sql).await.map_err(|e| Error::target(&e).with_table(names.join(", ")).with_operation(Operation::Truncate))?;
                     }
                 }
             }
@@ -255,16 +267,16 @@ impl Writer {
         let statement = match self.statements.get(&run.sql) {
             Some(s) => s.clone(),
             None => {
-                let s = client.prepare(&run.sql).await.map_err(|e| Error::target(&e).with_table(run.table.clone()))?;
+                let s = client.prepare(&run.sql).await.map_err(|e| Error::target(&e).with_table(run.table.clone()).with_operation(run.operation))?;
                 self.statements.insert(run.sql.clone(), s.clone());
                 s
             }
         };
         let columns = run.parameters();
-        let (client, table) = (Arc::clone(client), run.table);
+        let (client, table, operation) = (Arc::clone(client), run.table, run.operation);
         let mut execution: InFlight = Box::pin(async move {
             let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-            client.execute(&statement, &params).await.map(|_| ()).map_err(|e| Error::target(&e).with_table(table))
+            client.execute(&statement, &params).await.map(|_| ()).map_err(|e| Error::target(&e).with_table(table).with_operation(operation))
         });
         // The first poll sends the request; the server works on it while we go on.
         let waker = futures_util::task::noop_waker();
@@ -278,6 +290,13 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Forgets the pending run and the statements in flight, after a failure (their results
+    /// are discarded; the caller rolls back).
+    pub(crate) fn reset(&mut self) {
+        self.run = None;
+        self.in_flight.clear();
     }
 
     /// Sends the pending run and waits for every statement sent so far.
@@ -367,7 +386,7 @@ mod tests {
     #[test]
     fn upsert_runs_keep_the_last_image_per_key() {
         let r = rel();
-        let mut op = Op::Upsert { rel: &r, present: vec![0, 1, 2], row: vec![s("1"), s("a"), None] };
+        let mut op = Op::Upsert { rel: &r, present: vec![0, 1, 2], row: vec![s("1"), s("a"), None], source: Operation::Insert };
         let (mut run, first) = Run::for_op(&mut op).unwrap().unwrap();
         run.rows.push(first);
         run.rows.push(vec![s("2"), s("b"), None]);

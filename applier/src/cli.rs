@@ -1,14 +1,20 @@
-//! Command line: `trempy-applier run --task NAME` and `trempy-applier status`.
+//! Command line: `trempy-applier run --task NAME`, `status`, `resume`, `errors` and `dlq`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 use trempy_protocol::names::TaskNames;
+use trempy_protocol::settings::TaskSettings;
 
 use crate::consume::{self, Options};
+use crate::deadletter::{self, Outcome, Selection};
+use crate::errorlog::{self, Action};
+use crate::policy::{DEFAULT_MAX_ATTEMPTS, ErrorPolicy};
+use crate::{error, state};
 
 /// TREMpy applier: applies a task's changes from RabbitMQ to a target PostgreSQL database,
 /// exactly once in effect.
@@ -23,8 +29,74 @@ pub struct Cli {
 enum Command {
     /// Consume a task's queue and apply its changes until stopped (SIGINT or SIGTERM).
     Run(RunArgs),
-    /// Show what has been applied to the target, per task.
+    /// Show what has been applied to the target, and each task's state, per task.
     Status(StatusArgs),
+    /// Resume a task its error policy stopped (the running applier picks it up within a second).
+    Resume(TaskArgs),
+    /// List a task's apply errors, newest first (never row values).
+    Errors(ErrorsArgs),
+    /// Dead-lettered source transactions and messages of a task.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List them (state dead, replayed or discarded; never row values).
+    List(TaskArgs),
+    /// Show one (with its body, which holds row values, only with --body).
+    Show(ShowArgs),
+    /// Apply them to the target now (after fixing the cause), exactly once each.
+    Replay(SelectArgs),
+    /// Give up on them.
+    Discard(SelectArgs),
+}
+
+#[derive(Debug, Args)]
+struct TaskArgs {
+    /// Task name, as given to trempy.create_task.
+    #[arg(long)]
+    task: String,
+    /// Target database, as a libpq connection string or URL.
+    #[arg(long, env = "TREMPY_TARGET_DSN", hide_env_values = true)]
+    target_dsn: String,
+}
+
+#[derive(Debug, Args)]
+struct ErrorsArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// At most this many errors.
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Dead letter id (see `dlq list`).
+    #[arg(long)]
+    id: i64,
+    /// Also print the message body (it contains row values).
+    #[arg(long)]
+    body: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(id = "which", required = true, multiple = false, args = ["id", "all"])]
+struct SelectArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// RabbitMQ URL, to remove resolved copies from the dead-letter queue.
+    #[arg(long, env = "TREMPY_AMQP_URL", hide_env_values = true)]
+    amqp_url: String,
+    /// One dead letter (see `dlq list`).
+    #[arg(long)]
+    id: Option<i64>,
+    /// Every dead letter of the task still in state dead, in order.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +122,13 @@ struct RunArgs {
     /// Commit as soon as no message arrived for this many milliseconds.
     #[arg(long, default_value_t = 5)]
     idle_commit_ms: u64,
+    /// The task's settings (the JSON given to trempy.create_task); only `error_handling` is read.
+    /// Without it every `stop_if_*_error` flag is false.
+    #[arg(long)]
+    settings_file: Option<std::path::PathBuf>,
+    /// Attempts at a source transaction failing for a permanent reason before it is dead-lettered.
+    #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
+    max_attempts: u32,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +154,9 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Status(args) => runtime.block_on(status(args)),
+        Command::Resume(args) => runtime.block_on(resume(args)),
+        Command::Errors(args) => runtime.block_on(errors(args)),
+        Command::Dlq(command) => runtime.block_on(dlq(command)),
     }
 }
 
@@ -86,6 +168,22 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let error_handling = match &args.settings_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|json| {
+            TaskSettings::parse(&json).map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        }) {
+            Ok(settings) if settings.task.task_name == args.task => settings.error_handling,
+            Ok(settings) => {
+                tracing::error!("--settings-file {}: the settings are those of task {:?}, not {:?}", path.display(), settings.task.task_name, args.task);
+                return ExitCode::from(2);
+            }
+            Err(err) => {
+                tracing::error!("--settings-file {}: {err}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
     let options = Options {
         names,
         amqp_url: args.amqp_url,
@@ -94,6 +192,7 @@ async fn run(args: RunArgs) -> ExitCode {
         batch_changes: args.batch_changes.max(1),
         batch_delay: Duration::from_millis(args.batch_delay_ms),
         idle_commit: Duration::from_millis(args.idle_commit_ms),
+        error_policy: ErrorPolicy::from_settings(error_handling.as_ref(), args.max_attempts),
     };
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(async move {
@@ -126,19 +225,25 @@ async fn status(args: StatusArgs) -> ExitCode {
         }
     };
     tokio::spawn(driver);
+    if let Err(err) = state::setup(&client).await {
+        tracing::error!(error = %err, "cannot create trempy.applier_state");
+        return ExitCode::FAILURE;
+    }
     let rows = client
         .query(
-            "SELECT task_name, commit_lsn::text, coalesce(source_commit_time::text, '-'), transactions_applied, changes_applied, applied_at::text
-               FROM trempy.applier_progress ORDER BY task_name",
+            "SELECT p.task_name, coalesce(s.state, '-'), coalesce(s.since::text, '-'), coalesce(s.attempts, 0), coalesce(s.reason, '-'),
+                    p.commit_lsn::text, coalesce(p.source_commit_time::text, '-'), p.transactions_applied, p.changes_applied, p.applied_at::text
+               FROM trempy.applier_progress p LEFT JOIN trempy.applier_state s USING (task_name) ORDER BY p.task_name",
             &[],
         )
         .await;
     match rows {
         Ok(rows) => {
-            println!("task\tcommit_lsn\tsource_commit_time\ttransactions_applied\tchanges_applied\tapplied_at");
+            println!("task\tstate\tsince\tattempts\treason\tcommit_lsn\tsource_commit_time\ttransactions_applied\tchanges_applied\tapplied_at");
             for row in rows {
-                let (task, lsn, time, txns, changes, at): (String, String, String, i64, i64, String) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
-                println!("{task}\t{lsn}\t{time}\t{txns}\t{changes}\t{at}");
+                let text = |i: usize| row.get::<_, String>(i);
+                let (attempts, txns, changes): (i32, i64, i64) = (row.get(3), row.get(7), row.get(8));
+                println!("{}\t{}\t{}\t{attempts}\t{}\t{}\t{}\t{txns}\t{changes}\t{}", text(0), text(1), text(2), text(4), text(5), text(6), text(9));
             }
             ExitCode::SUCCESS
         }
@@ -147,4 +252,103 @@ async fn status(args: StatusArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Connects to the target for a one-shot command and creates the error tables if needed.
+async fn connect(target_dsn: &str, task: &str) -> Result<(Arc<tokio_postgres::Client>, TaskNames), error::Error> {
+    let names = TaskNames::new(task).map_err(|e| error::Error::new(error::ErrorKind::Conflict, format!("--task: {}", e.message())))?;
+    let (client, driver) = tokio_postgres::connect(target_dsn, NoTls).await?;
+    tokio::spawn(driver);
+    errorlog::setup(&client).await?;
+    state::setup(&client).await?;
+    deadletter::setup(&client).await?;
+    Ok((Arc::new(client), names))
+}
+
+#[allow(clippy::print_stdout)]
+fn print_lines(lines: Result<Vec<String>, error::Error>) -> ExitCode {
+    match lines {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn resume(args: TaskArgs) -> ExitCode {
+    let result = async {
+        let (client, names) = connect(&args.target_dsn, &args.task).await?;
+        let resumed = state::resume(&client, names.task()).await?;
+        Ok(vec![if resumed { format!("task {} resumed", names.task()) } else { format!("task {} was not stopped", names.task()) }])
+    }
+    .await;
+    print_lines(result)
+}
+
+async fn errors(args: ErrorsArgs) -> ExitCode {
+    let result = async {
+        let (client, names) = connect(&args.task.target_dsn, &args.task.task).await?;
+        errorlog::list(&client, names.task(), args.limit).await
+    }
+    .await;
+    print_lines(result)
+}
+
+async fn dlq(command: DlqCommand) -> ExitCode {
+    let result = match command {
+        DlqCommand::List(args) => async {
+            let (client, names) = connect(&args.target_dsn, &args.task).await?;
+            deadletter::list(&client, names.task()).await
+        }
+        .await,
+        DlqCommand::Show(args) => async {
+            let (client, names) = connect(&args.task.target_dsn, &args.task.task).await?;
+            deadletter::show(&client, names.task(), args.id, args.body).await
+        }
+        .await,
+        DlqCommand::Replay(args) => replay(args).await,
+        DlqCommand::Discard(args) => async {
+            let (client, names) = connect(&args.task.target_dsn, &args.task.task).await?;
+            let n = deadletter::discard(&client, names.task(), selection(&args)).await?;
+            let removed = deadletter::sweep(&client, &args.amqp_url, &names).await?;
+            Ok(vec![format!("discarded {n}; removed {removed} resolved copies from {}", names.dlx_queue())])
+        }
+        .await,
+    };
+    print_lines(result)
+}
+
+fn selection(args: &SelectArgs) -> Selection {
+    args.id.map_or(Selection::All, Selection::One)
+}
+
+async fn replay(args: SelectArgs) -> Result<Vec<String>, error::Error> {
+    let (client, names) = connect(&args.task.target_dsn, &args.task.task).await?;
+    let task = names.task();
+    let mut lines = Vec::new();
+    let mut failed = None;
+    for (id, outcome) in deadletter::replay(&client, task, selection(&args)).await? {
+        match outcome {
+            Ok(Outcome::Replayed) => lines.push(format!("{id}\treplayed")),
+            Ok(Outcome::AlreadyResolved) => lines.push(format!("{id}\tnot dead (replayed or discarded before): nothing done")),
+            Err(err) => {
+                let _ = errorlog::record(&client, task, &err, None, None, Action::ReplayFailed).await;
+                lines.push(format!("{id}\tfailed: {err}"));
+                failed = Some(err);
+            }
+        }
+    }
+    let removed = deadletter::sweep(&client, &args.amqp_url, &names).await?;
+    lines.push(format!("removed {removed} resolved copies from {}", names.dlx_queue()));
+    if let Some(err) = failed {
+        print_lines(Ok(lines));
+        return Err(err);
+    }
+    Ok(lines)
 }

@@ -13,13 +13,21 @@
 //! it. If the decoding side re-publishes the transaction from its first chunk (after a failed
 //! publish), staging starts over. A chunk that does not follow its predecessor is an error: it is
 //! never skipped and never acknowledged.
+//!
+//! Errors: see [`policy`]. After a permanent failure in a batch, the messages of that batch are
+//! applied one at a time, each source transaction in a savepoint ([`isolate`]), so that the
+//! failing source transaction is known; the task's [`ErrorPolicy`] then stops the task, retries
+//! the transaction, or dead-letters it. A message that is not a valid envelope is dead-lettered at
+//! once.
+
+mod isolate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::watch;
@@ -33,10 +41,13 @@ use trempy_protocol::topology;
 
 use crate::apply::Writer;
 use crate::catalog::Catalog;
+use crate::deadletter::{self, Why};
 use crate::error::{Error, ErrorKind};
+use crate::errorlog::{self, Action};
 use crate::load::{self, Verdict};
-use crate::policy::{self, Reaction};
+use crate::policy::{self, ErrorPolicy, Reaction};
 use crate::progress::{self, Applied, Position, Staged};
+use crate::state;
 
 /// How the applier runs.
 #[derive(Debug, Clone)]
@@ -48,31 +59,67 @@ pub(crate) struct Options {
     pub(crate) batch_changes: u64,
     pub(crate) batch_delay: Duration,
     pub(crate) idle_commit: Duration,
+    /// The error policy until the task's settings arrive in the stream (or are found recorded in
+    /// the target); only `max_attempts` is kept then.
+    pub(crate) error_policy: ErrorPolicy,
 }
+
+/// What outlives one session.
+#[derive(Debug, Clone, Copy)]
+struct Carry {
+    policy: ErrorPolicy,
+    /// After a permanent failure in a batch, messages up to this LSN are applied one at a time.
+    isolate_until: Option<Lsn>,
+    /// The source transaction `trempy.applier_state` counts failed attempts at.
+    failing: Option<Lsn>,
+    /// `trempy.applier_state` was told this run started.
+    started: bool,
+}
+
+/// How long a stopped task waits between looks at `trempy.applier_state`.
+const STOPPED_POLL: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` turns true, reconnecting after failures as the policy says.
 pub(crate) async fn run(options: Options, mut shutdown: watch::Receiver<bool>) {
     let mut attempt = 0_u32;
+    // A start resumes a stopped task: the state is set to running at the first connection.
+    let mut carry = Carry { policy: options.error_policy, isolate_until: None, failing: None, started: false };
     loop {
-        let mut session = match Session::open(&options).await {
+        let mut session = match Session::open(&options, carry).await {
             Ok(session) => session,
             Err(err) => {
                 attempt = attempt.saturating_add(1);
-                if !pause(&options, &err, attempt, &mut shutdown).await {
+                if !pause(&options, &err, attempt, None, &mut shutdown).await {
                     return;
                 }
                 continue;
             }
         };
-        match session.serve(&mut shutdown).await {
+        let served = session.serve(&mut shutdown).await;
+        carry = session.carry;
+        match served {
             Ok(()) => {
                 session.close().await;
                 return;
             }
             Err(err) => {
                 attempt = if session.committed_any { 1 } else { attempt.saturating_add(1) };
+                let (high, committed, retry_in) = (session.high, session.committed.watermark, session.retry_in);
                 session.close().await;
-                if !pause(&options, &err, attempt, &mut shutdown).await {
+                if err.kind() == ErrorKind::Stopped {
+                    error!(task = options.names.task(), error = %err, "task stopped by its error policy; resume with `trempy-applier resume --task` or a restart");
+                    if !wait_for_resume(&options, &mut shutdown).await {
+                        return;
+                    }
+                    attempt = 0;
+                    continue;
+                }
+                if matches!(policy::reaction(&err, attempt), Reaction::Permanent | Reaction::DeadLetter) && carry.isolate_until.is_none() && high > committed {
+                    warn!(task = options.names.task(), error = %err, up_to = %high, "a source transaction failed permanently; applying one transaction at a time to find it");
+                    carry.isolate_until = Some(high);
+                    attempt = 0;
+                }
+                if !pause(&options, &err, attempt, retry_in, &mut shutdown).await {
                     return;
                 }
             }
@@ -80,16 +127,44 @@ pub(crate) async fn run(options: Options, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Reports an error and waits as the policy says; false if shutdown came first.
-async fn pause(options: &Options, err: &Error, attempt: u32, shutdown: &mut watch::Receiver<bool>) -> bool {
+/// Waits until an operator resumes the stopped task (or shutdown: false).
+async fn wait_for_resume(options: &Options, shutdown: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(STOPPED_POLL) => {},
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+        }
+        let Ok((client, driver)) = tokio_postgres::connect(&options.target_dsn, NoTls).await else { continue };
+        let driver = tokio::spawn(driver);
+        let now = state::get(&client, options.names.task()).await;
+        drop(client);
+        let _ = driver.await;
+        if let Ok(Some(now)) = now
+            && now != "stopped"
+        {
+            info!(task = options.names.task(), "task resumed");
+            return true;
+        }
+    }
+}
+
+/// Reports an error and waits as the policy says (or `retry_in`, when the error policy chose
+/// the delay); false if shutdown came first.
+async fn pause(options: &Options, err: &Error, attempt: u32, retry_in: Option<Duration>, shutdown: &mut watch::Receiver<bool>) -> bool {
     let task = options.names.task();
     let table = err.table().unwrap_or("-");
     let lsn = err.lsn().map(|l| l.to_string()).unwrap_or_else(|| "-".into());
     let sqlstate = err.sqlstate().unwrap_or("-");
-    let reaction = match policy::reaction(err, attempt) {
-        // Dead-lettering happens inside a session; out here it can only mean "try again".
-        Reaction::DeadLetter => Reaction::Retry(Duration::from_secs(1)),
-        other => other,
+    let reaction = match (policy::reaction(err, attempt), retry_in) {
+        // Dead-lettering happens inside a session; out here it means the failing source
+        // transaction is being pinpointed or tried again.
+        (Reaction::Permanent | Reaction::DeadLetter, Some(delay)) => Reaction::Retry(delay),
+        // Pinpointing the failing transaction comes first.
+        (Reaction::Permanent | Reaction::DeadLetter, None) if attempt == 0 => Reaction::Retry(Duration::ZERO),
+        // Failing again while one transaction at a time is applied, where it cannot be
+        // dead-lettered (a source transaction larger than one message): halt.
+        (Reaction::Permanent | Reaction::DeadLetter, None) => Reaction::Halt(policy::halt_delay(attempt)),
+        (other, _) => other,
     };
     let delay = match reaction {
         Reaction::Retry(delay) => {
@@ -100,7 +175,7 @@ async fn pause(options: &Options, err: &Error, attempt: u32, shutdown: &mut watc
             error!(task, table, lsn, sqlstate, error = %err, retry_in_ms = delay_ms(delay), "apply halted: fix the cause on the target; the task resumes by itself");
             delay
         }
-        Reaction::DeadLetter => Duration::from_secs(1),
+        Reaction::DeadLetter | Reaction::Permanent => Duration::from_secs(1),
     };
     tokio::select! {
         () = tokio::time::sleep(delay) => true,
@@ -118,6 +193,8 @@ struct Session<'o> {
     connection: Connection,
     channel: Channel,
     consumer: Consumer,
+    /// Confirm-mode channel for dead-letter copies.
+    dead_letters: Channel,
     writer: Writer,
     catalog: Catalog,
     /// The task's settings, as last received.
@@ -134,6 +211,11 @@ struct Session<'o> {
     since: Option<Instant>,
     committed_any: bool,
     stats: Stats,
+    carry: Carry,
+    /// Highest source commit LSN seen in this session.
+    high: Lsn,
+    /// Delay the error policy chose for the next attempt.
+    retry_in: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -144,7 +226,7 @@ struct Stats {
 }
 
 impl<'o> Session<'o> {
-    async fn open(options: &'o Options) -> Result<Session<'o>, Error> {
+    async fn open(options: &'o Options, mut carry: Carry) -> Result<Session<'o>, Error> {
         let (mut client, driver) = tokio_postgres::connect(&options.target_dsn, NoTls).await.map_err(|e| {
             Error::new(ErrorKind::TargetConnection, format!("cannot connect to the target database: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())))
         })?;
@@ -156,24 +238,37 @@ impl<'o> Session<'o> {
         let task = options.names.task();
         let committed = progress::load(&mut client, task).await?;
         let settings = committed.settings.as_deref().and_then(|text| TaskSettings::parse(text).ok());
+        if let Some(settings) = &settings {
+            carry.policy = ErrorPolicy::from_settings(settings.error_handling.as_ref(), carry.policy.max_attempts);
+        }
         let staged = progress::load_staged(&client, task).await?;
+        errorlog::setup(&client).await?;
+        state::setup(&client).await?;
+        deadletter::setup(&client).await?;
+        if !carry.started {
+            carry.failing = state::started(&client, task).await?;
+            carry.started = true;
+        }
         let connection = Connection::connect(&options.amqp_url, ConnectionProperties::default().with_connection_name(format!("trempy-applier {task}").into()))
             .await
             .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
         let channel = connection.create_channel().await?;
         topology::declare(&channel, &options.names).await?;
+        let dead_letters = deadletter::confirm_channel(&connection).await?;
         channel.basic_qos(options.prefetch, BasicQosOptions { global: false }).await?;
         let consumer = channel
             .basic_consume(options.names.queue().as_str().into(), format!("trempy-applier-{task}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         info!(task, watermark = %committed.watermark, generation = committed.generation, queue = %options.names.queue(), "applier connected");
         let pending = Applied::continuing(&committed);
+        let high = committed.watermark;
         Ok(Session {
             options,
             client: Arc::new(client),
             connection,
             channel,
             consumer,
+            dead_letters,
             writer: Writer::new(),
             catalog: Catalog::default(),
             settings,
@@ -185,7 +280,16 @@ impl<'o> Session<'o> {
             since: None,
             committed_any: false,
             stats: Stats::default(),
+            carry,
+            high,
+            retry_in: None,
         })
+    }
+
+    /// Replaces the error policy (the task's `error_handling` settings, as they arrive in the
+    /// stream), effective at once and for the following sessions of this run.
+    fn set_error_policy(&mut self, policy: ErrorPolicy) {
+        self.carry.policy = policy;
     }
 
     async fn close(self) {
@@ -241,10 +345,16 @@ impl<'o> Session<'o> {
         let tag = delivery.delivery_tag;
         let mut envelope = match Envelope::parse(&delivery.data) {
             Ok(envelope) if envelope.task == self.task() => envelope,
-            Ok(envelope) => return self.dead_letter(tag, &format!("message of task {:?} in the queue of task {:?}", envelope.task, self.task())).await,
-            Err(err) => return self.dead_letter(tag, err.message()).await,
+            Ok(envelope) => {
+                let reason = format!("message of task {:?} in the queue of task {:?}", envelope.task, self.task());
+                return self.dead_letter(delivery, &reason).await;
+            }
+            Err(err) => return self.dead_letter(delivery, err.message()).await,
         };
         drop(delivery);
+        if let Some(last) = envelope.transactions.last() {
+            self.high = self.high.max(last.commit_lsn);
+        }
         if envelope.generation < self.pending.generation {
             self.ackable = Some(tag); // from before a reload
             return Ok(());
@@ -264,6 +374,9 @@ impl<'o> Session<'o> {
                 self.begin().await?;
             }
             self.catalog.resolve(&self.client, &mut envelope.relations, create).await?;
+        }
+        if self.isolating(&envelope) {
+            return self.handle_isolated(tag, envelope).await;
         }
         for transaction in std::mem::take(&mut envelope.transactions) {
             let lsn = transaction.commit_lsn;
@@ -295,6 +408,7 @@ impl<'o> Session<'o> {
             Error::new(ErrorKind::Conflict, format!("this applier does not understand the task's settings ({}); upgrade it", list.join("; ")))
         })?;
         self.begin().await?;
+        self.set_error_policy(ErrorPolicy::from_settings(parsed.error_handling.as_ref(), self.carry.policy.max_attempts));
         self.settings = Some(parsed);
         self.pending.settings = Some(text);
         Ok(())
@@ -455,6 +569,12 @@ impl<'o> Session<'o> {
         self.pending = Applied::continuing(&self.committed);
         self.since = None;
         self.report();
+        if let Some(failing) = self.carry.failing
+            && self.committed.watermark >= failing
+        {
+            state::passed(&self.client, self.task(), self.committed.watermark).await?;
+            self.carry.failing = None;
+        }
         Ok(())
     }
 
@@ -466,12 +586,19 @@ impl<'o> Session<'o> {
         }
     }
 
-    /// Sends a message that can never be applied to the task's dead-letter queue. Everything
-    /// before it is committed first, so the order of what is applied is unaffected.
-    async fn dead_letter(&mut self, tag: u64, reason: &str) -> Result<(), Error> {
+    /// Dead-letters a message that can never be applied (see [`deadletter`]): everything before
+    /// it is committed first, so the order of what is applied is unaffected; then it is recorded
+    /// in the target, its copy confirmed by RabbitMQ, and only then acknowledged.
+    async fn dead_letter(&mut self, delivery: Delivery, reason: &str) -> Result<(), Error> {
+        let tag = delivery.delivery_tag;
         error!(task = self.task(), delivery_tag = tag, reason, "dead-lettering a message that is not a valid envelope");
         self.commit().await?;
-        self.channel.basic_reject(tag, BasicRejectOptions { requeue: false }).await?;
+        let err = Error::new(ErrorKind::Envelope, reason);
+        let why = Why { error: &err, commit_lsn: None, xid: None, attempts: 1 };
+        let id = deadletter::insert(&self.client, self.task(), &why, &delivery.data).await?;
+        deadletter::publish(&self.dead_letters, &self.options.names, id, &why, &delivery.data).await?;
+        errorlog::record(&self.client, self.task(), &err, None, Some(1), Action::DeadLetter).await?;
+        self.channel.basic_ack(tag, BasicAckOptions::default()).await?;
         Ok(())
     }
 }

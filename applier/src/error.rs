@@ -17,6 +17,50 @@ pub(crate) enum ErrorKind {
     Envelope,
     /// Another applier moved this task's progress row.
     Conflict,
+    /// The error policy stopped the task; it waits for `trempy-applier resume` or a restart.
+    Stopped,
+}
+
+impl ErrorKind {
+    /// The name used in `x-trempy-error-class` headers and `trempy.applier_errors.error_class`.
+    pub(crate) fn class(self) -> &'static str {
+        match self {
+            Self::Broker => "broker",
+            Self::TargetConnection => "target_connection",
+            Self::TargetSql => "target_sql",
+            Self::Envelope => "envelope",
+            Self::Conflict => "conflict",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// The source operation behind a failed statement. Inserts and updates of the same columns share
+/// one bulk upsert statement; a statement that mixes them is [`Operation::Upsert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Insert,
+    Update,
+    Upsert,
+    Delete,
+    Truncate,
+}
+
+impl Operation {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Insert => "insert",
+            Self::Update => "update",
+            Self::Upsert => "upsert",
+            Self::Delete => "delete",
+            Self::Truncate => "truncate",
+        }
+    }
+
+    /// The operation of a statement covering rows of `self` and of `other`.
+    pub(crate) fn merge(self, other: Self) -> Self {
+        if self == other { self } else { Self::Upsert }
+    }
 }
 
 /// An applier error. Messages never contain row values or credentials.
@@ -27,11 +71,12 @@ pub(crate) struct Error {
     sqlstate: Option<String>,
     table: Option<String>,
     lsn: Option<Lsn>,
+    operation: Option<Operation>,
 }
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), sqlstate: None, table: None, lsn: None }
+        Self { kind, message: message.into(), sqlstate: None, table: None, lsn: None, operation: None }
     }
 
     pub(crate) fn kind(&self) -> ErrorKind {
@@ -52,9 +97,23 @@ impl Error {
         self
     }
 
+    /// Sets the source commit LSN, unless a more precise one is known already.
     pub(crate) fn with_lsn(mut self, lsn: Lsn) -> Self {
-        self.lsn = Some(lsn);
+        self.lsn.get_or_insert(lsn);
         self
+    }
+
+    pub(crate) fn with_operation(mut self, operation: Operation) -> Self {
+        self.operation = Some(operation);
+        self
+    }
+
+    pub(crate) fn operation(&self) -> Option<Operation> {
+        self.operation
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 
     pub(crate) fn table(&self) -> Option<&str> {
@@ -86,6 +145,14 @@ impl Error {
             format!("target database: {} (SQLSTATE {code})", db.message())
         };
         Self { sqlstate: Some(code), ..Self::new(ErrorKind::TargetSql, message) }
+    }
+}
+
+#[cfg(test)]
+impl Error {
+    /// A target error with this SQLSTATE, for tests.
+    pub(crate) fn target_code(code: &str, message: &str) -> Self {
+        Self { sqlstate: Some(code.to_owned()), ..Self::new(ErrorKind::TargetSql, message) }
     }
 }
 

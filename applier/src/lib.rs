@@ -6,13 +6,18 @@
 //! full-load chunks with COPY; [`catalog`] reads target column types and creates target tables; [`progress`] records
 //! the last applied source commit LSN in the same target transaction as the rows, and anything at
 //! or below it is skipped on redelivery; messages are acknowledged only after COMMIT. [`policy`]
-//! says what to do about each kind of [`error`].
+//! says what to do about each kind of [`error`]; source transactions that cannot be applied are
+//! logged ([`errorlog`]), counted ([`state`]) and, as the task's error policy says, stop the task or
+//! are dead-lettered ([`deadletter`]).
 
 pub mod cli;
 mod apply;
 mod catalog;
 mod consume;
+mod deadletter;
 mod error;
+mod errorlog;
 mod load;
 mod policy;
 mod progress;
+mod state;

@@ -1,21 +1,34 @@
 //! What the applier does about each kind of error. Kept apart from the code that raises errors.
+//!
+//! Two layers:
+//! * [`reaction`] classifies any error: transient (retry forever with back-off), target not ready
+//!   (halt in order, retry with a long back-off), bad input (dead-letter at once), or permanent
+//!   for the failing source transaction.
+//! * [`ErrorPolicy::decide`] applies the task's `error_handling` settings to a permanent failure
+//!   of one source transaction, once the applier has pinpointed it: stop the task, retry, or
+//!   dead-letter after [`ErrorPolicy::max_attempts`] attempts.
 
 use std::time::Duration;
 
-use crate::error::{Error, ErrorKind};
+use trempy_protocol::settings::ErrorHandling;
+
+use crate::error::{Error, ErrorKind, Operation};
 
 /// The reaction to an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reaction {
-    /// Transient: roll back, reconnect, and try again after the delay. Unacknowledged messages
-    /// are redelivered; nothing is lost or applied twice.
+    /// Transient: roll back, reconnect, and try again after the delay, forever. Unacknowledged
+    /// messages are redelivered; nothing is lost or applied twice.
     Retry(Duration),
     /// The message can never be applied by anyone (not a valid envelope): dead-letter it.
     DeadLetter,
-    /// Permanent until an operator acts (missing table or column, constraint violation, …):
-    /// roll back, report loudly, and try again after a long delay, in order: the task waits
-    /// rather than skipping a source transaction.
+    /// The target is not ready (missing table or schema), or the failing source transaction is
+    /// larger than one message and cannot be dead-lettered: roll back, report loudly, and try again
+    /// after a long delay, in order: the task waits rather than skipping a source transaction.
     Halt(Duration),
+    /// Permanent for the failing source transaction (constraint violation, bad value, missing
+    /// column, …): the [`ErrorPolicy`] decides.
+    Permanent,
 }
 
 fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
@@ -29,26 +42,137 @@ fn transient_sqlstate(code: &str) -> bool {
     ["08", "40", "53", "57", "58"].iter().any(|class| code.starts_with(class)) || code == "55P03"
 }
 
-/// The policy.
+/// SQLSTATEs that mean the target is not set up yet: undefined table (42P01), invalid schema
+/// name (3F000). Dead-lettering would skip every change to the table, so the task waits instead.
+fn not_ready_sqlstate(code: &str) -> bool {
+    code == "42P01" || code == "3F000"
+}
+
+/// Delay before the next attempt after a transient failure.
+pub(crate) fn retry_delay(attempt: u32) -> Duration {
+    backoff(Duration::from_millis(250), Duration::from_secs(30), attempt)
+}
+
+/// Delay before reconnecting to a server that is down: it comes back at an unknown moment, so
+/// keep knocking every few seconds and replication resumes soon after it does.
+pub(crate) fn reconnect_delay(attempt: u32) -> Duration {
+    backoff(Duration::from_millis(250), Duration::from_secs(4), attempt)
+}
+
+/// Delay before the next attempt while halted.
+pub(crate) fn halt_delay(attempt: u32) -> Duration {
+    backoff(Duration::from_secs(5), Duration::from_secs(300), attempt)
+}
+
+/// Delay before the next attempt at a source transaction that failed permanently.
+pub(crate) fn permanent_delay(attempt: u32) -> Duration {
+    backoff(Duration::from_secs(1), Duration::from_secs(60), attempt.saturating_sub(1))
+}
+
+/// The classification.
 pub(crate) fn reaction(err: &Error, attempt: u32) -> Reaction {
-    let fast = backoff(Duration::from_millis(250), Duration::from_secs(30), attempt);
-    // A server that is down comes back at an unknown moment: keep knocking every few seconds,
-    // so replication resumes soon after it does.
-    let reconnect = backoff(Duration::from_millis(250), Duration::from_secs(4), attempt);
     match err.kind() {
-        ErrorKind::Broker | ErrorKind::TargetConnection => Reaction::Retry(reconnect),
-        ErrorKind::Conflict => Reaction::Retry(fast),
+        ErrorKind::Broker | ErrorKind::TargetConnection => Reaction::Retry(reconnect_delay(attempt)),
+        ErrorKind::Conflict => Reaction::Retry(retry_delay(attempt)),
+        ErrorKind::Stopped => Reaction::Halt(halt_delay(attempt)),
         ErrorKind::Envelope => Reaction::DeadLetter,
         ErrorKind::TargetSql => match err.sqlstate() {
-            Some(code) if transient_sqlstate(code) => Reaction::Retry(fast),
-            _ => Reaction::Halt(backoff(Duration::from_secs(5), Duration::from_secs(300), attempt)),
+            Some(code) if transient_sqlstate(code) => Reaction::Retry(retry_delay(attempt)),
+            Some(code) if not_ready_sqlstate(code) => Reaction::Halt(halt_delay(attempt)),
+            _ => Reaction::Permanent,
         },
+    }
+}
+
+/// What to do about a source transaction that failed permanently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Roll back and try the same transaction again after the delay.
+    Retry(Duration),
+    /// Stop the task: nothing more is consumed, the failed transaction stays in the queue.
+    Stop,
+    /// Move past the transaction: dead-letter it and record it in the target.
+    DeadLetter,
+}
+
+/// The task's `error_handling` settings plus the attempt limit, as the apply path consults them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ErrorPolicy {
+    pub(crate) stop_on_insert: bool,
+    pub(crate) stop_on_update: bool,
+    pub(crate) stop_on_delete: bool,
+    pub(crate) stop_on_upsert: bool,
+    pub(crate) stop_on_scd2: bool,
+    /// Attempts at a permanently failing source transaction before it is dead-lettered (≥ 1).
+    pub(crate) max_attempts: u32,
+}
+
+/// Attempts before dead-lettering, when not configured.
+pub(crate) const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+impl Default for ErrorPolicy {
+    fn default() -> Self {
+        Self::from_settings(None, DEFAULT_MAX_ATTEMPTS)
+    }
+}
+
+impl ErrorPolicy {
+    /// From the task's settings; absent flags are false (continue), as in the original TREMpy.
+    pub(crate) fn from_settings(settings: Option<&ErrorHandling>, max_attempts: u32) -> Self {
+        let flag = |f: fn(&ErrorHandling) -> Option<bool>| settings.and_then(f).unwrap_or(false);
+        Self {
+            stop_on_insert: flag(|e| e.stop_if_insert_error),
+            stop_on_update: flag(|e| e.stop_if_update_error),
+            stop_on_delete: flag(|e| e.stop_if_delete_error),
+            stop_on_upsert: flag(|e| e.stop_if_upsert_error),
+            stop_on_scd2: flag(|e| e.stop_if_scd2_error),
+            max_attempts: max_attempts.max(1),
+        }
+    }
+
+    /// Whether a failure of this operation stops the task. In upsert mode every insert and update
+    /// is applied as an upsert, so `stop_if_upsert_error` covers both. An operation that is not
+    /// known (the error did not come from a statement) stops the task if any flag is set. TRUNCATE
+    /// follows `stop_if_delete_error`. `stop_if_scd2_error` has no operation to apply to until
+    /// the SCD2 mode exists.
+    fn stops(&self, operation: Option<Operation>) -> bool {
+        match operation {
+            Some(Operation::Insert) => self.stop_on_insert || self.stop_on_upsert,
+            Some(Operation::Update) => self.stop_on_update || self.stop_on_upsert,
+            Some(Operation::Upsert) => self.stop_on_insert || self.stop_on_update || self.stop_on_upsert,
+            Some(Operation::Delete | Operation::Truncate) => self.stop_on_delete,
+            None => self.stop_on_insert || self.stop_on_update || self.stop_on_delete || self.stop_on_upsert || self.stop_on_scd2,
+        }
+    }
+
+    /// The decision about a source transaction that failed permanently (see [`reaction`]) for the
+    /// `attempts`-th time in a row (counting this one). Invalid input never stops the task and is
+    /// never retried.
+    pub(crate) fn decide(&self, err: &Error, attempts: u32) -> Decision {
+        if err.kind() == ErrorKind::Envelope {
+            return Decision::DeadLetter;
+        }
+        if self.stops(err.operation()) {
+            Decision::Stop
+        } else if attempts < self.max_attempts {
+            Decision::Retry(permanent_delay(attempts))
+        } else {
+            Decision::DeadLetter
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sql(code: &str, op: Option<Operation>) -> Error {
+        let err = Error::target_code(code, "x");
+        match op {
+            Some(op) => err.with_operation(op),
+            None => err,
+        }
+    }
 
     #[test]
     fn kinds_map_to_reactions() {
@@ -58,16 +182,73 @@ mod tests {
         assert_eq!(reaction(&broker, 30), Reaction::Retry(Duration::from_secs(4)));
         assert_eq!(reaction(&Error::new(ErrorKind::Conflict, "x"), 30), Reaction::Retry(Duration::from_secs(30)));
         assert_eq!(reaction(&Error::new(ErrorKind::Envelope, "x"), 0), Reaction::DeadLetter);
-        assert!(matches!(reaction(&Error::new(ErrorKind::TargetSql, "x"), 0), Reaction::Halt(_)));
+        assert_eq!(reaction(&Error::new(ErrorKind::TargetSql, "x"), 0), Reaction::Permanent);
+        assert_eq!(reaction(&sql("23505", None), 0), Reaction::Permanent);
+        assert_eq!(reaction(&sql("42P01", None), 0), Reaction::Halt(Duration::from_secs(5)));
+        assert_eq!(reaction(&sql("40P01", None), 1), Reaction::Retry(Duration::from_millis(500)));
     }
 
     #[test]
     fn transient_sqlstates() {
-        for code in ["40001", "40P01", "08006", "57P01", "53300", "55P03"] {
+        for code in ["40001", "40P01", "08006", "57P01", "53300", "55P03", "58030"] {
             assert!(transient_sqlstate(code), "{code}");
         }
         for code in ["42P01", "42703", "23505", "22P02"] {
             assert!(!transient_sqlstate(code), "{code}");
         }
+    }
+
+    #[test]
+    fn continue_retries_then_dead_letters() {
+        let policy = ErrorPolicy::default();
+        let err = sql("23505", Some(Operation::Insert));
+        assert_eq!(policy.decide(&err, 1), Decision::Retry(Duration::from_secs(1)));
+        assert_eq!(policy.decide(&err, 2), Decision::Retry(Duration::from_secs(2)));
+        assert_eq!(policy.decide(&err, 3), Decision::DeadLetter);
+        assert_eq!(policy.decide(&err, 40), Decision::DeadLetter);
+        let once = ErrorPolicy::from_settings(None, 0);
+        assert_eq!(once.max_attempts, 1);
+        assert_eq!(once.decide(&err, 1), Decision::DeadLetter);
+    }
+
+    #[test]
+    fn bad_input_is_dead_lettered_at_once_whatever_the_flags() {
+        let all = ErrorHandling {
+            stop_if_insert_error: Some(true),
+            stop_if_update_error: Some(true),
+            stop_if_delete_error: Some(true),
+            stop_if_upsert_error: Some(true),
+            stop_if_scd2_error: Some(true),
+        };
+        let policy = ErrorPolicy::from_settings(Some(&all), 3);
+        assert_eq!(policy.decide(&Error::new(ErrorKind::Envelope, "x"), 1), Decision::DeadLetter);
+        assert_eq!(policy.decide(&sql("22P02", None), 1), Decision::Stop);
+    }
+
+    #[test]
+    fn stop_flags_per_operation() {
+        let only = |f: fn(&mut ErrorHandling)| {
+            let mut eh = ErrorHandling { stop_if_insert_error: None, stop_if_update_error: None, stop_if_delete_error: None, stop_if_upsert_error: None, stop_if_scd2_error: None };
+            f(&mut eh);
+            ErrorPolicy::from_settings(Some(&eh), 3)
+        };
+        let cases: [(ErrorPolicy, [bool; 5]); 5] = [
+            // insert, update, upsert (mixed), delete, truncate
+            (only(|e| e.stop_if_insert_error = Some(true)), [true, false, true, false, false]),
+            (only(|e| e.stop_if_update_error = Some(true)), [false, true, true, false, false]),
+            (only(|e| e.stop_if_upsert_error = Some(true)), [true, true, true, false, false]),
+            (only(|e| e.stop_if_delete_error = Some(true)), [false, false, false, true, true]),
+            (only(|e| e.stop_if_insert_error = Some(false)), [false, false, false, false, false]),
+        ];
+        let ops = [Operation::Insert, Operation::Update, Operation::Upsert, Operation::Delete, Operation::Truncate];
+        for (i, (policy, expected)) in cases.iter().enumerate() {
+            for (op, stop) in ops.iter().zip(expected) {
+                let got = policy.decide(&sql("23505", Some(*op)), 1);
+                assert_eq!(got == Decision::Stop, *stop, "case {i}, {op:?}: {got:?}");
+            }
+        }
+        // An error whose operation is unknown stops if any flag is set.
+        assert_eq!(only(|e| e.stop_if_scd2_error = Some(true)).decide(&sql("23505", None), 1), Decision::Stop);
+        assert_eq!(ErrorPolicy::default().decide(&sql("23505", None), 1), Decision::Retry(Duration::from_secs(1)));
     }
 }

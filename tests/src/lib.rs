@@ -100,6 +100,13 @@ pub async fn create_task(source: &Client, task: &str, tables: &[(&str, &str)]) {
     wait_for_state(source, task, "running", Duration::from_secs(60)).await;
 }
 
+/// Runs a one-shot `trempy-applier` command (e.g. `dlq list --task t`) against the stack and
+/// returns its exit success and standard output.
+pub async fn applier_command(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env("TREMPY_APPLIER_BIN")).args(args).stderr(Stdio::inherit()).output().await.unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// The task's state as `trempy.status()` shows it.
 pub async fn state(source: &Client, task: &str) -> Option<String> {
     source.query_opt("SELECT state FROM trempy.status() WHERE task_name = $1", &[&task]).await.ok().flatten().map(|r| r.get(0))
@@ -132,6 +139,7 @@ pub async fn drop_task(source: &Client, task: &str) {
 /// The applier, running as a child process for one task; killed when dropped.
 pub struct Applier {
     task: String,
+    extra: Vec<String>,
     child: Child,
 }
 
@@ -139,6 +147,11 @@ impl Applier {
     /// Starts `trempy-applier run --task <task>` with a small prefetch window, so that tests
     /// also exercise transactions spanning more messages than the window.
     pub fn start(task: &str) -> Self {
+        Self::start_with(task, &[])
+    }
+
+    /// [`Applier::start`] with extra arguments for `run` (e.g. `--settings-file`).
+    pub fn start_with(task: &str, extra: &[&str]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -146,12 +159,13 @@ impl Applier {
             .unwrap();
         let child = Command::new(env("TREMPY_APPLIER_BIN"))
             .args(["run", "--task", task, "--prefetch", "8"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        Self { task: task.to_owned(), child }
+        Self { task: task.to_owned(), extra: extra.iter().map(|a| (*a).to_owned()).collect(), child }
     }
 
     /// SIGKILLs the applier.
@@ -162,7 +176,8 @@ impl Applier {
     /// SIGKILLs and starts it again.
     pub async fn restart_after_kill(&mut self) {
         self.kill().await;
-        *self = Self::start(&self.task);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        *self = Self::start_with(&self.task, &extra);
     }
 }
 

@@ -1,0 +1,359 @@
+//! Dead letters: source transactions (and messages that are not valid envelopes) the applier moved
+//! past, kept so that an operator can inspect, replay or discard them.
+//!
+//! Two copies of each dead letter exist:
+//! * the authoritative one in the target, `trempy.applier_deadletters` (one row per source
+//!   transaction, or per invalid message; the body as it came, state `dead`, `replayed` or
+//!   `discarded`). A transaction's row is inserted **in the target transaction that moves the
+//!   watermark past it**, so a dead-lettered transaction is never both skipped and unrecorded;
+//! * a copy in the task's dead-letter queue (`dlx_queue_<task>`), published through the task's DLX
+//!   with publisher confirms **before** that target transaction commits, with headers saying why
+//!   (`x-trempy-*`). A crash between the confirm and the COMMIT can leave a copy whose row never
+//!   committed (the transaction is then dead-lettered again under a new id): the queue holds
+//!   dead letters at least once, the table exactly once.
+//!
+//! Replay applies the stored body in one target transaction that also marks the row `replayed`
+//! (guarded by `state = 'dead'`, so replaying twice is a no-op), then removes queue copies whose
+//! row is no longer `dead`.
+
+use std::sync::Arc;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio_postgres::Client;
+use trempy_protocol::Lsn;
+use trempy_protocol::envelope::{CONTENT_TYPE, Envelope, Transaction};
+use trempy_protocol::names::TaskNames;
+
+use crate::apply::Writer;
+use crate::error::{Error, ErrorKind};
+
+const SETUP: &str = "
+SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS trempy;
+CREATE TABLE IF NOT EXISTS trempy.applier_deadletters (
+    id               bigserial PRIMARY KEY,
+    task_name        text NOT NULL,
+    commit_lsn       pg_lsn,
+    xid              bigint,
+    table_name       text,
+    operation        text,
+    sqlstate         text,
+    error_class      text NOT NULL,
+    reason           text NOT NULL,
+    attempts         integer NOT NULL,
+    body             bytea NOT NULL,
+    state            text NOT NULL DEFAULT 'dead' CHECK (state IN ('dead', 'replayed', 'discarded')),
+    dead_lettered_at timestamptz NOT NULL DEFAULT now(),
+    resolved_at      timestamptz
+);
+CREATE UNIQUE INDEX IF NOT EXISTS applier_deadletters_txn ON trempy.applier_deadletters (task_name, commit_lsn) WHERE commit_lsn IS NOT NULL;
+COMMENT ON TABLE trempy.applier_deadletters IS
+  'TREMpy: dead-lettered source transactions and invalid messages; replay with trempy-applier dlq replay.';
+";
+
+/// Creates the table if needed.
+pub(crate) async fn setup(client: &Client) -> Result<(), Error> {
+    client.batch_execute(SETUP).await?;
+    Ok(())
+}
+
+/// What a dead letter says about itself (headers and table columns).
+#[derive(Debug, Clone)]
+pub(crate) struct Why<'e> {
+    pub(crate) error: &'e Error,
+    pub(crate) commit_lsn: Option<Lsn>,
+    pub(crate) xid: Option<u32>,
+    pub(crate) attempts: u32,
+}
+
+/// A message body holding exactly one source transaction of `envelope`.
+pub(crate) fn single(envelope: &Envelope, transaction: Transaction) -> Result<Vec<u8>, Error> {
+    let single = Envelope {
+        version: envelope.version,
+        task: envelope.task.clone(),
+        generation: envelope.generation,
+        settings: None,
+        transactions: vec![transaction],
+        relations: envelope.relations.clone(),
+        load: None,
+    };
+    serde_json::to_vec(&single).map_err(|e| Error::new(ErrorKind::Envelope, e.to_string()))
+}
+
+/// Records a dead letter in the target (inside the caller's transaction, or on its own) and
+/// returns its id.
+pub(crate) async fn insert(client: &Client, task: &str, why: &Why<'_>, body: &[u8]) -> Result<i64, Error> {
+    let row = client
+        .query_one(
+            "INSERT INTO trempy.applier_deadletters (task_name, commit_lsn, xid, table_name, operation, sqlstate, error_class, reason, attempts, body)
+             VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            &[
+                &task,
+                &why.commit_lsn.map(|l| l.to_string()),
+                &why.xid.map(i64::from),
+                &why.error.table(),
+                &why.error.operation().map(|o| o.as_str()),
+                &why.error.sqlstate(),
+                &why.error.kind().class(),
+                &why.error.message(),
+                &i32::try_from(why.attempts).unwrap_or(i32::MAX),
+                &body,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// The `x-trempy-*` headers of a dead letter.
+fn headers(task: &str, id: i64, why: &Why<'_>) -> FieldTable {
+    let mut h = FieldTable::default();
+    let mut put = |k: &str, v: AMQPValue| {
+        h.insert(ShortString::from(k), v);
+    };
+    put("x-trempy-task", long(task));
+    put("x-trempy-deadletter-id", AMQPValue::LongLongInt(id));
+    put("x-trempy-error-class", long(why.error.kind().class()));
+    put("x-trempy-reason", long(why.error.message()));
+    put("x-trempy-attempts", AMQPValue::LongLongInt(i64::from(why.attempts)));
+    if let Some(code) = why.error.sqlstate() {
+        put("x-trempy-sqlstate", long(code));
+    }
+    if let Some(table) = why.error.table() {
+        put("x-trempy-table", long(table));
+    }
+    if let Some(op) = why.error.operation() {
+        put("x-trempy-operation", long(op.as_str()));
+    }
+    if let Some(lsn) = why.commit_lsn {
+        put("x-trempy-commit-lsn", long(&lsn.to_string()));
+    }
+    h
+}
+
+/// A channel in confirm mode, for dead-letter copies.
+pub(crate) async fn confirm_channel(connection: &Connection) -> Result<Channel, Error> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
+
+/// Publishes a dead letter's copy to the task's DLX and waits for RabbitMQ's confirm; a nack
+/// or a returned (unroutable) message is an error.
+pub(crate) async fn publish(channel: &Channel, names: &TaskNames, id: i64, why: &Why<'_>, body: &[u8]) -> Result<(), Error> {
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(CONTENT_TYPE.into())
+        .with_headers(headers(names.task(), id, why));
+    let confirm = channel
+        .basic_publish(
+            names.dlx_exchange().as_str().into(),
+            names.dlx_routing_key().as_str().into(),
+            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+            body,
+            properties,
+        )
+        .await?
+        .await?;
+    if !confirm.is_ack() {
+        return Err(Error::new(ErrorKind::Broker, "RabbitMQ refused a dead letter (nack)"));
+    }
+    if confirm.take_message().is_some() {
+        return Err(Error::new(ErrorKind::Broker, "RabbitMQ returned a dead letter as unroutable (is the dead-letter queue declared?)"));
+    }
+    Ok(())
+}
+
+/// One row of `dlq list`.
+pub(crate) async fn list(client: &Client, task: &str) -> Result<Vec<String>, Error> {
+    let rows = client
+        .query(
+            "SELECT id, state, coalesce(commit_lsn::text, '-'), coalesce(table_name, '-'), coalesce(operation, '-'), coalesce(sqlstate, '-'),
+                    error_class, attempts, dead_lettered_at::text, reason
+               FROM trempy.applier_deadletters WHERE task_name = $1 ORDER BY id",
+            &[&task],
+        )
+        .await?;
+    let mut lines = vec!["id\tstate\tcommit_lsn\ttable\toperation\tsqlstate\terror_class\tattempts\tdead_lettered_at\treason".to_owned()];
+    for row in rows {
+        let (id, attempts): (i64, i32) = (row.get(0), row.get(7));
+        let text = |i: usize| row.get::<_, String>(i);
+        lines.push(format!("{id}\t{}\t{}\t{}\t{}\t{}\t{}\t{attempts}\t{}\t{}", text(1), text(2), text(3), text(4), text(5), text(6), text(8), text(9)));
+    }
+    Ok(lines)
+}
+
+/// `dlq show`: everything about one dead letter; the body (row values) only if asked for.
+pub(crate) async fn show(client: &Client, task: &str, id: i64, with_body: bool) -> Result<Vec<String>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT state, coalesce(commit_lsn::text, '-'), coalesce(xid::text, '-'), coalesce(table_name, '-'), coalesce(operation, '-'),
+                    coalesce(sqlstate, '-'), error_class, attempts, dead_lettered_at::text, coalesce(resolved_at::text, '-'), reason, body
+               FROM trempy.applier_deadletters WHERE task_name = $1 AND id = $2",
+            &[&task, &id],
+        )
+        .await?
+        .ok_or_else(|| Error::new(ErrorKind::Conflict, format!("task {task} has no dead letter {id}")))?;
+    let text = |i: usize| row.get::<_, String>(i);
+    let attempts: i32 = row.get(7);
+    let body: Vec<u8> = row.get(11);
+    let mut lines = vec![
+        format!("id: {id}"),
+        format!("state: {}", text(0)),
+        format!("commit_lsn: {}", text(1)),
+        format!("xid: {}", text(2)),
+        format!("table: {}", text(3)),
+        format!("operation: {}", text(4)),
+        format!("sqlstate: {}", text(5)),
+        format!("error_class: {}", text(6)),
+        format!("attempts: {attempts}"),
+        format!("dead_lettered_at: {}", text(8)),
+        format!("resolved_at: {}", text(9)),
+        format!("reason: {}", text(10)),
+        format!("body_bytes: {}", body.len()),
+    ];
+    match Envelope::parse(&body) {
+        Ok(envelope) => {
+            let changes: usize = envelope.transactions.iter().map(|t| t.changes.len()).sum();
+            let tables: Vec<String> = envelope.relations.iter().map(|r| format!("{}.{}", r.schema, r.table)).collect();
+            lines.push(format!("changes: {changes}"));
+            lines.push(format!("relations: {}", tables.join(", ")));
+        }
+        Err(err) => lines.push(format!("body: not a valid envelope ({})", err.message())),
+    }
+    if with_body {
+        lines.push(String::from_utf8_lossy(&body).into_owned());
+    }
+    Ok(lines)
+}
+
+/// The dead letters a command acts on: one id, or every `dead` one of the task.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Selection {
+    One(i64),
+    All,
+}
+
+async fn selected(client: &Client, task: &str, which: Selection) -> Result<Vec<i64>, Error> {
+    let rows = match which {
+        Selection::One(id) => client.query("SELECT id FROM trempy.applier_deadletters WHERE task_name = $1 AND id = $2", &[&task, &id]).await?,
+        Selection::All => client.query("SELECT id FROM trempy.applier_deadletters WHERE task_name = $1 AND state = 'dead' ORDER BY id", &[&task]).await?,
+    };
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// What happened to one dead letter in `replay`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Applied now.
+    Replayed,
+    /// Not `dead` any more (replayed or discarded before): nothing done.
+    AlreadyResolved,
+}
+
+/// Replays one dead letter: its transaction applied and the row marked `replayed` in one target
+/// transaction; a no-op if the row is not `dead`.
+async fn replay_one(client: &Arc<Client>, task: &str, id: i64) -> Result<Outcome, Error> {
+    client.batch_execute("BEGIN").await?;
+    let result = async {
+        let row = client
+            .query_opt("SELECT body FROM trempy.applier_deadletters WHERE task_name = $1 AND id = $2 AND state = 'dead' FOR UPDATE", &[&task, &id])
+            .await?;
+        let Some(row) = row else { return Ok(Outcome::AlreadyResolved) };
+        let body: Vec<u8> = row.get(0);
+        let mut envelope = Envelope::parse(&body).map_err(|e| Error::new(ErrorKind::Envelope, format!("dead letter {id} is not a valid envelope and cannot be replayed (discard it): {e}")))?;
+        if envelope.task != task {
+            return Err(Error::new(ErrorKind::Envelope, format!("dead letter {id} belongs to task {:?}; discard it", envelope.task)));
+        }
+        let mut writer = Writer::new();
+        for transaction in std::mem::take(&mut envelope.transactions) {
+            let lsn = transaction.commit_lsn;
+            for change in transaction.changes {
+                writer.apply(client, &envelope, change).await.map_err(|e| e.with_lsn(lsn))?;
+            }
+        }
+        writer.finish(client).await?;
+        client.execute("UPDATE trempy.applier_deadletters SET state = 'replayed', resolved_at = now() WHERE id = $1", &[&id]).await?;
+        Ok(Outcome::Replayed)
+    }
+    .await;
+    match result {
+        Ok(outcome) => {
+            client.batch_execute("COMMIT").await?;
+            Ok(outcome)
+        }
+        Err(err) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(err)
+        }
+    }
+}
+
+/// `dlq replay`: replays the selected dead letters in id order, stopping at the first failure.
+/// Returns each id with its outcome (the failure, if any, last).
+pub(crate) async fn replay(client: &Arc<Client>, task: &str, which: Selection) -> Result<Vec<(i64, Result<Outcome, Error>)>, Error> {
+    let mut done = Vec::new();
+    for id in selected(client, task, which).await? {
+        let outcome = replay_one(client, task, id).await;
+        let failed = outcome.is_err();
+        done.push((id, outcome));
+        if failed {
+            break;
+        }
+    }
+    Ok(done)
+}
+
+/// `dlq discard`: marks the selected dead letters `discarded`; returns how many were `dead`.
+pub(crate) async fn discard(client: &Client, task: &str, which: Selection) -> Result<u64, Error> {
+    let n = match which {
+        Selection::One(id) => {
+            client
+                .execute("UPDATE trempy.applier_deadletters SET state = 'discarded', resolved_at = now() WHERE task_name = $1 AND id = $2 AND state = 'dead'", &[&task, &id])
+                .await?
+        }
+        Selection::All => {
+            client
+                .execute("UPDATE trempy.applier_deadletters SET state = 'discarded', resolved_at = now() WHERE task_name = $1 AND state = 'dead'", &[&task])
+                .await?
+        }
+    };
+    Ok(n)
+}
+
+/// Removes from the dead-letter queue the copies whose row is no longer `dead` (replayed,
+/// discarded, or never committed); other messages go back to the queue untouched. Returns how
+/// many were removed.
+pub(crate) async fn sweep(client: &Client, amqp_url: &str, names: &TaskNames) -> Result<u64, Error> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default().with_connection_name(format!("trempy-applier dlq {}", names.task()).into()))
+        .await
+        .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
+    let channel = connection.create_channel().await?;
+    trempy_protocol::topology::declare(&channel, names).await?;
+    let mut removed = 0_u64;
+    // Messages kept stay unacknowledged until the channel closes, so each is fetched once.
+    while let Some(message) = channel.basic_get(names.dlx_queue().as_str().into(), BasicGetOptions { no_ack: false }).await? {
+        let id = message.delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-trempy-deadletter-id")).and_then(|v| match v {
+            AMQPValue::LongLongInt(i) => Some(*i),
+            AMQPValue::LongInt(i) => Some(i64::from(*i)),
+            _ => None,
+        });
+        let Some(id) = id else { continue }; // not ours (dead-lettered by the broker itself): keep
+        let state: Option<String> = client
+            .query_opt("SELECT state FROM trempy.applier_deadletters WHERE task_name = $1 AND id = $2", &[&names.task(), &id])
+            .await?
+            .map(|r| r.get(0));
+        if state.as_deref() != Some("dead") {
+            message.delivery.acker.ack(BasicAckOptions::default()).await?;
+            removed += 1;
+        }
+    }
+    let _ = channel.close(200, "done".into()).await;
+    let _ = connection.close(200, "bye".into()).await;
+    Ok(removed)
+}

@@ -1,0 +1,102 @@
+//! The error log: every apply error, in the target, for the user to query
+//! (`trempy.applier_errors`, `trempy-applier errors --task`). Each entry is written in its own
+//! transaction, after the failed one was rolled back, so it survives the rollback. Entries name
+//! the task, table, operation, source commit LSN, SQLSTATE and message, never row values (see
+//! [`Error::target`]).
+
+use tokio_postgres::Client;
+use trempy_protocol::Lsn;
+
+use crate::error::Error;
+
+const SETUP: &str = "
+SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS trempy;
+CREATE TABLE IF NOT EXISTS trempy.applier_errors (
+    id          bigserial PRIMARY KEY,
+    task_name   text NOT NULL,
+    logged_at   timestamptz NOT NULL DEFAULT now(),
+    table_name  text,
+    operation   text,
+    commit_lsn  pg_lsn,
+    sqlstate    text,
+    error_class text NOT NULL,
+    message     text NOT NULL,
+    attempt     integer,
+    action      text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS applier_errors_task ON trempy.applier_errors (task_name, id);
+COMMENT ON TABLE trempy.applier_errors IS
+  'TREMpy: every apply error (never row values); action says what the applier did about it.';
+";
+
+/// What the applier did about an error, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// It will try the transaction again.
+    Retry,
+    /// It stopped the task (error policy).
+    Stop,
+    /// It dead-lettered the transaction or message.
+    DeadLetter,
+    /// An operator's `dlq replay` failed.
+    ReplayFailed,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Stop => "stop",
+            Self::DeadLetter => "dead_letter",
+            Self::ReplayFailed => "replay_failed",
+        }
+    }
+}
+
+/// Creates the table if needed.
+pub(crate) async fn setup(client: &Client) -> Result<(), Error> {
+    client.batch_execute(SETUP).await?;
+    Ok(())
+}
+
+/// Records one error (in its own transaction: the client must not be inside one).
+pub(crate) async fn record(client: &Client, task: &str, err: &Error, lsn: Option<Lsn>, attempt: Option<u32>, action: Action) -> Result<(), Error> {
+    client
+        .execute(
+            "INSERT INTO trempy.applier_errors (task_name, table_name, operation, commit_lsn, sqlstate, error_class, message, attempt, action)
+             VALUES ($1, $2, $3, $4::text::pg_lsn, $5, $6, $7, $8, $9)",
+            &[
+                &task,
+                &err.table(),
+                &err.operation().map(|o| o.as_str()),
+                &lsn.or(err.lsn()).map(|l| l.to_string()),
+                &err.sqlstate(),
+                &err.kind().class(),
+                &err.message(),
+                &attempt.map(|a| i32::try_from(a).unwrap_or(i32::MAX)),
+                &action.as_str(),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The task's most recent errors, newest first, as tab-separated lines with a header.
+pub(crate) async fn list(client: &Client, task: &str, limit: i64) -> Result<Vec<String>, Error> {
+    let rows = client
+        .query(
+            "SELECT id, logged_at::text, coalesce(table_name, '-'), coalesce(operation, '-'), coalesce(commit_lsn::text, '-'),
+                    coalesce(sqlstate, '-'), error_class, action, coalesce(attempt::text, '-'), message
+               FROM trempy.applier_errors WHERE task_name = $1 ORDER BY id DESC LIMIT $2",
+            &[&task, &limit],
+        )
+        .await?;
+    let mut lines = vec!["id\tlogged_at\ttable\toperation\tcommit_lsn\tsqlstate\terror_class\taction\tattempt\tmessage".to_owned()];
+    for row in rows {
+        let id: i64 = row.get(0);
+        let cols: Vec<String> = (1..10).map(|i| row.get::<_, String>(i)).collect();
+        lines.push(format!("{id}\t{}", cols.join("\t")));
+    }
+    Ok(lines)
+}
