@@ -275,3 +275,46 @@ async fn a_decoding_worker_stopped_mid_table_copies_the_table_again_and_stays_ex
     assert_eq!(attempt, 2, "table {interrupted} should have been copied twice");
     drop_task(&source, &task).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_identifiers_are_quoted_everywhere_never_executed() {
+    let task = unique("hostile");
+    // a schema, table and columns whose names try to end the statement and inject another
+    // (names stay under PostgreSQL's 63 bytes, which would truncate them)
+    let schema = format!("s\"; DROP TABLE c; -- {task}");
+    let table = "t'); DELETE FROM public.canary; --\"ü";
+    let q = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let qualified = format!("{}.{}", q(&schema), q(table));
+    let canary = format!("public.{task}_canary");
+    let source = source().await;
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE {canary} (id int PRIMARY KEY); INSERT INTO {canary} VALUES (1);
+             CREATE SCHEMA {};
+             CREATE TABLE {qualified} ({} int PRIMARY KEY, {} text, \"Mixed Case ✓\" numeric);
+             INSERT INTO {qualified} SELECT g, 'v;' || g, g FROM generate_series(1, 100) g;",
+            q(&schema),
+            q("id; DROP TABLE x"),
+            q("$1 \\' --")
+        ))
+        .await
+        .unwrap();
+    target().await.batch_execute(&format!("CREATE TABLE {canary} (id int PRIMARY KEY); INSERT INTO {canary} VALUES (1);")).await.unwrap();
+    create_task_with(&source, &task, &load_settings(&task, "full_load_and_cdc", &[(&schema, table)])).await;
+    let _applier = Applier::start(&task);
+    wait_for_phase(&source, &task, "cdc", CONVERGE).await;
+    source
+        .batch_execute(&format!(
+            "UPDATE {qualified} SET {} = 'changed' WHERE {} <= 10; DELETE FROM {qualified} WHERE {} > 90;",
+            q("$1 \\' --"),
+            q("id; DROP TABLE x"),
+            q("id; DROP TABLE x")
+        ))
+        .await
+        .unwrap();
+    let order = q("id; DROP TABLE x");
+    let fp = wait_converged(&[(&qualified, &order), (&canary, "id")], CONVERGE).await;
+    assert_eq!(fp[0].0, 90);
+    assert_eq!(fp[1].0, 1, "the canary must survive on both sides");
+    drop_task(&source, &task).await;
+}
