@@ -5,6 +5,9 @@
 //! * [`assemble`]: turns a stream of pgoutput messages into envelope messages of bounded size.
 //! * [`envelope`]: the versioned JSON message that travels through RabbitMQ.
 //! * [`settings`]: task settings, their schema and their validation.
+//! * [`filter`]: row filters, typed against the source columns ([`filter::RowFilter`]).
+//! * [`transform`]: transformations, compiled into a source-to-target plan
+//!   ([`transform::TablePlan`]), with the `math_expression` language in [`transform::expr`].
 //! * [`names`]: every object name derived from a task name.
 //!
 //! This crate uses neither pgrx nor tokio, so that it builds and fuzzes fast.
@@ -12,10 +15,12 @@
 mod error;
 pub mod assemble;
 pub mod envelope;
+pub mod filter;
 pub mod lsn;
 pub mod names;
 pub mod pgoutput;
 pub mod settings;
+pub mod transform;
 
 pub use error::{Error, ErrorKind, Result};
 pub use lsn::Lsn;
