@@ -4,13 +4,17 @@
 //! naming the offending field by its path (`task.cdc_settings.mode`, `tables[1].priority`).
 //! Unknown keys are errors. [`TaskSettings::unsupported`] lists the valid settings that this
 //! version does not implement yet, so that nothing is ever accepted silently and then ignored.
-//! Checks that need the database (tables exist, have a key) live in the extension.
+//! Checks that need the database (tables exist, have a key) live in the extension; the
+//! checks of filters and transformations against the source columns are here too
+//! ([`TaskSettings::check_rules`]), given a catalog lookup.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::filter::{FilterRule, RowFilter};
 use crate::names;
+use crate::transform::{TablePlan, TransformRule};
 
 /// One problem with a task's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,12 +49,36 @@ pub struct TaskSettings {
     pub error_handling: Option<ErrorHandling>,
     /// Source tables.
     pub tables: Vec<TableRef>,
-    /// Row filters (not implemented yet).
+    /// Row filters ([`crate::filter`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub filters: Vec<serde_json::Value>,
-    /// Transformations (not implemented yet).
+    pub filters: Vec<FilterRule>,
+    /// Transformations ([`crate::transform`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub transformations: Vec<serde_json::Value>,
+    pub transformations: Vec<TransformRule>,
+}
+
+/// `table_info` of a filter or a transformation: the source table it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableInfo {
+    /// Schema, unquoted, as in the catalog.
+    pub schema_name: String,
+    /// Table, unquoted, as in the catalog.
+    pub table_name: String,
+}
+
+/// A source column as the catalog describes it, in table order (dropped columns left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDesc {
+    /// Column name.
+    pub name: String,
+    /// The type as `format_type(atttypid, atttypmod)` prints it: `integer`, `numeric(10,2)`,
+    /// `timestamp(3) without time zone`, `"My Schema".mood`, `text[]`.
+    pub type_name: String,
+    /// Part of the replica identity (the key).
+    pub key: bool,
+    /// `NOT NULL`.
+    pub not_null: bool,
 }
 
 /// The `task` section.
@@ -245,6 +273,13 @@ impl TaskSettings {
                 problems.push(Problem::new(format!("tables[{i}]"), format!("duplicate of tables[{first}]")));
             }
         }
+        problems.extend(self.rule_table_problems());
+        for (i, filter) in self.filters.iter().enumerate() {
+            problems.extend(filter.shape_problems(i));
+        }
+        for (i, transformation) in self.transformations.iter().enumerate() {
+            problems.extend(transformation.shape_problems(i));
+        }
         for (path, scd2) in self.scd2_sections() {
             let names = [
                 ("start_date_column_name", &scd2.start_date_column_name),
@@ -258,6 +293,70 @@ impl TaskSettings {
             }
         }
         problems
+    }
+
+    /// Every filter and transformation must name a table listed in `tables`.
+    fn rule_table_problems(&self) -> Vec<Problem> {
+        let listed = |info: &TableInfo| self.tables.iter().any(|t| t.schema_name == info.schema_name && t.table_name == info.table_name);
+        let infos = self.filters.iter().map(|f| ("filters", &f.table_info)).enumerate().chain(self.transformations.iter().map(|t| ("transformations", &t.table_info)).enumerate());
+        infos
+            .filter(|(_, (_, info))| !listed(info))
+            .map(|(i, (list, info))| Problem::new(format!("{list}[{i}].table_info"), format!("table {}.{} is not listed in tables", info.schema_name, info.table_name)))
+            .collect()
+    }
+
+    /// The filters and transformations of one source table, each with its index in its list.
+    #[allow(clippy::type_complexity)]
+    fn rules_of(&self, schema: &str, table: &str) -> (Vec<(usize, &FilterRule)>, Vec<(usize, &TransformRule)>) {
+        let of = |info: &TableInfo| info.schema_name == schema && info.table_name == table;
+        let filters = self.filters.iter().enumerate().filter(|(_, f)| of(&f.table_info)).collect();
+        let transformations = self.transformations.iter().enumerate().filter(|(_, t)| of(&t.table_info)).collect();
+        (filters, transformations)
+    }
+
+    /// Checks every filter and transformation against the source columns. `catalog` returns a
+    /// table's columns, or `None` when the table does not exist. Also reports the checks that
+    /// need no catalog, and two source tables that would land in the same target table.
+    pub fn check_rules(&self, catalog: &dyn Fn(&str, &str) -> Option<Vec<ColumnDesc>>) -> Vec<Problem> {
+        let mut problems = self.rule_table_problems();
+        let mut targets: Vec<(String, String)> = Vec::with_capacity(self.tables.len());
+        for (j, table) in self.tables.iter().enumerate() {
+            let (filters, transformations) = self.rules_of(&table.schema_name, &table.table_name);
+            let mut target = (table.schema_name.clone(), table.table_name.clone());
+            if !filters.is_empty() || !transformations.is_empty() {
+                match catalog(&table.schema_name, &table.table_name) {
+                    None => problems.push(Problem::new(
+                        format!("tables[{j}]"),
+                        format!("table {}.{} does not exist, so its filters and transformations cannot be checked", table.schema_name, table.table_name),
+                    )),
+                    Some(columns) => match self.table_plan(&table.schema_name, &table.table_name, &columns) {
+                        Ok((_, plan)) => target = (plan.target_schema, plan.target_table),
+                        Err(more) => problems.extend(more),
+                    },
+                }
+            }
+            if let Some(first) = targets.iter().position(|t| *t == target) {
+                problems.push(Problem::new(format!("tables[{j}]"), format!("replicates into {}.{}, the same target table as tables[{first}]", target.0, target.1)));
+            }
+            targets.push(target);
+        }
+        problems
+    }
+
+    /// What the applier needs for one source table: its compiled filters (`None` without any)
+    /// and its transformation plan (the identity without any). `columns` are the source columns.
+    pub fn table_plan(&self, schema: &str, table: &str, columns: &[ColumnDesc]) -> Result<(Option<RowFilter>, TablePlan), Vec<Problem>> {
+        let (filters, transformations) = self.rules_of(schema, table);
+        let filter = if filters.is_empty() { Ok(None) } else { RowFilter::compile(columns, &filters).map(Some) };
+        let plan = if transformations.is_empty() { Ok(TablePlan::identity(schema, table, columns)) } else { TablePlan::compile(schema, table, columns, &transformations) };
+        match (filter, plan) {
+            (Ok(filter), Ok(plan)) => Ok((filter, plan)),
+            (Err(mut a), Err(b)) => {
+                a.extend(b);
+                Err(a)
+            }
+            (Err(a), _) | (_, Err(a)) => Err(a),
+        }
     }
 
     fn scd2_sections(&self) -> impl Iterator<Item = (&'static str, &Scd2Settings)> {
@@ -381,10 +480,36 @@ mod tests {
             "scd2_settings": { "start_date_column_name": "valid_from", "end_date_column_name": "valid_to", "current_column_name": "is_current" } },
           "error_handling": { "stop_if_insert_error": false, "stop_if_update_error": false, "stop_if_delete_error": false,
             "stop_if_upsert_error": false, "stop_if_scd2_error": true },
-          "tables": [ { "schema_name": "employees", "table_name": "employee", "priority": 0 } ],
-          "filters": [ { "table_info": {}, "settings": {} } ],
-          "transformations": [ { "table_info": {}, "settings": {} } ] }"#;
+          "tables": [ { "schema_name": "employees", "table_name": "employee", "priority": 0 },
+                      { "schema_name": "employees", "table_name": "salary",   "priority": 2 } ],
+          "filters": [
+            { "table_info": { "schema_name": "employees", "table_name": "salary" },
+              "settings": { "filter_type": "greater_than", "description": "only salaries above 50k", "column_name": "amount", "value": 50000 } },
+            { "table_info": { "schema_name": "employees", "table_name": "employee" },
+              "settings": { "filter_type": "date_between", "description": "hired in the 90s", "column_name": "hire_date", "lower": "1990-01-01", "upper": "1999-12-31" } } ],
+          "transformations": [
+            { "table_info": { "schema_name": "employees", "table_name": "employee" },
+              "settings": { "transformation_type": "modify_table_name", "description": "target name", "contract": { "target_table_name": "employee_history" }, "priority": 0 } },
+            { "table_info": { "schema_name": "employees", "table_name": "salary" },
+              "settings": { "transformation_type": "modify_schema_name", "description": "target schema", "contract": { "target_schema_name": "payroll" }, "priority": 0 } },
+            { "table_info": { "schema_name": "employees", "table_name": "salary" },
+              "settings": { "transformation_type": "modify_column_name", "description": "rename amount",
+                            "contract": { "column_name": "amount", "target_column_name": "yearly_amount" }, "priority": 0 } },
+            { "table_info": { "schema_name": "employees", "table_name": "employee" },
+              "settings": { "transformation_type": "modify_column_value", "description": "upper first name",
+                            "contract": { "operation": "uppercase", "column_name": "first_name" }, "priority": 1 } },
+            { "table_info": { "schema_name": "employees", "table_name": "employee" },
+              "settings": { "transformation_type": "create_column", "description": "full name",
+                            "contract": { "operation": "concat", "new_column_name": "full_name", "depends_on": ["first_name", "last_name"], "separator": " " }, "priority": 2 } },
+            { "table_info": { "schema_name": "employees", "table_name": "salary" },
+              "settings": { "transformation_type": "create_column", "description": "years in band",
+                            "contract": { "operation": "date_diff_years", "new_column_name": "years", "depends_on": ["from_date", "to_date"], "round_result": true }, "priority": 3 } } ] }"#;
         let s = TaskSettings::parse(json).unwrap();
+        assert!(s.check_rules(&catalog).is_empty(), "{:?}", s.check_rules(&catalog));
+        let salary = catalog("employees", "salary").unwrap();
+        let (filter, plan) = s.table_plan("employees", "salary", &salary).unwrap();
+        assert_eq!(filter.unwrap().columns_used(), vec![1]);
+        assert_eq!((plan.target_schema.as_str(), plan.columns[1].name.as_str(), plan.columns[4].name.as_str()), ("payroll", "yearly_amount", "years"));
         let paths: Vec<String> = s.unsupported().into_iter().map(|p| p.path).collect();
         for expected in [
             "task.cdc_settings.mode",
@@ -442,6 +567,89 @@ mod tests {
         }
         let empty = r#"{ "task": {"task_name": "a", "replication_type": "cdc"}, "tables": [] }"#;
         assert_eq!(first_problem(empty), "tables: at least one table is required");
+    }
+
+    fn catalog(schema: &str, table: &str) -> Option<Vec<ColumnDesc>> {
+        let columns: &[(&str, &str)] = match (schema, table) {
+            ("employees", "employee") => &[("emp_no", "integer"), ("first_name", "character varying(14)"), ("last_name", "character varying(16)"), ("hire_date", "date")],
+            ("employees", "salary") => &[("emp_no", "integer"), ("amount", "integer"), ("from_date", "date"), ("to_date", "date")],
+            ("public", "orders") => &[("id", "bigint"), ("total", "numeric(12,2)")],
+            _ => return None,
+        };
+        Some(columns.iter().map(|(n, t)| ColumnDesc { name: (*n).to_owned(), type_name: (*t).to_owned(), key: *n == "emp_no" || *n == "id", not_null: false }).collect())
+    }
+
+    fn with_rules(filters: &str, transformations: &str) -> String {
+        let body = GOOD.trim_end().strip_suffix('}').unwrap_or_default();
+        format!("{body}, \"filters\": [{filters}], \"transformations\": [{transformations}] }}")
+    }
+
+    #[test]
+    fn the_originals_complete_example_checks_against_its_catalog() {
+        let json = with_rules("", "");
+        let s = TaskSettings::parse(&json).unwrap();
+        assert!(s.check_rules(&catalog).is_empty());
+        let (filter, plan) = s.table_plan("public", "orders", &catalog("public", "orders").unwrap()).unwrap();
+        assert!(filter.is_none());
+        assert_eq!(plan.target_table, "orders");
+    }
+
+    #[test]
+    fn rules_need_a_listed_table() {
+        let f = r#"{"table_info": {"schema_name": "public", "table_name": "other"}, "settings": {"filter_type": "is_null", "description": "", "column_name": "x"}}"#;
+        let t = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "o"}, "priority": 0}},
+                   {"table_info": {"schema_name": "x", "table_name": "orders"}, "settings": {"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "o"}, "priority": 0}}"#;
+        let problems: Vec<String> = TaskSettings::parse(&with_rules(f, t)).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(problems, ["filters[0].table_info: table public.other is not listed in tables", "transformations[1].table_info: table x.orders is not listed in tables"]);
+    }
+
+    #[test]
+    fn parse_reports_rule_shapes_without_a_catalog() {
+        let f = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "in", "description": "", "column_name": "id", "values": "1,2"}}"#;
+        let t = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"transformation_type": "add_primary_key", "description": "", "contract": {"column_names": "id"}, "priority": 2}}"#;
+        let problems: Vec<String> = TaskSettings::parse(&with_rules(f, t)).unwrap_err().iter().map(ToString::to_string).collect();
+        for expected in ["filters[0].settings.values: must be a JSON list", "transformations[0].settings.priority: add_primary_key is structural", "transformations[0].settings.contract.column_names: must be a JSON list"] {
+            assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected} missing from {problems:?}");
+        }
+        let bad_type = with_rules(r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "regex", "description": "", "column_name": "id"}}"#, "");
+        assert!(first_problem(&bad_type).starts_with("filters[0].settings.filter_type: unknown variant `regex`"));
+        let missing = with_rules(r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "is_null", "column_name": "id"}}"#, "");
+        assert!(first_problem(&missing).starts_with("filters[0].settings: missing field `description`"));
+    }
+
+    #[test]
+    fn check_rules_uses_the_catalog() {
+        let f = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "greater_than", "description": "", "column_name": "total", "value": "abc"}}"#;
+        let t = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"transformation_type": "modify_column_value", "description": "", "contract": {"operation": "uppercase", "column_name": "nope"}, "priority": 1}}"#;
+        let s = TaskSettings::parse(&with_rules(f, t)).unwrap();
+        let problems: Vec<String> = s.check_rules(&catalog).iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("filters[0].settings.value: \"abc\" is not a number"), "{problems:?}");
+        assert!(problems[1].starts_with("transformations[0].settings.contract.column_name: column \"nope\" does not exist in public.orders"), "{problems:?}");
+        let missing_table = s.check_rules(&|_: &str, _: &str| None);
+        assert_eq!(missing_table[0].to_string(), "tables[0]: table public.orders does not exist, so its filters and transformations cannot be checked");
+    }
+
+    #[test]
+    fn table_plan_gives_the_applier_a_filter_and_a_plan() {
+        let f = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "greater_than", "description": "", "column_name": "total", "value": 100}}"#;
+        let t = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"transformation_type": "modify_schema_name", "description": "", "contract": {"target_schema_name": "mart"}, "priority": 0}}"#;
+        let s = TaskSettings::parse(&with_rules(f, t)).unwrap();
+        let (filter, plan) = s.table_plan("public", "orders", &catalog("public", "orders").unwrap()).unwrap();
+        let filter = filter.unwrap();
+        assert!(filter.matches(&[Some("1".into()), Some("100.01".into())]));
+        assert!(!filter.matches(&[Some("1".into()), Some("100.00".into())]));
+        assert_eq!((plan.target_schema.as_str(), plan.target_table.as_str()), ("mart", "orders"));
+    }
+
+    #[test]
+    fn two_tables_into_one_target_are_reported() {
+        let json = r#"{ "task": {"task_name": "t", "replication_type": "cdc"},
+            "tables": [{"schema_name": "employees", "table_name": "employee", "priority": 0}, {"schema_name": "employees", "table_name": "salary", "priority": 0}],
+            "transformations": [{"table_info": {"schema_name": "employees", "table_name": "salary"},
+              "settings": {"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "employee"}, "priority": 0}}] }"#;
+        let s = TaskSettings::parse(json).unwrap();
+        assert_eq!(s.check_rules(&catalog)[0].to_string(), "tables[1]: replicates into employees.employee, the same target table as tables[0]");
     }
 
     #[test]

@@ -49,7 +49,12 @@ async fn create_task_rejects_each_kind_of_invalid_settings_naming_the_field() {
         (task.as_str(), with(&["tables"], table(&format!("{task}_unlogged"))), "is unlogged or temporary"),
         (task.as_str(), with(&["task", "replication_type"], json!("full_load")), "task.replication_type: \"full_load\" is not supported yet"),
         (task.as_str(), with(&["task", "cdc_settings", "mode"], json!("scd2")), "task.cdc_settings.mode: \"scd2\" is not supported yet"),
-        (task.as_str(), with(&["filters"], json!([{"table_info": {}, "settings": {}}])), "filters: filtering is not supported yet"),
+        (
+            task.as_str(),
+            with(&["filters"], json!([{"table_info": {"schema_name": "public", "table_name": good_table}, "settings": {"filter_type": "is_not_null", "description": "", "column_name": "id"}}])),
+            "filters: filtering is not supported yet",
+        ),
+        (task.as_str(), with(&["filters"], json!([{"table_info": {}, "settings": {}}])), "filters[0].table_info: missing field `schema_name`"),
         (task.as_str(), json!([1, 2]), "settings must be a JSON object"),
         ("Bad-Name", good.clone(), "name: task name \"Bad-Name\" contains 'B'"),
         (too_long.as_str(), good.clone(), "63-byte"),
