@@ -186,6 +186,17 @@ pub struct Scd2Settings {
     pub current_column_name: Option<String>,
 }
 
+/// The SCD2 column names in effect ([`TaskSettings::scd2_columns`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scd2Columns {
+    /// Start of a version's validity (`timestamptz`, part of the target key).
+    pub start: String,
+    /// End of a version's validity (`timestamptz`, NULL while current).
+    pub end: String,
+    /// True on the current version (`boolean`).
+    pub current: String,
+}
+
 /// `error_handling`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -291,6 +302,28 @@ impl TaskSettings {
                     problems.push(Problem::new(format!("{path}.{key}"), "must not be empty"));
                 }
             }
+        }
+        let sections: Vec<&Scd2Settings> = self.scd2_sections().map(|(_, s)| s).collect();
+        if let [top, nested] = sections[..] {
+            let pairs = [
+                ("start_date_column_name", &top.start_date_column_name, &nested.start_date_column_name),
+                ("end_date_column_name", &top.end_date_column_name, &nested.end_date_column_name),
+                ("current_column_name", &top.current_column_name, &nested.current_column_name),
+            ];
+            for (key, a, b) in pairs {
+                if let (Some(a), Some(b)) = (a, b)
+                    && a != b
+                {
+                    problems.push(Problem::new(
+                        format!("task.cdc_settings.scd2_settings.{key}"),
+                        format!("{b:?} differs from task.scd2_settings.{key} {a:?}; both places are read, so give the name in one of them only (or the same in both)"),
+                    ));
+                }
+            }
+        }
+        let scd = self.scd2_columns();
+        if scd.start == scd.end || scd.start == scd.current || scd.end == scd.current {
+            problems.push(Problem::new("task.scd2_settings", "the start, end and current SCD2 columns need three different names"));
         }
         problems
     }
@@ -406,23 +439,6 @@ impl TaskSettings {
     /// `create_task`: TREMpy never accepts a setting and then ignores it.
     pub fn unsupported(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let not_yet = |what: &str| format!("{what} is not supported yet");
-        if self.streams() {
-            match self.cdc_mode() {
-                CdcMode::Upsert => {}
-                CdcMode::Default if self.task.cdc_settings.as_ref().and_then(|c| c.mode).is_none() => problems.push(Problem::new(
-                    "task.cdc_settings.mode",
-                    "absent, which means \"default\"; that mode is not supported yet: set \"upsert\"",
-                )),
-                other => problems.push(Problem::new(
-                    "task.cdc_settings.mode",
-                    format!("{}: set \"upsert\"", not_yet(&serde_json::to_string(&other).unwrap_or_default())),
-                )),
-            }
-        }
-        for (path, _) in self.scd2_sections() {
-            problems.push(Problem::new(path, not_yet("SCD2")));
-        }
         if let Some(eh) = &self.error_handling {
             let flags = [
                 ("stop_if_insert_error", eh.stop_if_insert_error),
@@ -440,13 +456,21 @@ impl TaskSettings {
                 }
             }
         }
-        if !self.filters.is_empty() {
-            problems.push(Problem::new("filters", not_yet("filtering")));
-        }
-        if !self.transformations.is_empty() {
-            problems.push(Problem::new("transformations", not_yet("transforming")));
-        }
         problems
+    }
+
+    /// The SCD2 column names in effect: `task.cdc_settings.scd2_settings` or
+    /// `task.scd2_settings` (both places are read; [`TaskSettings::problems`] rejects two that
+    /// differ), each name defaulting to `scd_start_date`, `scd_end_date`, `scd_current`.
+    pub fn scd2_columns(&self) -> Scd2Columns {
+        let pick = |get: fn(&Scd2Settings) -> &Option<String>, default: &str| {
+            self.scd2_sections().find_map(|(_, s)| get(s).clone()).unwrap_or_else(|| default.to_owned())
+        };
+        Scd2Columns {
+            start: pick(|s| &s.start_date_column_name, "scd_start_date"),
+            end: pick(|s| &s.end_date_column_name, "scd_end_date"),
+            current: pick(|s| &s.current_column_name, "scd_current"),
+        }
     }
 }
 
@@ -476,7 +500,7 @@ mod tests {
           "task": { "task_name": "emp_hist_scd2", "replication_type": "full_load_and_cdc", "interval_seconds": 5,
             "start_mode": "reload", "create_table_if_not_exists": true,
             "full_load_settings": { "recreate_table_if_exists": true, "truncate_before_insert": true },
-            "cdc_settings": { "mode": "scd2", "scd2_settings": {"start_date_column_name": "a"} },
+            "cdc_settings": { "mode": "scd2", "scd2_settings": {"start_date_column_name": "valid_from"} },
             "scd2_settings": { "start_date_column_name": "valid_from", "end_date_column_name": "valid_to", "current_column_name": "is_current" } },
           "error_handling": { "stop_if_insert_error": false, "stop_if_update_error": false, "stop_if_delete_error": false,
             "stop_if_upsert_error": false, "stop_if_scd2_error": true },
@@ -511,18 +535,13 @@ mod tests {
         assert_eq!(filter.unwrap().columns_used(), vec![1]);
         assert_eq!((plan.target_schema.as_str(), plan.columns[1].name.as_str(), plan.columns[4].name.as_str()), ("payroll", "yearly_amount", "years"));
         let paths: Vec<String> = s.unsupported().into_iter().map(|p| p.path).collect();
-        for expected in [
-            "task.cdc_settings.mode",
-            "task.scd2_settings",
-            "task.cdc_settings.scd2_settings",
-            "error_handling.stop_if_insert_error",
-            "filters",
-            "transformations",
-        ] {
+        assert_eq!(s.cdc_mode(), CdcMode::Scd2);
+        assert_eq!(s.scd2_columns(), Scd2Columns { start: "valid_from".into(), end: "valid_to".into(), current: "is_current".into() });
+        for expected in ["error_handling.stop_if_insert_error"] {
             assert!(paths.iter().any(|p| p == expected), "{expected} missing from {paths:?}");
         }
         assert!(!paths.iter().any(|p| p == "error_handling.stop_if_scd2_error"));
-        for supported in ["task.replication_type", "task.start_mode", "task.create_table_if_not_exists", "task.full_load_settings.recreate_table_if_exists"] {
+        for supported in ["task.cdc_settings.mode", "task.scd2_settings", "task.cdc_settings.scd2_settings", "filters", "transformations", "task.replication_type", "task.start_mode", "task.create_table_if_not_exists", "task.full_load_settings.recreate_table_if_exists"] {
             assert!(!paths.iter().any(|p| p == supported), "{supported} in {paths:?}");
         }
         assert!(s.copies() && s.streams());
@@ -653,10 +672,26 @@ mod tests {
     }
 
     #[test]
-    fn absent_mode_means_default_and_is_reported() {
+    fn absent_mode_means_default_and_is_supported() {
         let json = GOOD.replace(", \"cdc_settings\": {\"mode\": \"upsert\"}", "");
         let s = TaskSettings::parse(&json).unwrap();
         assert_eq!(s.cdc_mode(), CdcMode::Default);
-        assert!(s.unsupported()[0].to_string().contains("absent, which means \"default\""));
+        assert!(s.unsupported().is_empty());
+        assert_eq!(s.scd2_columns(), Scd2Columns { start: "scd_start_date".into(), end: "scd_end_date".into(), current: "scd_current".into() });
+    }
+
+    #[test]
+    fn scd2_names_are_read_in_both_places_and_must_agree() {
+        let nested = GOOD.replace("{\"mode\": \"upsert\"}", "{\"mode\": \"scd2\", \"scd2_settings\": {\"current_column_name\": \"live\"}}");
+        assert_eq!(TaskSettings::parse(&nested).unwrap().scd2_columns().current, "live");
+        let top = GOOD.replace("{\"mode\": \"upsert\"}", "{\"mode\": \"scd2\"}, \"scd2_settings\": {\"end_date_column_name\": \"until\"}");
+        assert_eq!(TaskSettings::parse(&top).unwrap().scd2_columns().end, "until");
+        let both = GOOD.replace(
+            "{\"mode\": \"upsert\"}",
+            "{\"mode\": \"scd2\", \"scd2_settings\": {\"current_column_name\": \"live\"}}, \"scd2_settings\": {\"current_column_name\": \"is_current\"}",
+        );
+        assert!(first_problem(&both).starts_with("task.cdc_settings.scd2_settings.current_column_name: \"live\" differs from task.scd2_settings.current_column_name"));
+        let clash = GOOD.replace("{\"mode\": \"upsert\"}", "{\"mode\": \"scd2\", \"scd2_settings\": {\"end_date_column_name\": \"scd_current\"}}");
+        assert!(first_problem(&clash).starts_with("task.scd2_settings: the start, end and current"));
     }
 }
