@@ -17,6 +17,9 @@ pub(crate) enum ErrorKind {
     Envelope,
     /// Another applier moved this task's progress row.
     Conflict,
+    /// A row that the task's transformations cannot compute (a value out of range, the task's
+    /// settings not fitting the relation): it stops the task in order, like a target SQL error.
+    Transform,
 }
 
 /// An applier error. Messages never contain row values or credentials.

@@ -39,6 +39,7 @@ pub(crate) fn reaction(err: &Error, attempt: u32) -> Reaction {
             Some(code) if transient_sqlstate(code) => Reaction::Retry(fast),
             _ => Reaction::Halt(backoff(Duration::from_secs(5), Duration::from_secs(300), attempt)),
         },
+        ErrorKind::Transform => Reaction::Halt(backoff(Duration::from_secs(5), Duration::from_secs(300), attempt)),
     }
 }
 
