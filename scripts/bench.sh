@@ -5,7 +5,7 @@
 # measured in the same run (native logical replication, or a binary COPY pipe). docs/benchmarks.md
 # explains each figure and shows a full run.
 #
-# Cases (BENCH_CASES, default "batch txns latency rss"), all on bench.t(id bigint primary key,
+# Cases (BENCH_CASES, default "batch txns load latency rss"), all on bench.t(id bigint primary key,
 # a int, b text, c timestamptz, d numeric(12,2)):
 #   batch    CDC catch-up: BENCH_ROWS rows (default 1,000,000) in 1000-row transactions
 #   txns     CDC catch-up: BENCH_TXNS one-row transactions (default 100,000)
@@ -24,8 +24,10 @@
 #   end-to-end       the consumer runs while the backlog is written (TREMpy task + applier, resp. an
 #                    enabled subscription): time from the first insert to the target having it all.
 #   COPY pipe        (batch only) COPY (SELECT * FROM bench.t) TO STDOUT (binary) | COPY bench.t2
-#                    FROM STDIN (binary) between the two databases; also the anchor of the (not yet
-#                    implemented) full load.
+#                    FROM STDIN (binary) between the two databases: the anchor of the full load.
+#   load             full load: BENCH_ROWS rows at the source; the binary COPY pipe into the
+#                    empty target table, then a full_load task into the emptied target table with
+#                    the applier running (create_task to the target having every row); best of 2.
 #   CPU              utime+stime (/proc/<pid>/stat) per million changes over the catch-up: the
 #                    task's worker, RabbitMQ's beam.smp, trempy-applier and its target backend,
 #                    next to the native walsender and apply worker.
@@ -45,7 +47,7 @@
 # Environment:
 #   BENCH_QUICK=1            smoke run with small defaults (20000 / 5000 rows, 500 rows/s for 10 s,
 #                            a 100000-row transaction); its numbers are not meaningful
-#   BENCH_CASES              which cases to run (default "batch txns latency rss")
+#   BENCH_CASES              which cases to run (default "batch txns load latency rss")
 #   BENCH_ROWS, BENCH_TXNS   catch-up backlog sizes (defaults 1000000 / 100000)
 #   BENCH_RATE, BENCH_SECONDS  latency writer rate (rows = transactions per second) and duration
 #                            (defaults 2000 / 60)
@@ -85,7 +87,7 @@ else
     RSS_ROWS=${BENCH_RSS_ROWS:-1000000}
 fi
 CLIENTS=${BENCH_CLIENTS:-4}
-CASES=${BENCH_CASES:-batch txns latency rss}
+CASES=${BENCH_CASES:-batch txns load latency rss}
 TIMEOUT=${BENCH_TIMEOUT:-1800}
 SYNC_COMMIT=${BENCH_SYNC_COMMIT:-off}
 read -r -a APPLIER_ARGS <<<"${BENCH_APPLIER_ARGS:-}"
@@ -93,13 +95,13 @@ for v in ROWS TXNS RATE DURATION RSS_ROWS CLIENTS TIMEOUT; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || fail "$v (BENCH_$v) must be a positive integer (got '${!v}')"
 done
 [[ $SYNC_COMMIT =~ ^(on|off|local|remote_write|remote_apply)$ ]] || fail "BENCH_SYNC_COMMIT: not a synchronous_commit value: '$SYNC_COMMIT'"
-for c in $CASES; do [[ $c =~ ^(batch|txns|latency|rss)$ ]] || fail "BENCH_CASES: unknown case '$c' (batch, txns, latency, rss)"; done
+for c in $CASES; do [[ $c =~ ^(batch|txns|load|latency|rss)$ ]] || fail "BENCH_CASES: unknown case '$c' (batch, txns, load, latency, rss)"; done
 
 RESULTS=$TREMPY_STACK_DIR/bench-results.jsonl
 RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
 WORK=$(mktemp -d /tmp/trempy-bench.XXXXXX)
 # Everything this script creates, by exact name (never another task's or engineer's objects).
-BENCH_TASKS=(bench_batch bench_txns bench_batch_e2e bench_txns_e2e bench_lat bench_rss)
+BENCH_TASKS=(bench_batch bench_txns bench_batch_e2e bench_txns_e2e bench_load bench_lat bench_rss)
 BENCH_SUBS=(bench_sub_batch bench_sub_txns bench_sub_batch_e2e bench_sub_txns_e2e bench_sub_lat bench_sub_rss)
 WALHOLD_SLOT=bench_walhold # physical slot at the target: keeps the WAL read by the latency case
 PGBENCH=$PG_BIN/pgbench
@@ -489,6 +491,47 @@ case_check() {
 
 # ------------------------------------------------------------------ catch-up cases
 
+# run_load_case ROWS: a table of ROWS rows at the source; the binary COPY pipe into an empty
+# target table, then a TREMpy full_load task into the emptied target table (applier running, from
+# create_task to the target having every row, checked by count + md5), twice each, best kept.
+run_load_case() {
+    local rows=$1 t0 want copy_s load_s best_copy= best_load= i task=bench_load
+    say "== case load: $rows rows"
+    case_begin
+    recreate_tables
+    build_backlog "$rows" 100000
+    want=$(checksum source)
+    for i in 1 2; do
+        tgt -c 'TRUNCATE bench.t' >/dev/null || fail "could not empty bench.t on the target"
+        t0=$EPOCHREALTIME
+        src -c 'COPY (SELECT * FROM bench.t) TO STDOUT (FORMAT binary)' | tgt -c 'COPY bench.t FROM STDIN (FORMAT binary)' >/dev/null ||
+            fail "the COPY pipe failed"
+        copy_s=$(since "$t0")
+        [[ $(checksum target) == "$want" ]] || fail "the COPY pipe did not copy every row"
+        say "[load] COPY pipe #$i: ${copy_s}s"
+        best_copy=$(awk -v a="$copy_s" -v b="$best_copy" 'BEGIN { print (b == "" || a < b) ? a : b }')
+
+        tgt -c 'TRUNCATE bench.t' >/dev/null || fail "could not empty bench.t on the target"
+        start_applier "$task"
+        wait_applier_connected
+        t0=$EPOCHREALTIME
+        src -c "SELECT trempy.create_task('$task', '{
+            \"task\": {\"task_name\": \"$task\", \"replication_type\": \"full_load\"},
+            \"tables\": [{\"schema_name\": \"bench\", \"table_name\": \"t\", \"priority\": 0}]}')" >/dev/null ||
+            fail "trempy.create_task('$task') failed"
+        wait_converged "$t0" "$rows" "$want"
+        load_s=$CONVERGED_S
+        stop_applier
+        drop_trempy_task "$task"
+        say "[load] TREMpy full load #$i: ${load_s}s"
+        best_load=$(awk -v a="$load_s" -v b="$best_load" 'BEGIN { print (b == "" || a < b) ? a : b }')
+    done
+    case_check "load: $rows rows"
+    figure "full load: $rows rows" "TREMpy full load (create_task -> all rows in target)" rows/s "$(rate "$rows" "$best_load")" \
+        "COPY binary pipe" "$(rate "$rows" "$best_copy")" "" null "\"rows\":$rows,\"trempy_s\":$best_load,\"anchor_s\":$best_copy"
+    detail "load: best of two runs each: TREMpy full load ${best_load}s, COPY binary pipe ${best_copy}s ($rows rows, 5 columns)"
+}
+
 # run_case NAME ROWS ROWS_PER_TXN
 run_case() {
     local name=$1 rows=$2 step=$3 txns task sub t0 want
@@ -662,7 +705,7 @@ run_case() {
         tgt -c 'DROP TABLE bench.t2'
         say "[$name] COPY pipe: ${copy_s}s"
         result "$label" "apply drain (queue -> target)" "$rows" "$drain_s" "COPY binary pipe" "$copy_s" "$common"
-        figure "full load: $rows rows" "not implemented in TREMpy yet" rows/s null "COPY binary pipe" "$(rate "$rows" "$copy_s")" "" null \
+        figure "full load: $rows rows" "see the load case" rows/s null "COPY binary pipe" "$(rate "$rows" "$copy_s")" "" null \
             "\"rows\":$rows,\"anchor_s\":$copy_s"
     fi
 
@@ -911,6 +954,7 @@ for c in $CASES; do
     case $c in
         batch) run_case batch "$ROWS" 1000 ;;
         txns) run_case txns "$TXNS" 1 ;;
+        load) run_load_case "$ROWS" ;;
         latency) run_latency ;;
         rss) run_rss ;;
     esac

@@ -21,7 +21,10 @@
 #   bench                        stack-up, then the benchmarks next to their anchors (scripts/bench.sh:
 #                                CDC catch-up vs native logical replication, commit-to-apply latency,
 #                                CPU per million changes, peak RSS, COPY pipe; see docs/benchmarks.md)
-#   test
+#   test                         stack-up, unit tests, then every end-to-end test (the fault
+#                                suite in its short version: each fault once)
+#   faults [rounds] [seed]       stack-up, then the long fault-injection suite (default 5 rounds
+#                                of every fault, seed 20261122) with its recovery-time table
 #
 # Environment:
 #   TREMPY_STACK_DIR        state dir (default /tmp/trempy-stack-<cksum of the repo path>)
@@ -788,6 +791,22 @@ cmd_test() {
     # One closing line for the whole run (cargo prints one per test binary).
     awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
          END { printf "all tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' "$log"
+}
+
+# faults [ROUNDS] [SEED]: the seeded fault-injection suite (tests/tests/faults.rs), long version.
+cmd_faults() {
+    cmd_stack_up
+    export CARGO_TARGET_DIR
+    CARGO_TARGET_DIR=$(target_dir)
+    cd "$REPO_ROOT"
+    (
+        set -a
+        # shellcheck disable=SC1090
+        . "$ENV_FILE"
+        set +a
+        TREMPY_FAULT_ROUNDS=${1:-5} TREMPY_FAULT_SEED=${2:-20261122} \
+            cargo test --release -p trempy-e2e --test faults -- --test-threads=1 --nocapture
+    )
 }
 
 # bench: stack-up (deps + build unless TREMPY_SKIP_BUILD=1), then scripts/bench.sh.

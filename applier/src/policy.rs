@@ -32,8 +32,12 @@ fn transient_sqlstate(code: &str) -> bool {
 /// The policy.
 pub(crate) fn reaction(err: &Error, attempt: u32) -> Reaction {
     let fast = backoff(Duration::from_millis(250), Duration::from_secs(30), attempt);
+    // A server that is down comes back at an unknown moment: keep knocking every few seconds,
+    // so replication resumes soon after it does.
+    let reconnect = backoff(Duration::from_millis(250), Duration::from_secs(4), attempt);
     match err.kind() {
-        ErrorKind::Broker | ErrorKind::TargetConnection | ErrorKind::Conflict => Reaction::Retry(fast),
+        ErrorKind::Broker | ErrorKind::TargetConnection => Reaction::Retry(reconnect),
+        ErrorKind::Conflict => Reaction::Retry(fast),
         ErrorKind::Envelope => Reaction::DeadLetter,
         ErrorKind::TargetSql => match err.sqlstate() {
             Some(code) if transient_sqlstate(code) => Reaction::Retry(fast),
@@ -52,7 +56,8 @@ mod tests {
         let broker = Error::new(ErrorKind::Broker, "x");
         assert_eq!(reaction(&broker, 0), Reaction::Retry(Duration::from_millis(250)));
         assert_eq!(reaction(&broker, 3), Reaction::Retry(Duration::from_secs(2)));
-        assert_eq!(reaction(&broker, 30), Reaction::Retry(Duration::from_secs(30)));
+        assert_eq!(reaction(&broker, 30), Reaction::Retry(Duration::from_secs(4)));
+        assert_eq!(reaction(&Error::new(ErrorKind::Conflict, "x"), 30), Reaction::Retry(Duration::from_secs(30)));
         assert_eq!(reaction(&Error::new(ErrorKind::Envelope, "x"), 0), Reaction::DeadLetter);
         assert!(matches!(reaction(&Error::new(ErrorKind::TargetSql, "x"), 0), Reaction::Halt(_)));
     }

@@ -75,7 +75,7 @@ pub(crate) fn reaction(kind: ErrorKind, consecutive_failures: u32) -> Reaction {
     };
     match kind {
         ErrorKind::Shutdown => Reaction::Exit,
-        ErrorKind::Publish => Reaction::RetryAfter(backoff(250, 10_000)),
+        ErrorKind::Publish => Reaction::RetryAfter(backoff(250, 4_000)),
         ErrorKind::Config | ErrorKind::Catalog | ErrorKind::Decode | ErrorKind::Postgres => Reaction::RetryAfter(backoff(1_000, 30_000)),
     }
 }

@@ -87,22 +87,9 @@ pub async fn create_task_with(source: &Client, task: &str, settings: &serde_json
     source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
 }
 
-/// The task's phase (`full_load`, `cdc`, `finished`) as `trempy.status()` shows it.
-pub async fn phase(source: &Client, task: &str) -> Option<String> {
-    source.query_opt("SELECT phase FROM trempy.status() WHERE task_name = $1", &[&task]).await.ok().flatten().and_then(|r| r.get(0))
-}
-
-/// Waits until the task's phase is `wanted`.
+/// Waits until the task's phase (`full_load`, `cdc`, `finished`) is `wanted`.
 pub async fn wait_for_phase(source: &Client, task: &str, wanted: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let now = phase(source, task).await;
-        if now.as_deref() == Some(wanted) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "task {task} did not reach phase {wanted} (is {now:?})");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_status(source, task, "phase", wanted, timeout).await;
 }
 
 /// Creates a task and waits until its worker has created the slot (`state = 'running'`):
@@ -120,13 +107,19 @@ pub async fn state(source: &Client, task: &str) -> Option<String> {
 
 /// Waits until the task reaches `wanted`.
 pub async fn wait_for_state(source: &Client, task: &str, wanted: &str, timeout: Duration) {
+    wait_for_status(source, task, "state", wanted, timeout).await;
+}
+
+/// Waits until a text column of the task's `trempy.status()` row shows `wanted`.
+async fn wait_for_status(source: &Client, task: &str, column: &str, wanted: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
+    let sql = format!("SELECT {column} FROM trempy.status() WHERE task_name = $1");
     loop {
-        let now = state(source, task).await;
+        let now: Option<String> = source.query_opt(sql.as_str(), &[&task]).await.ok().flatten().and_then(|r| r.get(0));
         if now.as_deref() == Some(wanted) {
             return;
         }
-        assert!(Instant::now() < deadline, "task {task} did not reach state {wanted} (is {now:?})");
+        assert!(Instant::now() < deadline, "task {task} did not reach {column} {wanted} (is {now:?})");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -334,3 +327,36 @@ pub fn rules_settings(task: &str, (schema, table): (&str, &str), mode: &str, fil
         "transformations": wrap(transformations),
     })
 }
+
+/// A task over a table of rows plus an insert-only ledger (one row per source transaction) whose
+/// target copy counts every write, to detect double application; its applier runs.
+/// Returns (task, table, ledger, source connection, applier).
+pub async fn mixed_workload_task(prefix: &str) -> (String, String, String, Client, Applier) {
+    let task = unique(prefix);
+    let t = format!("public.{task}");
+    let ledger = format!("public.{task}_ledger");
+    create_table_both(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, v bigint, note text); CREATE TABLE {ledger} (id bigint PRIMARY KEY, at timestamptz)")).await;
+    install_duplicate_detector(&target().await, &ledger).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task), ("public", &format!("{task}_ledger"))]).await;
+    let applier = Applier::start(&task);
+    (task, t, ledger, source, applier)
+}
+
+pub fn mixed_transaction(t: &str, ledger: &str) -> impl Fn(u64) -> String + Send + 'static {
+    let (t, ledger) = (t.to_owned(), ledger.to_owned());
+    move |i| {
+        // every 25th transaction is larger than one message (about 2.5 MB): staged in chunks
+        let big = if i % 25 == 0 {
+            format!("INSERT INTO {t} SELECT g, g, repeat('bulk', 25) FROM generate_series({}, {}) g ON CONFLICT (id) DO UPDATE SET v = {t}.v + 1;", 1_000_000 + i * 20_000, 1_000_000 + i * 20_000 + 19_999)
+        } else {
+            String::new()
+        };
+        format!(
+            "BEGIN; INSERT INTO {t} VALUES ({i}, {i}, 'row {i}') ON CONFLICT (id) DO NOTHING; UPDATE {t} SET v = v + 1, note = 'upd' WHERE id = {}; DELETE FROM {t} WHERE id = {}; {big} INSERT INTO {ledger} VALUES ({i}, now()); COMMIT;",
+            i / 2,
+            i.saturating_sub(40)
+        )
+    }
+}
+

@@ -85,38 +85,6 @@ async fn ten_thousand_one_row_transactions() {
     drop_task(&source, &task).await;
 }
 
-/// A task over a table of rows plus an insert-only ledger (one row per source transaction) whose
-/// target copy counts every write, to detect double application; its applier runs.
-/// Returns (task, table, ledger, source connection, applier).
-async fn mixed_workload_task(prefix: &str) -> (String, String, String, tokio_postgres::Client, Applier) {
-    let task = unique(prefix);
-    let t = format!("public.{task}");
-    let ledger = format!("public.{task}_ledger");
-    create_table_both(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, v bigint, note text); CREATE TABLE {ledger} (id bigint PRIMARY KEY, at timestamptz)")).await;
-    install_duplicate_detector(&target().await, &ledger).await;
-    let source = source().await;
-    create_task(&source, &task, &[("public", &task), ("public", &format!("{task}_ledger"))]).await;
-    let applier = Applier::start(&task);
-    (task, t, ledger, source, applier)
-}
-
-fn mixed_transaction(t: &str, ledger: &str) -> impl Fn(u64) -> String + Send + 'static {
-    let (t, ledger) = (t.to_owned(), ledger.to_owned());
-    move |i| {
-        // every 25th transaction is larger than one message (about 2.5 MB): staged in chunks
-        let big = if i % 25 == 0 {
-            format!("INSERT INTO {t} SELECT g, g, repeat('bulk', 25) FROM generate_series({}, {}) g ON CONFLICT (id) DO UPDATE SET v = {t}.v + 1;", 1_000_000 + i * 20_000, 1_000_000 + i * 20_000 + 19_999)
-        } else {
-            String::new()
-        };
-        format!(
-            "BEGIN; INSERT INTO {t} VALUES ({i}, {i}, 'row {i}') ON CONFLICT (id) DO NOTHING; UPDATE {t} SET v = v + 1, note = 'upd' WHERE id = {}; DELETE FROM {t} WHERE id = {}; {big} INSERT INTO {ledger} VALUES ({i}, now()); COMMIT;",
-            i / 2,
-            i.saturating_sub(40)
-        )
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applier_sigkilled_mid_stream_loses_and_duplicates_nothing() {
     let (task, t, ledger, source, mut applier) = mixed_workload_task("kill_applier").await;

@@ -37,12 +37,17 @@ async fn three_tables(task: &str) -> Vec<(String, String)> {
     vec![(a, "id".into()), (b, "\"Id\", \"Kind\"".into()), (c, "id".into())]
 }
 
+/// The three tables of [`three_tables`] as (schema, table) pairs, unquoted.
+fn table_names(task: &str) -> Vec<(String, String)> {
+    vec![("public".into(), format!("{task}_a")), (format!("Load ✓ {task}"), "Mixed Case".into()), ("public".into(), format!("{task}_c"))]
+}
+
 /// One transaction touching all three tables: inserts, updates and deletes, sometimes many rows.
 fn mixed_writes(tables: &[(String, String)], i: u64) -> String {
     let (a, b, c) = (&tables[0].0, &tables[1].0, &tables[2].0);
     let id = (i * 7919) % (ROWS as u64) + 1;
     let other = (i * 104_729) % (ROWS as u64) + 1;
-    let big = if i % 50 == 0 { format!("UPDATE {a} SET v = v + 1 WHERE id BETWEEN {id} AND {id} + 500;") } else { String::new() };
+    let big = if i.is_multiple_of(50) { format!("UPDATE {a} SET v = v + 1 WHERE id BETWEEN {id} AND {id} + 500;") } else { String::new() };
     format!(
         "BEGIN;
          INSERT INTO {a} VALUES ({n}, {i} % 1000, 'new') ON CONFLICT (id) DO UPDATE SET note = 'again';
@@ -69,11 +74,7 @@ async fn full_load_and_cdc_is_exact_while_writers_change_every_table() {
     let task = unique("load");
     let tables = three_tables(&task).await;
     let source = source().await;
-    let names: Vec<(String, String)> = vec![
-        ("public".into(), format!("{task}_a")),
-        (format!("Load ✓ {task}"), "Mixed Case".into()),
-        ("public".into(), format!("{task}_c")),
-    ];
+    let names = table_names(&task);
     let refs: Vec<(&str, &str)> = names.iter().map(|(s, t)| (s.as_str(), t.as_str())).collect();
     let writer_tables = tables.clone();
     let writer = Writer::start(move |i| mixed_writes(&writer_tables, i));
@@ -121,11 +122,7 @@ async fn an_applier_killed_during_the_load_resumes_from_its_last_chunk_and_stays
     let task = unique("loadkill");
     let tables = three_tables(&task).await;
     let source = source().await;
-    let names: Vec<(String, String)> = vec![
-        ("public".into(), format!("{task}_a")),
-        (format!("Load ✓ {task}"), "Mixed Case".into()),
-        ("public".into(), format!("{task}_c")),
-    ];
+    let names = table_names(&task);
     let refs: Vec<(&str, &str)> = names.iter().map(|(s, t)| (s.as_str(), t.as_str())).collect();
     let writer_tables = tables.clone();
     let writer = Writer::start(move |i| mixed_writes(&writer_tables, i));
@@ -152,8 +149,6 @@ async fn an_applier_killed_during_the_load_resumes_from_its_last_chunk_and_stays
     }
     println!("killed the applier {kills} times during the load");
     assert!(kills >= 1, "the load finished before the applier could be killed");
-    // also interrupt the decoding worker once (SIGTERM: it stops mid-table, the launcher restarts it)
-    let _ = source.execute("SELECT pg_terminate_backend(worker_pid) FROM trempy.status() WHERE task_name = $1 AND phase = 'full_load'", &[&task]).await;
     wait_for_phase(&source, &task, "cdc", CONVERGE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     writer.stop().await;
@@ -234,5 +229,49 @@ async fn reload_starts_clean_and_continue_picks_up_edited_settings() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(attempts_after, attempts);
+    drop_task(&source, &task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoding_worker_stopped_mid_table_copies_the_table_again_and_stays_exact() {
+    let task = unique("loadterm");
+    let tables = three_tables(&task).await;
+    let source = source().await;
+    let names = table_names(&task);
+    let refs: Vec<(&str, &str)> = names.iter().map(|(s, t)| (s.as_str(), t.as_str())).collect();
+    let writer_tables = tables.clone();
+    let writer = Writer::start(move |i| mixed_writes(&writer_tables, i));
+    create_task_with(&source, &task, &load_settings(&task, "full_load_and_cdc", &refs)).await;
+    let _applier = Applier::start(&task);
+    // as soon as some table has published rows but is not finished, stop the worker (SIGTERM);
+    // the launcher starts a new one, which copies that table again under a new snapshot
+    let deadline = std::time::Instant::now() + CONVERGE;
+    let interrupted = loop {
+        let copying = source
+            .query_opt(
+                "SELECT l.table_name, s.worker_pid FROM trempy.load_status() l JOIN trempy.status() s USING (task_name)
+                  WHERE l.task_name = $1 AND l.state = 'copying' AND l.rows_copied > 0",
+                &[&task],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = copying {
+            let pid: Option<i32> = row.get(1);
+            source.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+            break row.get::<_, String>(0);
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw a table being copied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    wait_for_phase(&source, &task, "cdc", CONVERGE).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    writer.stop().await;
+    wait_converged(&pairs(&tables), CONVERGE).await;
+    let attempt: i32 = source
+        .query_one("SELECT attempt FROM trempy.load_status() WHERE task_name = $1 AND table_name = $2", &[&task, &interrupted])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempt, 2, "table {interrupted} should have been copied twice");
     drop_task(&source, &task).await;
 }

@@ -47,7 +47,8 @@ async fn create_task_rejects_each_kind_of_invalid_settings_naming_the_field() {
         (task.as_str(), with(&["tables"], table(&format!("{task}_nothing"))), "has REPLICA IDENTITY NOTHING"),
         (task.as_str(), with(&["tables"], table(&format!("{task}_view"))), "is a view"),
         (task.as_str(), with(&["tables"], table(&format!("{task}_unlogged"))), "is unlogged or temporary"),
-        (task.as_str(), with(&["task", "replication_type"], json!("full_load")), "task.replication_type: \"full_load\" is not supported yet"),
+        (task.as_str(), with(&["task", "full_load_settings"], json!({"truncate_before_insert": "yes"})), "task.full_load_settings.truncate_before_insert: invalid type"),
+        (task.as_str(), with(&["task", "start_mode"], json!("resume")), "task.start_mode: unknown variant `resume`"),
         (task.as_str(), with(&["task", "cdc_settings", "mode"], json!("scd2")), "task.cdc_settings.mode: \"scd2\" is not supported yet"),
         (
             task.as_str(),

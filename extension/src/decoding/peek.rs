@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use pgrx::prelude::*;
-use pgrx::{FromDatum, PgMemoryContexts};
+use pgrx::FromDatum;
 use pgrx::spi::SpiClient;
 use trempy_protocol::Lsn;
 use trempy_protocol::assemble::{Assembler, Counts};
@@ -16,10 +16,7 @@ use trempy_protocol::pgoutput;
 
 use crate::error::{Error, ErrorKind};
 use crate::publish::Publisher;
-use crate::worker::{confirm, send, shutdown_requested};
-
-/// Rows fetched from the cursor at a time.
-const FETCH_ROWS: libc::c_long = 1_000;
+use crate::worker::{confirm, each_row, send};
 
 /// What one decoding call is to do.
 pub(crate) struct Batch<'a> {
@@ -53,43 +50,18 @@ pub(crate) fn publish_batch(client: &SpiClient<'_>, batch: Batch<'_>, publisher:
     let mut types: HashMap<(u32, i32), String> = HashMap::new();
     let mut describe = |relation: &pgoutput::Relation<'_>| describe(client, &mut types, relation);
     let mut sent = 0_u64;
-    // Anything PostgreSQL allocates while a page is processed goes into this context, reset
-    // after each page, so memory does not grow with the size of the transaction.
-    let mut page_memory = PgMemoryContexts::new("trempy decoding page");
-    loop {
-        let mut table = cursor.fetch(FETCH_ROWS)?;
-        if table.is_empty() {
-            break;
+    each_row(&mut cursor, "trempy decoding", |table| {
+        let datum = table.get_datum_by_ordinal(1)?.ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
+        // SAFETY: a bytea datum of the current tuple, valid until the page is freed.
+        let data = unsafe { <&[u8] as FromDatum>::from_polymorphic_datum(datum, false, pg_sys::BYTEAOID) }
+            .ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
+        let message = pgoutput::parse(data)?;
+        if let Some(body) = assembler.push(message, &mut describe)? {
+            send(publisher, body, format!("{}:{upto}:{sent}", names.task()))?;
+            sent += 1;
         }
-        // SAFETY: switching to a context we own; nothing allocated in it outlives the page.
-        unsafe {
-            page_memory.switch_to(|_| -> Result<(), Error> {
-                while table.next().is_some() {
-                    // The raw datum, not `SpiHeapTupleData::get`, which copies every value into
-                    // the transaction's memory context until commit.
-                    let datum = table.get_datum_by_ordinal(1)?.ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
-                    // SAFETY: a bytea datum of the current tuple, valid until the page is freed.
-                    let data = <&[u8] as FromDatum>::from_polymorphic_datum(datum, false, pg_sys::BYTEAOID)
-                        .ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
-                    let message = pgoutput::parse(data)?;
-                    if let Some(body) = assembler.push(message, &mut describe)? {
-                        send(publisher, body, format!("{}:{upto}:{sent}", names.task()))?;
-                        sent += 1;
-                    }
-                }
-                Ok(())
-            })?;
-        }
-        // SAFETY: nothing allocated in the page context, and no tuple of this fetch, is used
-        // any more; free them now rather than at the end of the transaction.
-        unsafe {
-            page_memory.reset();
-            pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
-        }
-        if shutdown_requested() {
-            return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while decoding"));
-        }
-    }
+        Ok(())
+    })?;
     if let Some(body) = assembler.finish()? {
         send(publisher, body, format!("{}:{upto}:{sent}", names.task()))?;
     }

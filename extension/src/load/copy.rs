@@ -3,7 +3,6 @@
 use std::ffi::CStr;
 
 use pgrx::prelude::*;
-use pgrx::PgMemoryContexts;
 use trempy_protocol::copytext;
 use trempy_protocol::envelope::{self, LoadChunk, Prepare};
 use trempy_protocol::names::TaskNames;
@@ -12,10 +11,7 @@ use super::Due;
 use crate::catalog;
 use crate::error::{Error, ErrorKind};
 use crate::publish::Publisher;
-use crate::worker::{confirm, send, shutdown_requested};
-
-/// Rows fetched from the cursor at a time.
-const FETCH_ROWS: libc::c_long = 1_000;
+use crate::worker::{confirm, each_row, send};
 
 // pg_stat_progress_copy parameters (commands/progress.h).
 const PROGRESS_COPY_BYTES_PROCESSED: i32 = 0;
@@ -34,16 +30,12 @@ pub(crate) struct Copied {
 }
 
 /// Copies `due` and publishes it; records it as copied (with its snapshot) when RabbitMQ has
-/// confirmed every chunk. Must be the first thing the current transaction does: it makes the
-/// transaction REPEATABLE READ.
+/// confirmed every chunk. Runs inside a REPEATABLE READ transaction (see
+/// [`crate::worker::in_repeatable_read_transaction`]), so that every query sees one snapshot.
 pub(crate) fn copy_table(names: &TaskNames, generation: u32, prepare: Prepare, for_cdc: bool, due: &Due, publisher: &Publisher, max_message_bytes: usize) -> Result<Copied, Error> {
-    // SAFETY: main thread, at the start of a transaction that has taken no snapshot yet; this is
-    // what SET TRANSACTION ISOLATION LEVEL REPEATABLE READ does.
-    unsafe {
-        if pg_sys::FirstSnapshotSet {
-            return Err(Error::new(ErrorKind::Postgres, "the copy transaction already has a snapshot"));
-        }
-        pg_sys::XactIsoLevel = pg_sys::XACT_REPEATABLE_READ as i32;
+    // SAFETY: reads a variable of this backend on its main thread.
+    if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_REPEATABLE_READ as i32 {
+        return Err(Error::new(ErrorKind::Postgres, "a table must be copied in a REPEATABLE READ transaction"));
     }
     Spi::connect_mut(|client| {
         // The first query takes the transaction's snapshot; the LSN read after it is at or past
@@ -119,40 +111,21 @@ pub(crate) fn copy_table(names: &TaskNames, generation: u32, prepare: Prepare, f
         };
 
         let mut cursor = client.try_open_cursor(sql.as_str(), &[])?;
-        let mut page_memory = PgMemoryContexts::new("trempy load page");
-        loop {
-            let mut table = cursor.fetch(FETCH_ROWS)?;
-            if table.is_empty() {
-                break;
+        each_row(&mut cursor, "trempy table copy", |table| {
+            for (i, output) in outputs.iter_mut().enumerate() {
+                match table.get_datum_by_ordinal(i + 1)? {
+                    None => writer.value(None),
+                    // SAFETY: the type's output function on a datum of the current row; the
+                    // C string it returns lives in the page context until the page is freed.
+                    Some(datum) => writer.value(Some(unsafe { CStr::from_ptr(pg_sys::OutputFunctionCall(output, datum)) }.to_bytes())),
+                }
             }
-            // SAFETY: values are converted and copied into `writer` inside the page context,
-            // which is reset after each page.
-            unsafe {
-                page_memory.switch_to(|_| -> Result<(), Error> {
-                    while table.next().is_some() {
-                        for (i, output) in outputs.iter_mut().enumerate() {
-                            match table.get_datum_by_ordinal(i + 1)? {
-                                None => writer.value(None),
-                                Some(datum) => {
-                                    let text = pg_sys::OutputFunctionCall(output, datum);
-                                    writer.value(Some(CStr::from_ptr(text).to_bytes()));
-                                }
-                            }
-                        }
-                        writer.end_row();
-                        if writer.len() >= max_message_bytes {
-                            emit(&mut writer, &mut chunk, &mut copied, false)?;
-                        }
-                    }
-                    Ok(())
-                })?;
-                page_memory.reset();
-                pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
+            writer.end_row();
+            if writer.len() >= max_message_bytes {
+                emit(&mut writer, &mut chunk, &mut copied, false)?;
             }
-            if shutdown_requested() {
-                return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while copying"));
-            }
-        }
+            Ok(())
+        })?;
         drop(cursor);
         emit(&mut writer, &mut chunk, &mut copied, true)?;
         confirm(publisher)?;

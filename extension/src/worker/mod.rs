@@ -8,9 +8,11 @@ pub(crate) mod task;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use pgrx::PgMemoryContexts;
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
+use pgrx::spi::{SpiCursor, SpiTupleTable};
 
 use crate::error::{Error, ErrorKind};
 use crate::publish::{Offer, Publisher};
@@ -46,6 +48,28 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Erro
             Err(Error::new(ErrorKind::Postgres, message))
         })
         .execute()
+}
+
+/// Runs `f` in its own REPEATABLE READ transaction on the main thread, [`guarded`]: every query
+/// in it sees the snapshot taken when it started.
+pub(crate) fn in_repeatable_read_transaction<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    guarded(|| {
+        // SAFETY: main thread of a background worker, outside any transaction; setting
+        // XactIsoLevel before the first snapshot is what SET TRANSACTION ISOLATION LEVEL does.
+        unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            pg_sys::XactIsoLevel = pg_sys::XACT_REPEATABLE_READ as i32;
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        let result = f();
+        // SAFETY: balances the push above; an ERROR inside `f` unwinds to `guarded`, which aborts.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        result
+    })
 }
 
 /// Runs `f` in its own transaction on the main thread, [`guarded`].
@@ -84,6 +108,39 @@ pub(crate) fn confirm(publisher: &Publisher) -> Result<(), Error> {
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Error::new(ErrorKind::Publish, "the AMQP thread has stopped")),
+        }
+    }
+}
+
+/// Rows fetched from a cursor at a time.
+const FETCH_ROWS: libc::c_long = 1_000;
+
+/// Reads a cursor to its end, calling `row` with the table positioned on each row. Everything
+/// PostgreSQL allocates meanwhile goes into a memory context named `what`, reset after each page
+/// of rows (with the page itself), so memory does not grow with the number of rows. Raw datums
+/// (`get_datum_by_ordinal`) are valid until the page is freed; `SpiHeapTupleData::get` would copy
+/// every value into the transaction's context until commit. Stops early on shutdown.
+pub(crate) fn each_row(cursor: &mut SpiCursor<'_>, what: &str, mut row: impl FnMut(&SpiTupleTable<'_>) -> Result<(), Error>) -> Result<(), Error> {
+    let mut page_memory = PgMemoryContexts::new(what);
+    loop {
+        let mut table = cursor.fetch(FETCH_ROWS)?;
+        if table.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: switching to a context we own; nothing allocated in it outlives the page, and
+        // neither the page context nor the page's tuples are used after they are freed.
+        unsafe {
+            page_memory.switch_to(|_| -> Result<(), Error> {
+                while table.next().is_some() {
+                    row(&table)?;
+                }
+                Ok(())
+            })?;
+            page_memory.reset();
+            pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
+        }
+        if shutdown_requested() {
+            return Err(Error::new(ErrorKind::Shutdown, format!("shutdown requested during {what}")));
         }
     }
 }

@@ -18,7 +18,7 @@ use trempy_protocol::assemble::Counts;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 
-use super::{LOCK_CLASS, confirm, in_transaction, send};
+use super::{LOCK_CLASS, confirm, in_repeatable_read_transaction, in_transaction, send};
 use crate::decoding::{peek, slot};
 use crate::load::{self, Next};
 use crate::error::{Error, ErrorKind, Reaction, reaction};
@@ -268,7 +268,7 @@ fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
             Ok(round)
         }
         Some(Ok(due)) => {
-            let copied = in_transaction(|| load::copy_table(&task.names, task.generation, task.settings.prepare(), task.settings.streams(), &due, publisher, gucs::max_message_bytes()))?;
+            let copied = in_repeatable_read_transaction(|| load::copy_table(&task.names, task.generation, task.settings.prepare(), task.settings.streams(), &due, publisher, gucs::max_message_bytes()))?;
             Ok(Round::Copied(due, copied))
         }
     }
