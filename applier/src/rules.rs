@@ -98,7 +98,7 @@ impl Rules {
             }
             let (filter, plan, mut target) = compile(settings, source)?;
             catalog.resolve(client, std::slice::from_mut(&mut target), create).await?;
-            let passthrough = filter.is_none() && plan_is_identity(&plan, source) && mode(settings) != Mode::Scd2;
+            let passthrough = filter.is_none() && !transformed(settings, source) && mode(settings) != Mode::Scd2;
             let index = match self.mapped.get(&source.id) {
                 Some(m) => {
                     self.targets[m.target] = target;
@@ -220,11 +220,10 @@ impl Rules {
     }
 }
 
-fn plan_is_identity(plan: &TablePlan, source: &Relation) -> bool {
-    plan.target_schema == source.schema
-        && plan.target_table == source.table
-        && plan.columns.len() == source.columns.len()
-        && plan.columns.iter().zip(&source.columns).enumerate().all(|(i, (t, s))| t.source == Some(i) && t.name == s.name && t.type_name == s.type_name && t.key == s.key)
+/// True when the task has transformations for this source table (a modified column keeps its
+/// name and source index, so the plan's shape alone cannot tell).
+fn transformed(settings: Option<&TaskSettings>, source: &Relation) -> bool {
+    settings.is_some_and(|s| s.transformations.iter().any(|t| t.table_info.schema_name == source.schema && t.table_info.table_name == source.table))
 }
 
 /// The filter, plan and target relation of one source relation.
@@ -298,7 +297,7 @@ mod tests {
 
     fn rules(s: &TaskSettings) -> Rules {
         let (filter, plan, target) = compile(Some(s), &source()).unwrap();
-        let passthrough = filter.is_none() && plan_is_identity(&plan, &source()) && mode(Some(s)) != Mode::Scd2;
+        let passthrough = filter.is_none() && !transformed(Some(s), &source()) && mode(Some(s)) != Mode::Scd2;
         let mut r = Rules::default();
         r.targets.push(target);
         r.mapped.insert(7, Mapped { source: source(), filter, plan, target: 0, passthrough });
@@ -319,6 +318,16 @@ mod tests {
         assert!(r.targets[0].columns[3].key);
         let (data, rows) = r.load_data(7, "1\tann\tF\n".into(), 1, "2026-01-01T00:00:00Z").unwrap();
         assert_eq!((data.as_str(), rows), ("1\tann\tF\t2026-01-01T00:00:00Z\t\\N\tt\n", 1));
+    }
+
+    #[test]
+    fn a_value_transformation_alone_is_not_a_passthrough() {
+        let only = r#", "transformations": [{"table_info": {"schema_name": "public", "table_name": "emp"},
+            "settings": {"transformation_type": "modify_column_value", "description": "", "contract": {"operation": "trim", "column_name": "name"}, "priority": 1}}]"#;
+        let r = rules(&settings("upsert", only));
+        assert!(!r.mapped[&7].passthrough);
+        let out = r.map(Change::Insert { rel: 7, new: v(&["1", " a ", "F"]) }, Mode::Upsert, "2026-01-01T00:00:00Z").unwrap();
+        assert!(matches!(&out[0], (Change::Insert { new, .. }, _) if new == &v(&["1", "a", "F"])));
     }
 
     #[test]

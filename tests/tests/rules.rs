@@ -275,19 +275,21 @@ async fn validate_settings_lists_every_problem() {
         ("public", &task),
         "scd2",
         &[json!({"filter_type": "greater_than", "description": "", "column_name": "n", "value": "abc"}), json!({"filter_type": "equals", "description": "", "column_name": "nope", "value": 1})],
-        &[json!({"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "x"}, "priority": 2}),
-          create("concat", json!({"new_column_name": "c", "depends_on": ["later"], "separator": ""}), 1),
+        &[create("concat", json!({"new_column_name": "c", "depends_on": ["later"], "separator": ""}), 1),
           create("literal", json!({"new_column_name": "later", "value": "v", "value_type": "text"}), 2)],
     );
     let rows = text_rows(&source, &format!("SELECT path || ': ' || message FROM trempy.validate_settings('{}'::jsonb)", bad.to_string().replace('\'', "''"))).await;
     for expected in [
         "filters[0].settings.value: ",
         "filters[1].settings.column_name: column \"nope\" does not exist",
-        "transformations[0].settings.priority",
-        "transformations[1].settings.contract.depends_on[0]",
+        "transformations[0].settings.contract.depends_on[0]",
     ] {
         assert!(rows.iter().any(|r| r.starts_with(expected)), "{expected} missing from {rows:?}");
     }
+    // a problem found without the catalog (a structural transformation not at priority 0)
+    let early = rules_settings(&task, ("public", &task), "upsert", &[], &[json!({"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "x"}, "priority": 2})]);
+    let rows = text_rows(&source, &format!("SELECT path || ': ' || message FROM trempy.validate_settings('{}'::jsonb)", early.to_string().replace('\'', "''"))).await;
+    assert!(rows[0].starts_with("transformations[0].settings.priority: modify_table_name is structural"), "{rows:?}");
     let clash = rules_settings(&task, ("public", &task), "scd2", &[], &[structural("modify_column_name", json!({"column_name": "note", "target_column_name": "scd_current"}))]);
     let rows = text_rows(&source, &format!("SELECT path || ': ' || message FROM trempy.validate_settings('{}'::jsonb)", clash.to_string().replace('\'', "''"))).await;
     assert_eq!(rows, [format!("tables[0]: target table public.{task} already has a column \"scd_current\", which is an SCD2 column name; rename one of them (task.scd2_settings)")]);
