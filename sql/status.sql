@@ -128,3 +128,7 @@ REVOKE ALL ON FUNCTION trempy.update_task(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION trempy.start_task(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION trempy.stop_task(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION trempy.drop_task(text) FROM PUBLIC;
+
+-- Validating settings creates nothing and reads only what pg_attribute shows everyone.
+GRANT EXECUTE ON FUNCTION trempy.validate_settings(jsonb) TO PUBLIC;
+COMMENT ON FUNCTION trempy.validate_settings(jsonb) IS 'Every problem with a task settings document (schema, semantics, unsupported settings, tables, filters, transformations), one row each; no rows when valid. Creates nothing.';

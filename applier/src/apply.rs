@@ -1,8 +1,12 @@
 //! Turns envelope changes into bulk SQL against the target, in source order.
 //!
 //! Consecutive changes that share a statement (same table, same operation, same set of columns)
-//! form a run, executed as one statement over `unnest()`ed text arrays: inserts and updates
-//! become `INSERT … ON CONFLICT (key) DO UPDATE`, deletes a `DELETE … USING unnest(…)`. Values
+//! form a run, executed as one statement over `unnest()`ed text arrays. In `upsert` mode inserts
+//! and updates become `INSERT … ON CONFLICT (key) DO UPDATE`, deletes a `DELETE … USING
+//! unnest(…)`. In `default` mode an insert is a plain `INSERT` (a row that already exists is an
+//! error that halts the task), an update an `UPDATE … FROM unnest(…)` by key and a delete the
+//! same `DELETE`; an update or delete that finds no target row is logged as a warning with the
+//! table and the count. `scd2` mode is in [`crate::scd2`]. Values
 //! travel in text form and are cast to the source column type, which round-trips every type
 //! exactly. Within an upsert run only the last image of each key is kept (a later full image of a
 //! row supersedes an earlier one). An update that changes the key deletes the old row first.
@@ -18,9 +22,11 @@ use std::task::{Context, Poll};
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
-use trempy_protocol::envelope::{Change, Envelope, Relation};
+use tracing::warn;
+use trempy_protocol::envelope::{Change, Relation};
 
 use crate::error::{Error, ErrorKind, Operation};
+use crate::scd2;
 
 /// Rows after which a run is executed even if the next change would fit it.
 const MAX_RUN_ROWS: usize = 10_000;
@@ -39,15 +45,32 @@ fn qualified(rel: &Relation) -> String {
     format!("{}.{}", quote_ident(&rel.schema), quote_ident(&rel.table))
 }
 
+/// How changes are written to the target (`task.cdc_settings.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Plain INSERT, UPDATE by key, DELETE by key.
+    Default,
+    /// INSERT … ON CONFLICT (key) DO UPDATE, DELETE by key.
+    Upsert,
+    /// History: see [`crate::scd2`].
+    Scd2,
+}
+
 /// One row operation, ready to join a run.
 #[derive(Debug)]
 enum Op<'a> {
     Upsert { rel: &'a Relation, present: Vec<usize>, row: Vec<Option<String>>, source: Operation },
-    Delete { rel: &'a Relation, row: Vec<Option<String>>, source: Operation },
+    /// `default` mode.
+    Insert { rel: &'a Relation, row: Vec<Option<String>> },
+    /// `default` mode: `key` holds the old key values (the row's own unless the key changed).
+    Update { rel: &'a Relation, key: Vec<Option<String>>, present: Vec<usize>, row: Vec<Option<String>>, key_changed: bool },
+    Delete { rel: &'a Relation, row: Vec<Option<String>>, report: bool, source: Operation },
     Truncate { rels: Vec<&'a Relation>, cascade: bool, restart_identity: bool },
+    /// `scd2` mode: one statement per change.
+    Single { table: String, sql: String, params: Vec<Option<String>> },
 }
 
-fn key_indexes(rel: &Relation) -> Result<Vec<usize>, Error> {
+pub(crate) fn key_indexes(rel: &Relation) -> Result<Vec<usize>, Error> {
     let keys: Vec<usize> = rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
     if keys.is_empty() {
         return Err(Error::new(ErrorKind::TargetSql, format!("table {} has no key columns in the stream", qualified(rel))).with_table(qualified(rel)));
@@ -55,39 +78,70 @@ fn key_indexes(rel: &Relation) -> Result<Vec<usize>, Error> {
     Ok(keys)
 }
 
-fn relation(envelope: &Envelope, id: u32) -> Result<&Relation, Error> {
-    envelope.relation(id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))
+fn relation(relations: &[Relation], id: u32) -> Result<&Relation, Error> {
+    relations.iter().find(|r| r.id == id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))
 }
 
 /// The operations a change turns into (taking its values, not copying them).
-fn plan(envelope: &Envelope, change: Change) -> Result<Vec<Op<'_>>, Error> {
+fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: &str) -> Result<Vec<Op<'r>>, Error> {
+    if let (Mode::Scd2, Change::Truncate { rels, .. }) = (mode, &change) {
+        return rels
+            .iter()
+            .map(|id| {
+                let rel = relation(relations, *id)?;
+                let (sql, params) = scd2::truncate(rel, commit_time)?;
+                Ok(Op::Single { table: qualified(rel), sql, params })
+            })
+            .collect();
+    }
+    if mode == Mode::Scd2 {
+        let rel = relation(relations, change_rel(&change))?;
+        return Ok(scd2::statements(rel, change, commit_time)?.into_iter().map(|(sql, params)| Op::Single { table: qualified(rel), sql, params }).collect());
+    }
     Ok(match change {
         Change::Insert { rel, new } => {
-            let rel = relation(envelope, rel)?;
-            vec![Op::Upsert { rel, present: (0..rel.columns.len()).collect(), row: new, source: Operation::Insert }]
+            let rel = relation(relations, rel)?;
+            if mode == Mode::Default {
+                vec![Op::Insert { rel, row: new }]
+            } else {
+                vec![Op::Upsert { rel, present: (0..rel.columns.len()).collect(), row: new, source: Operation::Insert }]
+            }
         }
         Change::Update { rel, old, new, unchanged } => {
-            let rel = relation(envelope, rel)?;
+            let rel = relation(relations, rel)?;
             let keys = key_indexes(rel)?;
             let present: Vec<usize> = (0..rel.columns.len()).filter(|i| !unchanged.contains(i)).collect();
             if let Some(k) = keys.iter().find(|k| !present.contains(k)) {
                 return Err(Error::new(ErrorKind::Envelope, format!("update of {} without a value for key column {k}", qualified(rel))));
             }
+            let key_changed = old.as_ref().is_some_and(|old| keys.iter().any(|&k| old.get(k) != new.get(k)));
+            if mode == Mode::Default {
+                let source = if key_changed { old.as_ref() } else { Some(&new) };
+                let key = keys.iter().map(|&k| source.and_then(|r| r.get(k).cloned().flatten())).collect();
+                return Ok(vec![Op::Update { rel, key, present, row: new, key_changed }]);
+            }
             let mut ops = Vec::with_capacity(2);
             if let Some(old) = old
-                && keys.iter().any(|&k| old.get(k) != new.get(k))
+                && key_changed
             {
-                ops.push(Op::Delete { rel, row: old, source: Operation::Update });
+                ops.push(Op::Delete { rel, row: old, report: false, source: Operation::Update });
             }
             ops.push(Op::Upsert { rel, present, row: new, source: Operation::Update });
             ops
         }
-        Change::Delete { rel, old } => vec![Op::Delete { rel: relation(envelope, rel)?, row: old, source: Operation::Delete }],
+        Change::Delete { rel, old } => vec![Op::Delete { rel: relation(relations, rel)?, row: old, report: mode == Mode::Default, source: Operation::Delete }],
         Change::Truncate { rels, cascade, restart_identity } => {
-            let rels = rels.iter().map(|id| relation(envelope, *id)).collect::<Result<Vec<_>, _>>()?;
+            let rels = rels.iter().map(|id| relation(relations, *id)).collect::<Result<Vec<_>, _>>()?;
             vec![Op::Truncate { rels, cascade, restart_identity }]
         }
     })
+}
+
+fn change_rel(change: &Change) -> u32 {
+    match change {
+        Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } => *rel,
+        Change::Truncate { rels, .. } => rels.first().copied().unwrap_or_default(),
+    }
 }
 
 fn upsert_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
@@ -117,6 +171,49 @@ fn upsert_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
     ))
 }
 
+/// `default` mode: a plain insert; a row that exists already is an error.
+fn insert_sql(rel: &Relation) -> String {
+    let cols: Vec<String> = rel.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let casts: Vec<String> = rel.columns.iter().enumerate().map(|(p, c)| format!("u.c{p}::{}", c.type_name)).collect();
+    let params: Vec<String> = (1..=rel.columns.len()).map(|p| format!("${p}::text[]")).collect();
+    let aliases: Vec<String> = (0..rel.columns.len()).map(|p| format!("c{p}")).collect();
+    format!(
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM unnest({}) AS u({})",
+        qualified(rel),
+        cols.join(", "),
+        casts.join(", "),
+        params.join(", "),
+        aliases.join(", ")
+    )
+}
+
+/// `default` mode: an update by key. The first parameters are the (old) key values, then one per
+/// present column; every present column is set, the key columns too (a key-changing update).
+fn update_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
+    let keys = key_indexes(rel)?;
+    let width = keys.len() + present.len();
+    let params: Vec<String> = (1..=width).map(|p| format!("${p}::text[]")).collect();
+    let aliases: Vec<String> = (0..width).map(|p| format!("c{p}")).collect();
+    let sets: Vec<String> = present
+        .iter()
+        .enumerate()
+        .map(|(p, &i)| format!("{} = u.c{}::{}", quote_ident(&rel.columns[i].name), keys.len() + p, rel.columns[i].type_name))
+        .collect();
+    let conditions: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(p, &i)| format!("t.{} = u.c{p}::{}", quote_ident(&rel.columns[i].name), rel.columns[i].type_name))
+        .collect();
+    Ok(format!(
+        "UPDATE {} AS t SET {} FROM unnest({}) AS u({}) WHERE {}",
+        qualified(rel),
+        sets.join(", "),
+        params.join(", "),
+        aliases.join(", "),
+        conditions.join(" AND ")
+    ))
+}
+
 fn delete_sql(rel: &Relation) -> Result<String, Error> {
     let keys = key_indexes(rel)?;
     let params: Vec<String> = (1..=keys.len()).map(|p| format!("${p}::text[]")).collect();
@@ -132,7 +229,11 @@ fn delete_sql(rel: &Relation) -> Result<String, Error> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RunKind {
     Upsert,
+    Insert,
+    /// `default` mode; rows are de-duplicated by (old) key like upserts.
+    Update,
     Delete,
+    Single,
 }
 
 /// A new run for an operation, and the operation's row of values for it.
@@ -149,6 +250,10 @@ struct Run {
     /// Positions, within each row's values, of the key columns (for de-duplication).
     key_positions: Vec<usize>,
     rows: Vec<Vec<Option<String>>>,
+    /// Warn when fewer rows than sent were affected (`default` mode updates and deletes).
+    report: bool,
+    /// Takes no further rows (a key-changing update, an SCD2 statement).
+    alone: bool,
 }
 
 impl Run {
@@ -159,9 +264,21 @@ impl Run {
                 let keys = key_indexes(rel)?;
                 let key_positions = present.iter().enumerate().filter(|(_, i)| keys.contains(i)).map(|(p, _)| p).collect();
                 let values = present.iter().map(|&i| take(row, i)).collect();
-                Ok(Some((Run { sql: upsert_sql(rel, present)?, kind: RunKind::Upsert, table: qualified(rel), operation: *source, key_positions, rows: Vec::new() }, values)))
+                let run = Run { sql: upsert_sql(rel, present)?, kind: RunKind::Upsert, table: qualified(rel), operation: *source, key_positions, rows: Vec::new(), report: false, alone: false };
+                Ok(Some((run, values)))
             }
-            Op::Delete { rel, row, source } => {
+            Op::Insert { rel, row } => {
+                let run = Run { sql: insert_sql(rel), kind: RunKind::Insert, table: qualified(rel), operation: Operation::Insert, key_positions: Vec::new(), rows: Vec::new(), report: false, alone: false };
+                Ok(Some((run, std::mem::take(row))))
+            }
+            Op::Update { rel, key, present, row, key_changed } => {
+                let mut values = std::mem::take(key);
+                let key_positions = (0..values.len()).collect();
+                values.extend(present.iter().map(|&i| take(row, i)));
+                let run = Run { sql: update_sql(rel, present)?, kind: RunKind::Update, table: qualified(rel), operation: Operation::Update, key_positions, rows: Vec::new(), report: true, alone: *key_changed };
+                Ok(Some((run, values)))
+            }
+            Op::Delete { rel, row, report, source } => {
                 let keys = key_indexes(rel)?;
                 let values = keys.iter().map(|&i| take(row, i)).collect();
                 let run = Run {
@@ -171,8 +288,23 @@ impl Run {
                     operation: *source,
                     key_positions: (0..keys.len()).collect(),
                     rows: Vec::new(),
+                    report: *report,
+                    alone: false,
                 };
                 Ok(Some((run, values)))
+            }
+            Op::Single { table, sql, params } => {
+                let run = Run {
+                    sql: std::mem::take(sql),
+                    kind: RunKind::Single,
+                    table: std::mem::take(table),
+                    operation: Operation::Scd2,
+                    key_positions: Vec::new(),
+                    rows: Vec::new(),
+                    report: false,
+                    alone: true,
+                };
+                Ok(Some((run, std::mem::take(params))))
             }
             Op::Truncate { .. } => Ok(None),
         }
@@ -184,7 +316,7 @@ impl Run {
         let width = self.rows.first().map_or(0, Vec::len);
         let rows = std::mem::take(&mut self.rows);
         // Upserts keep only the last image of each key (borrowed keys: no copies).
-        let keep: Vec<bool> = if self.kind == RunKind::Upsert {
+        let keep: Vec<bool> = if matches!(self.kind, RunKind::Upsert | RunKind::Update) {
             let mut seen = HashSet::with_capacity(rows.len());
             let mut keep: Vec<bool> = rows.iter().rev().map(|row| seen.insert(self.key_positions.iter().map(|&p| row[p].as_deref()).collect::<Vec<_>>())).collect();
             keep.reverse();
@@ -223,11 +355,13 @@ impl Writer {
     }
 
     /// Applies one change (possibly by adding it to the pending run).
-    pub(crate) async fn apply(&mut self, client: &Arc<Client>, envelope: &Envelope, change: Change) -> Result<(), Error> {
-        for mut op in plan(envelope, change)? {
+    /// `relations` describe the target tables (see [`crate::rules`]); `commit_time` is the source
+    /// commit time of the change's transaction (SCD2 versions start and end at it).
+    pub(crate) async fn apply(&mut self, client: &Arc<Client>, relations: &[Relation], change: Change, mode: Mode, commit_time: &str) -> Result<(), Error> {
+        for mut op in plan(relations, change, mode, commit_time)? {
             match Run::for_op(&mut op)? {
                 Some((run, values)) => {
-                    let fits = self.run.as_ref().is_some_and(|r| r.sql == run.sql && r.rows.len() < MAX_RUN_ROWS);
+                    let fits = self.run.as_ref().is_some_and(|r| r.sql == run.sql && !r.alone && !run.alone && r.rows.len() < MAX_RUN_ROWS);
                     let operation = run.operation;
                     if !fits {
                         self.flush(client).await?;
@@ -272,11 +406,24 @@ impl Writer {
                 s
             }
         };
-        let columns = run.parameters();
+        let (kind, report) = (run.kind, run.report);
+        let columns = if kind == RunKind::Single { run.rows.pop().unwrap_or_default().into_iter().map(|v| vec![v]).collect() } else { run.parameters() };
+        let sent = columns.first().map_or(0, Vec::len) as u64;
         let (client, table, operation) = (Arc::clone(client), run.table, run.operation);
         let mut execution: InFlight = Box::pin(async move {
-            let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-            client.execute(&statement, &params).await.map(|_| ()).map_err(|e| Error::target(&e).with_table(table).with_operation(operation))
+            let affected = if kind == RunKind::Single {
+                let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| &c[0] as &(dyn ToSql + Sync)).collect();
+                client.execute(&statement, &params).await
+            } else {
+                let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+                client.execute(&statement, &params).await
+            }
+            .map_err(|e| Error::target(&e).with_table(table.clone()).with_operation(operation))?;
+            if report && affected < sent {
+                let what = if kind == RunKind::Update { "updates" } else { "deletes" };
+                warn!(table = %table, sent, affected, "default mode: {} of {sent} {what} found no target row", sent - affected);
+            }
+            Ok(())
         });
         // The first poll sends the request; the server works on it while we go on.
         let waker = futures_util::task::noop_waker();
@@ -347,27 +494,6 @@ mod tests {
         );
     }
 
-    fn env(changes: Vec<Change>) -> Envelope {
-        Envelope { version: 1, task: "t".into(), generation: 1, settings: None, transactions: vec![], relations: vec![rel()], load: None }.with_changes(changes)
-    }
-
-    trait WithChanges {
-        fn with_changes(self, changes: Vec<Change>) -> Self;
-    }
-    impl WithChanges for Envelope {
-        fn with_changes(mut self, changes: Vec<Change>) -> Self {
-            self.transactions.push(trempy_protocol::envelope::Transaction {
-                changes,
-                xid: 1,
-                commit_lsn: trempy_protocol::Lsn(1),
-                commit_time: String::new(),
-                seq: 0,
-                last: true,
-            });
-            self
-        }
-    }
-
     fn s(v: &str) -> Option<String> {
         Some(v.to_owned())
     }
@@ -375,12 +501,37 @@ mod tests {
     #[test]
     fn key_change_deletes_the_old_row_first() {
         let change = Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("x"), None], unchanged: vec![2] };
-        let e = env(vec![]);
-        let ops = plan(&e, change).unwrap();
+        let e = [rel()];
+        let ops = plan(&e, change, Mode::Upsert, "").unwrap();
         assert!(matches!(&ops[0], Op::Delete { row, .. } if row[0] == s("1")));
         assert!(matches!(&ops[1], Op::Upsert { present, .. } if present == &vec![0, 1]));
         let same_key = Change::Update { rel: 1, old: Some(vec![s("2"), None, None]), new: vec![s("2"), s("y"), s("{}")], unchanged: vec![] };
-        assert_eq!(plan(&e, same_key).unwrap().len(), 1);
+        assert_eq!(plan(&e, same_key, Mode::Upsert, "").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn default_mode_inserts_plainly_and_updates_by_the_old_key() {
+        assert_eq!(
+            insert_sql(&rel()),
+            "INSERT INTO \"My \"\"Schema\"\"\".\"tâble\" (\"id\", \"Name\", \"tags\") OVERRIDING SYSTEM VALUE SELECT u.c0::integer, u.c1::text, u.c2::\"My Schema\".mood[] \
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2)"
+        );
+        assert_eq!(
+            update_sql(&rel(), &[0, 1]).unwrap(),
+            "UPDATE \"My \"\"Schema\"\"\".\"tâble\" AS t SET \"id\" = u.c1::integer, \"Name\" = u.c2::text FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2) \
+             WHERE t.\"id\" = u.c0::integer"
+        );
+        let e = [rel()];
+        let change = Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("x"), None], unchanged: vec![2] };
+        let mut ops = plan(&e, change, Mode::Default, "").unwrap();
+        assert!(matches!(&ops[0], Op::Update { key, key_changed: true, .. } if key == &vec![s("1")]));
+        let (run, values) = Run::for_op(&mut ops[0]).unwrap().unwrap();
+        assert!(run.alone && run.report);
+        assert_eq!(values, vec![s("1"), s("2"), s("x")]);
+        let ops = plan(&e, Change::Insert { rel: 1, new: vec![s("3"), None, None] }, Mode::Default, "").unwrap();
+        assert!(matches!(&ops[0], Op::Insert { .. }));
+        let ops = plan(&e, Change::Delete { rel: 1, old: vec![s("3"), None, None] }, Mode::Default, "").unwrap();
+        assert!(matches!(&ops[0], Op::Delete { report: true, .. }));
     }
 
     #[test]

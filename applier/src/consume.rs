@@ -40,6 +40,7 @@ use trempy_protocol::settings::TaskSettings;
 use trempy_protocol::topology;
 
 use crate::apply::Writer;
+use crate::rules::{self, Rules};
 use crate::catalog::Catalog;
 use crate::deadletter::{self, Why};
 use crate::error::{Error, ErrorKind};
@@ -197,6 +198,8 @@ struct Session<'o> {
     dead_letters: Channel,
     writer: Writer,
     catalog: Catalog,
+    /// The task's filters and transformations, compiled per source relation.
+    rules: Rules,
     /// The task's settings, as last received.
     settings: Option<TaskSettings>,
     /// Where the task stands, as committed in the target.
@@ -271,6 +274,7 @@ impl<'o> Session<'o> {
             dead_letters,
             writer: Writer::new(),
             catalog: Catalog::default(),
+            rules: Rules::default(),
             settings,
             committed,
             pending,
@@ -365,15 +369,11 @@ impl<'o> Session<'o> {
         if let Some(settings) = envelope.settings.take() {
             self.take_settings(&settings).await?;
         }
-        if let Some(chunk) = envelope.load.take() {
-            self.load_chunk(&envelope, chunk).await?;
+        if !envelope.relations.is_empty() {
+            self.prepare_relations(&envelope, !envelope.transactions.is_empty()).await?;
         }
-        if !envelope.transactions.is_empty() {
-            let create = self.settings.as_ref().is_some_and(|s| s.prepare().create);
-            if create {
-                self.begin().await?;
-            }
-            self.catalog.resolve(&self.client, &mut envelope.relations, create).await?;
+        if let Some(chunk) = envelope.load.take() {
+            self.load_chunk(chunk).await?;
         }
         if self.isolating(&envelope) {
             return self.handle_isolated(tag, envelope).await;
@@ -400,6 +400,16 @@ impl<'o> Session<'o> {
         Ok(())
     }
 
+    /// Compiles the task's rules for the message's relations and resolves their target tables
+    /// (creating missing ones when the task says so and `create_allowed`).
+    async fn prepare_relations(&mut self, envelope: &Envelope, create_allowed: bool) -> Result<(), Error> {
+        let create = create_allowed && self.settings.as_ref().is_some_and(|s| s.prepare().create);
+        if create {
+            self.begin().await?;
+        }
+        self.rules.prepare(&self.client, &mut self.catalog, self.settings.as_ref(), &envelope.relations, create).await
+    }
+
     /// New task settings: they apply to every later message.
     async fn take_settings(&mut self, settings: &serde_json::Value) -> Result<(), Error> {
         let text = settings.to_string();
@@ -410,21 +420,25 @@ impl<'o> Session<'o> {
         self.begin().await?;
         self.set_error_policy(ErrorPolicy::from_settings(parsed.error_handling.as_ref(), self.carry.policy.max_attempts));
         self.settings = Some(parsed);
+        self.rules.clear();
         self.pending.settings = Some(text);
         Ok(())
     }
 
     /// One chunk of a table's full load.
-    async fn load_chunk(&mut self, envelope: &Envelope, chunk: LoadChunk) -> Result<(), Error> {
+    async fn load_chunk(&mut self, mut chunk: LoadChunk) -> Result<(), Error> {
         let verdict = load::verdict(self.pending.load, &chunk).map_err(|m| Error::new(ErrorKind::Conflict, format!("{m}; not applying or acknowledging it")))?;
         if verdict == Verdict::Skip {
             return Ok(());
         }
-        let relation = envelope.relation(chunk.rel).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("load relation {} is not described", chunk.rel)))?;
+        let relation = self.rules.target(chunk.rel).cloned().ok_or_else(|| Error::new(ErrorKind::Envelope, format!("load relation {} is not described", chunk.rel)))?;
         self.begin().await?;
         self.writer.finish(&self.client).await?;
         let rows = chunk.rows;
-        let mark = load::apply(&self.client, &mut self.catalog, relation, chunk, verdict, self.pending.load).await?;
+        let (data, kept) = self.rules.load_data(chunk.rel, std::mem::take(&mut chunk.data), chunk.rows, &chunk.snapshot_time)?;
+        chunk.data = data;
+        chunk.rows = kept;
+        let mark = load::apply(&self.client, &mut self.catalog, &relation, chunk, verdict, self.pending.load).await?;
         self.pending.load = Some(mark);
         self.pending.rows_loaded += rows;
         self.pending.changes += rows;
@@ -442,7 +456,7 @@ impl<'o> Session<'o> {
                 if transaction.seq > staged.next_seq {
                     return Err(self.out_of_order(&transaction, Some(staged)));
                 }
-                return if transaction.last { self.apply_staged(envelope, transaction).await } else { self.stage(envelope, transaction).await };
+                return if transaction.last { self.apply_staged(transaction).await } else { self.stage(envelope, transaction).await };
             }
             // The staged transaction was re-published from its start, or abandoned for an
             // earlier position: its chunks will all come again.
@@ -459,7 +473,7 @@ impl<'o> Session<'o> {
         }
         if transaction.last {
             self.begin().await?;
-            self.apply(envelope, transaction).await
+            self.apply(transaction).await
         } else {
             self.stage(envelope, transaction).await
         }
@@ -482,10 +496,13 @@ impl<'o> Session<'o> {
     }
 
     /// Applies the changes of a transaction (or chunk); the last chunk completes it.
-    async fn apply(&mut self, envelope: &Envelope, transaction: Transaction) -> Result<(), Error> {
+    async fn apply(&mut self, transaction: Transaction) -> Result<(), Error> {
         self.pending.changes += transaction.changes.len() as u64;
+        let mode = rules::mode(self.settings.as_ref());
         for change in transaction.changes {
-            self.writer.apply(&self.client, envelope, change).await?;
+            for (change, mode) in self.rules.map(change, mode, &transaction.commit_time)? {
+                self.writer.apply(&self.client, self.rules.targets(), change, mode, &transaction.commit_time).await?;
+            }
         }
         if transaction.last {
             self.pending.watermark = transaction.commit_lsn;
@@ -507,7 +524,7 @@ impl<'o> Session<'o> {
     }
 
     /// Applies a staged source transaction: its staged chunks in order, then its last chunk.
-    async fn apply_staged(&mut self, envelope: &Envelope, last: Transaction) -> Result<(), Error> {
+    async fn apply_staged(&mut self, last: Transaction) -> Result<(), Error> {
         self.begin().await?;
         let cursor = format!(
             "DECLARE trempy_staged NO SCROLL CURSOR FOR SELECT body FROM trempy.applier_staging WHERE task_name = '{}' AND commit_lsn = '{}' ORDER BY seq",
@@ -524,12 +541,13 @@ impl<'o> Session<'o> {
             for row in rows {
                 let body: Vec<u8> = row.get(0);
                 let mut staged = Envelope::parse(&body).map_err(|e| Error::new(ErrorKind::Conflict, format!("a staged chunk does not parse: {e}")))?;
+                self.prepare_relations(&staged, true).await?;
                 for chunk in std::mem::take(&mut staged.transactions) {
                     if chunk.seq != expected || chunk.last {
                         return Err(Error::new(ErrorKind::Conflict, format!("staged chunks of {} are not contiguous at {expected}", last.commit_lsn)));
                     }
                     expected += 1;
-                    self.apply(&staged, chunk).await?;
+                    self.apply(chunk).await?;
                 }
             }
         }
@@ -537,7 +555,7 @@ impl<'o> Session<'o> {
         if expected != last.seq {
             return Err(Error::new(ErrorKind::Conflict, format!("{expected} chunks of {} are staged, the last one is chunk {}", last.commit_lsn, last.seq)));
         }
-        self.apply(envelope, last).await?;
+        self.apply(last).await?;
         self.writer.flush(&self.client).await?;
         progress::clear_staged(&self.client, self.options.names.task()).await?;
         self.staged = None;

@@ -25,9 +25,12 @@ use tokio_postgres::Client;
 use trempy_protocol::Lsn;
 use trempy_protocol::envelope::{CONTENT_TYPE, Envelope, Transaction};
 use trempy_protocol::names::TaskNames;
+use trempy_protocol::settings::TaskSettings;
 
 use crate::apply::Writer;
+use crate::catalog::Catalog;
 use crate::error::{Error, ErrorKind};
+use crate::rules::{self, Rules};
 
 const SETUP: &str = "
 SET client_min_messages = warning;
@@ -270,11 +273,23 @@ async fn replay_one(client: &Arc<Client>, task: &str, id: i64) -> Result<Outcome
         if envelope.task != task {
             return Err(Error::new(ErrorKind::Envelope, format!("dead letter {id} belongs to task {:?}; discard it", envelope.task)));
         }
+        // Under the task's settings as last recorded by the applier: its mode, filters and
+        // transformations.
+        let settings = client
+            .query_opt("SELECT settings::text FROM trempy.applier_progress WHERE task_name = $1", &[&task])
+            .await?
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|text| TaskSettings::parse(&text).ok());
+        let (mut catalog, mut rules) = (Catalog::default(), Rules::default());
+        rules.prepare(client, &mut catalog, settings.as_ref(), &envelope.relations, false).await?;
+        let mode = rules::mode(settings.as_ref());
         let mut writer = Writer::new();
         for transaction in std::mem::take(&mut envelope.transactions) {
             let lsn = transaction.commit_lsn;
             for change in transaction.changes {
-                writer.apply(client, &envelope, change).await.map_err(|e| e.with_lsn(lsn))?;
+                for (change, mode) in rules.map(change, mode, &transaction.commit_time)? {
+                    writer.apply(client, rules.targets(), change, mode, &transaction.commit_time).await.map_err(|e| e.with_lsn(lsn))?;
+                }
             }
         }
         writer.finish(client).await?;

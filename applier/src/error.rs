@@ -19,6 +19,9 @@ pub(crate) enum ErrorKind {
     Conflict,
     /// The error policy stopped the task; it waits for `trempy-applier resume` or a restart.
     Stopped,
+    /// A row that the task's transformations cannot compute (a value out of range, the task's
+    /// settings not fitting the relation): it stops the task in order, like a target SQL error.
+    Transform,
 }
 
 impl ErrorKind {
@@ -31,6 +34,7 @@ impl ErrorKind {
             Self::Envelope => "envelope",
             Self::Conflict => "conflict",
             Self::Stopped => "stopped",
+            Self::Transform => "transform",
         }
     }
 }
@@ -44,6 +48,8 @@ pub(crate) enum Operation {
     Upsert,
     Delete,
     Truncate,
+    /// An SCD2 statement (closing or opening versions).
+    Scd2,
 }
 
 impl Operation {
@@ -54,6 +60,7 @@ impl Operation {
             Self::Upsert => "upsert",
             Self::Delete => "delete",
             Self::Truncate => "truncate",
+            Self::Scd2 => "scd2",
         }
     }
 

@@ -2,7 +2,8 @@
 //! PostgreSQL database, exactly once in effect.
 //!
 //! The data path: [`consume`] receives messages in queue order and groups source transactions
-//! into target transactions; [`apply`] turns their changes into bulk SQL; [`load`] writes
+//! into target transactions; [`rules`] filters and transforms them into the target tables' shape;
+//! [`apply`] turns their changes into bulk SQL ([`scd2`] keeps history in `scd2` mode); [`load`] writes
 //! full-load chunks with COPY; [`catalog`] reads target column types and creates target tables; [`progress`] records
 //! the last applied source commit LSN in the same target transaction as the rows, and anything at
 //! or below it is skipped on redelivery; messages are acknowledged only after COMMIT. [`policy`]
@@ -21,3 +22,5 @@ mod load;
 mod policy;
 mod progress;
 mod state;
+mod rules;
+mod scd2;

@@ -81,6 +81,7 @@ pub(crate) fn reaction(err: &Error, attempt: u32) -> Reaction {
             Some(code) if not_ready_sqlstate(code) => Reaction::Halt(halt_delay(attempt)),
             _ => Reaction::Permanent,
         },
+        ErrorKind::Transform => Reaction::Halt(halt_delay(attempt)),
     }
 }
 
@@ -133,14 +134,14 @@ impl ErrorPolicy {
     /// Whether a failure of this operation stops the task. In upsert mode every insert and update
     /// is applied as an upsert, so `stop_if_upsert_error` covers both. An operation that is not
     /// known (the error did not come from a statement) stops the task if any flag is set. TRUNCATE
-    /// follows `stop_if_delete_error`. `stop_if_scd2_error` has no operation to apply to until
-    /// the SCD2 mode exists.
+    /// follows `stop_if_delete_error`; every statement of the SCD2 mode follows `stop_if_scd2_error`.
     fn stops(&self, operation: Option<Operation>) -> bool {
         match operation {
             Some(Operation::Insert) => self.stop_on_insert || self.stop_on_upsert,
             Some(Operation::Update) => self.stop_on_update || self.stop_on_upsert,
             Some(Operation::Upsert) => self.stop_on_insert || self.stop_on_update || self.stop_on_upsert,
             Some(Operation::Delete | Operation::Truncate) => self.stop_on_delete,
+            Some(Operation::Scd2) => self.stop_on_scd2,
             None => self.stop_on_insert || self.stop_on_update || self.stop_on_delete || self.stop_on_upsert || self.stop_on_scd2,
         }
     }

@@ -1,4 +1,5 @@
-//! The SQL API: `trempy.create_task`, `update_task`, `start_task`, `stop_task`, `drop_task`.
+//! The SQL API: `trempy.create_task`, `update_task`, `start_task`, `stop_task`, `drop_task`,
+//! `validate_settings`.
 //! (`trempy.status()` is plain SQL, in `sql/status.sql`.)
 //!
 //! Workers are never started from here: a dynamic background worker is not transactional, so a
@@ -11,8 +12,9 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgSqlErrorCode};
 use trempy_protocol::names::TaskNames;
-use trempy_protocol::settings::{Problem, StartMode, TaskSettings};
+use trempy_protocol::settings::{CdcMode, ColumnDesc, Problem, StartMode, TaskSettings};
 
+use crate::catalog::describe_table;
 use crate::decoding::slot;
 use crate::{gucs, worker};
 
@@ -57,7 +59,7 @@ fn create_task(name: &str, settings: JsonB) {
                 Some("Use trempy.update_task to change its settings (start_mode \"continue\" keeps its position, \"reload\" starts over).".to_owned()),
             );
         }
-        let table_problems = check_tables(client, &parsed);
+        let table_problems = check_tables_and_rules(client, &parsed);
         if !table_problems.is_empty() {
             fail_settings(name, &table_problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings");
         }
@@ -110,7 +112,7 @@ fn update_task(name: &str, settings: JsonB) {
         .flatten()
         .unwrap_or_else(|| fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("task \"{name}\" does not exist"), None));
     Spi::connect_mut(|client| {
-        let table_problems = check_tables(client, &parsed);
+        let table_problems = check_tables_and_rules(client, &parsed);
         if !table_problems.is_empty() {
             fail_settings(name, &table_problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings");
         }
@@ -148,6 +150,65 @@ fn update_task(name: &str, settings: JsonB) {
                 .unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not update task \"{name}\": {err}"), None));
         }
     });
+}
+
+/// Every problem with a settings document, without creating anything: the schema, the semantic
+/// checks, what this version does not support, the tables, and the filters and transformations
+/// against the source catalog. No rows: the settings are valid for `create_task` (apart from the
+/// task name, which `create_task` compares with `task.task_name`).
+#[pg_extern]
+fn validate_settings(settings: JsonB) -> TableIterator<'static, (name!(path, String), name!(message, String))> {
+    let problems = match TaskSettings::parse(&settings.0.to_string()) {
+        Err(problems) => problems,
+        Ok(parsed) => {
+            let mut problems = parsed.unsupported();
+            problems.extend(Spi::connect(|client| check_tables_and_rules(client, &parsed)));
+            problems
+        }
+    };
+    TableIterator::new(problems.into_iter().map(|p| (p.path, p.message)))
+}
+
+/// [`check_tables`], then (for the tables that passed) the filters and transformations against
+/// the source catalog, and what each target table needs in the task's mode.
+fn check_tables_and_rules(client: &SpiClient<'_>, settings: &TaskSettings) -> Vec<Problem> {
+    let mut problems = check_tables(client, settings);
+    let catalog = |schema: &str, table: &str| source_columns(client, schema, table);
+    problems.extend(settings.check_rules(&catalog));
+    let scd2 = (settings.cdc_mode() == CdcMode::Scd2).then(|| settings.scd2_columns());
+    for (i, table) in settings.tables.iter().enumerate() {
+        let Some(columns) = catalog(&table.schema_name, &table.table_name) else { continue };
+        let Ok((_, plan)) = settings.table_plan(&table.schema_name, &table.table_name, &columns) else { continue };
+        let target = format!("{}.{}", plan.target_schema, plan.target_table);
+        if !plan.columns.iter().any(|c| c.key) {
+            problems.push(Problem::new(format!("tables[{i}]"), format!("target table {target} has no key after the transformations; keep or add a primary key column")));
+        }
+        if let Some(names) = &scd2 {
+            for name in [&names.start, &names.end, &names.current] {
+                if plan.columns.iter().any(|c| &c.name == name) {
+                    problems.push(Problem::new(
+                        format!("tables[{i}]"),
+                        format!("target table {target} already has a column {name:?}, which is an SCD2 column name; rename one of them (task.scd2_settings)"),
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// A source table's replicated columns, as the rules see them; `None` when it does not exist.
+fn source_columns(client: &SpiClient<'_>, schema: &str, table: &str) -> Option<Vec<ColumnDesc>> {
+    let oid = client
+        .select(
+            "SELECT c.oid::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+            Some(1),
+            &[schema.into(), table.into()],
+        )
+        .ok()
+        .and_then(|t| if t.is_empty() { None } else { t.first().get::<i64>(1).ok().flatten() })?;
+    let relation = describe_table(client, u32::try_from(oid).ok()?).ok()?;
+    Some(relation.columns.into_iter().map(|c| ColumnDesc { name: c.name, type_name: c.type_name, key: c.key, not_null: c.not_null }).collect())
 }
 
 /// The checks that need the database: every table exists, is a permanent ordinary table, and

@@ -7,6 +7,9 @@
 //! * [`handoff`]: which decoded changes a table's full load already contains.
 //! * [`copytext`]: PostgreSQL's COPY text format, the body of full-load messages.
 //! * [`settings`]: task settings, their schema and their validation.
+//! * [`filter`]: row filters, typed against the source columns ([`filter::RowFilter`]).
+//! * [`transform`]: transformations, compiled into a source-to-target plan
+//!   ([`transform::TablePlan`]), with the `math_expression` language in [`transform::expr`].
 //! * [`names`]: every object name derived from a task name.
 //!
 //! This crate uses neither pgrx nor tokio, so that it builds and fuzzes fast.
@@ -15,11 +18,13 @@ mod error;
 pub mod assemble;
 pub mod copytext;
 pub mod envelope;
+pub mod filter;
 pub mod handoff;
 pub mod lsn;
 pub mod names;
 pub mod pgoutput;
 pub mod settings;
+pub mod transform;
 
 pub use error::{Error, ErrorKind, Result};
 pub use lsn::Lsn;

@@ -4,13 +4,17 @@
 //! naming the offending field by its path (`task.cdc_settings.mode`, `tables[1].priority`).
 //! Unknown keys are errors. [`TaskSettings::unsupported`] lists the valid settings that this
 //! version does not implement yet, so that nothing is ever accepted silently and then ignored.
-//! Checks that need the database (tables exist, have a key) live in the extension.
+//! Checks that need the database (tables exist, have a key) live in the extension; the
+//! checks of filters and transformations against the source columns are here too
+//! ([`TaskSettings::check_rules`]), given a catalog lookup.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::filter::{FilterRule, RowFilter};
 use crate::names;
+use crate::transform::{TablePlan, TransformRule};
 
 /// One problem with a task's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,12 +49,36 @@ pub struct TaskSettings {
     pub error_handling: Option<ErrorHandling>,
     /// Source tables.
     pub tables: Vec<TableRef>,
-    /// Row filters (not implemented yet).
+    /// Row filters ([`crate::filter`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub filters: Vec<serde_json::Value>,
-    /// Transformations (not implemented yet).
+    pub filters: Vec<FilterRule>,
+    /// Transformations ([`crate::transform`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub transformations: Vec<serde_json::Value>,
+    pub transformations: Vec<TransformRule>,
+}
+
+/// `table_info` of a filter or a transformation: the source table it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableInfo {
+    /// Schema, unquoted, as in the catalog.
+    pub schema_name: String,
+    /// Table, unquoted, as in the catalog.
+    pub table_name: String,
+}
+
+/// A source column as the catalog describes it, in table order (dropped columns left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDesc {
+    /// Column name.
+    pub name: String,
+    /// The type as `format_type(atttypid, atttypmod)` prints it: `integer`, `numeric(10,2)`,
+    /// `timestamp(3) without time zone`, `"My Schema".mood`, `text[]`.
+    pub type_name: String,
+    /// Part of the replica identity (the key).
+    pub key: bool,
+    /// `NOT NULL`.
+    pub not_null: bool,
 }
 
 /// The `task` section.
@@ -158,6 +186,17 @@ pub struct Scd2Settings {
     pub current_column_name: Option<String>,
 }
 
+/// The SCD2 column names in effect ([`TaskSettings::scd2_columns`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scd2Columns {
+    /// Start of a version's validity (`timestamptz`, part of the target key).
+    pub start: String,
+    /// End of a version's validity (`timestamptz`, NULL while current).
+    pub end: String,
+    /// True on the current version (`boolean`).
+    pub current: String,
+}
+
 /// `error_handling`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +284,13 @@ impl TaskSettings {
                 problems.push(Problem::new(format!("tables[{i}]"), format!("duplicate of tables[{first}]")));
             }
         }
+        problems.extend(self.rule_table_problems());
+        for (i, filter) in self.filters.iter().enumerate() {
+            problems.extend(filter.shape_problems(i));
+        }
+        for (i, transformation) in self.transformations.iter().enumerate() {
+            problems.extend(transformation.shape_problems(i));
+        }
         for (path, scd2) in self.scd2_sections() {
             let names = [
                 ("start_date_column_name", &scd2.start_date_column_name),
@@ -257,7 +303,93 @@ impl TaskSettings {
                 }
             }
         }
+        let sections: Vec<&Scd2Settings> = self.scd2_sections().map(|(_, s)| s).collect();
+        if let [top, nested] = sections[..] {
+            let pairs = [
+                ("start_date_column_name", &top.start_date_column_name, &nested.start_date_column_name),
+                ("end_date_column_name", &top.end_date_column_name, &nested.end_date_column_name),
+                ("current_column_name", &top.current_column_name, &nested.current_column_name),
+            ];
+            for (key, a, b) in pairs {
+                if let (Some(a), Some(b)) = (a, b)
+                    && a != b
+                {
+                    problems.push(Problem::new(
+                        format!("task.cdc_settings.scd2_settings.{key}"),
+                        format!("{b:?} differs from task.scd2_settings.{key} {a:?}; both places are read, so give the name in one of them only (or the same in both)"),
+                    ));
+                }
+            }
+        }
+        let scd = self.scd2_columns();
+        if scd.start == scd.end || scd.start == scd.current || scd.end == scd.current {
+            problems.push(Problem::new("task.scd2_settings", "the start, end and current SCD2 columns need three different names"));
+        }
         problems
+    }
+
+    /// Every filter and transformation must name a table listed in `tables`.
+    fn rule_table_problems(&self) -> Vec<Problem> {
+        let listed = |info: &TableInfo| self.tables.iter().any(|t| t.schema_name == info.schema_name && t.table_name == info.table_name);
+        let infos = self.filters.iter().map(|f| ("filters", &f.table_info)).enumerate().chain(self.transformations.iter().map(|t| ("transformations", &t.table_info)).enumerate());
+        infos
+            .filter(|(_, (_, info))| !listed(info))
+            .map(|(i, (list, info))| Problem::new(format!("{list}[{i}].table_info"), format!("table {}.{} is not listed in tables", info.schema_name, info.table_name)))
+            .collect()
+    }
+
+    /// The filters and transformations of one source table, each with its index in its list.
+    #[allow(clippy::type_complexity)]
+    fn rules_of(&self, schema: &str, table: &str) -> (Vec<(usize, &FilterRule)>, Vec<(usize, &TransformRule)>) {
+        let of = |info: &TableInfo| info.schema_name == schema && info.table_name == table;
+        let filters = self.filters.iter().enumerate().filter(|(_, f)| of(&f.table_info)).collect();
+        let transformations = self.transformations.iter().enumerate().filter(|(_, t)| of(&t.table_info)).collect();
+        (filters, transformations)
+    }
+
+    /// Checks every filter and transformation against the source columns. `catalog` returns a
+    /// table's columns, or `None` when the table does not exist. Also reports the checks that
+    /// need no catalog, and two source tables that would land in the same target table.
+    pub fn check_rules(&self, catalog: &dyn Fn(&str, &str) -> Option<Vec<ColumnDesc>>) -> Vec<Problem> {
+        let mut problems = self.rule_table_problems();
+        let mut targets: Vec<(String, String)> = Vec::with_capacity(self.tables.len());
+        for (j, table) in self.tables.iter().enumerate() {
+            let (filters, transformations) = self.rules_of(&table.schema_name, &table.table_name);
+            let mut target = (table.schema_name.clone(), table.table_name.clone());
+            if !filters.is_empty() || !transformations.is_empty() {
+                match catalog(&table.schema_name, &table.table_name) {
+                    None => problems.push(Problem::new(
+                        format!("tables[{j}]"),
+                        format!("table {}.{} does not exist, so its filters and transformations cannot be checked", table.schema_name, table.table_name),
+                    )),
+                    Some(columns) => match self.table_plan(&table.schema_name, &table.table_name, &columns) {
+                        Ok((_, plan)) => target = (plan.target_schema, plan.target_table),
+                        Err(more) => problems.extend(more),
+                    },
+                }
+            }
+            if let Some(first) = targets.iter().position(|t| *t == target) {
+                problems.push(Problem::new(format!("tables[{j}]"), format!("replicates into {}.{}, the same target table as tables[{first}]", target.0, target.1)));
+            }
+            targets.push(target);
+        }
+        problems
+    }
+
+    /// What the applier needs for one source table: its compiled filters (`None` without any)
+    /// and its transformation plan (the identity without any). `columns` are the source columns.
+    pub fn table_plan(&self, schema: &str, table: &str, columns: &[ColumnDesc]) -> Result<(Option<RowFilter>, TablePlan), Vec<Problem>> {
+        let (filters, transformations) = self.rules_of(schema, table);
+        let filter = if filters.is_empty() { Ok(None) } else { RowFilter::compile(columns, &filters).map(Some) };
+        let plan = if transformations.is_empty() { Ok(TablePlan::identity(schema, table, columns)) } else { TablePlan::compile(schema, table, columns, &transformations) };
+        match (filter, plan) {
+            (Ok(filter), Ok(plan)) => Ok((filter, plan)),
+            (Err(mut a), Err(b)) => {
+                a.extend(b);
+                Err(a)
+            }
+            (Err(a), _) | (_, Err(a)) => Err(a),
+        }
     }
 
     fn scd2_sections(&self) -> impl Iterator<Item = (&'static str, &Scd2Settings)> {
@@ -306,32 +438,23 @@ impl TaskSettings {
     /// Valid settings that this version does not implement yet. Each is an error for
     /// `create_task`: TREMpy never accepts a setting and then ignores it.
     pub fn unsupported(&self) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        let not_yet = |what: &str| format!("{what} is not supported yet");
-        if self.streams() {
-            match self.cdc_mode() {
-                CdcMode::Upsert => {}
-                CdcMode::Default if self.task.cdc_settings.as_ref().and_then(|c| c.mode).is_none() => problems.push(Problem::new(
-                    "task.cdc_settings.mode",
-                    "absent, which means \"default\"; that mode is not supported yet: set \"upsert\"",
-                )),
-                other => problems.push(Problem::new(
-                    "task.cdc_settings.mode",
-                    format!("{}: set \"upsert\"", not_yet(&serde_json::to_string(&other).unwrap_or_default())),
-                )),
-            }
+        // Every setting is implemented: modes (default, upsert, scd2), filters, transformations,
+        // and `error_handling` (the applier's error policy: every flag, either value).
+        Vec::new()
+    }
+
+    /// The SCD2 column names in effect: `task.cdc_settings.scd2_settings` or
+    /// `task.scd2_settings` (both places are read; [`TaskSettings::problems`] rejects two that
+    /// differ), each name defaulting to `scd_start_date`, `scd_end_date`, `scd_current`.
+    pub fn scd2_columns(&self) -> Scd2Columns {
+        let pick = |get: fn(&Scd2Settings) -> &Option<String>, default: &str| {
+            self.scd2_sections().find_map(|(_, s)| get(s).clone()).unwrap_or_else(|| default.to_owned())
+        };
+        Scd2Columns {
+            start: pick(|s| &s.start_date_column_name, "scd_start_date"),
+            end: pick(|s| &s.end_date_column_name, "scd_end_date"),
+            current: pick(|s| &s.current_column_name, "scd_current"),
         }
-        for (path, _) in self.scd2_sections() {
-            problems.push(Problem::new(path, not_yet("SCD2")));
-        }
-        // `error_handling` is implemented by the applier (its error policy): every flag, either value.
-        if !self.filters.is_empty() {
-            problems.push(Problem::new("filters", not_yet("filtering")));
-        }
-        if !self.transformations.is_empty() {
-            problems.push(Problem::new("transformations", not_yet("transforming")));
-        }
-        problems
     }
 }
 
@@ -361,26 +484,45 @@ mod tests {
           "task": { "task_name": "emp_hist_scd2", "replication_type": "full_load_and_cdc", "interval_seconds": 5,
             "start_mode": "reload", "create_table_if_not_exists": true,
             "full_load_settings": { "recreate_table_if_exists": true, "truncate_before_insert": true },
-            "cdc_settings": { "mode": "scd2", "scd2_settings": {"start_date_column_name": "a"} },
+            "cdc_settings": { "mode": "scd2", "scd2_settings": {"start_date_column_name": "valid_from"} },
             "scd2_settings": { "start_date_column_name": "valid_from", "end_date_column_name": "valid_to", "current_column_name": "is_current" } },
           "error_handling": { "stop_if_insert_error": false, "stop_if_update_error": false, "stop_if_delete_error": false,
             "stop_if_upsert_error": false, "stop_if_scd2_error": true },
-          "tables": [ { "schema_name": "employees", "table_name": "employee", "priority": 0 } ],
-          "filters": [ { "table_info": {}, "settings": {} } ],
-          "transformations": [ { "table_info": {}, "settings": {} } ] }"#;
+          "tables": [ { "schema_name": "employees", "table_name": "employee", "priority": 0 },
+                      { "schema_name": "employees", "table_name": "salary",   "priority": 2 } ],
+          "filters": [
+            { "table_info": { "schema_name": "employees", "table_name": "salary" },
+              "settings": { "filter_type": "greater_than", "description": "only salaries above 50k", "column_name": "amount", "value": 50000 } },
+            { "table_info": { "schema_name": "employees", "table_name": "employee" },
+              "settings": { "filter_type": "date_between", "description": "hired in the 90s", "column_name": "hire_date", "lower": "1990-01-01", "upper": "1999-12-31" } } ],
+          "transformations": [
+            { "table_info": { "schema_name": "employees", "table_name": "employee" },
+              "settings": { "transformation_type": "modify_table_name", "description": "target name", "contract": { "target_table_name": "employee_history" }, "priority": 0 } },
+            { "table_info": { "schema_name": "employees", "table_name": "salary" },
+              "settings": { "transformation_type": "modify_schema_name", "description": "target schema", "contract": { "target_schema_name": "payroll" }, "priority": 0 } },
+            { "table_info": { "schema_name": "employees", "table_name": "salary" },
+              "settings": { "transformation_type": "modify_column_name", "description": "rename amount",
+                            "contract": { "column_name": "amount", "target_column_name": "yearly_amount" }, "priority": 0 } },
+            { "table_info": { "schema_name": "employees", "table_name": "employee" },
+              "settings": { "transformation_type": "modify_column_value", "description": "upper first name",
+                            "contract": { "operation": "uppercase", "column_name": "first_name" }, "priority": 1 } },
+            { "table_info": { "schema_name": "employees", "table_name": "employee" },
+              "settings": { "transformation_type": "create_column", "description": "full name",
+                            "contract": { "operation": "concat", "new_column_name": "full_name", "depends_on": ["first_name", "last_name"], "separator": " " }, "priority": 2 } },
+            { "table_info": { "schema_name": "employees", "table_name": "salary" },
+              "settings": { "transformation_type": "create_column", "description": "years in band",
+                            "contract": { "operation": "date_diff_years", "new_column_name": "years", "depends_on": ["from_date", "to_date"], "round_result": true }, "priority": 3 } } ] }"#;
         let s = TaskSettings::parse(json).unwrap();
+        assert!(s.check_rules(&catalog).is_empty(), "{:?}", s.check_rules(&catalog));
+        let salary = catalog("employees", "salary").unwrap();
+        let (filter, plan) = s.table_plan("employees", "salary", &salary).unwrap();
+        assert_eq!(filter.unwrap().columns_used(), vec![1]);
+        assert_eq!((plan.target_schema.as_str(), plan.columns[1].name.as_str(), plan.columns[4].name.as_str()), ("payroll", "yearly_amount", "years"));
         let paths: Vec<String> = s.unsupported().into_iter().map(|p| p.path).collect();
-        for expected in [
-            "task.cdc_settings.mode",
-            "task.scd2_settings",
-            "task.cdc_settings.scd2_settings",
-            "filters",
-            "transformations",
-        ] {
-            assert!(paths.iter().any(|p| p == expected), "{expected} missing from {paths:?}");
-        }
+        assert_eq!(s.cdc_mode(), CdcMode::Scd2);
+        assert_eq!(s.scd2_columns(), Scd2Columns { start: "valid_from".into(), end: "valid_to".into(), current: "is_current".into() });
         assert!(!paths.iter().any(|p| p.starts_with("error_handling")), "{paths:?}");
-        for supported in ["task.replication_type", "task.start_mode", "task.create_table_if_not_exists", "task.full_load_settings.recreate_table_if_exists"] {
+        for supported in ["task.cdc_settings.mode", "task.scd2_settings", "task.cdc_settings.scd2_settings", "filters", "transformations", "task.replication_type", "task.start_mode", "task.create_table_if_not_exists", "task.full_load_settings.recreate_table_if_exists"] {
             assert!(!paths.iter().any(|p| p == supported), "{supported} in {paths:?}");
         }
         assert!(s.copies() && s.streams());
@@ -427,11 +569,110 @@ mod tests {
         assert_eq!(first_problem(empty), "tables: at least one table is required");
     }
 
+    fn catalog(schema: &str, table: &str) -> Option<Vec<ColumnDesc>> {
+        let columns: &[(&str, &str)] = match (schema, table) {
+            ("employees", "employee") => &[("emp_no", "integer"), ("first_name", "character varying(14)"), ("last_name", "character varying(16)"), ("hire_date", "date")],
+            ("employees", "salary") => &[("emp_no", "integer"), ("amount", "integer"), ("from_date", "date"), ("to_date", "date")],
+            ("public", "orders") => &[("id", "bigint"), ("total", "numeric(12,2)")],
+            _ => return None,
+        };
+        Some(columns.iter().map(|(n, t)| ColumnDesc { name: (*n).to_owned(), type_name: (*t).to_owned(), key: *n == "emp_no" || *n == "id", not_null: false }).collect())
+    }
+
+    fn with_rules(filters: &str, transformations: &str) -> String {
+        let body = GOOD.trim_end().strip_suffix('}').unwrap_or_default();
+        format!("{body}, \"filters\": [{filters}], \"transformations\": [{transformations}] }}")
+    }
+
     #[test]
-    fn absent_mode_means_default_and_is_reported() {
+    fn the_originals_complete_example_checks_against_its_catalog() {
+        let json = with_rules("", "");
+        let s = TaskSettings::parse(&json).unwrap();
+        assert!(s.check_rules(&catalog).is_empty());
+        let (filter, plan) = s.table_plan("public", "orders", &catalog("public", "orders").unwrap()).unwrap();
+        assert!(filter.is_none());
+        assert_eq!(plan.target_table, "orders");
+    }
+
+    #[test]
+    fn rules_need_a_listed_table() {
+        let f = r#"{"table_info": {"schema_name": "public", "table_name": "other"}, "settings": {"filter_type": "is_null", "description": "", "column_name": "x"}}"#;
+        let t = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "o"}, "priority": 0}},
+                   {"table_info": {"schema_name": "x", "table_name": "orders"}, "settings": {"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "o"}, "priority": 0}}"#;
+        let problems: Vec<String> = TaskSettings::parse(&with_rules(f, t)).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(problems, ["filters[0].table_info: table public.other is not listed in tables", "transformations[1].table_info: table x.orders is not listed in tables"]);
+    }
+
+    #[test]
+    fn parse_reports_rule_shapes_without_a_catalog() {
+        let f = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "in", "description": "", "column_name": "id", "values": "1,2"}}"#;
+        let t = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"transformation_type": "add_primary_key", "description": "", "contract": {"column_names": "id"}, "priority": 2}}"#;
+        let problems: Vec<String> = TaskSettings::parse(&with_rules(f, t)).unwrap_err().iter().map(ToString::to_string).collect();
+        for expected in ["filters[0].settings.values: must be a JSON list", "transformations[0].settings.priority: add_primary_key is structural", "transformations[0].settings.contract.column_names: must be a JSON list"] {
+            assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected} missing from {problems:?}");
+        }
+        let bad_type = with_rules(r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "regex", "description": "", "column_name": "id"}}"#, "");
+        assert!(first_problem(&bad_type).starts_with("filters[0].settings.filter_type: unknown variant `regex`"));
+        let missing = with_rules(r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "is_null", "column_name": "id"}}"#, "");
+        assert!(first_problem(&missing).starts_with("filters[0].settings: missing field `description`"));
+    }
+
+    #[test]
+    fn check_rules_uses_the_catalog() {
+        let f = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "greater_than", "description": "", "column_name": "total", "value": "abc"}}"#;
+        let t = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"transformation_type": "modify_column_value", "description": "", "contract": {"operation": "uppercase", "column_name": "nope"}, "priority": 1}}"#;
+        let s = TaskSettings::parse(&with_rules(f, t)).unwrap();
+        let problems: Vec<String> = s.check_rules(&catalog).iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("filters[0].settings.value: \"abc\" is not a number"), "{problems:?}");
+        assert!(problems[1].starts_with("transformations[0].settings.contract.column_name: column \"nope\" does not exist in public.orders"), "{problems:?}");
+        let missing_table = s.check_rules(&|_: &str, _: &str| None);
+        assert_eq!(missing_table[0].to_string(), "tables[0]: table public.orders does not exist, so its filters and transformations cannot be checked");
+    }
+
+    #[test]
+    fn table_plan_gives_the_applier_a_filter_and_a_plan() {
+        let f = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "greater_than", "description": "", "column_name": "total", "value": 100}}"#;
+        let t = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"transformation_type": "modify_schema_name", "description": "", "contract": {"target_schema_name": "mart"}, "priority": 0}}"#;
+        let s = TaskSettings::parse(&with_rules(f, t)).unwrap();
+        let (filter, plan) = s.table_plan("public", "orders", &catalog("public", "orders").unwrap()).unwrap();
+        let filter = filter.unwrap();
+        assert!(filter.matches(&[Some("1".into()), Some("100.01".into())]));
+        assert!(!filter.matches(&[Some("1".into()), Some("100.00".into())]));
+        assert_eq!((plan.target_schema.as_str(), plan.target_table.as_str()), ("mart", "orders"));
+    }
+
+    #[test]
+    fn two_tables_into_one_target_are_reported() {
+        let json = r#"{ "task": {"task_name": "t", "replication_type": "cdc"},
+            "tables": [{"schema_name": "employees", "table_name": "employee", "priority": 0}, {"schema_name": "employees", "table_name": "salary", "priority": 0}],
+            "transformations": [{"table_info": {"schema_name": "employees", "table_name": "salary"},
+              "settings": {"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "employee"}, "priority": 0}}] }"#;
+        let s = TaskSettings::parse(json).unwrap();
+        assert_eq!(s.check_rules(&catalog)[0].to_string(), "tables[1]: replicates into employees.employee, the same target table as tables[0]");
+    }
+
+    #[test]
+    fn absent_mode_means_default_and_is_supported() {
         let json = GOOD.replace(", \"cdc_settings\": {\"mode\": \"upsert\"}", "");
         let s = TaskSettings::parse(&json).unwrap();
         assert_eq!(s.cdc_mode(), CdcMode::Default);
-        assert!(s.unsupported()[0].to_string().contains("absent, which means \"default\""));
+        assert!(s.unsupported().is_empty());
+        assert_eq!(s.scd2_columns(), Scd2Columns { start: "scd_start_date".into(), end: "scd_end_date".into(), current: "scd_current".into() });
+    }
+
+    #[test]
+    fn scd2_names_are_read_in_both_places_and_must_agree() {
+        let nested = GOOD.replace("{\"mode\": \"upsert\"}", "{\"mode\": \"scd2\", \"scd2_settings\": {\"current_column_name\": \"live\"}}");
+        assert_eq!(TaskSettings::parse(&nested).unwrap().scd2_columns().current, "live");
+        let top = GOOD.replace("{\"mode\": \"upsert\"}", "{\"mode\": \"scd2\"}, \"scd2_settings\": {\"end_date_column_name\": \"until\"}");
+        assert_eq!(TaskSettings::parse(&top).unwrap().scd2_columns().end, "until");
+        let both = GOOD.replace(
+            "{\"mode\": \"upsert\"}",
+            "{\"mode\": \"scd2\", \"scd2_settings\": {\"current_column_name\": \"live\"}}, \"scd2_settings\": {\"current_column_name\": \"is_current\"}",
+        );
+        assert!(first_problem(&both).starts_with("task.cdc_settings.scd2_settings.current_column_name: \"live\" differs from task.scd2_settings.current_column_name"));
+        let clash = GOOD.replace("{\"mode\": \"upsert\"}", "{\"mode\": \"scd2\", \"scd2_settings\": {\"end_date_column_name\": \"scd_current\"}}");
+        assert!(first_problem(&clash).starts_with("task.scd2_settings: the start, end and current"));
     }
 }

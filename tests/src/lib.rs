@@ -307,6 +307,42 @@ impl Writer {
     }
 }
 
+/// The rows of a query returning one text column (NULL shown as `NULL`).
+pub async fn text_rows(client: &Client, sql: &str) -> Vec<String> {
+    client.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_else(|| "NULL".into())).collect()
+}
+
+/// Waits until `sql` (one text column) returns exactly `expected` on the target; a missing
+/// table counts as not there yet.
+pub async fn wait_for_target_rows(sql: &str, expected: &[&str], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let target = target().await;
+    loop {
+        let got: Option<Vec<String>> = match target.query(sql, &[]).await {
+            Ok(rows) => Some(rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_else(|| "NULL".into())).collect()),
+            Err(_) => None,
+        };
+        if got.as_ref().is_some_and(|g| g.iter().map(String::as_str).eq(expected.iter().copied())) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "target query {sql:?} did not return {expected:?} within {timeout:?}; last: {got:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Settings for a `full_load_and_cdc` task over one table in `mode`, creating the target table,
+/// with `filters` and `transformations` (lists of their `settings` objects) on that table.
+pub fn rules_settings(task: &str, (schema, table): (&str, &str), mode: &str, filters: &[serde_json::Value], transformations: &[serde_json::Value]) -> serde_json::Value {
+    let info = serde_json::json!({"schema_name": schema, "table_name": table});
+    let wrap = |list: &[serde_json::Value]| -> Vec<serde_json::Value> { list.iter().map(|s| serde_json::json!({"table_info": info, "settings": s})).collect() };
+    serde_json::json!({
+        "task": {"task_name": task, "replication_type": "full_load_and_cdc", "cdc_settings": {"mode": mode}, "create_table_if_not_exists": true},
+        "tables": [{"schema_name": schema, "table_name": table, "priority": 0}],
+        "filters": wrap(filters),
+        "transformations": wrap(transformations),
+    })
+}
+
 /// A task over a table of rows plus an insert-only ledger (one row per source transaction) whose
 /// target copy counts every write, to detect double application; its applier runs.
 /// Returns (task, table, ledger, source connection, applier).

@@ -32,6 +32,8 @@ async fn create_task_rejects_each_kind_of_invalid_settings_naming_the_field() {
     };
     let too_long = "x".repeat(57);
     let table = |name: &str| json!([{"schema_name": "public", "table_name": name, "priority": 0}]);
+    let mut scd2_names_differ = with(&["task", "cdc_settings"], json!({"mode": "scd2", "scd2_settings": {"start_date_column_name": "b"}}));
+    scd2_names_differ["task"]["scd2_settings"] = json!({"start_date_column_name": "a"});
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
         (task.as_str(), with(&["task", "colour"], json!("red")), "task.colour: unknown field `colour`"),
         (task.as_str(), with(&["task", "replication_type"], json!("stream")), "task.replication_type: unknown variant `stream`"),
@@ -49,8 +51,13 @@ async fn create_task_rejects_each_kind_of_invalid_settings_naming_the_field() {
         (task.as_str(), with(&["tables"], table(&format!("{task}_unlogged"))), "is unlogged or temporary"),
         (task.as_str(), with(&["task", "full_load_settings"], json!({"truncate_before_insert": "yes"})), "task.full_load_settings.truncate_before_insert: invalid type"),
         (task.as_str(), with(&["task", "start_mode"], json!("resume")), "task.start_mode: unknown variant `resume`"),
-        (task.as_str(), with(&["task", "cdc_settings", "mode"], json!("scd2")), "task.cdc_settings.mode: \"scd2\" is not supported yet"),
-        (task.as_str(), with(&["filters"], json!([{"table_info": {}, "settings": {}}])), "filters: filtering is not supported yet"),
+        (task.as_str(), scd2_names_differ, "scd2_settings"),
+        (
+            task.as_str(),
+            with(&["filters"], json!([{"table_info": {"schema_name": "public", "table_name": good_table}, "settings": {"filter_type": "equals", "description": "", "column_name": "nope", "value": 1}}])),
+            "filters[0].settings.column_name",
+        ),
+        (task.as_str(), with(&["filters"], json!([{"table_info": {}, "settings": {}}])), "filters[0].table_info: missing field `schema_name`"),
         (task.as_str(), json!([1, 2]), "settings must be a JSON object"),
         ("Bad-Name", good.clone(), "name: task name \"Bad-Name\" contains 'B'"),
         (too_long.as_str(), good.clone(), "63-byte"),

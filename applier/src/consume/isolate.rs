@@ -141,7 +141,7 @@ impl Session<'_> {
             }
             let before = self.pending.clone();
             self.client.batch_execute("SAVEPOINT trempy_transaction").await?;
-            let mut applied = self.apply(&envelope, transaction).await;
+            let mut applied = self.apply(transaction).await;
             if applied.is_ok() {
                 applied = self.writer.finish(&self.client).await;
             }

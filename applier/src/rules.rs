@@ -1,0 +1,363 @@
+//! The task's filters and transformations (and the SCD2 columns), applied to the stream.
+//!
+//! Per source relation, the task's settings compile into a [`RowFilter`] and a [`TablePlan`]
+//! (cached by relation id and shape, dropped when new settings arrive), and a **target relation**:
+//! the plan's target schema, table and columns, plus the three SCD2 columns in `scd2` mode. Every
+//! change is rewritten into the target relation's shape before [`crate::apply`] sees it:
+//!
+//! * insert: dropped unless the new row passes the filter; otherwise transformed.
+//! * update whose new row passes the filter: transformed; under a filter it is applied as an
+//!   upsert in `default` mode too, because the row may be entering the filter (then it is not in
+//!   the target yet) or staying in it.
+//! * update whose new row fails the filter: a delete of the target row by key (the row left the
+//!   filter, or never was in the target: deleting nothing is harmless). In `scd2` mode that closes
+//!   the current version.
+//! * delete: applied by key whatever the filter says. Under the default replica identity a
+//!   delete carries only the key, so a filter on another column cannot be evaluated; deleting a
+//!   row that is not in the target (because the filter kept it out) does nothing. In `default`
+//!   mode such deletes are not reported as "found no row".
+//! * truncate: of the target table.
+//!
+//! A filter that reads a column whose value was not sent (unchanged TOAST) takes it from the old
+//! row when the change carries it (`REPLICA IDENTITY FULL`); otherwise the row counts as passing.
+//!
+//! Transformation times (`date_now`, `datetime_now`) are the source commit time in CDC and the
+//! copy's snapshot time in a full load, so replays compute the same values.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+use trempy_protocol::copytext;
+use trempy_protocol::envelope::{Change, Column, Relation};
+use trempy_protocol::filter::RowFilter;
+use trempy_protocol::settings::{CdcMode, ColumnDesc, TaskSettings};
+use trempy_protocol::transform::{Context, TablePlan};
+
+use crate::apply::Mode;
+use crate::catalog::{Catalog, qualified};
+use crate::error::{Error, ErrorKind};
+use crate::scd2;
+
+/// One source relation, compiled.
+#[derive(Debug)]
+struct Mapped {
+    /// The source relation it was compiled for (to notice a changed shape).
+    source: Relation,
+    filter: Option<RowFilter>,
+    plan: TablePlan,
+    /// Index of the target relation in [`Rules::targets`].
+    target: usize,
+    /// Neither filtered nor transformed nor SCD2: changes go through untouched.
+    passthrough: bool,
+}
+
+/// The compiled rules of the task, per source relation.
+#[derive(Debug, Default)]
+pub(crate) struct Rules {
+    mapped: HashMap<u32, Mapped>,
+    targets: Vec<Relation>,
+}
+
+/// The mode in effect: `upsert` for a stream without settings (appliers before settings travelled
+/// in the stream upserted).
+pub(crate) fn mode(settings: Option<&TaskSettings>) -> Mode {
+    match settings.map(TaskSettings::cdc_mode) {
+        Some(CdcMode::Default) => Mode::Default,
+        Some(CdcMode::Scd2) => Mode::Scd2,
+        Some(CdcMode::Upsert) | None => Mode::Upsert,
+    }
+}
+
+fn same_shape(a: &Relation, b: &Relation) -> bool {
+    a.schema == b.schema && a.table == b.table && a.columns == b.columns
+}
+
+impl Rules {
+    /// Forgets everything compiled (new settings).
+    pub(crate) fn clear(&mut self) {
+        self.mapped.clear();
+        self.targets.clear();
+    }
+
+    /// The target relations (ids are the source relations').
+    pub(crate) fn targets(&self) -> &[Relation] {
+        &self.targets
+    }
+
+    /// The target relation of a source relation, once prepared.
+    pub(crate) fn target(&self, id: u32) -> Option<&Relation> {
+        self.mapped.get(&id).map(|m| &self.targets[m.target])
+    }
+
+    /// Compiles the relations not compiled yet (or whose shape changed), then reads their target
+    /// column types (creating missing target tables when `create`).
+    pub(crate) async fn prepare(&mut self, client: &Client, catalog: &mut Catalog, settings: Option<&TaskSettings>, relations: &[Relation], create: bool) -> Result<(), Error> {
+        for source in relations {
+            if self.mapped.get(&source.id).is_some_and(|m| same_shape(&m.source, source)) {
+                continue;
+            }
+            let (filter, plan, mut target) = compile(settings, source)?;
+            catalog.resolve(client, std::slice::from_mut(&mut target), create).await?;
+            let passthrough = filter.is_none() && !transformed(settings, source) && mode(settings) != Mode::Scd2;
+            let index = match self.mapped.get(&source.id) {
+                Some(m) => {
+                    self.targets[m.target] = target;
+                    m.target
+                }
+                None => {
+                    self.targets.push(target);
+                    self.targets.len() - 1
+                }
+            };
+            self.mapped.insert(source.id, Mapped { source: source.clone(), filter, plan, target: index, passthrough });
+        }
+        Ok(())
+    }
+
+    /// Rewrites one change into its target relation's shape, with the mode to apply it in.
+    pub(crate) fn map(&self, change: Change, mode: Mode, commit_time: &str) -> Result<Vec<(Change, Mode)>, Error> {
+        let id = match &change {
+            Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } => *rel,
+            Change::Truncate { .. } => return Ok(vec![(change, mode)]),
+        };
+        let m = self.mapped.get(&id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))?;
+        if m.passthrough {
+            return Ok(vec![(change, mode)]);
+        }
+        let table = || qualified(&m.plan.target_schema, &m.plan.target_table);
+        let ctx = Context { now: commit_time };
+        let transform = |row: Vec<Option<String>>, unchanged: &[usize]| {
+            m.plan.apply(row, unchanged, &ctx).map_err(|e| Error::new(ErrorKind::Transform, format!("cannot transform a row for {}: {e}", table())).with_table(table()))
+        };
+        let passes = |row: &[Option<String>]| m.filter.as_ref().is_none_or(|f| f.matches(row));
+        // a delete under a filter may find no row: not worth a warning in default mode
+        let delete_mode = if mode == Mode::Default && m.filter.is_some() { Mode::Upsert } else { mode };
+        Ok(match change {
+            Change::Insert { rel, new } => {
+                if !passes(&new) {
+                    return Ok(Vec::new());
+                }
+                let (new, _) = transform(new, &[])?;
+                vec![(Change::Insert { rel, new }, mode)]
+            }
+            Change::Update { rel, old, new, unchanged } => {
+                let verdict = match &m.filter {
+                    None => true,
+                    Some(filter) => {
+                        let used = filter.columns_used();
+                        if used.iter().any(|c| unchanged.contains(c)) {
+                            match &old {
+                                Some(old) if used.iter().all(|c| !unchanged.contains(c) || old.get(*c).is_some_and(Option::is_some)) => {
+                                    let mut probe = new.clone();
+                                    for &c in &unchanged {
+                                        if let (Some(slot), Some(value)) = (probe.get_mut(c), old.get(c)) {
+                                            slot.clone_from(value);
+                                        }
+                                    }
+                                    filter.matches(&probe)
+                                }
+                                _ => true,
+                            }
+                        } else {
+                            filter.matches(&new)
+                        }
+                    }
+                };
+                let old = old.map(|o| transform(o, &[])).transpose()?.map(|(o, _)| o);
+                if verdict {
+                    let (new, unchanged) = transform(new, &unchanged)?;
+                    let mode = if mode == Mode::Default && m.filter.is_some() { Mode::Upsert } else { mode };
+                    vec![(Change::Update { rel, old, new, unchanged }, mode)]
+                } else {
+                    let keys_of = |unchanged: &[usize], row| transform(row, unchanged).map(|(r, _)| r);
+                    let row = match old {
+                        Some(old) => old,
+                        None => keys_of(&unchanged, new)?,
+                    };
+                    vec![(Change::Delete { rel, old: row }, delete_mode)]
+                }
+            }
+            Change::Delete { rel, old } => {
+                let (old, _) = transform(old, &[])?;
+                vec![(Change::Delete { rel, old }, delete_mode)]
+            }
+            Change::Truncate { .. } => vec![(change, mode)],
+        })
+    }
+
+    /// Filters and transforms one full-load chunk (COPY text) for its target relation; returns
+    /// the data and its row count. Untouched when the relation needs nothing.
+    pub(crate) fn load_data(&self, id: u32, data: String, rows: u64, snapshot_time: &str) -> Result<(String, u64), Error> {
+        let m = self.mapped.get(&id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("load relation {id} is not described")))?;
+        if m.passthrough {
+            return Ok((data, rows));
+        }
+        let table = || qualified(&m.plan.target_schema, &m.plan.target_table);
+        let scd2 = self.targets[m.target].columns.len() > m.plan.columns.len();
+        let decoded = copytext::rows(&data, m.source.columns.len()).map_err(|e| Error::new(ErrorKind::Envelope, format!("load chunk of {}: {}", table(), e.message())).with_table(table()))?;
+        drop(data);
+        let ctx = Context { now: snapshot_time };
+        let mut out = copytext::Writer::with_capacity(decoded.len() * 64);
+        for row in decoded {
+            if !m.filter.as_ref().is_none_or(|f| f.matches(&row)) {
+                continue;
+            }
+            let (row, _) = m.plan.apply(row, &[], &ctx).map_err(|e| Error::new(ErrorKind::Transform, format!("cannot transform a row for {}: {e}", table())).with_table(table()))?;
+            for value in &row {
+                out.value(value.as_deref().map(str::as_bytes));
+            }
+            if scd2 {
+                out.value(Some(snapshot_time.as_bytes()));
+                out.value(None);
+                out.value(Some(b"t"));
+            }
+            out.end_row();
+        }
+        let rows = out.rows();
+        let bytes = out.take();
+        let text = String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::Transform, format!("a transformed row for {} is not UTF-8", table())).with_table(table()))?;
+        Ok((text, rows))
+    }
+}
+
+/// True when the task has transformations for this source table (a modified column keeps its
+/// name and source index, so the plan's shape alone cannot tell).
+fn transformed(settings: Option<&TaskSettings>, source: &Relation) -> bool {
+    settings.is_some_and(|s| s.transformations.iter().any(|t| t.table_info.schema_name == source.schema && t.table_info.table_name == source.table))
+}
+
+/// The filter, plan and target relation of one source relation.
+fn compile(settings: Option<&TaskSettings>, source: &Relation) -> Result<(Option<RowFilter>, TablePlan, Relation), Error> {
+    let columns: Vec<ColumnDesc> =
+        source.columns.iter().map(|c| ColumnDesc { name: c.name.clone(), type_name: c.type_name.clone(), key: c.key, not_null: c.not_null }).collect();
+    let (filter, plan) = match settings {
+        None => (None, TablePlan::identity(&source.schema, &source.table, &columns)),
+        Some(settings) => settings.table_plan(&source.schema, &source.table, &columns).map_err(|problems| {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            let table = qualified(&source.schema, &source.table);
+            Error::new(ErrorKind::Transform, format!("the task's filters and transformations do not fit {table} as it is now: {}", list.join("; "))).with_table(table)
+        })?,
+    };
+    let mut target_columns: Vec<Column> = plan
+        .columns
+        .iter()
+        .map(|c| {
+            let from = c.source.and_then(|i| source.columns.get(i)).filter(|s| s.type_name == c.type_name);
+            Column {
+                name: c.name.clone(),
+                type_name: c.type_name.clone(),
+                type_oid: from.map_or(0, |s| s.type_oid),
+                key: c.key,
+                not_null: c.not_null,
+                create_type: from.and_then(|s| s.create_type.clone()),
+            }
+        })
+        .collect();
+    if mode(settings) == Mode::Scd2 {
+        let names = settings.map(TaskSettings::scd2_columns).unwrap_or_else(unreachable_scd2);
+        let timestamptz = "timestamp with time zone";
+        target_columns.push(Column { name: names.start, type_name: timestamptz.into(), type_oid: 1184, key: true, not_null: true, create_type: None });
+        target_columns.push(Column { name: names.end, type_name: timestamptz.into(), type_oid: 1184, key: false, not_null: false, create_type: None });
+        target_columns.push(Column { name: names.current, type_name: "boolean".into(), type_oid: 16, key: false, not_null: true, create_type: None });
+        debug_assert_eq!(target_columns.len(), plan.columns.len() + scd2::COLUMNS);
+    }
+    let target = Relation { id: source.id, schema: plan.target_schema.clone(), table: plan.target_table.clone(), columns: target_columns };
+    Ok((filter, plan, target))
+}
+
+/// `mode()` is `Scd2` only with settings.
+fn unreachable_scd2() -> trempy_protocol::settings::Scd2Columns {
+    trempy_protocol::settings::Scd2Columns { start: "scd_start_date".into(), end: "scd_end_date".into(), current: "scd_current".into() }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn source() -> Relation {
+        let col = |name: &str, type_name: &str, key: bool| Column { name: name.into(), type_name: type_name.into(), key, ..Column::default() };
+        Relation { id: 7, schema: "public".into(), table: "emp".into(), columns: vec![col("id", "integer", true), col("name", "text", false), col("gender", "text", false)] }
+    }
+
+    fn settings(mode: &str, rules: &str) -> TaskSettings {
+        let json = format!(
+            r#"{{ "task": {{"task_name": "t", "replication_type": "cdc", "cdc_settings": {{"mode": "{mode}"}}}},
+                "tables": [{{"schema_name": "public", "table_name": "emp", "priority": 0}}] {rules} }}"#
+        );
+        TaskSettings::parse(&json).unwrap()
+    }
+
+    const RULES: &str = r#", "filters": [{"table_info": {"schema_name": "public", "table_name": "emp"},
+            "settings": {"filter_type": "equals", "description": "", "column_name": "gender", "value": "F"}}],
+        "transformations": [{"table_info": {"schema_name": "public", "table_name": "emp"},
+            "settings": {"transformation_type": "modify_column_value", "description": "", "contract": {"operation": "uppercase", "column_name": "name"}, "priority": 1}},
+          {"table_info": {"schema_name": "public", "table_name": "emp"},
+            "settings": {"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "emp_t"}, "priority": 0}}]"#;
+
+    fn rules(s: &TaskSettings) -> Rules {
+        let (filter, plan, target) = compile(Some(s), &source()).unwrap();
+        let passthrough = filter.is_none() && !transformed(Some(s), &source()) && mode(Some(s)) != Mode::Scd2;
+        let mut r = Rules::default();
+        r.targets.push(target);
+        r.mapped.insert(7, Mapped { source: source(), filter, plan, target: 0, passthrough });
+        r
+    }
+
+    fn v(values: &[&str]) -> Vec<Option<String>> {
+        values.iter().map(|s| if *s == "-" { None } else { Some((*s).to_owned()) }).collect()
+    }
+
+    #[test]
+    fn no_rules_is_a_passthrough_and_scd2_is_not() {
+        assert!(rules(&settings("upsert", "")).mapped[&7].passthrough);
+        let r = rules(&settings("scd2", ""));
+        assert!(!r.mapped[&7].passthrough);
+        let names: Vec<&str> = r.targets[0].columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["id", "name", "gender", "scd_start_date", "scd_end_date", "scd_current"]);
+        assert!(r.targets[0].columns[3].key);
+        let (data, rows) = r.load_data(7, "1\tann\tF\n".into(), 1, "2026-01-01T00:00:00Z").unwrap();
+        assert_eq!((data.as_str(), rows), ("1\tann\tF\t2026-01-01T00:00:00Z\t\\N\tt\n", 1));
+    }
+
+    #[test]
+    fn a_value_transformation_alone_is_not_a_passthrough() {
+        let only = r#", "transformations": [{"table_info": {"schema_name": "public", "table_name": "emp"},
+            "settings": {"transformation_type": "modify_column_value", "description": "", "contract": {"operation": "trim", "column_name": "name"}, "priority": 1}}]"#;
+        let r = rules(&settings("upsert", only));
+        assert!(!r.mapped[&7].passthrough);
+        let out = r.map(Change::Insert { rel: 7, new: v(&["1", " a ", "F"]) }, Mode::Upsert, "2026-01-01T00:00:00Z").unwrap();
+        assert!(matches!(&out[0], (Change::Insert { new, .. }, _) if new == &v(&["1", "a", "F"])));
+    }
+
+    #[test]
+    fn filters_and_transformations_rewrite_changes() {
+        let r = rules(&settings("default", RULES));
+        assert_eq!(r.targets[0].table, "emp_t");
+        let t = "2026-01-01T00:00:00Z";
+        assert!(r.map(Change::Insert { rel: 7, new: v(&["1", "ann", "M"]) }, Mode::Default, t).unwrap().is_empty());
+        let out = r.map(Change::Insert { rel: 7, new: v(&["1", "ann", "F"]) }, Mode::Default, t).unwrap();
+        assert!(matches!(&out[0], (Change::Insert { new, .. }, Mode::Default) if new == &v(&["1", "ANN", "F"])));
+        // entering or staying: upsert even in default mode
+        let out = r.map(Change::Update { rel: 7, old: None, new: v(&["1", "bo", "F"]), unchanged: vec![] }, Mode::Default, t).unwrap();
+        assert!(matches!(&out[0], (Change::Update { new, .. }, Mode::Upsert) if new == &v(&["1", "BO", "F"])));
+        // leaving: a delete by key
+        let out = r.map(Change::Update { rel: 7, old: None, new: v(&["1", "bo", "M"]), unchanged: vec![] }, Mode::Default, t).unwrap();
+        assert!(matches!(&out[0], (Change::Delete { old, .. }, Mode::Upsert) if old[0] == Some("1".into())));
+        // a delete carrying only the key is applied by key
+        let out = r.map(Change::Delete { rel: 7, old: v(&["1", "-", "-"]) }, Mode::Default, t).unwrap();
+        assert!(matches!(&out[0], (Change::Delete { .. }, Mode::Upsert)));
+        let (data, rows) = r.load_data(7, "1\tann\tF\n2\tbob\tM\n".into(), 2, t).unwrap();
+        assert_eq!((data.as_str(), rows), ("1\tANN\tF\n", 1));
+    }
+
+    #[test]
+    fn an_unchanged_filter_column_is_taken_from_the_old_row() {
+        let r = rules(&settings("upsert", RULES));
+        let t = "2026-01-01T00:00:00Z";
+        let out = r.map(Change::Update { rel: 7, old: Some(v(&["1", "a", "M"])), new: v(&["1", "b", "-"]), unchanged: vec![2] }, Mode::Upsert, t).unwrap();
+        assert!(matches!(&out[0], (Change::Delete { .. }, _)));
+        let out = r.map(Change::Update { rel: 7, old: None, new: v(&["1", "b", "-"]), unchanged: vec![2] }, Mode::Upsert, t).unwrap();
+        assert!(matches!(&out[0], (Change::Update { unchanged, .. }, _) if unchanged == &vec![2]));
+    }
+}
