@@ -375,3 +375,29 @@ pub fn mixed_transaction(t: &str, ledger: &str) -> impl Fn(u64) -> String + Send
     }
 }
 
+
+/// A RabbitMQ connection and a channel with publisher confirms.
+pub async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(&env("TREMPY_AMQP_URL"), lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.unwrap();
+    (connection, channel)
+}
+
+/// Publishes a message body to the task's queue as the decoding worker would (persistent,
+/// mandatory, confirmed) and asserts it was routed.
+pub async fn publish_to_task(channel: &lapin::Channel, task: &str, body: &[u8]) {
+    let confirm = channel
+        .basic_publish(
+            format!("trempy_exchange_{task}").as_str().into(),
+            format!("trempy_routing_key_{task}").as_str().into(),
+            lapin::options::BasicPublishOptions { mandatory: true, ..lapin::options::BasicPublishOptions::default() },
+            body,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack() && confirm.take_message().is_none(), "not routed: is the applier's topology declared?");
+}

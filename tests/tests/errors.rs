@@ -8,25 +8,18 @@
 use std::time::{Duration, Instant};
 
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicGetOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio_postgres::Client;
 use trempy_e2e::*;
 
 const CONVERGE: Duration = Duration::from_secs(120);
 
-async fn channel() -> (Connection, Channel) {
-    let connection = Connection::connect(&env("TREMPY_AMQP_URL"), ConnectionProperties::default()).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    (connection, channel)
-}
 
 /// The dead-letter queue's messages, left in the queue (fetched unacknowledged on a channel that
 /// is then closed).
 async fn dead_letters(task: &str) -> Vec<BasicGetMessage> {
-    let (connection, channel) = channel().await;
+    let (connection, channel) = amqp_channel().await;
     let mut all = Vec::new();
     while let Some(m) = channel.basic_get(format!("dlx_queue_{task}").as_str().into(), BasicGetOptions { no_ack: false }).await.unwrap() {
         all.push(m);
@@ -95,21 +88,9 @@ fn envelope(task: &str, transactions: Vec<serde_json::Value>) -> Vec<u8> {
 /// Publishes messages to the task's queue as the decoding worker would (persistent, mandatory,
 /// confirmed).
 async fn publish(task: &str, bodies: &[&[u8]]) {
-    let (connection, channel) = channel().await;
+    let (connection, channel) = amqp_channel().await;
     for body in bodies {
-        let confirm = channel
-            .basic_publish(
-                format!("trempy_exchange_{task}").as_str().into(),
-                format!("trempy_routing_key_{task}").as_str().into(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack() && confirm.take_message().is_none(), "not routed: is the applier's topology declared?");
+        publish_to_task(&channel, task, body).await;
     }
     let _ = connection.close(200, "bye".into()).await;
 }

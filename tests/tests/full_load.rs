@@ -65,6 +65,21 @@ fn mixed_writes(tables: &[(String, String)], i: u64) -> String {
     )
 }
 
+/// The three tables of [`three_tables`], a writer changing all of them, and a `full_load_and_cdc`
+/// task over them created while the writer runs. Returns the tables, a source connection and
+/// the writer.
+async fn load_under_writes(task: &str) -> (Vec<(String, String)>, tokio_postgres::Client, Writer) {
+    let tables = three_tables(task).await;
+    let source = source().await;
+    let names = table_names(task);
+    let refs: Vec<(&str, &str)> = names.iter().map(|(s, t)| (s.as_str(), t.as_str())).collect();
+    let writer_tables = tables.clone();
+    let writer = Writer::start(move |i| mixed_writes(&writer_tables, i));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    create_task_with(&source, task, &load_settings(task, "full_load_and_cdc", &refs)).await;
+    (tables, source, writer)
+}
+
 fn pairs(tables: &[(String, String)]) -> Vec<(&str, &str)> {
     tables.iter().map(|(t, o)| (t.as_str(), o.as_str())).collect()
 }
@@ -72,14 +87,7 @@ fn pairs(tables: &[(String, String)]) -> Vec<(&str, &str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_load_and_cdc_is_exact_while_writers_change_every_table() {
     let task = unique("load");
-    let tables = three_tables(&task).await;
-    let source = source().await;
-    let names = table_names(&task);
-    let refs: Vec<(&str, &str)> = names.iter().map(|(s, t)| (s.as_str(), t.as_str())).collect();
-    let writer_tables = tables.clone();
-    let writer = Writer::start(move |i| mixed_writes(&writer_tables, i));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    create_task_with(&source, &task, &load_settings(&task, "full_load_and_cdc", &refs)).await;
+    let (tables, source, writer) = load_under_writes(&task).await;
     let _applier = Applier::start(&task);
     wait_for_phase(&source, &task, "cdc", CONVERGE).await;
     // keep writing a little into CDC, then stop
@@ -120,13 +128,7 @@ async fn full_load_and_cdc_is_exact_while_writers_change_every_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_applier_killed_during_the_load_resumes_from_its_last_chunk_and_stays_exact() {
     let task = unique("loadkill");
-    let tables = three_tables(&task).await;
-    let source = source().await;
-    let names = table_names(&task);
-    let refs: Vec<(&str, &str)> = names.iter().map(|(s, t)| (s.as_str(), t.as_str())).collect();
-    let writer_tables = tables.clone();
-    let writer = Writer::start(move |i| mixed_writes(&writer_tables, i));
-    create_task_with(&source, &task, &load_settings(&task, "full_load_and_cdc", &refs)).await;
+    let (tables, source, writer) = load_under_writes(&task).await;
     let mut applier = Applier::start(&task);
     let target = target().await;
     let mut kills = 0;
@@ -235,13 +237,7 @@ async fn reload_starts_clean_and_continue_picks_up_edited_settings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decoding_worker_stopped_mid_table_copies_the_table_again_and_stays_exact() {
     let task = unique("loadterm");
-    let tables = three_tables(&task).await;
-    let source = source().await;
-    let names = table_names(&task);
-    let refs: Vec<(&str, &str)> = names.iter().map(|(s, t)| (s.as_str(), t.as_str())).collect();
-    let writer_tables = tables.clone();
-    let writer = Writer::start(move |i| mixed_writes(&writer_tables, i));
-    create_task_with(&source, &task, &load_settings(&task, "full_load_and_cdc", &refs)).await;
+    let (tables, source, writer) = load_under_writes(&task).await;
     let _applier = Applier::start(&task);
     // as soon as some table has published rows but is not finished, stop the worker (SIGTERM);
     // the launcher starts a new one, which copies that table again under a new snapshot

@@ -6,32 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::options::{BasicGetOptions, QueuePurgeOptions};
 use trempy_e2e::*;
 
-async fn channel() -> (Connection, Channel) {
-    let connection = Connection::connect(&env("TREMPY_AMQP_URL"), ConnectionProperties::default()).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    (connection, channel)
-}
-
-async fn publish(channel: &Channel, task: &str, body: &[u8]) {
-    let confirm = channel
-        .basic_publish(
-            format!("trempy_exchange_{task}").as_str().into(),
-            format!("trempy_routing_key_{task}").as_str().into(),
-            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-            body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack() && confirm.take_message().is_none());
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_message_is_dead_lettered_and_the_stream_goes_on() {
@@ -40,8 +17,8 @@ async fn malformed_message_is_dead_lettered_and_the_stream_goes_on() {
     source.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'before')")).await.unwrap();
     wait_converged(&[(&t, "id")], Duration::from_secs(60)).await;
 
-    let (_connection, channel) = channel().await;
-    publish(&channel, &task, b"{\"version\": 1, \"task\": \"truncated").await;
+    let (_connection, channel) = amqp_channel().await;
+    publish_to_task(&channel, &task, b"{\"version\": 1, \"task\": \"truncated").await;
     source.batch_execute(&format!("INSERT INTO {t} VALUES (2, 'after')")).await.unwrap();
     wait_converged(&[(&t, "id")], Duration::from_secs(60)).await;
 
@@ -73,8 +50,8 @@ async fn chunk_out_of_sequence_is_never_applied_nor_acknowledged() {
             {"name": "id", "type": "integer", "type_oid": 23, "key": true},
             {"name": "v", "type": "text", "type_oid": 25, "key": false}]}]
     });
-    let (connection, channel) = channel().await;
-    publish(&channel, &task, body.to_string().as_bytes()).await;
+    let (connection, channel) = amqp_channel().await;
+    publish_to_task(&channel, &task, body.to_string().as_bytes()).await;
     wait_for_applier_log(&task, &["arrived where chunk 0 was expected"], Duration::from_secs(60)).await;
     let target = target().await;
     let orphans: i64 = target.query_one(&format!("SELECT count(*) FROM {t} WHERE id = 42"), &[]).await.unwrap().get(0);
