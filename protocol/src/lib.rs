@@ -8,6 +8,7 @@
 //! * [`copytext`]: PostgreSQL's COPY text format, the body of full-load messages.
 //! * [`settings`]: task settings, their schema and their validation.
 //! * [`names`]: every object name derived from a task name.
+//! * [`feedback`]: the applier's reports back to the source.
 //!
 //! This crate uses neither pgrx nor tokio, so that it builds and fuzzes fast.
 
@@ -15,6 +16,7 @@ mod error;
 pub mod assemble;
 pub mod copytext;
 pub mod envelope;
+pub mod feedback;
 pub mod handoff;
 pub mod lsn;
 pub mod names;
