@@ -128,14 +128,18 @@ fn run(task: &Task, publisher: &Publisher) {
     let mut error_active = true; // clear any error a previous worker left, on the first success
     let mut wait = Duration::ZERO;
     let mut settings_published = false;
+    let mut recorded_report: Option<(Report, std::time::Instant)> = None;
     while BackgroundWorker::wait_latch(Some(wait)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             publisher.configure(gucs::amqp_url());
         }
-        if let Some(report) = publisher.latest_report() {
-            record_report(task, &report);
+        if let Some(report) = publisher.latest_report()
+            && worth_recording(recorded_report.as_ref(), &report)
+            && record_report(task, &report)
+        {
+            recorded_report = Some((report, std::time::Instant::now()));
         }
         let outcome = if settings_published { step(task, publisher) } else { publish_settings(task, publisher).map(|()| Round::Idle) };
         if outcome.is_ok() && !settings_published {
@@ -331,8 +335,20 @@ fn record(task: &Task, sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> boo
     result.is_ok()
 }
 
-/// Records the applier's latest report (information only: a failure is a warning).
-fn record_report(task: &Task, report: &Report) {
+/// How often a report that changes nothing but counts and time is recorded: each record is a
+/// write transaction at the source.
+const REPORT_REFRESH: Duration = Duration::from_secs(30);
+
+/// A report is recorded when it says something new, or [`REPORT_REFRESH`] after the last one.
+fn worth_recording(last: Option<&(Report, std::time::Instant)>, next: &Report) -> bool {
+    let Some((last, at)) = last else { return true };
+    let key = |r: &Report| (r.state, r.reason.clone(), r.since_ms, r.watermark, r.generation, r.dead_letters);
+    key(last) != key(next) || at.elapsed() >= REPORT_REFRESH
+}
+
+/// Records the applier's latest report (information only: a failure is a warning); true on
+/// success.
+fn record_report(task: &Task, report: &Report) -> bool {
     let since = report.since_ms.map(|ms| ms as f64 / 1000.0);
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     record(
@@ -355,7 +371,7 @@ fn record_report(task: &Task, report: &Report) {
             count(report.dead_letters).into(),
             (report.reported_at_ms as f64 / 1000.0).into(),
         ],
-    );
+    )
 }
 
 fn record_error(task: &Task, err: &Error) {
