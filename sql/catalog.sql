@@ -29,7 +29,22 @@ CREATE TABLE trempy.task_progress (
     -- 'full_load' while tables are being copied, then 'cdc' (or 'finished' for a full_load task).
     phase                  text CHECK (phase IN ('full_load', 'cdc', 'finished')),
     load_started_at        timestamptz,
-    load_finished_at       timestamptz
+    load_finished_at       timestamptz,
+    -- The applier's latest report, from the task's feedback queue (see docs/architecture.md):
+    -- its state ('running', 'retrying', 'stopped', 'halted'), why and since when, its watermark
+    -- (last source commit LSN applied), counts, when it made the report (applier's clock) and
+    -- when the worker recorded it (source clock). NULL until a report arrives.
+    applier_state          text,
+    applier_reason         text,
+    applier_since          timestamptz,
+    applier_lsn            pg_lsn,
+    applier_generation     integer,
+    applier_transactions   bigint,
+    applier_changes        bigint,
+    applier_rows_loaded    bigint,
+    applier_dead_letters   bigint,
+    applier_reported_at    timestamptz,
+    applier_received_at    timestamptz
 );
 
 -- The full load of each table of a task, in load order (priority, then list order). Each table

@@ -74,7 +74,13 @@ RETURNS TABLE (
     load_rows_copied       bigint,
     load_rows_estimated    bigint,
     load_percent           numeric,
-    load_eta               timestamptz
+    load_eta               timestamptz,
+    applier_state          text,
+    applier_reason         text,
+    applier_since          timestamptz,
+    applier_lsn            pg_lsn,
+    applier_dead_letters   bigint,
+    applier_reported_at    timestamptz
 )
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -87,6 +93,7 @@ AS $$
                WHEN w.pid IS NULL THEN 'starting'
                WHEN s.slot_name IS NULL AND t.settings #>> '{task,replication_type}' <> 'full_load' THEN 'starting'
                WHEN coalesce(p.error_active, false) THEN 'retrying'
+               WHEN p.applier_state = 'stopped' THEN 'applier stopped'
                ELSE 'running'
            END,
            w.pid,
@@ -108,7 +115,13 @@ AS $$
                 WHEN l.estimated > 0 THEN least(99.9, round(100.0 * l.copied / l.estimated, 1)) END,
            CASE WHEN p.phase IN ('cdc', 'finished') THEN p.load_finished_at
                 WHEN p.phase = 'full_load' AND l.copied > 0 AND l.estimated > l.copied
-                THEN now() + (now() - p.load_started_at) * ((l.estimated - l.copied)::float8 / l.copied) END
+                THEN now() + (now() - p.load_started_at) * ((l.estimated - l.copied)::float8 / l.copied) END,
+           p.applier_state,
+           p.applier_reason,
+           p.applier_since,
+           p.applier_lsn,
+           p.applier_dead_letters,
+           p.applier_reported_at
       FROM trempy.tasks t
       LEFT JOIN trempy.task_progress p ON p.task_name = t.task_name
       LEFT JOIN pg_replication_slots s
@@ -120,7 +133,7 @@ AS $$
      ORDER BY t.task_name
 $$;
 
-COMMENT ON FUNCTION trempy.status() IS 'One row per TREMpy task: state, worker, slot position and lag, publish counters, last error, full load phase, progress and ETA.';
+COMMENT ON FUNCTION trempy.status() IS 'One row per TREMpy task: state, worker, slot position and lag, publish counters, last error, full load phase, progress and ETA, and the applier''s latest report (state, reason, LSN applied, dead letters).';
 
 -- Managing tasks is for superusers (or roles they grant EXECUTE to); status is readable by all.
 REVOKE ALL ON FUNCTION trempy.create_task(text, jsonb) FROM PUBLIC;

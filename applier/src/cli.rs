@@ -14,7 +14,7 @@ use crate::consume::{self, Options};
 use crate::deadletter::{self, Outcome, Selection};
 use crate::errorlog::{self, Action};
 use crate::policy::{DEFAULT_MAX_ATTEMPTS, ErrorPolicy};
-use crate::{error, state};
+use crate::{error, report, state};
 
 /// TREMpy applier: applies a task's changes from RabbitMQ to a target PostgreSQL database,
 /// exactly once in effect.
@@ -193,6 +193,7 @@ async fn run(args: RunArgs) -> ExitCode {
         batch_delay: Duration::from_millis(args.batch_delay_ms),
         idle_commit: Duration::from_millis(args.idle_commit_ms),
         error_policy: ErrorPolicy::from_settings(error_handling.as_ref(), args.max_attempts),
+        live: report::Live::default(),
     };
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(async move {
@@ -200,7 +201,9 @@ async fn run(args: RunArgs) -> ExitCode {
         tracing::info!("shutting down");
         let _ = stop.send(true);
     });
+    let reports = tokio::spawn(report::run(options.names.clone(), options.amqp_url.clone(), options.target_dsn.clone(), options.live.clone(), shutdown.clone()));
     consume::run(options, shutdown).await;
+    let _ = reports.await;
     ExitCode::SUCCESS
 }
 

@@ -48,6 +48,7 @@ use crate::errorlog::{self, Action};
 use crate::load::{self, Verdict};
 use crate::policy::{self, ErrorPolicy, Reaction};
 use crate::progress::{self, Applied, Position, Staged};
+use crate::report::Live;
 use crate::state;
 
 /// How the applier runs.
@@ -63,6 +64,8 @@ pub(crate) struct Options {
     /// The error policy until the task's settings arrive in the stream (or are found recorded in
     /// the target); only `max_attempts` is kept then.
     pub(crate) error_policy: ErrorPolicy,
+    /// Tells the reports to the source about a halt.
+    pub(crate) live: Live,
 }
 
 /// What outlives one session.
@@ -174,6 +177,7 @@ async fn pause(options: &Options, err: &Error, attempt: u32, retry_in: Option<Du
         }
         Reaction::Halt(delay) => {
             error!(task, table, lsn, sqlstate, error = %err, retry_in_ms = delay_ms(delay), "apply halted: fix the cause on the target; the task resumes by itself");
+            options.live.halt(&err.to_string());
             delay
         }
         Reaction::DeadLetter | Reaction::Permanent => Duration::from_secs(1),
@@ -578,6 +582,7 @@ impl<'o> Session<'o> {
                 load: self.pending.load,
             };
             self.committed_any = true;
+            self.options.live.clear();
             self.stats.transactions += self.pending.transactions;
             self.stats.changes += self.pending.changes;
         }

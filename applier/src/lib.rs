@@ -9,7 +9,8 @@
 //! or below it is skipped on redelivery; messages are acknowledged only after COMMIT. [`policy`]
 //! says what to do about each kind of [`error`]; source transactions that cannot be applied are
 //! logged ([`errorlog`]), counted ([`state`]) and, as the task's error policy says, stop the task or
-//! are dead-lettered ([`deadletter`]).
+//! are dead-lettered ([`deadletter`]). [`report`] tells the source where the task stands, through
+//! the task's feedback queue.
 
 pub mod cli;
 mod apply;
@@ -21,6 +22,7 @@ mod errorlog;
 mod load;
 mod policy;
 mod progress;
+mod report;
 mod state;
 mod rules;
 mod scd2;

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     MalformedSnapshot,
     /// COPY text data that does not parse.
     MalformedCopyData,
+    /// An applier report that is not valid JSON of a version we understand.
+    MalformedReport,
 }
 
 /// An error of the protocol crate: a kind plus a message for humans.

@@ -11,6 +11,7 @@
 //! * [`transform`]: transformations, compiled into a source-to-target plan
 //!   ([`transform::TablePlan`]), with the `math_expression` language in [`transform::expr`].
 //! * [`names`]: every object name derived from a task name.
+//! * [`feedback`]: the applier's reports back to the source.
 //!
 //! This crate uses neither pgrx nor tokio, so that it builds and fuzzes fast.
 
@@ -18,6 +19,7 @@ mod error;
 pub mod assemble;
 pub mod copytext;
 pub mod envelope;
+pub mod feedback;
 pub mod filter;
 pub mod handoff;
 pub mod lsn;

@@ -96,6 +96,12 @@ impl TaskNames {
     pub fn dlx_queue(&self) -> String {
         format!("dlx_queue_{}", self.task)
     }
+
+    /// Queue of the applier's reports back to the source (see [`crate::feedback`]): the applier
+    /// publishes to it through the default exchange, the decoding worker reads it.
+    pub fn feedback_queue(&self) -> String {
+        format!("trempy_feedback_{}", self.task)
+    }
 }
 
 /// Parses a slot or publication name back into the task name it belongs to, if it is one of ours.
@@ -151,6 +157,7 @@ mod tests {
         assert_eq!(names.dlx_exchange(), "trempy_dlx_exchange_orders_sync");
         assert_eq!(names.dlx_queue(), "dlx_queue_orders_sync");
         assert_eq!(names.dlx_routing_key(), "dlx.orders_sync");
+        assert_eq!(names.feedback_queue(), "trempy_feedback_orders_sync");
         assert_eq!(task_of_object("trempy_"), None);
         assert_eq!(task_of_object("other_slot"), None);
         assert_eq!(task_of_object("trempy_A"), None);

@@ -6,6 +6,11 @@
 //! changes are applied in order by one applier at a time while a second one can wait as a hot
 //! standby. The broker itself never dead-letters because of redeliveries (an explicit, very high
 //! `x-delivery-limit`): whether a message is poison is the applier's decision.
+//!
+//! The feedback queue ([`declare_feedback`]) carries the applier's reports back to the source. It
+//! is a classic queue (so the decoding worker can `basic.get` from it) that keeps at most
+//! [`FEEDBACK_MAX_LENGTH`] reports and drops the oldest beyond that, so it never grows. Each side
+//! declares it on its own channel: a failed declaration closes only that channel.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -18,6 +23,21 @@ const BROKER_DELIVERY_LIMIT: i64 = 1_000_000;
 
 fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// Reports the feedback queue keeps; older ones are dropped (only the latest matters).
+pub const FEEDBACK_MAX_LENGTH: i64 = 100;
+
+/// Declares the task's feedback queue, always with the same arguments. Safe to call any number
+/// of times.
+pub async fn declare_feedback(channel: &Channel, names: &TaskNames) -> lapin::Result<()> {
+    let durable_queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long("classic"));
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(FEEDBACK_MAX_LENGTH));
+    args.insert("x-overflow".into(), long("drop-head"));
+    channel.queue_declare(names.feedback_queue().as_str().into(), durable_queue, args).await?;
+    Ok(())
 }
 
 /// Declares the task's exchanges, queues and bindings. Safe to call any number of times.

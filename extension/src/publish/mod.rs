@@ -7,22 +7,35 @@
 //! batch failed and drops the connection, and every later message of the batch is discarded. So
 //! the queue only ever receives a prefix of a batch, never a batch with a hole in it, and the
 //! main thread advances the slot only when the whole batch was confirmed.
+//!
+//! Between messages, every [`FEEDBACK_POLL`], the thread also reads the task's feedback queue
+//! (the applier's reports, see [`trempy_protocol::feedback`]) on a channel of its own and hands
+//! the latest valid report to the main thread ([`Publisher::latest_report`]). Nothing about
+//! reports can fail a batch: a missing queue, a malformed report or a broken channel only means
+//! no report this time.
 
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::mpsc;
 use trempy_protocol::envelope;
+use trempy_protocol::feedback::Report;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::topology;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the feedback queue is read.
+const FEEDBACK_POLL: Duration = Duration::from_secs(2);
+/// While not connected, how often reading the feedback queue may open a connection.
+const FEEDBACK_CONNECT_EVERY: Duration = Duration::from_secs(30);
+/// Most reports read from the feedback queue at one poll.
+const FEEDBACK_MAX_READ: usize = 200;
 
 enum Command {
     Configure(Option<String>),
@@ -43,6 +56,7 @@ pub(crate) enum Offer {
 /// Handle to the AMQP thread, held by the worker's main thread.
 pub(crate) struct Publisher {
     tx: mpsc::Sender<Command>,
+    reports: std_mpsc::Receiver<Report>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -51,8 +65,14 @@ impl Publisher {
     /// delivered to the main thread (and to no thread that lapin or tokio start later).
     pub(crate) fn spawn(names: TaskNames) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(4);
-        let thread = with_signals_blocked(|| std::thread::Builder::new().name("trempy-amqp".into()).spawn(move || run(names, rx)))?;
-        Ok(Self { tx, thread: Some(thread) })
+        let (reports_tx, reports) = std_mpsc::channel();
+        let thread = with_signals_blocked(|| std::thread::Builder::new().name("trempy-amqp".into()).spawn(move || run(names, rx, reports_tx)))?;
+        Ok(Self { tx, reports, thread: Some(thread) })
+    }
+
+    /// The latest applier report read since the last call, if any. Never blocks.
+    pub(crate) fn latest_report(&self) -> Option<Report> {
+        self.reports.try_iter().last()
     }
 
     /// Sets (or changes) the broker URL; the connection is re-opened on the next message.
@@ -106,6 +126,8 @@ fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
 struct Link {
     connection: Connection,
     channel: Channel,
+    /// Channel reading the feedback queue, opened on first use.
+    feedback: Option<Channel>,
 }
 
 struct State {
@@ -113,9 +135,11 @@ struct State {
     url: Option<String>,
     link: Option<Link>,
     failure: Option<String>,
+    /// When reading the feedback queue last opened (or tried to open) a connection.
+    feedback_connect: Option<Instant>,
 }
 
-fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>) {
+fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>, reports: std_mpsc::Sender<Report>) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -124,8 +148,20 @@ fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>) {
         }
     };
     runtime.block_on(async move {
-        let mut state = State { names, url: None, link: None, failure: None };
-        while let Some(command) = rx.recv().await {
+        let mut state = State { names, url: None, link: None, failure: None, feedback_connect: None };
+        let mut poll = tokio::time::interval(FEEDBACK_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let command = tokio::select! {
+                command = rx.recv() => command,
+                _ = poll.tick() => {
+                    if let Some(report) = state.read_feedback().await {
+                        let _ = reports.send(report);
+                    }
+                    continue;
+                }
+            };
+            let Some(command) = command else { break };
             match command {
                 Command::Configure(url) => {
                     if url != state.url {
@@ -167,7 +203,7 @@ impl State {
                 let channel = connection.create_channel().await.map_err(|e| format!("cannot open a channel: {e}"))?;
                 channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| format!("cannot enable publisher confirms: {e}"))?;
                 topology::declare(&channel, &self.names).await.map_err(|e| format!("cannot declare the task's exchanges and queues: {e}"))?;
-                Ok::<_, String>(Link { connection, channel })
+                Ok::<_, String>(Link { connection, channel, feedback: None })
             })
             .await
             .map_err(|_| format!("connecting to RabbitMQ timed out after {}s", CONNECT_TIMEOUT.as_secs()))??;
@@ -204,6 +240,44 @@ impl State {
             return Err(format!("RabbitMQ returned a message as unroutable ({} {}); is the task's queue bound?", returned.reply_code, returned.reply_text));
         }
         Ok(())
+    }
+
+    /// Reads the feedback queue to its end (boundedly) and returns the latest valid report.
+    async fn read_feedback(&mut self) -> Option<Report> {
+        self.url.as_ref()?;
+        if self.link.is_none() {
+            if self.feedback_connect.is_some_and(|at| at.elapsed() < FEEDBACK_CONNECT_EVERY) {
+                return None;
+            }
+            self.feedback_connect = Some(Instant::now());
+        }
+        self.connect().await.ok()?;
+        let link = self.link.as_mut()?;
+        if link.feedback.as_ref().is_some_and(|c| !c.status().connected()) {
+            link.feedback = None;
+        }
+        if link.feedback.is_none() {
+            let channel = link.connection.create_channel().await.ok()?;
+            topology::declare_feedback(&channel, &self.names).await.ok()?;
+            link.feedback = Some(channel);
+        }
+        let channel = link.feedback.as_ref()?;
+        let queue = self.names.feedback_queue();
+        let mut latest = None;
+        for _ in 0..FEEDBACK_MAX_READ {
+            match channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await {
+                Ok(Some(message)) => match Report::parse(&message.delivery.data) {
+                    Ok(report) if report.task == self.names.task() => latest = Some(report),
+                    Ok(_) | Err(_) => {} // not ours, or not a report: dropped
+                },
+                Ok(None) => break,
+                Err(_) => {
+                    link.feedback = None;
+                    break;
+                }
+            }
+        }
+        latest
     }
 
     async fn disconnect(&mut self) {

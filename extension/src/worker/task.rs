@@ -7,6 +7,10 @@
 //! Otherwise, is there WAL past the slot's confirmed position? If so, peek a batch, publish it,
 //! wait for RabbitMQ's confirms, and only then advance the slot. An empty batch advances the slot
 //! to the flushed WAL position, so idle or filtered databases do not pin WAL.
+//!
+//! Each round also takes the applier's latest report, if one came through the feedback queue,
+//! and records it in `trempy.task_progress` (the `applier_*` columns that `trempy.status()`
+//! shows).
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -15,6 +19,7 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use trempy_protocol::Lsn;
 use trempy_protocol::assemble::Counts;
+use trempy_protocol::feedback::Report;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 
@@ -123,11 +128,18 @@ fn run(task: &Task, publisher: &Publisher) {
     let mut error_active = true; // clear any error a previous worker left, on the first success
     let mut wait = Duration::ZERO;
     let mut settings_published = false;
+    let mut recorded_report: Option<(Report, std::time::Instant)> = None;
     while BackgroundWorker::wait_latch(Some(wait)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             publisher.configure(gucs::amqp_url());
+        }
+        if let Some(report) = publisher.latest_report()
+            && worth_recording(recorded_report.as_ref(), &report)
+            && record_report(task, &report)
+        {
+            recorded_report = Some((report, std::time::Instant::now()));
         }
         let outcome = if settings_published { step(task, publisher) } else { publish_settings(task, publisher).map(|()| Round::Idle) };
         if outcome.is_ok() && !settings_published {
@@ -321,6 +333,45 @@ fn record(task: &Task, sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> boo
         warning!("trempy task \"{}\": could not record progress: {err}", task.names.task());
     }
     result.is_ok()
+}
+
+/// How often a report that changes nothing but counts and time is recorded: each record is a
+/// write transaction at the source.
+const REPORT_REFRESH: Duration = Duration::from_secs(30);
+
+/// A report is recorded when it says something new, or [`REPORT_REFRESH`] after the last one.
+fn worth_recording(last: Option<&(Report, std::time::Instant)>, next: &Report) -> bool {
+    let Some((last, at)) = last else { return true };
+    let key = |r: &Report| (r.state, r.reason.clone(), r.since_ms, r.watermark, r.generation, r.dead_letters);
+    key(last) != key(next) || at.elapsed() >= REPORT_REFRESH
+}
+
+/// Records the applier's latest report (information only: a failure is a warning); true on
+/// success.
+fn record_report(task: &Task, report: &Report) -> bool {
+    let since = report.since_ms.map(|ms| ms as f64 / 1000.0);
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    record(
+        task,
+        "UPDATE trempy.task_progress
+            SET applier_state = $2, applier_reason = $3, applier_since = to_timestamp($4), applier_lsn = $5::pg_lsn,
+                applier_generation = $6, applier_transactions = $7, applier_changes = $8, applier_rows_loaded = $9,
+                applier_dead_letters = $10, applier_reported_at = to_timestamp($11), applier_received_at = now()
+          WHERE task_name = $1",
+        &[
+            task.names.task().into(),
+            report.state.as_str().into(),
+            report.reason.as_deref().into(),
+            since.into(),
+            report.watermark.to_string().into(),
+            i64::from(report.generation).into(),
+            count(report.transactions_applied).into(),
+            count(report.changes_applied).into(),
+            count(report.rows_loaded).into(),
+            count(report.dead_letters).into(),
+            (report.reported_at_ms as f64 / 1000.0).into(),
+        ],
+    )
 }
 
 fn record_error(task: &Task, err: &Error) {
