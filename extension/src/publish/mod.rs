@@ -41,6 +41,7 @@ enum Command {
     Configure(Option<String>),
     Publish { body: Vec<u8>, message_id: String },
     Flush(std_mpsc::Sender<Result<(), String>>),
+    Connect(std_mpsc::Sender<Result<(), String>>),
 }
 
 /// What became of a message offered to the thread.
@@ -94,6 +95,14 @@ impl Publisher {
     pub(crate) fn flush(&self) -> Option<std_mpsc::Receiver<Result<(), String>>> {
         let (reply, rx) = std_mpsc::channel();
         self.tx.blocking_send(Command::Flush(reply)).ok().map(|()| rx)
+    }
+
+    /// Asks the thread to make sure it is connected (opening the connection if needed): `Ok` once
+    /// it is, else why not. Lets the worker find RabbitMQ down before it decodes a batch it could
+    /// not publish. Poll the receiver with a timeout.
+    pub(crate) fn connect(&self) -> Option<std_mpsc::Receiver<Result<(), String>>> {
+        let (reply, rx) = std_mpsc::channel();
+        self.tx.blocking_send(Command::Connect(reply)).ok().map(|()| rx)
     }
 
     /// Closes the connection and waits (boundedly) for the thread to end.
@@ -180,6 +189,13 @@ fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>, reports: std_mpsc::Sen
                 }
                 Command::Flush(reply) => {
                     let _ = reply.send(state.failure.take().map_or(Ok(()), Err));
+                }
+                Command::Connect(reply) => {
+                    let connected = state.connect().await.map(|_| ());
+                    if connected.is_err() {
+                        state.disconnect().await;
+                    }
+                    let _ = reply.send(connected);
                 }
             }
         }

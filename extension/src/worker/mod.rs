@@ -97,7 +97,18 @@ pub(crate) fn send(publisher: &Publisher, body: Vec<u8>, message_id: String) -> 
 
 /// Waits until RabbitMQ has confirmed everything sent so far.
 pub(crate) fn confirm(publisher: &Publisher) -> Result<(), Error> {
-    let reply = publisher.flush().ok_or_else(|| Error::new(ErrorKind::Publish, "the AMQP thread has stopped"))?;
+    await_reply(publisher.flush())
+}
+
+/// Makes sure the AMQP thread is connected to RabbitMQ, so that a batch is decoded only when it
+/// can be published (decoding a backlog costs seconds; RabbitMQ may be down for a while).
+pub(crate) fn ensure_connected(publisher: &Publisher) -> Result<(), Error> {
+    await_reply(publisher.connect())
+}
+
+/// Waits for the AMQP thread's answer, giving up on shutdown.
+fn await_reply(reply: Option<std::sync::mpsc::Receiver<Result<(), String>>>) -> Result<(), Error> {
+    let reply = reply.ok_or_else(|| Error::new(ErrorKind::Publish, "the AMQP thread has stopped"))?;
     loop {
         match reply.recv_timeout(Duration::from_millis(100)) {
             Ok(Ok(())) => return Ok(()),

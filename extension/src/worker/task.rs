@@ -23,7 +23,7 @@ use trempy_protocol::feedback::Report;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 
-use super::{LOCK_CLASS, confirm, in_repeatable_read_transaction, in_transaction, send};
+use super::{LOCK_CLASS, confirm, ensure_connected, in_repeatable_read_transaction, in_transaction, send};
 use crate::decoding::{peek, slot};
 use crate::load::{self, Next};
 use crate::error::{Error, ErrorKind, Reaction, reaction};
@@ -280,6 +280,7 @@ fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
             Ok(round)
         }
         Some(Ok(due)) => {
+            ensure_connected(publisher)?;
             let copied = in_repeatable_read_transaction(|| load::copy_table(&task.names, task.generation, task.settings.prepare(), task.settings.streams(), &due, publisher, gucs::max_message_bytes()))?;
             Ok(Round::Copied(due, copied))
         }
@@ -302,6 +303,7 @@ fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) 
     if position.flushed <= position.confirmed {
         return Ok(Round::Idle);
     }
+    ensure_connected(publisher)?;
     let handoff = if task.settings.copies() { load::handoff(client, task.names.task(), position.confirmed)? } else { trempy_protocol::handoff::Handoff::new() };
     let batch = peek::Batch {
         names: &task.names,
