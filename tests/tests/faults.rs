@@ -174,7 +174,12 @@ struct Tally {
 /// Median and worst of some durations, in seconds.
 fn median_worst(durations: &mut [Duration]) -> (f64, f64) {
     durations.sort();
-    let median = durations.get(durations.len() / 2).copied().unwrap_or_default();
+    let n = durations.len();
+    let median = match n {
+        0 => Duration::ZERO,
+        _ if n % 2 == 1 => durations[n / 2],
+        _ => (durations[n / 2 - 1] + durations[n / 2]) / 2,
+    };
     let worst = durations.last().copied().unwrap_or_default();
     (median.as_secs_f64(), worst.as_secs_f64())
 }
