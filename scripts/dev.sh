@@ -782,7 +782,7 @@ cmd_test() {
         # shellcheck disable=SC1090
         . "$ENV_FILE"
         set +a
-        cargo test --release -p trempy-e2e -- --test-threads=1
+        cargo test --release --no-fail-fast -p trempy-e2e -- --test-threads=1
     ) 2>&1 | tee -a "$log"
     if [[ $started == 1 && ${TREMPY_KEEP_STACK:-0} != 1 ]]; then
         trap - EXIT

@@ -192,13 +192,20 @@ async fn default_mode_insert_update_delete() {
     target.batch_execute(&format!("DELETE FROM {table} WHERE id = 2")).await.unwrap();
     source.batch_execute(&format!("UPDATE {table} SET v = 'b3' WHERE id = 2; DELETE FROM {table} WHERE id = 2")).await.unwrap();
     wait_for_applier_log(&task, &["1 of 1 updates found no target row", "1 of 1 deletes found no target row"], WAIT).await;
-    // a row the target has already: the insert halts the task in order until it is removed
+    // a row the target has already: the plain insert is a unique violation. With the default
+    // error policy (no stop_if_* flag) the source transaction is retried, then dead-lettered, and
+    // the stream goes on; once the cause is fixed, replaying it applies it exactly once.
     target.batch_execute(&format!("INSERT INTO {table} VALUES (5, 'target')")).await.unwrap();
     source.batch_execute(&format!("INSERT INTO {table} VALUES (5, 'source'); INSERT INTO {table} VALUES (6, 'after')")).await.unwrap();
-    wait_for_applier_log(&task, &["apply halted", "23505"], WAIT).await;
-    assert_eq!(text_rows(&target, &q).await, ["4:a", "5:target"]);
+    source.batch_execute(&format!("INSERT INTO {table} VALUES (7, 'next')")).await.unwrap();
+    wait_for_target_rows(&q, &["4:a", "5:target", "7:next"], WAIT).await;
+    let sqlstate: String =
+        target.query_one("SELECT sqlstate FROM trempy.applier_deadletters WHERE task_name = $1 AND state = 'dead'", &[&task]).await.unwrap().get(0);
+    assert_eq!(sqlstate, "23505");
     target.batch_execute(&format!("DELETE FROM {table} WHERE id = 5")).await.unwrap();
-    wait_for_target_rows(&q, &["4:a", "5:source", "6:after"], WAIT).await;
+    let (ok, out) = applier_command(&["dlq", "replay", "--task", &task, "--all"]).await;
+    assert!(ok, "dlq replay failed: {out}");
+    wait_for_target_rows(&q, &["4:a", "5:source", "6:after", "7:next"], WAIT).await;
     drop_task(&source, &task).await;
 }
 

@@ -57,7 +57,7 @@ async fn create_task_rejects_each_kind_of_invalid_settings_naming_the_field() {
             with(&["filters"], json!([{"table_info": {"schema_name": "public", "table_name": good_table}, "settings": {"filter_type": "equals", "description": "", "column_name": "nope", "value": 1}}])),
             "filters[0].settings.column_name",
         ),
-        (task.as_str(), with(&["filters"], json!([{"table_info": {}, "settings": {}}])), "filters[0].table_info: missing field `schema_name`"),
+        (task.as_str(), with(&["filters"], json!([{"table_info": {}, "settings": {}}])), "filters[0].settings: missing field `filter_type`"),
         (task.as_str(), json!([1, 2]), "settings must be a JSON object"),
         ("Bad-Name", good.clone(), "name: task name \"Bad-Name\" contains 'B'"),
         (too_long.as_str(), good.clone(), "63-byte"),
