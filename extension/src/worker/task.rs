@@ -64,6 +64,9 @@ pub extern "C-unwind" fn trempy_task_main(arg: pg_sys::Datum) {
     let task_id = i32::try_from(arg.value()).unwrap_or(-1);
     let database = BackgroundWorker::get_extra().to_owned();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SAFETY: main thread, before any work: replaces pgrx's SIGTERM handler with one that also
+    // makes PostgreSQL's next interrupt check end the process, as a backend's does.
+    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
 
     let task = match in_transaction(|| Ok(claim(task_id))) {
@@ -86,6 +89,20 @@ pub extern "C-unwind" fn trempy_task_main(arg: pg_sys::Datum) {
     run(&task, &publisher);
     publisher.shutdown();
     log!("trempy task \"{}\": worker stopped", task.names.task());
+}
+
+/// SIGTERM (`drop_task`, `update_task`, server shutdown): ends the worker promptly. The loops
+/// between SQL calls see `ShutdownRequestPending`; a long SQL call in progress (decoding a large
+/// backlog, reading a table to copy) is interrupted at its next interrupt check by PostgreSQL's own
+/// `die` handler, as the apply workers of native logical replication are. Nothing is lost: the
+/// slot only advances, and a copy only counts, after RabbitMQ confirmed and the transaction
+/// committed.
+unsafe extern "C-unwind" fn on_sigterm(signal: i32) {
+    // SAFETY: async-signal-safe writes of flags PostgreSQL polls, and its own handler.
+    unsafe {
+        (&raw mut pg_sys::ShutdownRequestPending).write_volatile(1);
+        pg_sys::die(signal);
+    }
 }
 
 /// Takes the task's advisory lock and reads the task. `None` when the task is not to run here.
