@@ -80,6 +80,17 @@ async fn load_under_writes(task: &str) -> (Vec<(String, String)>, tokio_postgres
     (tables, source, writer)
 }
 
+/// Each table of the task's load with its copy attempt, in load order.
+async fn load_attempts(source: &tokio_postgres::Client, task: &str) -> Vec<(String, i32)> {
+    source
+        .query("SELECT table_name, attempt FROM trempy.load_status() WHERE task_name = $1 ORDER BY position", &[&task])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 fn pairs(tables: &[(String, String)]) -> Vec<(&str, &str)> {
     tables.iter().map(|(t, o)| (t.as_str(), o.as_str())).collect()
 }
@@ -204,13 +215,7 @@ async fn reload_starts_clean_and_continue_picks_up_edited_settings() {
     wait_for_phase(&source, &task, "cdc", CONVERGE).await;
     source.batch_execute(&format!("UPDATE {a} SET v = 'streamed' WHERE id = 500; INSERT INTO {b} VALUES (11, 'streamed')")).await.unwrap();
     wait_converged(&[(&a, "id"), (&b, "id")], CONVERGE).await;
-    let attempts: Vec<(String, i32)> = source
-        .query("SELECT table_name, attempt FROM trempy.load_status() WHERE task_name = $1 ORDER BY position", &[&task])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let attempts = load_attempts(&source, &task).await;
     assert_eq!(attempts, vec![(format!("{task}_a"), 2), (format!("{task}_b"), 1)]);
 
     // another edit in continue mode keeps the slot and the copies: nothing is copied again and
@@ -223,13 +228,7 @@ async fn reload_starts_clean_and_continue_picks_up_edited_settings() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     writer.stop().await;
     wait_converged(&[(&a, "id"), (&b, "id")], CONVERGE).await;
-    let attempts_after: Vec<(String, i32)> = source
-        .query("SELECT table_name, attempt FROM trempy.load_status() WHERE task_name = $1 ORDER BY position", &[&task])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let attempts_after = load_attempts(&source, &task).await;
     assert_eq!(attempts_after, attempts);
     drop_task(&source, &task).await;
 }
