@@ -28,6 +28,10 @@ pub(crate) struct Batch<'a> {
     pub(crate) upto: Lsn,
     pub(crate) batch_size: i32,
     pub(crate) max_message_bytes: usize,
+    /// Describe NOT NULL and the created column types too (only needed when the applier may
+    /// create target tables: `create_table_if_not_exists`); they cost catalog reads per relation
+    /// at every decoding call.
+    pub(crate) for_create: bool,
 }
 
 /// What one decoding call published.
@@ -41,14 +45,14 @@ pub(crate) struct Published {
 /// Decodes the changes committed before `upto` (at most about `batch_size` changes, always whole
 /// transactions) and publishes them. Returns once RabbitMQ has confirmed every message.
 pub(crate) fn publish_batch(client: &SpiClient<'_>, batch: Batch<'_>, publisher: &Publisher) -> Result<Published, Error> {
-    let Batch { names, generation, handoff, upto, batch_size, max_message_bytes } = batch;
+    let Batch { names, generation, handoff, upto, batch_size, max_message_bytes, for_create } = batch;
     let mut cursor = client.try_open_cursor(
         "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4)",
         &[names.slot().as_str().into(), upto.to_string().as_str().into(), batch_size.into(), names.publication().as_str().into()],
     )?;
     let mut assembler = Assembler::new(names.task(), generation, max_message_bytes).with_handoff(handoff);
     let mut types: HashMap<(u32, i32), String> = HashMap::new();
-    let mut describe = |relation: &pgoutput::Relation<'_>| describe(client, &mut types, relation);
+    let mut describe = |relation: &pgoutput::Relation<'_>| describe(client, &mut types, relation, for_create);
     let mut sent = 0_u64;
     each_row(&mut cursor, "trempy decoding", |table| {
         let datum = table.get_datum_by_ordinal(1)?.ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
@@ -75,7 +79,7 @@ pub(crate) fn publish_batch(client: &SpiClient<'_>, batch: Batch<'_>, publisher:
 /// Describes a relation for the envelope: type names as `format_type` prints them, and key
 /// columns. Under REPLICA IDENTITY FULL pgoutput marks every column as key, so the primary key
 /// is read from the catalog instead.
-fn describe(client: &SpiClient<'_>, types: &mut HashMap<(u32, i32), String>, relation: &pgoutput::Relation<'_>) -> Result<Relation, Error> {
+fn describe(client: &SpiClient<'_>, types: &mut HashMap<(u32, i32), String>, relation: &pgoutput::Relation<'_>, for_create: bool) -> Result<Relation, Error> {
     let primary_key: Option<Vec<String>> = if relation.replica_identity == b'f' {
         let table = client.select(
             "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
@@ -95,7 +99,7 @@ fn describe(client: &SpiClient<'_>, types: &mut HashMap<(u32, i32), String>, rel
     };
     // NOT NULL and the type of a created target table, from the current catalog (the table may
     // have been dropped since: then without them).
-    let current = crate::catalog::describe_table(client, relation.oid).ok();
+    let current = if for_create { crate::catalog::describe_table(client, relation.oid).ok() } else { None };
     let extras = |name: &str| current.as_ref().and_then(|r| r.columns.iter().find(|c| c.name == name)).map(|c| (c.not_null, c.create_type.clone()));
     let mut columns = Vec::with_capacity(relation.columns.len());
     for column in &relation.columns {

@@ -329,6 +329,7 @@ fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) 
         upto: position.flushed,
         batch_size: gucs::batch_size(),
         max_message_bytes: gucs::max_message_bytes(),
+        for_create: task.settings.prepare().create,
     };
     let published = peek::publish_batch(client, batch, publisher)?;
     match published.end_lsn {
