@@ -10,8 +10,40 @@ CREATE TABLE trempy.tasks (
     -- 1 at creation, one more at every reload (start_mode "reload"). Every message carries it;
     -- appliers drop messages of older generations.
     generation integer NOT NULL DEFAULT 1,
+    -- This task's identity, new at every create_task: every message carries it, and appliers
+    -- keep their state under it, so a task dropped and created again under the same name (or
+    -- a task of the same name on another source) never inherits another one's position.
+    incarnation uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    -- The identity of the task's replication slot, recorded when it was created (by
+    -- create_task, or update_task when the task starts streaming or reloads): the cluster
+    -- (system identifier and timeline) and the slot's consistent point. A slot that is missing,
+    -- invalidated, or on another system or timeline (a promoted standby, a restore) is never
+    -- re-created silently: the task fails with the cause in trempy.status().
+    slot_system_id   text,
+    slot_timeline    integer,
+    slot_lsn         pg_lsn,
+    slot_created_at  timestamptz,
+    -- Why the task cannot go on without the DBA ('slot_missing', 'slot_invalidated',
+    -- 'slot_other_system'); NULL while it can. Cleared by update_task with start_mode reload.
+    failure    text CHECK (failure IN ('slot_missing', 'slot_invalidated', 'slot_other_system')),
+    -- Copies made so far (every attempt of every table): each copy's id is the next number.
+    copy_seq   bigint NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Replication slots (and publications) made for a create_task or update_task whose transaction
+-- has not ended yet. They are made by a helper worker, outside the caller's transaction
+-- (PostgreSQL cannot create a logical slot in a transaction that has written, and the slot must
+-- exist before the call returns). The caller holds the advisory lock `claim` until its
+-- transaction ends, and deletes the claim in the transaction that records the slot. A claim
+-- whose lock is free is therefore what a rolled-back call left behind: the launcher (or the next
+-- helper for the same slot name) drops that slot and the publication it made, and the claim.
+CREATE TABLE trempy.slot_claims (
+    claim               bigint PRIMARY KEY,
+    slot_name           text NOT NULL,
+    created_publication text,
+    created_at          timestamptz NOT NULL DEFAULT now()
 );
 
 -- Written by each task's worker: what it has published and the last error it met.
@@ -59,6 +91,9 @@ CREATE TABLE trempy.task_tables (
     relid          oid NOT NULL,
     state          text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'copying', 'copied')),
     attempt        integer NOT NULL DEFAULT 0,
+    -- The id of the table's latest copy (trempy.tasks.copy_seq): chunks carry it, and appliers
+    -- order copies by it, whatever position the table has.
+    copy_id        bigint,
     rows_estimated bigint,
     rows_copied    bigint NOT NULL DEFAULT 0,
     bytes_copied   bigint NOT NULL DEFAULT 0,

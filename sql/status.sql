@@ -59,6 +59,7 @@ CREATE FUNCTION trempy.status()
 RETURNS TABLE (
     task_name              text,
     state                  text,
+    failure                text,
     worker_pid             integer,
     slot_name              text,
     confirmed_flush_lsn    pg_lsn,
@@ -80,22 +81,25 @@ RETURNS TABLE (
     applier_since          timestamptz,
     applier_lsn            pg_lsn,
     applier_dead_letters   bigint,
-    applier_reported_at    timestamptz
+    applier_reported_at    timestamptz,
+    incarnation            uuid,
+    generation             integer
 )
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.task_name,
            CASE
+               WHEN f.failure IS NOT NULL AND w.pid IS NULL THEN 'failed'
                WHEN NOT t.enabled AND w.pid IS NULL AND p.phase = 'finished' THEN 'finished'
                WHEN NOT t.enabled AND w.pid IS NULL THEN 'stopped'
                WHEN NOT t.enabled THEN 'stopping'
                WHEN w.pid IS NULL THEN 'starting'
-               WHEN s.slot_name IS NULL AND t.settings #>> '{task,replication_type}' <> 'full_load' THEN 'starting'
                WHEN coalesce(p.error_active, false) THEN 'retrying'
                WHEN p.applier_state = 'stopped' THEN 'applier stopped'
                ELSE 'running'
            END,
+           f.failure,
            w.pid,
            'trempy_' || t.task_name,
            s.confirmed_flush_lsn,
@@ -121,12 +125,24 @@ AS $$
            p.applier_since,
            p.applier_lsn,
            p.applier_dead_letters,
-           p.applier_reported_at
+           p.applier_reported_at,
+           t.incarnation,
+           t.generation
       FROM trempy.tasks t
       LEFT JOIN trempy.task_progress p ON p.task_name = t.task_name
       LEFT JOIN pg_replication_slots s
              ON s.slot_name = 'trempy_' || t.task_name AND s.database = current_database()
       LEFT JOIN LATERAL (SELECT trempy.worker_pid(t.task_id) AS pid) w ON true
+      -- What the worker recorded, or what it would find: a streaming task whose slot is gone or
+      -- invalidated cannot go on (a stopped task's slot can vanish too).
+      LEFT JOIN LATERAL (SELECT coalesce(t.failure,
+                                         CASE WHEN t.slot_lsn IS NULL OR pg_is_in_recovery() THEN NULL
+                                              WHEN (t.slot_system_id, t.slot_timeline) IS DISTINCT FROM
+                                                   (SELECT c.system_identifier::text,
+                                                           ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4
+                                                      FROM pg_control_system() c) THEN 'slot_other_system'
+                                              WHEN s.slot_name IS NULL THEN 'slot_missing'
+                                              WHEN s.wal_status = 'lost' THEN 'slot_invalidated' END) AS failure) f ON true
       LEFT JOIN LATERAL (SELECT sum(ls.rows_copied)::bigint AS copied,
                                 sum(greatest(coalesce(ls.rows_estimated, 0), ls.rows_copied))::bigint AS estimated
                            FROM trempy.load_status() ls WHERE ls.task_name = t.task_name) l ON true

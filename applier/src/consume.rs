@@ -50,6 +50,7 @@ use crate::policy::{self, ErrorPolicy, Reaction};
 use crate::progress::{self, Applied, Position, Staged};
 use crate::report::Live;
 use crate::state;
+use crate::stream;
 
 /// How the applier runs.
 #[derive(Debug, Clone)]
@@ -266,7 +267,7 @@ impl<'o> Session<'o> {
         let consumer = channel
             .basic_consume(options.names.queue().as_str().into(), format!("trempy-applier-{task}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
-        info!(task, watermark = %committed.watermark, generation = committed.generation, queue = %options.names.queue(), "applier connected");
+        info!(task, watermark = %committed.watermark, generation = committed.stream.generation, incarnation = committed.stream.incarnation.as_deref().unwrap_or("-"), queue = %options.names.queue(), "applier connected");
         let pending = Applied::continuing(&committed);
         let high = committed.watermark;
         Ok(Session {
@@ -363,12 +364,38 @@ impl<'o> Session<'o> {
         if let Some(last) = envelope.transactions.last() {
             self.high = self.high.max(last.commit_lsn);
         }
-        if envelope.generation < self.pending.generation {
-            self.ackable = Some(tag); // from before a reload
-            return Ok(());
-        }
-        if envelope.generation > self.pending.generation {
-            self.start_generation(envelope.generation).await?;
+        match stream::verdict(&self.pending.stream, envelope.incarnation.as_deref(), envelope.generation) {
+            stream::Verdict::Apply => {}
+            stream::Verdict::Skip => {
+                self.ackable = Some(tag); // from before a reload
+                return Ok(());
+            }
+            stream::Verdict::NewGeneration => {
+                info!(task = self.task(), generation = envelope.generation, "the task was reloaded at the source; starting over");
+                self.start_over(envelope.incarnation.as_deref(), envelope.generation).await?;
+            }
+            stream::Verdict::NewIncarnation => {
+                warn!(
+                    task = self.task(),
+                    old = self.pending.stream.incarnation.as_deref().unwrap_or("-"),
+                    new = envelope.incarnation.as_deref().unwrap_or("-"),
+                    "the task was dropped and created again at the source (a new incarnation): everything the old one had reached is forgotten and the new one starts from scratch; \
+                     messages of the old incarnation that were still queued were applied before this point"
+                );
+                self.start_over(envelope.incarnation.as_deref(), envelope.generation).await?;
+            }
+            stream::Verdict::Retired => {
+                return Err(Error::new(
+                    ErrorKind::Stream,
+                    format!(
+                        "a message of incarnation {} of task {} arrived after the newer incarnation {} was applied: two sources publish a task of this name into this queue, \
+                         or a message came back from before the task was created again; not applying it. Give each source's task its own name, or purge the queue and reload the task",
+                        envelope.incarnation.as_deref().unwrap_or("-"),
+                        self.task(),
+                        self.pending.stream.incarnation.as_deref().unwrap_or("-"),
+                    ),
+                ));
+            }
         }
         if let Some(settings) = envelope.settings.take() {
             self.take_settings(&settings).await?;
@@ -390,15 +417,18 @@ impl<'o> Session<'o> {
         Ok(())
     }
 
-    /// The task was reloaded at the source: start over from an empty position (in the open
-    /// transaction, so it only counts once committed).
-    async fn start_generation(&mut self, generation: u32) -> Result<(), Error> {
-        info!(task = self.task(), generation, "the task was reloaded at the source; starting over");
+    /// The task was reloaded, or created again, at the source: start over from an empty
+    /// position (in the open transaction, so it only counts once committed).
+    async fn start_over(&mut self, incarnation: Option<&str>, generation: u32) -> Result<(), Error> {
         self.begin().await?;
         self.writer.finish(&self.client).await?;
         progress::clear_staged(&self.client, self.options.names.task()).await?;
         self.staged = None;
-        self.pending.generation = generation;
+        if let Some(incarnation) = incarnation {
+            self.pending.stream.retired = stream::retire(&self.pending.stream, incarnation);
+            self.pending.stream.incarnation = Some(incarnation.to_owned());
+        }
+        self.pending.stream.generation = generation;
         self.pending.watermark = Lsn(0);
         self.pending.load = None;
         Ok(())
@@ -520,8 +550,7 @@ impl<'o> Session<'o> {
     async fn stage(&mut self, envelope: &Envelope, transaction: Transaction) -> Result<(), Error> {
         self.begin().await?;
         let (commit_lsn, seq) = (transaction.commit_lsn, transaction.seq);
-        let single = Envelope { version: envelope.version, task: envelope.task.clone(), generation: envelope.generation, settings: None, transactions: vec![transaction], relations: envelope.relations.clone(), load: None };
-        let body = serde_json::to_vec(&single).map_err(|e| Error::new(ErrorKind::Envelope, e.to_string()))?;
+        let body = deadletter::single(envelope, transaction)?;
         progress::stage(&self.client, self.options.names.task(), commit_lsn, seq, &body).await?;
         self.staged = Some(Staged { commit_lsn, next_seq: seq + 1 });
         Ok(())
@@ -577,7 +606,7 @@ impl<'o> Session<'o> {
             self.in_transaction = false;
             self.committed = Position {
                 watermark: self.pending.watermark,
-                generation: self.pending.generation,
+                stream: self.pending.stream.clone(),
                 settings: self.pending.settings.take().or_else(|| self.committed.settings.take()),
                 load: self.pending.load,
             };

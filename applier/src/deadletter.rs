@@ -73,16 +73,7 @@ pub(crate) struct Why<'e> {
 
 /// A message body holding exactly one source transaction of `envelope`.
 pub(crate) fn single(envelope: &Envelope, transaction: Transaction) -> Result<Vec<u8>, Error> {
-    let single = Envelope {
-        version: envelope.version,
-        task: envelope.task.clone(),
-        generation: envelope.generation,
-        settings: None,
-        transactions: vec![transaction],
-        relations: envelope.relations.clone(),
-        load: None,
-    };
-    serde_json::to_vec(&single).map_err(|e| Error::new(ErrorKind::Envelope, e.to_string()))
+    serde_json::to_vec(&envelope.single(transaction)).map_err(|e| Error::new(ErrorKind::Envelope, e.to_string()))
 }
 
 /// Records a dead letter in the target (inside the caller's transaction, or on its own) and

@@ -19,6 +19,9 @@ pub(crate) enum ErrorKind {
     Conflict,
     /// The error policy stopped the task; it waits for `trempy-applier resume` or a restart.
     Stopped,
+    /// The stream cannot be followed safely (messages of a task incarnation already left
+    /// behind): it halts in order, never skips and never dead-letters.
+    Stream,
     /// A row that the task's transformations cannot compute (a value out of range, the task's
     /// settings not fitting the relation): it stops the task in order, like a target SQL error.
     Transform,
@@ -35,6 +38,7 @@ impl ErrorKind {
             Self::Conflict => "conflict",
             Self::Stopped => "stopped",
             Self::Transform => "transform",
+            Self::Stream => "stream",
         }
     }
 }

@@ -24,5 +24,6 @@ mod policy;
 mod progress;
 mod report;
 mod state;
+mod stream;
 mod rules;
 mod scd2;

@@ -23,6 +23,9 @@ use crate::error::{Error, ErrorKind};
 /// The last load chunk applied in the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LoadMark {
+    /// The copy's id (strictly increasing over a task incarnation's copies; 0 in version-1
+    /// messages).
+    pub(crate) copy_id: u64,
     pub(crate) table_index: u32,
     pub(crate) attempt: u32,
     pub(crate) seq: u32,
@@ -41,23 +44,34 @@ pub(crate) enum Verdict {
     First { restart: bool },
 }
 
-/// Decides what to do with a chunk. A chunk that does not follow the mark is an error: it is
-/// never applied out of order and never acknowledged.
+/// Decides what to do with a chunk. Chunks are ordered by their copy's id, then their number: a
+/// copy id at or below the mark's was applied already (or is an older copy queued before a newer
+/// one), whatever position its table has. A chunk that does not follow the mark is an error: it
+/// is never applied out of order and never acknowledged.
+///
+/// The first chunk of a copy that is not its table's first (`attempt` above 1: the worker was
+/// interrupted mid-table, or the task switched from `full_load` to `full_load_and_cdc`) empties
+/// the table again first, so rows the source deleted between the two snapshots go too; unless
+/// that very table was last being merged into rows it already held.
 pub(crate) fn verdict(mark: Option<LoadMark>, chunk: &LoadChunk) -> Result<Verdict, String> {
-    let here = (chunk.table_index, chunk.attempt, chunk.seq);
+    let here = (chunk.copy_id, chunk.table_index, chunk.attempt, chunk.seq);
     let Some(m) = mark else {
-        return if chunk.seq == 0 { Ok(Verdict::First { restart: false }) } else { Err(format!("load chunk {here:?} arrived before the first chunk of its table")) };
+        return if chunk.seq == 0 { Ok(Verdict::First { restart: chunk.attempt > 1 }) } else { Err(format!("load chunk {here:?} arrived before the first chunk of its copy")) };
     };
-    if here <= (m.table_index, m.attempt, m.seq) {
+    let there = (m.copy_id, m.table_index, m.attempt, m.seq);
+    if here <= there {
         return Ok(Verdict::Skip);
     }
-    if chunk.table_index == m.table_index && chunk.attempt == m.attempt {
-        return if chunk.seq == m.seq + 1 { Ok(Verdict::Continue) } else { Err(format!("load chunk {here:?} arrived after chunk {:?}", (m.table_index, m.attempt, m.seq))) };
+    let same_copy = chunk.copy_id == m.copy_id && chunk.table_index == m.table_index && chunk.attempt == m.attempt;
+    if same_copy {
+        return if chunk.seq == m.seq + 1 { Ok(Verdict::Continue) } else { Err(format!("load chunk {here:?} arrived after chunk {there:?}")) };
     }
     if chunk.seq == 0 {
-        return Ok(Verdict::First { restart: chunk.table_index == m.table_index });
+        let same_table_merged = chunk.table_index == m.table_index && m.merge;
+        let restart = chunk.attempt > 1 && !same_table_merged;
+        return Ok(Verdict::First { restart });
     }
-    Err(format!("load chunk {here:?} arrived after chunk {:?}", (m.table_index, m.attempt, m.seq)))
+    Err(format!("load chunk {here:?} arrived after chunk {there:?}"))
 }
 
 /// Applies one chunk inside the open transaction and returns the new mark.
@@ -66,7 +80,7 @@ pub(crate) async fn apply(client: &Client, catalog: &mut Catalog, relation: &Rel
     let merge = match verdict {
         Verdict::Skip => return mark.ok_or_else(|| Error::new(ErrorKind::Conflict, "skipped a load chunk without a mark")),
         Verdict::Continue => mark.is_some_and(|m| m.merge),
-        Verdict::First { restart } => prepare(client, catalog, relation, &chunk, restart && !mark.is_some_and(|m| m.merge)).await?,
+        Verdict::First { restart } => prepare(client, catalog, relation, &chunk, restart).await?,
     };
     let columns: Vec<String> = relation.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let data = Cursor::new(chunk.data.into_bytes());
@@ -96,7 +110,7 @@ pub(crate) async fn apply(client: &Client, catalog: &mut Catalog, relation: &Rel
         );
         client.batch_execute(&sql).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
     }
-    Ok(LoadMark { table_index: chunk.table_index, attempt: chunk.attempt, seq: chunk.seq, merge })
+    Ok(LoadMark { copy_id: chunk.copy_id, table_index: chunk.table_index, attempt: chunk.attempt, seq: chunk.seq, merge })
 }
 
 /// Prepares the target table before its first chunk; true when the load must merge into rows
@@ -139,32 +153,51 @@ async fn prepare(client: &Client, catalog: &mut Catalog, relation: &Relation, ch
 mod tests {
     use super::*;
 
-    fn chunk(table_index: u32, attempt: u32, seq: u32) -> LoadChunk {
-        LoadChunk { rel: 1, table_index, attempt, seq, last: false, rows: 0, snapshot_time: String::new(), prepare: None, data: String::new() }
+    fn chunk(copy_id: u64, table_index: u32, attempt: u32, seq: u32) -> LoadChunk {
+        LoadChunk { rel: 1, copy_id, table_index, attempt, seq, last: false, rows: 0, snapshot_time: String::new(), prepare: None, data: String::new() }
     }
 
-    fn mark(table_index: u32, attempt: u32, seq: u32) -> Option<LoadMark> {
-        Some(LoadMark { table_index, attempt, seq, merge: false })
+    fn mark(copy_id: u64, table_index: u32, attempt: u32, seq: u32) -> Option<LoadMark> {
+        Some(LoadMark { copy_id, table_index, attempt, seq, merge: false })
     }
 
     #[test]
     fn chunks_apply_in_order_once() {
-        assert_eq!(verdict(None, &chunk(0, 1, 0)), Ok(Verdict::First { restart: false }));
-        assert!(verdict(None, &chunk(0, 1, 1)).is_err());
-        assert_eq!(verdict(mark(0, 1, 0), &chunk(0, 1, 1)), Ok(Verdict::Continue));
-        assert_eq!(verdict(mark(0, 1, 3), &chunk(0, 1, 3)), Ok(Verdict::Skip));
-        assert_eq!(verdict(mark(0, 1, 3), &chunk(0, 1, 2)), Ok(Verdict::Skip));
-        assert!(verdict(mark(0, 1, 3), &chunk(0, 1, 5)).is_err());
+        assert_eq!(verdict(None, &chunk(1, 0, 1, 0)), Ok(Verdict::First { restart: false }));
+        assert!(verdict(None, &chunk(1, 0, 1, 1)).is_err());
+        assert_eq!(verdict(mark(1, 0, 1, 0), &chunk(1, 0, 1, 1)), Ok(Verdict::Continue));
+        assert_eq!(verdict(mark(1, 0, 1, 3), &chunk(1, 0, 1, 3)), Ok(Verdict::Skip));
+        assert_eq!(verdict(mark(1, 0, 1, 3), &chunk(1, 0, 1, 2)), Ok(Verdict::Skip));
+        assert!(verdict(mark(1, 0, 1, 3), &chunk(1, 0, 1, 5)).is_err());
     }
 
     #[test]
     fn new_tables_and_attempts_start_from_their_first_chunk() {
-        assert_eq!(verdict(mark(0, 1, 7), &chunk(1, 1, 0)), Ok(Verdict::First { restart: false }));
-        assert_eq!(verdict(mark(0, 1, 7), &chunk(0, 2, 0)), Ok(Verdict::First { restart: true }));
-        assert!(verdict(mark(0, 1, 7), &chunk(0, 2, 1)).is_err());
-        assert!(verdict(mark(0, 1, 7), &chunk(1, 1, 1)).is_err());
-        // an older attempt arriving late (it was queued before the new one) is skipped
-        assert_eq!(verdict(mark(0, 2, 0), &chunk(0, 1, 9)), Ok(Verdict::Skip));
-        assert_eq!(verdict(mark(1, 1, 0), &chunk(0, 3, 0)), Ok(Verdict::Skip));
+        assert_eq!(verdict(mark(1, 0, 1, 7), &chunk(2, 1, 1, 0)), Ok(Verdict::First { restart: false }));
+        assert_eq!(verdict(mark(1, 0, 1, 7), &chunk(2, 0, 2, 0)), Ok(Verdict::First { restart: true }));
+        assert!(verdict(mark(1, 0, 1, 7), &chunk(2, 0, 2, 1)).is_err());
+        assert!(verdict(mark(1, 0, 1, 7), &chunk(2, 1, 1, 1)).is_err());
+        // an older copy arriving late (it was queued before the new one) is skipped
+        assert_eq!(verdict(mark(2, 0, 2, 0), &chunk(1, 0, 1, 9)), Ok(Verdict::Skip));
+        assert_eq!(verdict(mark(5, 1, 1, 0), &chunk(4, 0, 3, 0)), Ok(Verdict::Skip));
+    }
+
+    #[test]
+    fn a_table_added_at_a_reused_position_is_loaded() {
+        // table C (position 1, copy 3) was removed; table D takes position 1 as copy 4 (its
+        // first attempt: it is another table, whatever C's target held is not D's)
+        assert_eq!(verdict(mark(3, 1, 1, 9), &chunk(4, 1, 1, 0)), Ok(Verdict::First { restart: false }));
+        assert_eq!(verdict(mark(4, 1, 1, 0), &chunk(4, 1, 1, 1)), Ok(Verdict::Continue));
+        // even after C had several attempts
+        assert_eq!(verdict(mark(3, 1, 3, 9), &chunk(4, 1, 1, 0)), Ok(Verdict::First { restart: false }));
+    }
+
+    #[test]
+    fn a_lower_position_copied_again_is_loaded_and_emptied_first() {
+        // full_load copied A (0) then B (1); the switch to full_load_and_cdc copies A again
+        assert_eq!(verdict(mark(2, 1, 1, 4), &chunk(3, 0, 2, 0)), Ok(Verdict::First { restart: true }));
+        // a table merged into rows it held is not emptied by its own new attempt
+        let merged = Some(LoadMark { copy_id: 2, table_index: 1, attempt: 1, seq: 4, merge: true });
+        assert_eq!(verdict(merged, &chunk(3, 1, 2, 0)), Ok(Verdict::First { restart: false }));
     }
 }

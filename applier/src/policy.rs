@@ -81,7 +81,7 @@ pub(crate) fn reaction(err: &Error, attempt: u32) -> Reaction {
             Some(code) if not_ready_sqlstate(code) => Reaction::Halt(halt_delay(attempt)),
             _ => Reaction::Permanent,
         },
-        ErrorKind::Transform => Reaction::Halt(halt_delay(attempt)),
+        ErrorKind::Transform | ErrorKind::Stream => Reaction::Halt(halt_delay(attempt)),
     }
 }
 

@@ -5,6 +5,7 @@ use trempy_protocol::Lsn;
 
 use crate::error::{Error, ErrorKind};
 use crate::load::LoadMark;
+use crate::stream::Current;
 
 const SETUP: &str = "
 SET client_min_messages = warning;
@@ -26,14 +27,18 @@ ALTER TABLE trempy.applier_progress
     ADD COLUMN IF NOT EXISTS load_attempt integer,
     ADD COLUMN IF NOT EXISTS load_seq     integer,
     ADD COLUMN IF NOT EXISTS load_merge   boolean,
-    ADD COLUMN IF NOT EXISTS rows_loaded  bigint NOT NULL DEFAULT 0;
+    ADD COLUMN IF NOT EXISTS rows_loaded  bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS incarnation  text,
+    ADD COLUMN IF NOT EXISTS retired_incarnations text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN IF NOT EXISTS load_copy    bigint;
 ";
 
 /// Where a task stands in the target, as committed.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Position {
     pub(crate) watermark: Lsn,
-    pub(crate) generation: u32,
+    /// The task incarnation and generation applied, and the incarnations left behind.
+    pub(crate) stream: Current,
     /// The task settings last received (JSON).
     pub(crate) settings: Option<String>,
     pub(crate) load: Option<LoadMark>,
@@ -47,7 +52,8 @@ pub(crate) async fn load(client: &mut tokio_postgres::Client, task: &str) -> Res
         .await?;
     let row = client
         .query_one(
-            "SELECT commit_lsn::text, generation, settings::text, load_table, load_attempt, load_seq, load_merge FROM trempy.applier_progress WHERE task_name = $1",
+            "SELECT commit_lsn::text, generation, settings::text, load_table, load_attempt, load_seq, load_merge, incarnation, retired_incarnations, load_copy
+               FROM trempy.applier_progress WHERE task_name = $1",
             &[&task],
         )
         .await?;
@@ -55,10 +61,17 @@ pub(crate) async fn load(client: &mut tokio_postgres::Client, task: &str) -> Res
     let watermark = Lsn::parse(&text).map_err(|e| Error::new(ErrorKind::Conflict, format!("progress row of task {task}: {e}")))?;
     let number = |i: usize| row.get::<_, Option<i32>>(i).and_then(|v| u32::try_from(v).ok());
     let load = match (number(3), number(4), number(5)) {
-        (Some(table_index), Some(attempt), Some(seq)) => Some(LoadMark { table_index, attempt, seq, merge: row.get::<_, Option<bool>>(6).unwrap_or(false) }),
+        (Some(table_index), Some(attempt), Some(seq)) => Some(LoadMark {
+            copy_id: row.get::<_, Option<i64>>(9).and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
+            table_index,
+            attempt,
+            seq,
+            merge: row.get::<_, Option<bool>>(6).unwrap_or(false),
+        }),
         _ => None,
     };
-    Ok(Position { watermark, generation: number(1).unwrap_or(1), settings: row.get(2), load })
+    let stream = Current { incarnation: row.get(7), generation: number(1).unwrap_or(1), retired: row.get(8) };
+    Ok(Position { watermark, stream, settings: row.get(2), load })
 }
 
 /// What one target transaction applied.
@@ -68,8 +81,9 @@ pub(crate) struct Applied {
     pub(crate) commit_time: Option<String>,
     pub(crate) transactions: u64,
     pub(crate) changes: u64,
-    /// The generation the transaction applies (a newer one than committed starts over).
-    pub(crate) generation: u32,
+    /// The incarnation and generation the transaction applies (a newer one than committed
+    /// starts over).
+    pub(crate) stream: Current,
     /// New settings received, to record.
     pub(crate) settings: Option<String>,
     pub(crate) load: Option<LoadMark>,
@@ -79,12 +93,12 @@ pub(crate) struct Applied {
 impl Applied {
     /// Nothing applied yet, from this committed position.
     pub(crate) fn continuing(from: &Position) -> Self {
-        Self { watermark: from.watermark, generation: from.generation, load: from.load, ..Self::default() }
+        Self { watermark: from.watermark, stream: from.stream.clone(), load: from.load, ..Self::default() }
     }
 
     /// True when committing this must move the recorded position.
     pub(crate) fn moves(&self, from: &Position) -> bool {
-        self.watermark != from.watermark || self.generation != from.generation || self.load != from.load || self.settings.is_some() || self.transactions > 0
+        self.watermark != from.watermark || self.stream != from.stream || self.load != from.load || self.settings.is_some() || self.transactions > 0
     }
 }
 
@@ -96,12 +110,13 @@ pub(crate) async fn advance(tx: &tokio_postgres::Client, task: &str, from: &Posi
         .execute(
             "UPDATE trempy.applier_progress
                 SET commit_lsn = $2::text::pg_lsn, source_commit_time = coalesce($4::text::timestamptz, source_commit_time),
-                    transactions_applied = CASE WHEN generation = $8 THEN transactions_applied ELSE 0 END + $5,
-                    changes_applied = CASE WHEN generation = $8 THEN changes_applied ELSE 0 END + $6,
-                    rows_loaded = CASE WHEN generation = $8 THEN rows_loaded ELSE 0 END + $14,
+                    transactions_applied = CASE WHEN generation = $8 AND incarnation IS NOT DISTINCT FROM $16 THEN transactions_applied ELSE 0 END + $5,
+                    changes_applied = CASE WHEN generation = $8 AND incarnation IS NOT DISTINCT FROM $16 THEN changes_applied ELSE 0 END + $6,
+                    rows_loaded = CASE WHEN generation = $8 AND incarnation IS NOT DISTINCT FROM $16 THEN rows_loaded ELSE 0 END + $14,
                     applied_at = now(), generation = $8, settings = coalesce($9::text::jsonb, settings),
-                    load_table = $10, load_attempt = $11, load_seq = $12, load_merge = $13
-              WHERE task_name = $1 AND commit_lsn = $3::text::pg_lsn AND generation = $7",
+                    load_table = $10, load_attempt = $11, load_seq = $12, load_merge = $13,
+                    incarnation = $16, retired_incarnations = $17, load_copy = $18
+              WHERE task_name = $1 AND commit_lsn = $3::text::pg_lsn AND generation = $7 AND incarnation IS NOT DISTINCT FROM $15",
             &[
                 &task,
                 &applied.watermark.to_string(),
@@ -109,14 +124,18 @@ pub(crate) async fn advance(tx: &tokio_postgres::Client, task: &str, from: &Posi
                 &applied.commit_time,
                 &i64::try_from(applied.transactions).unwrap_or(i64::MAX),
                 &i64::try_from(applied.changes).unwrap_or(i64::MAX),
-                &i32::try_from(from.generation).unwrap_or(i32::MAX),
-                &i32::try_from(applied.generation).unwrap_or(i32::MAX),
+                &i32::try_from(from.stream.generation).unwrap_or(i32::MAX),
+                &i32::try_from(applied.stream.generation).unwrap_or(i32::MAX),
                 &applied.settings,
                 &number(applied.load.map(|m| m.table_index)),
                 &number(applied.load.map(|m| m.attempt)),
                 &number(applied.load.map(|m| m.seq)),
                 &applied.load.map(|m| m.merge),
                 &i64::try_from(applied.rows_loaded).unwrap_or(i64::MAX),
+                &from.stream.incarnation,
+                &applied.stream.incarnation,
+                &applied.stream.retired,
+                &applied.load.map(|m| i64::try_from(m.copy_id).unwrap_or(i64::MAX)),
             ],
         )
         .await?;

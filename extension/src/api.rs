@@ -16,6 +16,7 @@ use trempy_protocol::settings::{CdcMode, ColumnDesc, Problem, StartMode, TaskSet
 
 use crate::catalog::describe_table;
 use crate::decoding::slot;
+use crate::worker::setup;
 use crate::{gucs, worker};
 
 fn fail(code: PgSqlErrorCode, message: String, detail: Option<String>) -> ! {
@@ -38,20 +39,22 @@ fn task_names(name: &str) -> TaskNames {
 
 /// Creates a task from the original TREMpy's settings document and starts it.
 ///
-/// Everything is validated first; each error names the offending field. The task's publication
-/// is created here; its replication slot is created by the task's worker right after this
-/// transaction commits (PostgreSQL refuses to create a logical slot in a transaction that has
-/// written anything), and `trempy.status()` shows `starting` until then.
+/// Everything is validated first; each error names the offending field. For a task that streams
+/// changes (`cdc`, `full_load_and_cdc`), capture has started when this returns: the task's
+/// publication and replication slot are made by a helper worker while this call waits (see
+/// [`crate::worker::setup`]), so every change committed after it returns is captured. That
+/// needs a transaction that has not written anything yet; a rolled-back call leaves nothing
+/// behind (the launcher drops the slot it made).
 #[pg_extern]
 fn create_task(name: &str, settings: JsonB) {
     let names = task_names(name);
     let parsed = validated(name, &settings);
-
-    Spi::connect_mut(|client| {
-        let exists = client
+    let tables = table_pairs(&parsed);
+    Spi::connect(|client| {
+        let exists = !client
             .select("SELECT 1 FROM trempy.tasks WHERE task_name = $1", None, &[name.into()])
-            .map(|t| !t.is_empty())
-            .unwrap_or(false);
+            .unwrap_or_else(|err| internal(format!("could not read trempy.tasks: {err}")))
+            .is_empty();
         if exists {
             fail(
                 PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
@@ -63,18 +66,101 @@ fn create_task(name: &str, settings: JsonB) {
         if !table_problems.is_empty() {
             fail_settings(name, &table_problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings");
         }
-        if let Some(problem) = slot::name_conflict(client, &names) {
+        // A slot or publication left by a rolled-back call is the helper's to drop.
+        let claimed = !client
+            .select("SELECT 1 FROM trempy.slot_claims WHERE slot_name = $1", None, &[names.slot().as_str().into()])
+            .unwrap_or_else(|err| internal(format!("could not read trempy.slot_claims: {err}")))
+            .is_empty();
+        if !claimed && let Some(problem) = slot::name_conflict(client, &names).unwrap_or_else(|err| internal(err.to_string())) {
             fail(PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT, problem, None);
         }
-        client
-            .update("INSERT INTO trempy.tasks (task_name, settings) VALUES ($1, $2)", None, &[name.into(), JsonB(settings.0.clone()).into()])
-            .unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not record task \"{name}\": {err}"), None));
-        client
-            .update("INSERT INTO trempy.task_progress (task_name) VALUES ($1)", None, &[name.into()])
-            .unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not record task \"{name}\": {err}"), None));
-        let tables: Vec<(String, String)> = parsed.tables.iter().map(|t| (t.schema_name.clone(), t.table_name.clone())).collect();
-        slot::create_publication(client, &names, &tables);
     });
+    let created = parsed.streams().then(|| {
+        let claim = take_claim("create_task");
+        let request = setup::Request { task: name.to_owned(), claim, tables: tables.clone(), publication: setup::Publication::Create, drop_slot: false, create_slot: true };
+        (claim, run_setup(name, &request))
+    });
+    Spi::connect_mut(|client| {
+        if created.is_none() {
+            slot::create_publication(client, &names, &tables).unwrap_or_else(|err| internal(err.to_string()));
+        }
+        let identity = created.as_ref().and_then(|(_, identity)| identity.as_ref());
+        client
+            .update(
+                "INSERT INTO trempy.tasks (task_name, settings, slot_system_id, slot_timeline, slot_lsn, slot_created_at)
+                 VALUES ($1, $2, $3, $4, $5::text::pg_lsn, CASE WHEN $5 IS NOT NULL THEN pg_catalog.now() END)",
+                None,
+                &[
+                    name.into(),
+                    JsonB(settings.0.clone()).into(),
+                    identity.map(|i| i.system_id.as_str()).into(),
+                    identity.map(|i| i.timeline).into(),
+                    identity.map(|i| i.lsn.as_str()).into(),
+                ],
+            )
+            .unwrap_or_else(|err| internal(format!("could not record task \"{name}\": {err}")));
+        client
+            .update("INSERT INTO trempy.task_progress (task_name, slot_created_at) VALUES ($1, CASE WHEN $2 THEN pg_catalog.now() END)", None, &[name.into(), identity.is_some().into()])
+            .unwrap_or_else(|err| internal(format!("could not record task \"{name}\": {err}")));
+        if let Some((claim, _)) = &created {
+            forget_claim(client, *claim);
+        }
+    });
+}
+
+fn internal(message: String) -> ! {
+    fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, message, None)
+}
+
+fn table_pairs(settings: &TaskSettings) -> Vec<(String, String)> {
+    settings.tables.iter().map(|t| (t.schema_name.clone(), t.table_name.clone())).collect()
+}
+
+/// Refuses to go on inside a transaction block: `what` cannot be undone by a ROLLBACK.
+fn refuse_in_transaction_block(what: &str, why: &str) {
+    // SAFETY: reads the state of this backend's transaction.
+    if unsafe { pg_sys::IsTransactionBlock() } {
+        fail(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            format!("{what} cannot run inside a transaction block"),
+            Some(format!("{why} A ROLLBACK could not undo that, so run it on its own, outside BEGIN ... COMMIT.")),
+        );
+    }
+}
+
+/// Takes a claim for a slot the setup helper is about to create: an advisory lock held until
+/// this transaction ends. The transaction must not have written (the helper's slot waits for
+/// every transaction that has).
+fn take_claim(what: &str) -> i64 {
+    // SAFETY: reads the state of this backend's transaction.
+    if unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::TransactionId::INVALID {
+        fail(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            format!("trempy.{what} must run before anything else in its transaction"),
+            Some(format!(
+                "It returns once the task's replication slot exists, and PostgreSQL builds a slot only after every transaction that has written has ended, this one included. \
+                 Run SELECT trempy.{what}(...) on its own, or first in its transaction."
+            )),
+        );
+    }
+    let claim = Spi::get_one::<i64>("SELECT ('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 15))::bit(60)::int8")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| internal("could not draw a claim number".to_owned()));
+    Spi::run_with_args("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[claim.into()]).unwrap_or_else(|err| internal(err.to_string()));
+    claim
+}
+
+/// Runs the setup helper, or raises its error.
+fn run_setup(name: &str, request: &setup::Request) -> Option<setup::SlotIdentity> {
+    setup::run(request).unwrap_or_else(|message| {
+        fail(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("could not prepare the replication slot of task \"{name}\": {message}"), None)
+    })
+}
+
+/// Deletes the claim in the transaction that records its slot (see [`crate::worker::setup`]).
+fn forget_claim(client: &mut SpiClient<'_>, claim: i64) {
+    client.update("DELETE FROM trempy.slot_claims WHERE claim = $1", None, &[claim.into()]).unwrap_or_else(|err| internal(format!("could not record the slot: {err}")));
 }
 
 /// Parses and checks settings for task `name`, or raises an error naming every problem.
@@ -100,39 +186,98 @@ fn validated(name: &str, settings: &JsonB) -> TaskSettings {
 ///
 /// * `continue` (the default): the task keeps its slot, its position and what it has copied, and
 ///   goes on under the new settings (tables added to a task with a full load are copied first).
-/// * `reload`: the task starts over: its slot and load state are dropped, its generation goes
-///   up (appliers drop every message of older generations still queued and restart from an
-///   empty position), and a task with a full load copies every table again.
+///   Tables added to the publication are captured for every transaction that commits after this
+///   returns (it waits for the transactions that were running when they were added).
+/// * `reload`: the task starts over: its slot is dropped and made again, its load state is
+///   dropped, its generation goes up (appliers drop every message of older generations still
+///   queued and restart from an empty position), and a task with a full load copies every table
+///   again. It also clears a failure (a lost slot). It cannot run inside a transaction block.
 #[pg_extern]
 fn update_task(name: &str, settings: JsonB) {
     let names = task_names(name);
     let parsed = validated(name, &settings);
-    let task_id = Spi::get_one_with_args::<i32>("SELECT task_id FROM trempy.tasks WHERE task_name = $1 FOR UPDATE", &[name.into()])
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("task \"{name}\" does not exist"), None));
-    Spi::connect_mut(|client| {
+    let tables = table_pairs(&parsed);
+    let reload = parsed.start_mode() == StartMode::Reload;
+    if reload {
+        refuse_in_transaction_block("trempy.update_task with start_mode \"reload\"", "It drops the task's replication slot and makes a new one.");
+    }
+    let (task_id, failure, has_slot) = Spi::connect(|client| {
+        let table = client
+            .select("SELECT task_id, failure, slot_lsn IS NOT NULL FROM trempy.tasks WHERE task_name = $1", Some(1), &[name.into()])
+            .unwrap_or_else(|err| internal(format!("could not read trempy.tasks: {err}")));
+        if table.is_empty() {
+            fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("task \"{name}\" does not exist"), None);
+        }
+        let row = table.first();
+        let read = |e: pgrx::spi::SpiError| -> ! { internal(e.to_string()) };
+        let result = (
+            row.get::<i32>(1).unwrap_or_else(|e| read(e)).unwrap_or_default(),
+            row.get::<String>(2).unwrap_or_else(|e| read(e)),
+            row.get::<bool>(3).unwrap_or_else(|e| read(e)).unwrap_or(false),
+        );
         let table_problems = check_tables_and_rules(client, &parsed);
         if !table_problems.is_empty() {
             fail_settings(name, &table_problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings");
         }
+        result
     });
+    if let Some(failure) = &failure
+        && !reload
+    {
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("task \"{name}\" failed ({failure}): it cannot continue from where it was"),
+            Some("trempy.status() shows why (last_error). Update it with task.start_mode \"reload\" to start it over.".to_owned()),
+        );
+    }
+    let streams = parsed.streams();
+    let needs_slot = streams && (reload || !has_slot);
+    let adds = Spi::connect(|client| {
+        tables.iter().any(|(schema, table)| !slot::publication_has(client, &names, schema, table).unwrap_or_else(|err| internal(err.to_string())))
+    });
+    let request = |claim| {
+        if reload && streams {
+            Some(setup::Request { task: name.to_owned(), claim, tables: tables.clone(), publication: setup::Publication::Set, drop_slot: true, create_slot: true })
+        } else if needs_slot || adds {
+            Some(setup::Request { task: name.to_owned(), claim, tables: tables.clone(), publication: setup::Publication::Extend, drop_slot: false, create_slot: needs_slot })
+        } else {
+            None
+        }
+    };
+    let claim = request(0).is_some().then(|| take_claim("update_task"));
+    if reload && !parsed.copies() {
+        warn_what_reload_discards(name, &names);
+    }
     stop_worker(name, task_id);
+    let identity = claim.and_then(|claim| request(claim).and_then(|r| run_setup(name, &r)));
     Spi::connect_mut(|client| {
-        let tables: Vec<(String, String)> = parsed.tables.iter().map(|t| (t.schema_name.clone(), t.table_name.clone())).collect();
-        slot::set_publication_tables(client, &names, &tables);
-        let reload = parsed.start_mode() == StartMode::Reload;
-        if reload {
-            slot::drop_slot(client, &names);
+        slot::set_publication_tables(client, &names, &tables).unwrap_or_else(|err| internal(err.to_string()));
+        if reload && !streams {
+            slot::drop_slot(client, &names).unwrap_or_else(|err| internal(err.to_string()));
         }
         let sql = if reload {
-            "UPDATE trempy.tasks SET settings = $2, enabled = true, generation = generation + 1, updated_at = now() WHERE task_name = $1"
+            "UPDATE trempy.tasks SET settings = $2, enabled = true, generation = generation + 1, failure = NULL, updated_at = pg_catalog.now(),
+                    slot_system_id = $3, slot_timeline = $4, slot_lsn = $5::text::pg_lsn, slot_created_at = CASE WHEN $5 IS NOT NULL THEN pg_catalog.now() END
+              WHERE task_name = $1"
         } else {
-            "UPDATE trempy.tasks SET settings = $2, enabled = true, updated_at = now() WHERE task_name = $1"
+            "UPDATE trempy.tasks SET settings = $2, enabled = true, updated_at = pg_catalog.now(),
+                    slot_system_id = coalesce($3, slot_system_id), slot_timeline = coalesce($4, slot_timeline), slot_lsn = coalesce($5::text::pg_lsn, slot_lsn),
+                    slot_created_at = CASE WHEN $5 IS NOT NULL THEN pg_catalog.now() ELSE slot_created_at END
+              WHERE task_name = $1"
         };
         client
-            .update(sql, None, &[name.into(), JsonB(settings.0.clone()).into()])
-            .unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not update task \"{name}\": {err}"), None));
+            .update(
+                sql,
+                None,
+                &[
+                    name.into(),
+                    JsonB(settings.0.clone()).into(),
+                    identity.as_ref().map(|i| i.system_id.as_str()).into(),
+                    identity.as_ref().map(|i| i.timeline).into(),
+                    identity.as_ref().map(|i| i.lsn.as_str()).into(),
+                ],
+            )
+            .unwrap_or_else(|err| internal(format!("could not update task \"{name}\": {err}")));
         let reset = if reload {
             vec![
                 "DELETE FROM trempy.task_tables WHERE task_name = $1",
@@ -145,11 +290,34 @@ fn update_task(name: &str, settings: JsonB) {
             vec!["UPDATE trempy.task_progress SET phase = NULL WHERE task_name = $1 AND phase = 'finished'"]
         };
         for sql in reset {
+            client.update(sql, None, &[name.into()]).unwrap_or_else(|err| internal(format!("could not update task \"{name}\": {err}")));
+        }
+        if identity.is_some() {
             client
-                .update(sql, None, &[name.into()])
-                .unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not update task \"{name}\": {err}"), None));
+                .update("UPDATE trempy.task_progress SET slot_created_at = pg_catalog.now() WHERE task_name = $1", None, &[name.into()])
+                .unwrap_or_else(|err| internal(format!("could not update task \"{name}\": {err}")));
+        }
+        if let Some(claim) = claim {
+            forget_claim(client, claim);
         }
     });
+}
+
+/// A reload of a task without a full load copies nothing: say what it gives up.
+fn warn_what_reload_discards(name: &str, names: &TaskNames) {
+    let held = Spi::get_one_with_args::<String>(
+        "SELECT confirmed_flush_lsn::text || ' to ' || pg_catalog.pg_current_wal_lsn()::text || ' (' ||
+                pg_catalog.pg_size_pretty(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)) || ' of WAL)'
+           FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name AND database = pg_catalog.current_database()",
+        &[names.slot().as_str().into()],
+    )
+    .ok()
+    .flatten();
+    let what = held.map_or_else(
+        || "the changes committed since its slot was lost".to_owned(),
+        |range| format!("the changes its slot still held and had not published (WAL {range})"),
+    );
+    warning!("reloading cdc task \"{name}\" discards {what}: a cdc task has no full load, so nothing is copied again; the new slot captures what commits from now on");
 }
 
 /// Every problem with a settings document, without creating anything: the schema, the semantic
@@ -315,9 +483,49 @@ fn set_enabled(name: &str, enabled: bool) {
     }
 }
 
-/// Starts a stopped task; the launcher starts its worker within a second of the commit.
+/// Starts a stopped task; the launcher starts its worker within a second of the commit. A task
+/// whose slot is gone, invalidated or from another server cannot resume where it stopped: that
+/// is an error naming the remedy (a reload), never a silent new slot.
 #[pg_extern]
 fn start_task(name: &str) {
+    let names = task_names(name);
+    let (failure, recorded) = Spi::connect(|client| {
+        let table = client
+            .select("SELECT failure, slot_system_id, slot_timeline FROM trempy.tasks WHERE task_name = $1", Some(1), &[name.into()])
+            .unwrap_or_else(|err| internal(format!("could not read trempy.tasks: {err}")));
+        if table.is_empty() {
+            fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("task \"{name}\" does not exist"), None);
+        }
+        let row = table.first();
+        let recorded = row.get::<String>(2).ok().flatten().zip(row.get::<i32>(3).ok().flatten());
+        (row.get::<String>(1).ok().flatten(), recorded)
+    });
+    let failure = failure.or_else(|| {
+        let (system, timeline) = recorded?;
+        Spi::connect(|client| {
+            let (here_system, here_timeline) = slot::here(client).unwrap_or_else(|err| internal(err.to_string()));
+            if (system.as_str(), timeline) != (here_system.as_str(), here_timeline) {
+                return Some(format!(
+                    "its replication slot was created on system {system} timeline {timeline}, and this server is system {here_system} timeline {here_timeline} (a promoted standby or a restore)"
+                ));
+            }
+            match slot::find(client, &names).unwrap_or_else(|err| internal(err.to_string())) {
+                slot::Found::Missing => Some(format!("its replication slot \"{}\" no longer exists", names.slot())),
+                slot::Found::Invalidated => Some(format!("its replication slot \"{}\" was invalidated (max_slot_wal_keep_size)", names.slot())),
+                slot::Found::Usable(_) | slot::Found::Claimed => None,
+            }
+        })
+    });
+    if let Some(failure) = failure {
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("task \"{name}\" cannot resume: {failure}"),
+            Some(format!(
+                "Changes committed since it last published may not have been captured. \
+                 SELECT trempy.update_task('{name}', <its settings with task.start_mode \"reload\">) starts it over (a task with a full load copies its tables again)."
+            )),
+        );
+    }
     set_enabled(name, true);
 }
 
@@ -329,21 +537,24 @@ fn stop_task(name: &str) {
 }
 
 /// Drops a task: stops its worker, drops its replication slot and publication (by their exact
-/// names, never another task's), and deletes its rows. The task's RabbitMQ queues are left for
-/// the applier to drain; delete them with RabbitMQ's tools once they are empty.
+/// names, never another task's), and deletes its rows. It cannot run inside a transaction block
+/// (a dropped slot cannot be rolled back). A slot still in use after 30 s is an error, never left
+/// behind. The task's RabbitMQ queues are left for the applier to drain; delete them with
+/// RabbitMQ's tools once they are empty.
 #[pg_extern]
 fn drop_task(name: &str) {
     let names = task_names(name);
+    refuse_in_transaction_block("trempy.drop_task", "It drops the task's replication slot.");
     let task_id = Spi::get_one_with_args::<i32>("SELECT task_id FROM trempy.tasks WHERE task_name = $1 FOR UPDATE", &[name.into()])
         .ok()
         .flatten()
         .unwrap_or_else(|| fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("task \"{name}\" does not exist"), None));
     stop_worker(name, task_id);
     Spi::connect_mut(|client| {
-        slot::drop_slot_and_publication(client, &names);
+        slot::drop_slot_and_publication(client, &names).unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, err.to_string(), None));
         client
             .update("DELETE FROM trempy.tasks WHERE task_name = $1", None, &[name.into()])
-            .unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not delete task \"{name}\": {err}"), None));
+            .unwrap_or_else(|err| internal(format!("could not delete task \"{name}\": {err}")));
     });
 }
 
@@ -352,7 +563,7 @@ fn drop_task(name: &str) {
 fn stop_worker(name: &str, task_id: i32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let locked = Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_xact_lock($1, $2)", &[worker::LOCK_CLASS.into(), task_id.into()])
+        let locked = Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)", &[worker::LOCK_CLASS.into(), task_id.into()])
             .ok()
             .flatten()
             .unwrap_or(false);
@@ -362,7 +573,7 @@ fn stop_worker(name: &str, task_id: i32) {
         if Instant::now() > deadline {
             fail(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, format!("the worker of task \"{name}\" did not stop within 30 seconds"), None);
         }
-        let _ = Spi::get_one_with_args::<bool>("SELECT pg_terminate_backend(trempy.worker_pid($1))", &[task_id.into()]);
-        let _ = Spi::run("SELECT pg_sleep(0.05)");
+        let _ = Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_terminate_backend(trempy.worker_pid($1))", &[task_id.into()]);
+        let _ = Spi::run("SELECT pg_catalog.pg_sleep(0.05::float8)");
     }
 }

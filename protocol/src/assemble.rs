@@ -6,9 +6,9 @@
 //! resolved once per decoding call (PostgreSQL re-sends a Relation message before the first
 //! change to each table in every call, and again after DDL).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use crate::envelope::{MessageBuilder, Relation, TransactionHeader};
+use crate::envelope::{MessageBuilder, Relation, StreamId, TransactionHeader};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::Handoff;
 use crate::lsn::Lsn;
@@ -36,9 +36,13 @@ struct OpenTransaction {
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Assembler {
-    task: String,
-    generation: u32,
+    stream: StreamId,
     handoff: Handoff,
+    /// The task's tables, (schema, table); `None` keeps every table the publication sends.
+    tables: Option<HashSet<(String, String)>>,
+    /// Relations sent but not among `tables` (a publication can hold more tables than the
+    /// task's settings for a moment: see `with_tables`).
+    ignored: HashSet<u32>,
     max_message_bytes: usize,
     relations: HashMap<u32, Relation>,
     builder: MessageBuilder,
@@ -48,16 +52,17 @@ pub struct Assembler {
 }
 
 impl Assembler {
-    /// An assembler for one decoding call of `task`; messages are cut once they reach
+    /// An assembler for one decoding call of a task's stream; messages are cut once they reach
     /// `max_message_bytes` (a soft bound: one row change is never split).
-    pub fn new(task: &str, generation: u32, max_message_bytes: usize) -> Self {
+    pub fn new(stream: &StreamId, max_message_bytes: usize) -> Self {
         Self {
-            task: task.to_owned(),
-            generation,
+            stream: stream.clone(),
             handoff: Handoff::new(),
+            tables: None,
+            ignored: HashSet::new(),
             max_message_bytes,
             relations: HashMap::new(),
-            builder: MessageBuilder::new(task, generation),
+            builder: MessageBuilder::new(stream),
             open: None,
             last_end_lsn: None,
             counts: Counts::default(),
@@ -72,8 +77,16 @@ impl Assembler {
         self
     }
 
+    /// Leaves out the changes of every table but these (schema, table). A call that added
+    /// tables to the task's publication and then rolled back leaves them in the publication.
+    #[must_use]
+    pub fn with_tables(mut self, tables: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.tables = Some(tables.into_iter().collect());
+        self
+    }
+
     fn skips(&self, rel: u32) -> bool {
-        !self.handoff.is_empty() && self.open.as_ref().is_some_and(|open| self.handoff.skips(rel, open.xid))
+        self.ignored.contains(&rel) || (!self.handoff.is_empty() && self.open.as_ref().is_some_and(|open| self.handoff.skips(rel, open.xid)))
     }
 
     /// End LSN of the last complete transaction seen: where the slot may advance once everything
@@ -120,6 +133,14 @@ impl Assembler {
                 if self.builder.len() >= self.max_message_bytes { Ok(self.flush()?) } else { Ok(None) }
             }
             Message::Relation(relation) => {
+                if let Some(tables) = &self.tables {
+                    let schema = if relation.namespace.is_empty() { "pg_catalog" } else { relation.namespace };
+                    if !tables.contains(&(schema.to_owned(), relation.name.to_owned())) {
+                        self.ignored.insert(relation.oid);
+                        return Ok(None);
+                    }
+                    self.ignored.remove(&relation.oid);
+                }
                 let described = describe(&relation)?;
                 let ready = match self.relations.get(&relation.oid) {
                     // The same relation changed shape while this message refers to it: the
@@ -191,7 +212,7 @@ impl Assembler {
         if self.builder.is_empty() {
             return Ok(None);
         }
-        let builder = std::mem::replace(&mut self.builder, MessageBuilder::new(&self.task, self.generation));
+        let builder = std::mem::replace(&mut self.builder, MessageBuilder::new(&self.stream));
         let relations = &self.relations;
         let body = builder.finish(|id| relations.get(&id))?;
         self.counts.messages += 1;
@@ -246,7 +267,7 @@ mod tests {
     }
 
     fn run(messages: Vec<Message<'static>>, max: usize) -> (Vec<Envelope>, Assembler) {
-        let mut a = Assembler::new("t", 1, max);
+        let mut a = Assembler::new(&StreamId::new("t", "i", 1), max);
         let mut out = Vec::new();
         for m in messages {
             if let Some(body) = a.push::<Error>(m, &mut describe).unwrap() {
@@ -316,11 +337,32 @@ mod tests {
     }
 
     #[test]
+    fn tables_outside_the_task_are_left_out_but_transactions_kept() {
+        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20).with_tables([("public".to_owned(), "other".to_owned())]);
+        let mut out = Vec::new();
+        for m in [Message::Relation(rel_msg(2)), begin(1), insert("a"), commit(1)] {
+            out.extend(a.push::<Error>(m, &mut describe).unwrap());
+        }
+        out.extend(a.finish().unwrap());
+        let env = Envelope::parse(&out[0]).unwrap();
+        assert_eq!(env.transactions.len(), 1);
+        assert!(env.transactions[0].changes.is_empty());
+        assert!(env.relations.is_empty());
+        assert_eq!(a.counts().changes, 0);
+        // the same relation, once it is the task's, is kept
+        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20).with_tables([("public".to_owned(), "t".to_owned())]);
+        for m in [Message::Relation(rel_msg(2)), begin(1), insert("a"), commit(1)] {
+            a.push::<Error>(m, &mut describe).unwrap();
+        }
+        assert_eq!(a.counts().changes, 1);
+    }
+
+    #[test]
     fn changes_the_copy_contains_are_left_out_but_transactions_kept() {
         let mut handoff = Handoff::new();
         // transactions 1 and 3 are visible in the copy of relation 42, transaction 2 is not
         handoff.add(42, crate::handoff::Snapshot::parse("2:4:2").unwrap());
-        let mut a = Assembler::new("t", 1, 1 << 20).with_handoff(handoff);
+        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20).with_handoff(handoff);
         let mut msgs = vec![Message::Relation(rel_msg(2))];
         for n in 1..=3 {
             msgs.extend([begin(n), insert("x"), commit(n)]);
@@ -341,7 +383,7 @@ mod tests {
 
     #[test]
     fn sequence_errors_are_reported() {
-        let mut a = Assembler::new("t", 1, 100);
+        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 100);
         assert!(a.push::<Error>(insert("x"), &mut describe).is_err());
         assert!(a.push::<Error>(commit(1), &mut describe).is_err());
         a.push::<Error>(begin(1), &mut describe).unwrap();

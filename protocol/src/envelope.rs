@@ -15,8 +15,45 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
 use crate::pgoutput::Value;
 
-/// The envelope version this crate writes and reads.
-pub const VERSION: u32 = 1;
+/// The envelope version this crate writes. Version 2 added `incarnation` and `load.copy_id`;
+/// [`Envelope::parse`] reads versions [`OLDEST_VERSION`] to [`VERSION`].
+pub const VERSION: u32 = 2;
+
+/// The oldest envelope version [`Envelope::parse`] still reads.
+pub const OLDEST_VERSION: u32 = 1;
+
+/// Which stream a message belongs to: the task, the task's incarnation (a new one at every
+/// `create_task`, so a task dropped and created again under the same name, or two sources with a
+/// task of the same name, never share state in the target) and its generation (one more at every
+/// `reload`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamId {
+    /// Name of the task.
+    pub task: String,
+    /// The task incarnation's unique id (a UUID).
+    pub incarnation: String,
+    /// The task's generation, from 1.
+    pub generation: u32,
+}
+
+impl StreamId {
+    /// A stream id.
+    pub fn new(task: &str, incarnation: &str, generation: u32) -> Self {
+        Self { task: task.to_owned(), incarnation: incarnation.to_owned(), generation }
+    }
+
+    /// Writes `{"version":…,"task":…,"incarnation":…,"generation":…` (the head of every
+    /// message).
+    fn write_head(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(b"{\"version\":");
+        buf.extend_from_slice(VERSION.to_string().as_bytes());
+        buf.extend_from_slice(b",\"task\":");
+        write_json_str(buf, &self.task);
+        buf.extend_from_slice(b",\"incarnation\":");
+        write_json_str(buf, &self.incarnation);
+        let _ = write!(buf, ",\"generation\":{}", self.generation);
+    }
+}
 
 /// Content type of every message.
 pub const CONTENT_TYPE: &str = "application/json";
@@ -29,6 +66,9 @@ pub struct Envelope {
     pub version: u32,
     /// Name of the task that captured the changes.
     pub task: String,
+    /// The task incarnation's unique id (see [`StreamId`]); absent in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
     /// The task's generation: 1 at creation, one more at every `reload`. An applier drops
     /// messages of an older generation than the one it has applied, and starts over (empty
     /// watermark) at the first message of a newer one.
@@ -57,6 +97,11 @@ fn first_generation() -> u32 {
 pub struct LoadChunk {
     /// The relation (described in `relations`).
     pub rel: u32,
+    /// The copy's id: strictly increasing over every table copy (every attempt) of a task
+    /// incarnation, so that a table added at a reused position or copied again after another
+    /// table is never taken for one already applied. 0 in version 1.
+    #[serde(default)]
+    pub copy_id: u64,
     /// Position of the table in the task's load order (priority, then list order), from 0.
     pub table_index: u32,
     /// Copy attempt of this table, from 1. A new attempt (after the decoding worker was
@@ -203,14 +248,29 @@ impl Envelope {
     pub fn parse(body: &[u8]) -> Result<Self> {
         let probe: VersionProbe = serde_json::from_slice(body).map_err(|err| malformed(format!("not a JSON object: {err}")))?;
         match probe.version {
-            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(VERSION)) => {}
-            Some(other) => return Err(malformed(format!("unsupported envelope version {other}; this applier reads version {VERSION}"))),
+            Some(serde_json::Value::Number(n)) if n.as_u64().is_some_and(|v| (u64::from(OLDEST_VERSION)..=u64::from(VERSION)).contains(&v)) => {}
+            Some(other) => return Err(malformed(format!("unsupported envelope version {other}; this applier reads versions {OLDEST_VERSION} to {VERSION}"))),
             None => return Err(malformed("missing field `version`")),
         }
         let mut de = serde_json::Deserializer::from_slice(body);
         let envelope: Envelope = serde_path_to_error::deserialize(&mut de).map_err(|err| malformed(format!("{}: {}", err.path(), err.inner())))?;
         envelope.check()?;
         Ok(envelope)
+    }
+
+    /// A message of the same stream holding only `transaction` (with every relation of this
+    /// one): what the applier stages and dead-letters.
+    pub fn single(&self, transaction: Transaction) -> Self {
+        Self {
+            version: self.version,
+            task: self.task.clone(),
+            incarnation: self.incarnation.clone(),
+            generation: self.generation,
+            settings: None,
+            transactions: vec![transaction],
+            relations: self.relations.clone(),
+            load: None,
+        }
     }
 
     /// The relation with this id.
@@ -299,14 +359,10 @@ pub struct MessageBuilder {
 }
 
 impl MessageBuilder {
-    /// Starts a message for a task.
-    pub fn new(task: &str, generation: u32) -> Self {
+    /// Starts a message of a stream.
+    pub fn new(stream: &StreamId) -> Self {
         let mut buf = Vec::with_capacity(64 * 1024);
-        buf.extend_from_slice(b"{\"version\":");
-        buf.extend_from_slice(VERSION.to_string().as_bytes());
-        buf.extend_from_slice(b",\"task\":");
-        write_json_str(&mut buf, task);
-        let _ = write!(buf, ",\"generation\":{generation}");
+        stream.write_head(&mut buf);
         buf.extend_from_slice(b",\"transactions\":[");
         Self { buf, relations: BTreeSet::new(), transactions: 0, changes: 0, changes_in_open: None }
     }
@@ -476,11 +532,12 @@ impl MessageBuilder {
 }
 
 /// A control message carrying the task's settings document.
-pub fn settings_message(task: &str, generation: u32, settings: &serde_json::Value) -> Result<Vec<u8>> {
+pub fn settings_message(stream: &StreamId, settings: &serde_json::Value) -> Result<Vec<u8>> {
     let envelope = Envelope {
         version: VERSION,
-        task: task.to_owned(),
-        generation,
+        task: stream.task.clone(),
+        incarnation: Some(stream.incarnation.clone()),
+        generation: stream.generation,
         settings: Some(settings.clone()),
         transactions: Vec::new(),
         relations: Vec::new(),
@@ -491,19 +548,16 @@ pub fn settings_message(task: &str, generation: u32, settings: &serde_json::Valu
 
 /// A full-load message: `chunk.data` is ignored and `copy_data` (COPY text, UTF-8) is written in
 /// its place without an intermediate copy.
-pub fn load_message(task: &str, generation: u32, relation: &Relation, chunk: &LoadChunk, copy_data: &[u8]) -> Result<Vec<u8>> {
+pub fn load_message(stream: &StreamId, relation: &Relation, chunk: &LoadChunk, copy_data: &[u8]) -> Result<Vec<u8>> {
     let text = std::str::from_utf8(copy_data).map_err(|err| Error::new(ErrorKind::MalformedEnvelope, format!("load data of {}.{} is not UTF-8: {err}", relation.schema, relation.table)))?;
     let mut buf = Vec::with_capacity(copy_data.len() + copy_data.len() / 8 + 1024);
-    buf.extend_from_slice(b"{\"version\":");
-    buf.extend_from_slice(VERSION.to_string().as_bytes());
-    buf.extend_from_slice(b",\"task\":");
-    write_json_str(&mut buf, task);
-    let _ = write!(buf, ",\"generation\":{generation},\"transactions\":[],\"relations\":[");
+    stream.write_head(&mut buf);
+    buf.extend_from_slice(b",\"transactions\":[],\"relations\":[");
     write_serialized(&mut buf, relation)?;
     let _ = write!(
         buf,
-        "],\"load\":{{\"rel\":{},\"table_index\":{},\"attempt\":{},\"seq\":{},\"last\":{},\"rows\":{},\"snapshot_time\":",
-        chunk.rel, chunk.table_index, chunk.attempt, chunk.seq, chunk.last, chunk.rows
+        "],\"load\":{{\"rel\":{},\"copy_id\":{},\"table_index\":{},\"attempt\":{},\"seq\":{},\"last\":{},\"rows\":{},\"snapshot_time\":",
+        chunk.rel, chunk.copy_id, chunk.table_index, chunk.attempt, chunk.seq, chunk.last, chunk.rows
     );
     write_json_str(&mut buf, &chunk.snapshot_time);
     if let Some(prepare) = &chunk.prepare {
@@ -551,6 +605,11 @@ fn write_json_str(buf: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    const INCARNATION: &str = "6f1c2a9e-3b1d-4c55-9a0e-2f4b8d7c1e00";
+
+    fn stream(generation: u32) -> StreamId {
+        StreamId::new("t", INCARNATION, generation)
+    }
     use super::*;
 
     fn relation() -> Relation {
@@ -573,7 +632,7 @@ mod tests {
     fn builder_output_parses_back_exactly() {
         let rel = relation();
         let tricky = "quote \" backslash \\ newline \n tab \t bell \u{7} unicode ✓ 'single'";
-        let mut b = MessageBuilder::new("orders_sync", 1);
+        let mut b = MessageBuilder::new(&StreamId::new("orders_sync", INCARNATION, 1));
         b.open_transaction();
         b.insert(16384, &[Value::Text("1"), Value::Text(tricky)]).unwrap();
         b.update(16384, Some(&[Value::Text("1"), Value::Null]), &[Value::Text("2"), Value::UnchangedToast]).unwrap();
@@ -614,6 +673,7 @@ mod tests {
         let rel = relation();
         let chunk = LoadChunk {
             rel: rel.id,
+            copy_id: 7,
             table_index: 2,
             attempt: 1,
             seq: 0,
@@ -624,20 +684,23 @@ mod tests {
             data: String::new(),
         };
         let data = "1\tx\\y \"q\"\n2\t\\N\n";
-        let body = load_message("t", 3, &rel, &chunk, data.as_bytes()).unwrap();
+        let body = load_message(&stream(3), &rel, &chunk, data.as_bytes()).unwrap();
         let env = Envelope::parse(&body).unwrap();
-        assert_eq!(env.generation, 3);
+        assert_eq!((env.generation, env.incarnation.as_deref()), (3, Some(INCARNATION)));
         let load = env.load.unwrap();
         assert_eq!(load.data, data);
         assert_eq!(LoadChunk { data: String::new(), ..load }, chunk);
-        assert!(load_message("t", 3, &rel, &chunk, b"\xff").is_err());
+        assert!(load_message(&stream(3), &rel, &chunk, b"\xff").is_err());
 
         let settings = serde_json::json!({"task": {"task_name": "t"}});
-        let env = Envelope::parse(&settings_message("t", 2, &settings).unwrap()).unwrap();
+        let env = Envelope::parse(&settings_message(&stream(2), &settings).unwrap()).unwrap();
         assert_eq!((env.generation, env.settings), (2, Some(settings)));
-        // absent generation means the first
+        // version 1: absent generation means the first; no incarnation, copy ids 0
         let env = Envelope::parse(b"{\"version\":1,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap();
-        assert_eq!(env.generation, 1);
+        assert_eq!((env.generation, env.incarnation), (1, None));
+        // a version this crate does not know is refused, naming it
+        let err = Envelope::parse(b"{\"version\":3,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap_err();
+        assert!(err.to_string().contains("unsupported envelope version 3"), "{err}");
     }
 
     #[test]
@@ -647,7 +710,7 @@ mod tests {
             (b"{\"version\":1,\"task\":\"t\",\"transactions\":[", "not a JSON object"),
             (b"[]", "not a JSON object"),
             (b"{\"task\":\"t\"}", "missing field `version`"),
-            (b"{\"version\":2}", "unsupported envelope version 2"),
+            (b"{\"version\":3}", "unsupported envelope version 3"),
             (b"{\"version\":\"1\"}", "unsupported envelope version"),
             (b"{\"version\":1,\"task\":\"t\",\"transactions\":[],\"relations\":[],\"x\":1}", "unknown field"),
             (
@@ -669,14 +732,14 @@ mod tests {
     #[test]
     fn width_and_chunk_rules_are_checked() {
         let rel = relation();
-        let mut b = MessageBuilder::new("t", 1);
+        let mut b = MessageBuilder::new(&stream(1));
         b.open_transaction();
         b.insert(16384, &[Value::Text("1")]).unwrap();
         b.close_transaction(&header(1, 0, true));
         let body = b.finish(|_| Some(&rel)).unwrap();
         assert!(Envelope::parse(&body).unwrap_err().message().contains("1 values for 2 columns"));
 
-        let mut b = MessageBuilder::new("t", 1);
+        let mut b = MessageBuilder::new(&stream(1));
         b.open_transaction();
         b.close_transaction(&header(1, 0, false));
         b.open_transaction();
@@ -687,7 +750,7 @@ mod tests {
 
     #[test]
     fn binary_values_and_orphan_changes_are_errors() {
-        let mut b = MessageBuilder::new("t", 1);
+        let mut b = MessageBuilder::new(&stream(1));
         assert!(b.insert(1, &[]).is_err());
         b.open_transaction();
         assert!(b.insert(1, &[Value::Binary(b"x")]).is_err());
@@ -696,7 +759,7 @@ mod tests {
     #[test]
     fn parse_never_panics_on_mutations() {
         let rel = relation();
-        let mut b = MessageBuilder::new("t", 1);
+        let mut b = MessageBuilder::new(&stream(1));
         b.open_transaction();
         b.insert(16384, &[Value::Text("1"), Value::Text("x")]).unwrap();
         b.close_transaction(&header(1, 0, true));

@@ -9,7 +9,7 @@ use pgrx::FromDatum;
 use pgrx::spi::SpiClient;
 use trempy_protocol::Lsn;
 use trempy_protocol::assemble::{Assembler, Counts};
-use trempy_protocol::envelope::{Column, Relation};
+use trempy_protocol::envelope::{Column, Relation, StreamId};
 use trempy_protocol::handoff::Handoff;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::pgoutput;
@@ -21,7 +21,9 @@ use crate::worker::{confirm, each_row, send};
 /// What one decoding call is to do.
 pub(crate) struct Batch<'a> {
     pub(crate) names: &'a TaskNames,
-    pub(crate) generation: u32,
+    pub(crate) stream: &'a StreamId,
+    /// The task's tables (schema, table): the publication may hold more for a moment.
+    pub(crate) tables: Vec<(String, String)>,
     /// Changes that tables' full loads already contain, to leave out.
     pub(crate) handoff: Handoff,
     /// Decode what committed before this position.
@@ -45,12 +47,12 @@ pub(crate) struct Published {
 /// Decodes the changes committed before `upto` (at most about `batch_size` changes, always whole
 /// transactions) and publishes them. Returns once RabbitMQ has confirmed every message.
 pub(crate) fn publish_batch(client: &SpiClient<'_>, batch: Batch<'_>, publisher: &Publisher) -> Result<Published, Error> {
-    let Batch { names, generation, handoff, upto, batch_size, max_message_bytes, for_create } = batch;
+    let Batch { names, stream, tables, handoff, upto, batch_size, max_message_bytes, for_create } = batch;
     let mut cursor = client.try_open_cursor(
         "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4)",
         &[names.slot().as_str().into(), upto.to_string().as_str().into(), batch_size.into(), names.publication().as_str().into()],
     )?;
-    let mut assembler = Assembler::new(names.task(), generation, max_message_bytes).with_handoff(handoff);
+    let mut assembler = Assembler::new(stream, max_message_bytes).with_handoff(handoff).with_tables(tables);
     let mut types: HashMap<(u32, i32), String> = HashMap::new();
     let mut describe = |relation: &pgoutput::Relation<'_>| describe(client, &mut types, relation, for_create);
     let mut sent = 0_u64;

@@ -4,8 +4,7 @@ use std::ffi::CStr;
 
 use pgrx::prelude::*;
 use trempy_protocol::copytext;
-use trempy_protocol::envelope::{self, LoadChunk, Prepare};
-use trempy_protocol::names::TaskNames;
+use trempy_protocol::envelope::{self, LoadChunk, Prepare, StreamId};
 
 use super::Due;
 use crate::catalog;
@@ -32,7 +31,7 @@ pub(crate) struct Copied {
 /// Copies `due` and publishes it; records it as copied (with its snapshot) when RabbitMQ has
 /// confirmed every chunk. Runs inside a REPEATABLE READ transaction (see
 /// [`crate::worker::in_repeatable_read_transaction`]), so that every query sees one snapshot.
-pub(crate) fn copy_table(names: &TaskNames, generation: u32, prepare: Prepare, for_cdc: bool, due: &Due, publisher: &Publisher, max_message_bytes: usize) -> Result<Copied, Error> {
+pub(crate) fn copy_table(stream: &StreamId, prepare: Prepare, for_cdc: bool, due: &Due, publisher: &Publisher, max_message_bytes: usize) -> Result<Copied, Error> {
     // SAFETY: reads a variable of this backend on its main thread.
     if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_REPEATABLE_READ as i32 {
         return Err(Error::new(ErrorKind::Postgres, "a table must be copied in a REPEATABLE READ transaction"));
@@ -79,6 +78,7 @@ pub(crate) fn copy_table(names: &TaskNames, generation: u32, prepare: Prepare, f
         }
         let mut chunk = LoadChunk {
             rel: relation.id,
+            copy_id: due.copy_id,
             table_index: due.position,
             attempt: due.attempt,
             seq: 0,
@@ -94,11 +94,11 @@ pub(crate) fn copy_table(names: &TaskNames, generation: u32, prepare: Prepare, f
             chunk.last = last;
             chunk.rows = writer.rows();
             let data = writer.take();
-            let body = envelope::load_message(names.task(), generation, &relation, chunk, &data)?;
+            let body = envelope::load_message(stream, &relation, chunk, &data)?;
             copied.rows += chunk.rows;
             copied.bytes += data.len() as u64;
             copied.messages += 1;
-            let id = format!("{}:load:{generation}:{}:{}:{}", names.task(), chunk.table_index, chunk.attempt, chunk.seq);
+            let id = format!("{}:load:{}:{}:{}", stream.task, stream.generation, chunk.copy_id, chunk.seq);
             send(publisher, body, id)?;
             chunk.seq += 1;
             chunk.prepare = None;
@@ -136,7 +136,7 @@ pub(crate) fn copy_table(names: &TaskNames, generation: u32, prepare: Prepare, f
               WHERE task_name = $1 AND schema_name = $2 AND table_name = $3",
             None,
             &[
-                names.task().into(),
+                stream.task.as_str().into(),
                 due.schema.as_str().into(),
                 due.table.as_str().into(),
                 i64::try_from(copied.rows).unwrap_or(i64::MAX).into(),

@@ -26,6 +26,8 @@ pub(crate) struct Due {
     pub(crate) table: String,
     pub(crate) relid: u32,
     pub(crate) attempt: u32,
+    /// The copy's id: one more than any copy of the task before it (`trempy.tasks.copy_seq`).
+    pub(crate) copy_id: u64,
 }
 
 /// What the load needs next.
@@ -67,12 +69,15 @@ pub(crate) fn next(client: &mut SpiClient<'_>, task: &str, generation: u32, sett
             &[task.into(), generation.into(), table.schema_name.as_str().into(), table.table_name.as_str().into(), qualified.as_str().into(), estimate.into()],
         )?;
     }
-    let due = client.select(
-        "UPDATE trempy.task_tables t SET attempt = attempt + 1, state = 'copying', started_at = now(), rows_copied = 0, bytes_copied = 0
-           FROM (SELECT schema_name, table_name FROM trempy.task_tables
-                  WHERE task_name = $1 AND (state <> 'copied' OR ($2 AND NOT for_cdc)) ORDER BY position LIMIT 1) d
+    let due = client.update(
+        "WITH d AS (SELECT schema_name, table_name FROM trempy.task_tables
+                     WHERE task_name = $1 AND (state <> 'copied' OR ($2 AND NOT for_cdc)) ORDER BY position LIMIT 1),
+              c AS (UPDATE trempy.tasks SET copy_seq = copy_seq + 1 WHERE task_name = $1 AND EXISTS (SELECT 1 FROM d) RETURNING copy_seq)
+         UPDATE trempy.task_tables t SET attempt = attempt + 1, state = 'copying', started_at = now(), rows_copied = 0, bytes_copied = 0,
+                copy_id = (SELECT copy_seq FROM c)
+           FROM d
           WHERE t.task_name = $1 AND t.schema_name = d.schema_name AND t.table_name = d.table_name
-         RETURNING t.position, t.schema_name, t.table_name, t.relid::int8, t.attempt",
+         RETURNING t.position, t.schema_name, t.table_name, t.relid::int8, t.attempt, t.copy_id",
         None,
         &[task.into(), settings.streams().into()],
     )?;
@@ -87,6 +92,7 @@ pub(crate) fn next(client: &mut SpiClient<'_>, task: &str, generation: u32, sett
         table: row.get::<String>(3)?.unwrap_or_default(),
         relid: u32::try_from(row.get::<i64>(4)?.unwrap_or_default()).unwrap_or_default(),
         attempt: number(row.get::<i32>(5)?),
+        copy_id: u64::try_from(row.get::<i64>(6)?.unwrap_or_default()).unwrap_or_default(),
     }))
 }
 

@@ -44,12 +44,18 @@ pub extern "C-unwind" fn trempy_launcher_main(_arg: pg_sys::Datum) {
         }
         let orphans = super::in_transaction(|| Ok(tasks_without_worker()));
         let orphans = match orphans {
-            Ok(orphans) => orphans,
+            Ok(Some(orphans)) => orphans,
+            Ok(None) => continue, // the extension is not created in this database (yet)
             Err(err) => {
                 warning!("trempy launcher: could not read trempy.tasks: {err}");
                 continue;
             }
         };
+        // Before any worker starts: a slot left by a rolled-back create_task or update_task
+        // must not be taken for its task's slot.
+        if let Err(err) = super::setup::drop_orphans(None, false) {
+            warning!("trempy launcher: could not drop what a rolled-back call left behind: {err}");
+        }
         last_start.retain(|_, started| started.elapsed() < START_BACKOFF);
         for (task_id, name) in orphans {
             if last_start.contains_key(&task_id) {
@@ -61,8 +67,9 @@ pub extern "C-unwind" fn trempy_launcher_main(_arg: pg_sys::Datum) {
     }
 }
 
-/// Enabled tasks whose worker is not running. Read-only: no XID, no WAL.
-fn tasks_without_worker() -> Vec<(i32, String)> {
+/// Enabled tasks that have not failed and whose worker is not running; `None` when the extension
+/// is not created in this database. Read-only: no XID, no WAL.
+fn tasks_without_worker() -> Option<Vec<(i32, String)>> {
     Spi::connect(|client| {
         let installed = client
             .select("SELECT to_regclass('trempy.tasks') IS NOT NULL", None, &[])
@@ -70,17 +77,17 @@ fn tasks_without_worker() -> Vec<(i32, String)> {
             .and_then(|t| t.first().get::<bool>(1).ok().flatten())
             .unwrap_or(false);
         if !installed {
-            return Vec::new();
+            return None;
         }
         let mut orphans = Vec::new();
-        if let Ok(table) = client.select("SELECT task_id, task_name FROM trempy.tasks WHERE enabled AND trempy.worker_pid(task_id) IS NULL", None, &[]) {
+        if let Ok(table) = client.select("SELECT task_id, task_name FROM trempy.tasks WHERE enabled AND failure IS NULL AND trempy.worker_pid(task_id) IS NULL", None, &[]) {
             for row in table {
                 if let (Ok(Some(id)), Ok(Some(name))) = (row.get::<i32>(1), row.get::<String>(2)) {
                     orphans.push((id, name));
                 }
             }
         }
-        orphans
+        Some(orphans)
     })
 }
 

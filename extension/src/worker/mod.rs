@@ -3,6 +3,7 @@
 //! thread allowed to call PostgreSQL.
 
 pub(crate) mod launcher;
+pub(crate) mod setup;
 pub(crate) mod task;
 
 use std::panic::AssertUnwindSafe;

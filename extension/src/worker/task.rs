@@ -2,8 +2,11 @@
 //! them, forever.
 //!
 //! On start it publishes the task's settings (a control message: the applier applies what follows
-//! under them). Each round: is the task still enabled? does its slot exist (create it on the
-//! first round, before any copy)? Is a table still to be copied? Copy it (see [`crate::load`]).
+//! under them). Each round: is the task still enabled? Is its slot (made by `create_task` or
+//! `update_task`, never here) still there, valid, and made on this server and timeline? If not,
+//! the task fails loudly (`trempy.tasks.failure`, the cause and the remedy in `last_error`) and the
+//! worker exits: a missing slot is never re-created silently, as that would skip every change
+//! between the old slot's position and the new one's. Is a table still to be copied? Copy it (see [`crate::load`]).
 //! Otherwise, is there WAL past the slot's confirmed position? If so, peek a batch, publish it,
 //! wait for RabbitMQ's confirms, and only then advance the slot. An empty batch advances the slot
 //! to the flushed WAL position, so idle or filtered databases do not pin WAL.
@@ -19,6 +22,7 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use trempy_protocol::Lsn;
 use trempy_protocol::assemble::Counts;
+use trempy_protocol::envelope::StreamId;
 use trempy_protocol::feedback::Report;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
@@ -35,8 +39,8 @@ enum Round {
     Idle,
     /// Published something; there may be more right away.
     Published(Counts, Lsn),
-    /// Created the slot.
-    SlotCreated,
+    /// The task cannot go on: its slot is gone, invalidated, or from another server.
+    Failed(Failure),
     /// Copied a table.
     Copied(load::Due, load::Copied),
     /// The full load is complete.
@@ -48,7 +52,10 @@ enum Round {
 struct Task {
     names: TaskNames,
     task_id: i32,
-    generation: u32,
+    /// The task's stream: name, incarnation, generation (every message carries it).
+    stream: StreamId,
+    /// Set when the task's slot was created on another server or timeline than this one.
+    other_system: Option<String>,
     settings: TaskSettings,
     document: serde_json::Value,
     poll_interval: Duration,
@@ -110,7 +117,9 @@ fn claim(task_id: i32) -> Option<Task> {
     Spi::connect(|client| {
         let row = client
             .select(
-                "SELECT t.task_name, t.settings::text, t.enabled, pg_try_advisory_lock($1, t.task_id), t.generation FROM trempy.tasks t WHERE t.task_id = $2",
+                "SELECT t.task_name, t.settings::text, t.enabled AND t.failure IS NULL, pg_catalog.pg_try_advisory_lock($1, t.task_id), t.generation,
+                        t.incarnation::text, t.slot_system_id, t.slot_timeline
+                   FROM trempy.tasks t WHERE t.task_id = $2",
                 Some(1),
                 &[LOCK_CLASS.into(), task_id.into()],
             )
@@ -124,9 +133,19 @@ fn claim(task_id: i32) -> Option<Task> {
         let enabled = row.get::<bool>(3).ok()??;
         let locked = row.get::<bool>(4).ok()??;
         let generation = u32::try_from(row.get::<i32>(5).ok()??).ok()?;
+        let incarnation = row.get::<String>(6).ok()??;
+        let recorded = (row.get::<String>(7).ok()?, row.get::<i32>(8).ok()?);
         if !locked || !enabled {
             return None;
         }
+        let other_system = match recorded {
+            (Some(system), Some(timeline)) => {
+                let (here_system, here_timeline) = slot::here(&client).ok()?;
+                (system != here_system || timeline != here_timeline)
+                    .then(|| format!("system {system} timeline {timeline}, and this server is system {here_system} timeline {here_timeline}"))
+            }
+            _ => None,
+        };
         let names = TaskNames::new(&name).ok()?;
         let document: serde_json::Value = serde_json::from_str(&settings).ok()?;
         let Ok(settings) = TaskSettings::parse(&settings) else {
@@ -136,7 +155,8 @@ fn claim(task_id: i32) -> Option<Task> {
         let interval = settings.task.interval_seconds;
         let poll_interval = interval.map_or_else(gucs::poll_interval, |s| Duration::from_secs(u64::from(s)));
         let loaded = Cell::new(!settings.copies());
-        Some(Task { names, task_id, generation, settings, document, poll_interval, loaded })
+        let stream = StreamId::new(&name, &incarnation, generation);
+        Some(Task { names, task_id, stream, other_system, settings, document, poll_interval, loaded })
     })
 }
 
@@ -195,11 +215,11 @@ fn run(task: &Task, publisher: &Publisher) {
                     return;
                 }
             }
-            Ok(Round::SlotCreated) => {
-                failures = 0;
-                wait = Duration::ZERO;
-                log!("trempy task \"{}\": created replication slot \"{}\"", task.names.task(), task.names.slot());
-                record(task, "UPDATE trempy.task_progress SET slot_created_at = now() WHERE task_name = $1", &[task.names.task().into()]);
+            Ok(Round::Failed(failure)) => {
+                let message = failure.explain(task);
+                warning!("trempy task \"{}\": {message}", task.names.task());
+                record_failure(task, failure, &message);
+                return;
             }
             Ok(Round::Published(counts, lsn)) => {
                 failures = 0;
@@ -243,8 +263,8 @@ fn run(task: &Task, publisher: &Publisher) {
 
 /// Publishes the task's settings, which apply to every message after them.
 fn publish_settings(task: &Task, publisher: &Publisher) -> Result<(), Error> {
-    let body = trempy_protocol::envelope::settings_message(task.names.task(), task.generation, &task.document)?;
-    send(publisher, body, format!("{}:settings:{}", task.names.task(), task.generation))?;
+    let body = trempy_protocol::envelope::settings_message(&task.stream, &task.document)?;
+    send(publisher, body, format!("{}:settings:{}", task.names.task(), task.stream.generation))?;
     confirm(publisher)
 }
 
@@ -259,10 +279,12 @@ fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
             if !enabled(client, task)? {
                 return Ok(None);
             }
-            if task.settings.streams() && slot::position(client, &task.names)?.is_none() {
-                // The slot comes first: every copy's snapshot is taken after its consistent point.
-                slot::create_slot(client, &task.names)?;
-                return Ok(Some(Err(Round::SlotCreated)));
+            if task.settings.streams() {
+                // Every copy's snapshot must be taken after the slot's consistent point.
+                match check_slot(client, task)? {
+                    Ok(_) => {}
+                    Err(round) => return Ok(Some(Err(round))),
+                }
             }
             client.update(
                 "UPDATE trempy.task_progress SET phase = 'full_load', load_started_at = coalesce(load_started_at, now()), load_finished_at = NULL
@@ -270,7 +292,7 @@ fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
                 None,
                 &[task.names.task().into()],
             )?;
-            match load::next(client, task.names.task(), task.generation, &task.settings)? {
+            match load::next(client, task.names.task(), task.stream.generation, &task.settings)? {
                 Next::Copy(due) => Ok(Some(Ok(due))),
                 Next::Done => {
                     let phase = if task.settings.streams() { "cdc" } else { "finished" };
@@ -298,7 +320,7 @@ fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
         }
         Some(Ok(due)) => {
             ensure_connected(publisher)?;
-            let copied = in_repeatable_read_transaction(|| load::copy_table(&task.names, task.generation, task.settings.prepare(), task.settings.streams(), &due, publisher, gucs::max_message_bytes()))?;
+            let copied = in_repeatable_read_transaction(|| load::copy_table(&task.stream, task.settings.prepare(), task.settings.streams(), &due, publisher, gucs::max_message_bytes()))?;
             Ok(Round::Copied(due, copied))
         }
     }
@@ -313,9 +335,9 @@ fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) 
     if !enabled(client, task)? {
         return Ok(Round::Stop);
     }
-    let Some(position) = slot::position(client, &task.names)? else {
-        slot::create_slot(client, &task.names)?;
-        return Ok(Round::SlotCreated);
+    let position = match check_slot(client, task)? {
+        Ok(position) => position,
+        Err(round) => return Ok(round),
     };
     if position.flushed <= position.confirmed {
         return Ok(Round::Idle);
@@ -324,7 +346,8 @@ fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) 
     let handoff = if task.settings.copies() { load::handoff(client, task.names.task(), position.confirmed)? } else { trempy_protocol::handoff::Handoff::new() };
     let batch = peek::Batch {
         names: &task.names,
-        generation: task.generation,
+        stream: &task.stream,
+        tables: task.settings.tables.iter().map(|t| (t.schema_name.clone(), t.table_name.clone())).collect(),
         handoff,
         upto: position.flushed,
         batch_size: gucs::batch_size(),
@@ -342,6 +365,73 @@ fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) 
             slot::advance(client, &task.names, position.flushed)?;
             Ok(Round::Idle)
         }
+    }
+}
+
+/// Why a task cannot go on without the DBA (`trempy.tasks.failure`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    SlotMissing,
+    SlotInvalidated,
+    SlotOtherSystem(String),
+}
+
+impl Failure {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::SlotMissing => "slot_missing",
+            Self::SlotInvalidated => "slot_invalidated",
+            Self::SlotOtherSystem(_) => "slot_other_system",
+        }
+    }
+
+    /// The cause and the remedy, for `last_error` and the server log.
+    fn explain(&self, task: &Task) -> String {
+        let name = task.names.task();
+        let slot = task.names.slot();
+        let cause = match self {
+            Self::SlotMissing => format!("replication slot \"{slot}\" no longer exists (it was dropped, or this server was restored, upgraded or failed over)"),
+            Self::SlotInvalidated => format!("replication slot \"{slot}\" was invalidated: it fell further behind than max_slot_wal_keep_size and PostgreSQL removed WAL it needed"),
+            Self::SlotOtherSystem(detail) => format!("replication slot \"{slot}\" was created on another server or timeline ({detail}): a promoted standby or a restored copy"),
+        };
+        format!(
+            "{cause}. Changes committed since the task last published may not have been captured, so the task stopped instead of going on from a new slot. \
+             Remedy: SELECT trempy.update_task('{name}', <its settings with task.start_mode \"reload\">); a task with a full load copies its tables again and converges, \
+             a cdc-only task resumes from the new slot and the changes in between must be reconciled by hand."
+        )
+    }
+}
+
+/// The task's slot, if the task can go on from it: `Err` holds the round to report instead
+/// (the task failed, or a helper is busy with the slot: wait).
+fn check_slot(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<Result<slot::Position, Round>, Error> {
+    if let Some(detail) = &task.other_system {
+        return Ok(Err(Round::Failed(Failure::SlotOtherSystem(detail.clone()))));
+    }
+    Ok(match slot::find(client, &task.names)? {
+        slot::Found::Usable(position) => Ok(position),
+        slot::Found::Missing => Err(Round::Failed(Failure::SlotMissing)),
+        slot::Found::Invalidated => Err(Round::Failed(Failure::SlotInvalidated)),
+        slot::Found::Claimed => Err(Round::Idle),
+    })
+}
+
+/// Records that the task failed: the launcher starts no worker for it until `update_task`
+/// reloads it.
+fn record_failure(task: &Task, failure: Failure, message: &str) {
+    let recorded = in_transaction(|| {
+        Spi::connect_mut(|client| {
+            client.update("UPDATE trempy.tasks SET failure = $2 WHERE task_id = $1", None, &[task.task_id.into(), failure.code().into()])?;
+            client.update(
+                "UPDATE trempy.task_progress SET last_error = $2, last_error_at = now(), error_active = true WHERE task_name = $1",
+                None,
+                &[task.names.task().into(), message.into()],
+            )?;
+            Ok(())
+        })
+    });
+    if let Err(err) = recorded {
+        warning!("trempy task \"{}\": could not record its failure: {err}", task.names.task());
     }
 }
 
