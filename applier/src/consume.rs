@@ -18,7 +18,8 @@
 //! applied one at a time, each source transaction in a savepoint ([`isolate`]), so that the
 //! failing source transaction is known; the task's [`ErrorPolicy`] then stops the task, retries
 //! the transaction, or dead-letters it. A message that is not a valid envelope is dead-lettered at
-//! once.
+//! once, except a message of this task in a newer envelope version: it halts the task in order
+//! (what came before it committed, it left in the queue) until the applier is upgraded.
 
 mod isolate;
 
@@ -357,6 +358,16 @@ impl<'o> Session<'o> {
                 let reason = format!("message of task {:?} in the queue of task {:?}", envelope.task, self.task());
                 return self.dead_letter(delivery, &reason).await;
             }
+            Err(err) if err.kind() == trempy_protocol::ErrorKind::NewerEnvelope && message_task(&delivery.data).as_deref() == Some(self.task()) => {
+                // Written by a newer TREMpy: halt in order (never skip it) until upgraded. What
+                // came before it is committed and acknowledged; it stays in the queue.
+                self.commit().await?;
+                return Err(Error::new(ErrorKind::NewerEnvelope, err.message()));
+            }
+            Err(err) if err.kind() == trempy_protocol::ErrorKind::NewerEnvelope => {
+                let reason = format!("message of another task in the queue of task {:?}: {}", self.task(), err.message());
+                return self.dead_letter(delivery, &reason).await;
+            }
             Err(err) => return self.dead_letter(delivery, err.message()).await,
         };
         drop(delivery);
@@ -626,9 +637,31 @@ impl<'o> Session<'o> {
     }
 }
 
+/// The `task` of a message body that is a JSON object naming one.
+fn message_task(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        task: String,
+    }
+    serde_json::from_slice::<Named>(body).ok().map(|n| n.task)
+}
+
 async fn sleep_opt(wait: Option<Duration>) {
     match wait {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_of_a_message_body() {
+        assert_eq!(message_task(b"{\"version\":9,\"task\":\"t\",\"whatever\":[1]}").as_deref(), Some("t"));
+        assert_eq!(message_task(b"{\"version\":9,\"task\":7}"), None);
+        assert_eq!(message_task(b"{\"version\":9}"), None);
+        assert_eq!(message_task(b"not json"), None);
     }
 }

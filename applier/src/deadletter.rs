@@ -269,7 +269,10 @@ async fn replay_one(client: &Arc<Client>, task: &str, id: i64) -> Result<Outcome
             .await?;
         let Some(row) = row else { return Ok(Outcome::AlreadyResolved) };
         let body: Vec<u8> = row.get(0);
-        let mut envelope = Envelope::parse(&body).map_err(|e| Error::new(ErrorKind::Envelope, format!("dead letter {id} is not a valid envelope and cannot be replayed (discard it): {e}")))?;
+        let mut envelope = Envelope::parse(&body).map_err(|e| match e.kind() {
+            trempy_protocol::ErrorKind::NewerEnvelope => Error::new(ErrorKind::NewerEnvelope, format!("dead letter {id} cannot be replayed by this applier: {e}")),
+            _ => Error::new(ErrorKind::Envelope, format!("dead letter {id} is not a valid envelope and cannot be replayed (discard it): {e}")),
+        })?;
         if envelope.task != task {
             return Err(Error::new(ErrorKind::Envelope, format!("dead letter {id} belongs to task {:?}; discard it", envelope.task)));
         }

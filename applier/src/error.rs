@@ -15,6 +15,9 @@ pub(crate) enum ErrorKind {
     TargetSql,
     /// A message that is not a valid envelope for this task.
     Envelope,
+    /// A message of this task in a newer envelope format than this applier reads: it halts the
+    /// task in order until the applier is upgraded.
+    NewerEnvelope,
     /// Another applier moved this task's progress row.
     Conflict,
     /// The error policy stopped the task; it waits for `trempy-applier resume` or a restart.
@@ -32,6 +35,7 @@ impl ErrorKind {
             Self::TargetConnection => "target_connection",
             Self::TargetSql => "target_sql",
             Self::Envelope => "envelope",
+            Self::NewerEnvelope => "newer_envelope",
             Self::Conflict => "conflict",
             Self::Stopped => "stopped",
             Self::Transform => "transform",
