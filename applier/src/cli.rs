@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 
@@ -14,7 +13,7 @@ use crate::consume::{self, Options};
 use crate::deadletter::{self, Outcome, Selection};
 use crate::errorlog::{self, Action};
 use crate::policy::{DEFAULT_MAX_ATTEMPTS, ErrorPolicy};
-use crate::{error, report, state};
+use crate::{error, report, state, target};
 
 /// TREMpy applier: applies a task's changes from RabbitMQ to a target PostgreSQL database,
 /// exactly once in effect.
@@ -220,14 +219,13 @@ async fn wait_for_signal() {
 
 #[allow(clippy::print_stdout)]
 async fn status(args: StatusArgs) -> ExitCode {
-    let (client, driver) = match tokio_postgres::connect(&args.target_dsn, NoTls).await {
-        Ok(pair) => pair,
+    let client = match target::connect(&args.target_dsn).await {
+        Ok((client, _driver)) => client,
         Err(err) => {
             tracing::error!(error = %err, "cannot connect to the target database");
             return ExitCode::FAILURE;
         }
     };
-    tokio::spawn(driver);
     if let Err(err) = state::setup(&client).await {
         tracing::error!(error = %err, "cannot create trempy.applier_state");
         return ExitCode::FAILURE;
@@ -260,8 +258,7 @@ async fn status(args: StatusArgs) -> ExitCode {
 /// Connects to the target for a one-shot command and creates the error tables if needed.
 async fn connect(target_dsn: &str, task: &str) -> Result<(Arc<tokio_postgres::Client>, TaskNames), error::Error> {
     let names = TaskNames::new(task).map_err(|e| error::Error::new(error::ErrorKind::Conflict, format!("--task: {}", e.message())))?;
-    let (client, driver) = tokio_postgres::connect(target_dsn, NoTls).await?;
-    tokio::spawn(driver);
+    let (client, _driver) = target::connect(target_dsn).await?;
     errorlog::setup(&client).await?;
     state::setup(&client).await?;
     deadletter::setup(&client).await?;

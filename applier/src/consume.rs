@@ -32,7 +32,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{error, info, warn};
 use trempy_protocol::Lsn;
 use trempy_protocol::envelope::{Envelope, LoadChunk, Transaction};
@@ -50,7 +50,7 @@ use crate::load::{self, Verdict};
 use crate::policy::{self, ErrorPolicy, Reaction};
 use crate::progress::{self, Applied, Position, Staged};
 use crate::report::Live;
-use crate::state;
+use crate::{state, target};
 
 /// How the applier runs.
 #[derive(Debug, Clone)]
@@ -139,8 +139,7 @@ async fn wait_for_resume(options: &Options, shutdown: &mut watch::Receiver<bool>
             () = tokio::time::sleep(STOPPED_POLL) => {},
             _ = shutdown.wait_for(|stop| *stop) => return false,
         }
-        let Ok((client, driver)) = tokio_postgres::connect(&options.target_dsn, NoTls).await else { continue };
-        let driver = tokio::spawn(driver);
+        let Ok((client, driver)) = target::connect(&options.target_dsn).await else { continue };
         let now = state::get(&client, options.names.task()).await;
         drop(client);
         let _ = driver.await;
@@ -235,14 +234,7 @@ struct Stats {
 
 impl<'o> Session<'o> {
     async fn open(options: &'o Options, mut carry: Carry) -> Result<Session<'o>, Error> {
-        let (mut client, driver) = tokio_postgres::connect(&options.target_dsn, NoTls).await.map_err(|e| {
-            Error::new(ErrorKind::TargetConnection, format!("cannot connect to the target database: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())))
-        })?;
-        tokio::spawn(async move {
-            if let Err(err) = driver.await {
-                warn!(error = %err, "target connection closed");
-            }
-        });
+        let (mut client, _driver) = target::connect(&options.target_dsn).await?;
         let task = options.names.task();
         let committed = progress::load(&mut client, task).await?;
         let settings = committed.settings.as_deref().and_then(|text| TaskSettings::parse(text).ok());

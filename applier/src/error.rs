@@ -3,6 +3,7 @@
 use std::fmt;
 
 use trempy_protocol::Lsn;
+use trempy_protocol::redact::redact;
 
 /// What went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +87,9 @@ pub(crate) struct Error {
 }
 
 impl Error {
+    /// An error; passwords of URLs or DSNs its message quotes (a connection error may) are masked.
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), sqlstate: None, table: None, lsn: None, operation: None }
+        Self { kind, message: redact(&message.into()), sqlstate: None, table: None, lsn: None, operation: None }
     }
 
     pub(crate) fn kind(&self) -> ErrorKind {
@@ -164,6 +166,19 @@ impl Error {
     /// A target error with this SQLSTATE, for tests.
     pub(crate) fn target_code(code: &str, message: &str) -> Self {
         Self { sqlstate: Some(code.to_owned()), ..Self::new(ErrorKind::TargetSql, message) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_never_keep_a_password() {
+        let err = Error::new(ErrorKind::Broker, "cannot connect to RabbitMQ: Invalid URL: 'amqp://trempy:s3cret@rabbit:5672/%2f'");
+        assert!(!err.message().contains("s3cret") && err.message().contains("amqp://trempy:***@rabbit"), "{}", err.message());
+        let err = Error::new(ErrorKind::TargetConnection, "bad dsn host=db password=s3cret user=x");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }
 
