@@ -45,8 +45,10 @@ enum DlqCommand {
     List(TaskArgs),
     /// Show one (with its body, which holds row values, only with --body).
     Show(ShowArgs),
-    /// Apply them to the target now (after fixing the cause), exactly once each.
-    Replay(SelectArgs),
+    /// Apply them to the target now (after fixing the cause), exactly once each. Refuses one the
+    /// task has moved past (its rows may have changed since), listing the tables and keys it would
+    /// write, unless --force.
+    Replay(ReplayArgs),
     /// Give up on them.
     Discard(SelectArgs),
 }
@@ -96,6 +98,16 @@ struct SelectArgs {
     /// Every dead letter of the task still in state dead, in order.
     #[arg(long)]
     all: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Replay even a dead letter the task's watermark has moved past (or that predates a reload):
+    /// its old row images then overwrite whatever later changes wrote to the same rows.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -328,15 +340,24 @@ fn selection(args: &SelectArgs) -> Selection {
     args.id.map_or(Selection::All, Selection::One)
 }
 
-async fn replay(args: SelectArgs) -> Result<Vec<String>, error::Error> {
+/// `dlq replay`. A refusal's key values go to stdout (the operator's terminal) only, never to the
+/// log or `trempy.applier_errors`.
+async fn replay(args: ReplayArgs) -> Result<Vec<String>, error::Error> {
+    let ReplayArgs { select: args, force } = args;
     let (client, names) = connect(&args.task.target_dsn, &args.task.task).await?;
     let task = names.task();
     let mut lines = Vec::new();
     let mut failed = None;
-    for (id, outcome) in deadletter::replay(&client, task, selection(&args)).await? {
+    for (id, outcome) in deadletter::replay(&client, task, selection(&args), force).await? {
         match outcome {
             Ok(Outcome::Replayed) => lines.push(format!("{id}\treplayed")),
             Ok(Outcome::AlreadyResolved) => lines.push(format!("{id}\tnot dead (replayed or discarded before): nothing done")),
+            Ok(Outcome::Refused { reason, rows }) => {
+                lines.push(format!("{id}\trefused: {reason}. Replaying it would write these rows (source table: key):"));
+                lines.extend(rows.into_iter().map(|row| format!("  {row}")));
+                lines.push("  Check them on the target; replay with --force to apply its row images anyway, or discard it.".to_owned());
+                failed = Some(error::Error::new(error::ErrorKind::Conflict, format!("dead letter {id} not replayed without --force")));
+            }
             Err(err) => {
                 let _ = errorlog::record(&client, task, &err, None, None, Action::ReplayFailed).await;
                 lines.push(format!("{id}\tfailed: {err}"));

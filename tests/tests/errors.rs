@@ -1,7 +1,8 @@
 //! Apply errors end to end: a source transaction the target refuses is retried, then
 //! dead-lettered with headers saying why, recorded in the target, and replayed exactly once after
-//! the cause is fixed; a stop policy pauses the task until resumed; transient errors are never
-//! dead-lettered; invalid messages are dead-lettered at once.
+//! the cause is fixed (refused without --force once the task moved past it); a stop policy pauses
+//! the task until resumed; transient errors are never dead-lettered; invalid messages are
+//! dead-lettered at once, while a message of a newer envelope version halts the task in order.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -188,9 +189,17 @@ async fn refused_insert_is_dead_lettered_after_three_attempts_then_replayed_exac
     let (ok, show) = applier_command(&["dlq", "show", "--task", &task, "--id", &id.to_string()]).await;
     assert!(ok && show.contains("changes: 2") && !show.contains("with the bad one"), "{show}");
 
-    // Fix the cause, replay: exactly the dead-lettered transaction is applied.
+    // Fix the cause, replay. The watermark (0/30) has moved past the dead letter (0/20), so replay
+    // first refuses, listing the table and keys it would write, and changes nothing.
     target.batch_execute(&format!("ALTER TABLE {t} DROP CONSTRAINT no_bad")).await.unwrap();
     let (ok, out) = applier_command(&["dlq", "replay", "--task", &task, "--id", &id.to_string()]).await;
+    assert!(!ok && out.contains(&format!("{id}\trefused")) && out.contains("--force"), "{out}");
+    assert!(out.contains(&format!("public.{task}: (id=\"2\") (id=\"3\")")) && !out.contains("with the bad one"), "{out}");
+    assert_eq!(rows(&target, &t).await, vec![(1, "after, updated".to_owned()), (4, "after".to_owned())]);
+    let state: String = target.query_one("SELECT state FROM trempy.applier_deadletters WHERE id = $1", &[&id]).await.unwrap().get(0);
+    assert_eq!(state, "dead");
+    // With --force: exactly the dead-lettered transaction is applied.
+    let (ok, out) = applier_command(&["dlq", "replay", "--task", &task, "--id", &id.to_string(), "--force"]).await;
     assert!(ok && out.contains(&format!("{id}\treplayed")), "{out}");
     let all = [(1, "after, updated"), (2, "bad"), (3, "with the bad one"), (4, "after")];
     assert_eq!(rows(&target, &t).await, all.iter().map(|(i, v)| (*i, (*v).to_owned())).collect::<Vec<_>>());
