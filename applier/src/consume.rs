@@ -176,7 +176,7 @@ async fn pause(options: &Options, err: &Error, attempt: u32, retry_in: Option<Du
             delay
         }
         Reaction::Halt(delay) => {
-            error!(task, table, lsn, sqlstate, error = %err, retry_in_ms = delay_ms(delay), "apply halted: fix the cause on the target; the task resumes by itself");
+            error!(task, table, lsn, sqlstate, error = %err, retry_in_ms = delay_ms(delay), "apply halted: fix the cause (on the target, or upgrade the applier as the error says); the task resumes by itself");
             options.live.halt(&err.to_string());
             delay
         }

@@ -169,19 +169,6 @@ impl Error {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_never_keep_a_password() {
-        let err = Error::new(ErrorKind::Broker, "cannot connect to RabbitMQ: Invalid URL: 'amqp://trempy:s3cret@rabbit:5672/%2f'");
-        assert!(!err.message().contains("s3cret") && err.message().contains("amqp://trempy:***@rabbit"), "{}", err.message());
-        let err = Error::new(ErrorKind::TargetConnection, "bad dsn host=db password=s3cret user=x");
-        assert!(!err.to_string().contains("s3cret"), "{err}");
-    }
-}
-
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -197,5 +184,18 @@ impl From<lapin::Error> for Error {
 impl From<tokio_postgres::Error> for Error {
     fn from(err: tokio_postgres::Error) -> Self {
         Self::target(&err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_never_keep_a_password() {
+        let err = Error::new(ErrorKind::Broker, "cannot connect to RabbitMQ: Invalid URL: 'amqp://trempy:s3cret@rabbit:5672/%2f'");
+        assert!(!err.message().contains("s3cret") && err.message().contains("amqp://trempy:***@rabbit"), "{}", err.message());
+        let err = Error::new(ErrorKind::TargetConnection, "bad dsn host=db password=s3cret user=x");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }
