@@ -1,10 +1,10 @@
 //! Turns envelope changes into bulk SQL against the target, in source order.
 //!
 //! Consecutive changes that share a statement (same table, same operation, same set of columns)
-//! form a run, executed as one statement over `unnest()`ed text arrays. In `upsert` mode inserts
+//! form a run, executed as one statement over `pg_catalog.unnest()`ed text arrays. In `upsert` mode inserts
 //! and updates become `INSERT … ON CONFLICT (key) DO UPDATE`, deletes a `DELETE … USING
 //! unnest(…)`. In `default` mode an insert is a plain `INSERT` (a row that already exists is an
-//! error that halts the task), an update an `UPDATE … FROM unnest(…)` by key and a delete the
+//! error that halts the task), an update an `UPDATE … FROM pg_catalog.unnest(…)` by key and a delete the
 //! same `DELETE`; an update or delete that finds no target row is logged as a warning with the
 //! table and the count. `scd2` mode is in [`crate::scd2`]. Values
 //! travel in text form and are cast to the source column type, which round-trips every type
@@ -161,7 +161,7 @@ fn upsert_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
         .collect();
     let action = if sets.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", sets.join(", ")) };
     Ok(format!(
-        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({}) DO {action}",
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM pg_catalog.unnest({}) AS u({}) ON CONFLICT ({}) DO {action}",
         qualified(rel),
         cols.join(", "),
         casts.join(", "),
@@ -178,7 +178,7 @@ fn insert_sql(rel: &Relation) -> String {
     let params: Vec<String> = (1..=rel.columns.len()).map(|p| format!("${p}::text[]")).collect();
     let aliases: Vec<String> = (0..rel.columns.len()).map(|p| format!("c{p}")).collect();
     format!(
-        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM unnest({}) AS u({})",
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM pg_catalog.unnest({}) AS u({})",
         qualified(rel),
         cols.join(", "),
         casts.join(", "),
@@ -205,7 +205,7 @@ fn update_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
         .map(|(p, &i)| format!("t.{} = u.c{p}::{}", quote_ident(&rel.columns[i].name), rel.columns[i].type_name))
         .collect();
     Ok(format!(
-        "UPDATE {} AS t SET {} FROM unnest({}) AS u({}) WHERE {}",
+        "UPDATE {} AS t SET {} FROM pg_catalog.unnest({}) AS u({}) WHERE {}",
         qualified(rel),
         sets.join(", "),
         params.join(", "),
@@ -223,7 +223,7 @@ fn delete_sql(rel: &Relation) -> Result<String, Error> {
         .enumerate()
         .map(|(p, &i)| format!("t.{} = u.c{p}::{}", quote_ident(&rel.columns[i].name), rel.columns[i].type_name))
         .collect();
-    Ok(format!("DELETE FROM {} AS t USING unnest({}) AS u({}) WHERE {}", qualified(rel), params.join(", "), aliases.join(", "), conditions.join(" AND ")))
+    Ok(format!("DELETE FROM {} AS t USING pg_catalog.unnest({}) AS u({}) WHERE {}", qualified(rel), params.join(", "), aliases.join(", "), conditions.join(" AND ")))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,7 +481,7 @@ mod tests {
         assert_eq!(
             upsert_sql(&rel(), &[0, 1, 2]).unwrap(),
             "INSERT INTO \"My \"\"Schema\"\"\".\"tâble\" (\"id\", \"Name\", \"tags\") OVERRIDING SYSTEM VALUE SELECT u.c0::integer, u.c1::text, u.c2::\"My Schema\".mood[] \
-             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2) ON CONFLICT (\"id\") DO UPDATE SET \"Name\" = EXCLUDED.\"Name\", \"tags\" = EXCLUDED.\"tags\""
+             FROM pg_catalog.unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2) ON CONFLICT (\"id\") DO UPDATE SET \"Name\" = EXCLUDED.\"Name\", \"tags\" = EXCLUDED.\"tags\""
         );
         assert!(upsert_sql(&rel(), &[0]).unwrap().ends_with("ON CONFLICT (\"id\") DO NOTHING"));
     }
@@ -490,7 +490,7 @@ mod tests {
     fn delete_statement() {
         assert_eq!(
             delete_sql(&rel()).unwrap(),
-            "DELETE FROM \"My \"\"Schema\"\"\".\"tâble\" AS t USING unnest($1::text[]) AS u(c0) WHERE t.\"id\" = u.c0::integer"
+            "DELETE FROM \"My \"\"Schema\"\"\".\"tâble\" AS t USING pg_catalog.unnest($1::text[]) AS u(c0) WHERE t.\"id\" = u.c0::integer"
         );
     }
 
@@ -514,11 +514,11 @@ mod tests {
         assert_eq!(
             insert_sql(&rel()),
             "INSERT INTO \"My \"\"Schema\"\"\".\"tâble\" (\"id\", \"Name\", \"tags\") OVERRIDING SYSTEM VALUE SELECT u.c0::integer, u.c1::text, u.c2::\"My Schema\".mood[] \
-             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2)"
+             FROM pg_catalog.unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2)"
         );
         assert_eq!(
             update_sql(&rel(), &[0, 1]).unwrap(),
-            "UPDATE \"My \"\"Schema\"\"\".\"tâble\" AS t SET \"id\" = u.c1::integer, \"Name\" = u.c2::text FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2) \
+            "UPDATE \"My \"\"Schema\"\"\".\"tâble\" AS t SET \"id\" = u.c1::integer, \"Name\" = u.c2::text FROM pg_catalog.unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2) \
              WHERE t.\"id\" = u.c0::integer"
         );
         let e = [rel()];

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 
@@ -14,7 +13,7 @@ use crate::consume::{self, Options};
 use crate::deadletter::{self, Outcome, Selection};
 use crate::errorlog::{self, Action};
 use crate::policy::{DEFAULT_MAX_ATTEMPTS, ErrorPolicy};
-use crate::{error, report, state};
+use crate::{error, report, state, target};
 
 /// TREMpy applier: applies a task's changes from RabbitMQ to a target PostgreSQL database,
 /// exactly once in effect.
@@ -46,8 +45,10 @@ enum DlqCommand {
     List(TaskArgs),
     /// Show one (with its body, which holds row values, only with --body).
     Show(ShowArgs),
-    /// Apply them to the target now (after fixing the cause), exactly once each.
-    Replay(SelectArgs),
+    /// Apply them to the target now (after fixing the cause), exactly once each. Refuses one the
+    /// task has moved past (its rows may have changed since), listing the tables and keys it would
+    /// write, unless --force.
+    Replay(ReplayArgs),
     /// Give up on them.
     Discard(SelectArgs),
 }
@@ -97,6 +98,16 @@ struct SelectArgs {
     /// Every dead letter of the task still in state dead, in order.
     #[arg(long)]
     all: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Replay even a dead letter the task's watermark has moved past (or that predates a reload):
+    /// its old row images then overwrite whatever later changes wrote to the same rows.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -220,14 +231,13 @@ async fn wait_for_signal() {
 
 #[allow(clippy::print_stdout)]
 async fn status(args: StatusArgs) -> ExitCode {
-    let (client, driver) = match tokio_postgres::connect(&args.target_dsn, NoTls).await {
-        Ok(pair) => pair,
+    let client = match target::connect(&args.target_dsn).await {
+        Ok((client, _driver)) => client,
         Err(err) => {
             tracing::error!(error = %err, "cannot connect to the target database");
             return ExitCode::FAILURE;
         }
     };
-    tokio::spawn(driver);
     if let Err(err) = state::setup(&client).await {
         tracing::error!(error = %err, "cannot create trempy.applier_state");
         return ExitCode::FAILURE;
@@ -260,8 +270,7 @@ async fn status(args: StatusArgs) -> ExitCode {
 /// Connects to the target for a one-shot command and creates the error tables if needed.
 async fn connect(target_dsn: &str, task: &str) -> Result<(Arc<tokio_postgres::Client>, TaskNames), error::Error> {
     let names = TaskNames::new(task).map_err(|e| error::Error::new(error::ErrorKind::Conflict, format!("--task: {}", e.message())))?;
-    let (client, driver) = tokio_postgres::connect(target_dsn, NoTls).await?;
-    tokio::spawn(driver);
+    let (client, _driver) = target::connect(target_dsn).await?;
     errorlog::setup(&client).await?;
     state::setup(&client).await?;
     deadletter::setup(&client).await?;
@@ -331,15 +340,24 @@ fn selection(args: &SelectArgs) -> Selection {
     args.id.map_or(Selection::All, Selection::One)
 }
 
-async fn replay(args: SelectArgs) -> Result<Vec<String>, error::Error> {
+/// `dlq replay`. A refusal's key values go to stdout (the operator's terminal) only, never to the
+/// log or `trempy.applier_errors`.
+async fn replay(args: ReplayArgs) -> Result<Vec<String>, error::Error> {
+    let ReplayArgs { select: args, force } = args;
     let (client, names) = connect(&args.task.target_dsn, &args.task.task).await?;
     let task = names.task();
     let mut lines = Vec::new();
     let mut failed = None;
-    for (id, outcome) in deadletter::replay(&client, task, selection(&args)).await? {
+    for (id, outcome) in deadletter::replay(&client, task, selection(&args), force).await? {
         match outcome {
             Ok(Outcome::Replayed) => lines.push(format!("{id}\treplayed")),
             Ok(Outcome::AlreadyResolved) => lines.push(format!("{id}\tnot dead (replayed or discarded before): nothing done")),
+            Ok(Outcome::Refused { reason, rows }) => {
+                lines.push(format!("{id}\trefused: {reason}. Replaying it would write these rows (source table: key):"));
+                lines.extend(rows.into_iter().map(|row| format!("  {row}")));
+                lines.push("  Check them on the target; replay with --force to apply its row images anyway, or discard it.".to_owned());
+                failed = Some(error::Error::new(error::ErrorKind::Conflict, format!("dead letter {id} not replayed without --force")));
+            }
             Err(err) => {
                 let _ = errorlog::record(&client, task, &err, None, None, Action::ReplayFailed).await;
                 lines.push(format!("{id}\tfailed: {err}"));

@@ -18,7 +18,8 @@
 //! applied one at a time, each source transaction in a savepoint ([`isolate`]), so that the
 //! failing source transaction is known; the task's [`ErrorPolicy`] then stops the task, retries
 //! the transaction, or dead-letters it. A message that is not a valid envelope is dead-lettered at
-//! once.
+//! once, except a message of this task in a newer envelope version: it halts the task in order
+//! (what came before it committed, it left in the queue) until the applier is upgraded.
 
 mod isolate;
 
@@ -31,7 +32,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{error, info, warn};
 use trempy_protocol::Lsn;
 use trempy_protocol::envelope::{Envelope, LoadChunk, Transaction};
@@ -49,8 +50,7 @@ use crate::load::{self, Verdict};
 use crate::policy::{self, ErrorPolicy, Reaction};
 use crate::progress::{self, Applied, Position, Staged};
 use crate::report::Live;
-use crate::state;
-use crate::stream;
+use crate::{state, stream, target};
 
 /// How the applier runs.
 #[derive(Debug, Clone)]
@@ -139,8 +139,7 @@ async fn wait_for_resume(options: &Options, shutdown: &mut watch::Receiver<bool>
             () = tokio::time::sleep(STOPPED_POLL) => {},
             _ = shutdown.wait_for(|stop| *stop) => return false,
         }
-        let Ok((client, driver)) = tokio_postgres::connect(&options.target_dsn, NoTls).await else { continue };
-        let driver = tokio::spawn(driver);
+        let Ok((client, driver)) = target::connect(&options.target_dsn).await else { continue };
         let now = state::get(&client, options.names.task()).await;
         drop(client);
         let _ = driver.await;
@@ -177,7 +176,7 @@ async fn pause(options: &Options, err: &Error, attempt: u32, retry_in: Option<Du
             delay
         }
         Reaction::Halt(delay) => {
-            error!(task, table, lsn, sqlstate, error = %err, retry_in_ms = delay_ms(delay), "apply halted: fix the cause on the target; the task resumes by itself");
+            error!(task, table, lsn, sqlstate, error = %err, retry_in_ms = delay_ms(delay), "apply halted: fix the cause (on the target, or upgrade the applier as the error says); the task resumes by itself");
             options.live.halt(&err.to_string());
             delay
         }
@@ -235,14 +234,7 @@ struct Stats {
 
 impl<'o> Session<'o> {
     async fn open(options: &'o Options, mut carry: Carry) -> Result<Session<'o>, Error> {
-        let (mut client, driver) = tokio_postgres::connect(&options.target_dsn, NoTls).await.map_err(|e| {
-            Error::new(ErrorKind::TargetConnection, format!("cannot connect to the target database: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())))
-        })?;
-        tokio::spawn(async move {
-            if let Err(err) = driver.await {
-                warn!(error = %err, "target connection closed");
-            }
-        });
+        let (mut client, _driver) = target::connect(&options.target_dsn).await?;
         let task = options.names.task();
         let committed = progress::load(&mut client, task).await?;
         let settings = committed.settings.as_deref().and_then(|text| TaskSettings::parse(text).ok());
@@ -356,6 +348,16 @@ impl<'o> Session<'o> {
             Ok(envelope) if envelope.task == self.task() => envelope,
             Ok(envelope) => {
                 let reason = format!("message of task {:?} in the queue of task {:?}", envelope.task, self.task());
+                return self.dead_letter(delivery, &reason).await;
+            }
+            Err(err) if err.kind() == trempy_protocol::ErrorKind::NewerEnvelope && message_task(&delivery.data).as_deref() == Some(self.task()) => {
+                // Written by a newer TREMpy: halt in order (never skip it) until upgraded. What
+                // came before it is committed and acknowledged; it stays in the queue.
+                self.commit().await?;
+                return Err(Error::new(ErrorKind::NewerEnvelope, err.message()));
+            }
+            Err(err) if err.kind() == trempy_protocol::ErrorKind::NewerEnvelope => {
+                let reason = format!("message of another task in the queue of task {:?}: {}", self.task(), err.message());
                 return self.dead_letter(delivery, &reason).await;
             }
             Err(err) => return self.dead_letter(delivery, err.message()).await,
@@ -655,9 +657,31 @@ impl<'o> Session<'o> {
     }
 }
 
+/// The `task` of a message body that is a JSON object naming one.
+fn message_task(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        task: String,
+    }
+    serde_json::from_slice::<Named>(body).ok().map(|n| n.task)
+}
+
 async fn sleep_opt(wait: Option<Duration>) {
     match wait {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_of_a_message_body() {
+        assert_eq!(message_task(b"{\"version\":9,\"task\":\"t\",\"whatever\":[1]}").as_deref(), Some("t"));
+        assert_eq!(message_task(b"{\"version\":9,\"task\":7}"), None);
+        assert_eq!(message_task(b"{\"version\":9}"), None);
+        assert_eq!(message_task(b"not json"), None);
     }
 }

@@ -14,7 +14,9 @@
 //!
 //! Replay applies the stored body in one target transaction that also marks the row `replayed`
 //! (guarded by `state = 'dead'`, so replaying twice is a no-op), then removes queue copies whose
-//! row is no longer `dead`.
+//! row is no longer `dead`. It writes the transaction's row images as they were at its source
+//! commit, so it refuses, unless forced, a dead letter the task's watermark has moved past
+//! ([`overtaken`]): it lists the tables and keys it would write ([`rows_written`]) instead.
 
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio_postgres::Client;
 use trempy_protocol::Lsn;
-use trempy_protocol::envelope::{CONTENT_TYPE, Envelope, Transaction};
+use trempy_protocol::envelope::{CONTENT_TYPE, Change, Envelope, Transaction};
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 
@@ -248,11 +250,95 @@ pub(crate) enum Outcome {
     Replayed,
     /// Not `dead` any more (replayed or discarded before): nothing done.
     AlreadyResolved,
+    /// Not applied: the task moved on since it was dead-lettered, so its old row images could
+    /// overwrite newer rows ([`overtaken`]). `rows` lists what it would write, key values
+    /// included: for the operator's terminal only, never for logs.
+    Refused { reason: String, rows: Vec<String> },
+}
+
+/// Why replaying a dead letter could overwrite newer rows, if it could: the task's applied
+/// position `progress` (watermark, generation) has moved past the dead letter's source commit
+/// (`commit_lsn`, the last of its transactions) or the task was reloaded since (`generation`, the
+/// dead letter's). The applier keeps no history per row, so any later applied transaction may
+/// have touched the same rows. Never quotes row values.
+pub(crate) fn overtaken(progress: Option<(Lsn, u32)>, commit_lsn: Option<Lsn>, generation: u32) -> Option<String> {
+    let (watermark, current) = progress?;
+    if current > generation {
+        return Some(format!("the task was reloaded (generation {current}) after this dead letter (generation {generation}): its rows were loaded again"));
+    }
+    let commit_lsn = commit_lsn?;
+    (current == generation && watermark > commit_lsn)
+        .then(|| format!("the task's watermark {watermark} is past this dead letter's commit LSN {commit_lsn}: later changes may have touched the same rows"))
+}
+
+/// Keys listed per table by [`rows_written`] before the rest is only counted.
+const LISTED_KEYS: usize = 20;
+
+/// What replaying `envelope` would write, one line per table: the source table and the key
+/// values of its rows, in change order (an update that changes the key lists both keys). Holds
+/// row values: for the operator's terminal only.
+pub(crate) fn rows_written(envelope: &Envelope) -> Vec<String> {
+    let mut tables: Vec<(u32, Vec<String>, usize)> = Vec::new();
+    let mut note = |rel: u32, key: String| {
+        let at = match tables.iter().position(|(r, _, _)| *r == rel) {
+            Some(at) => at,
+            None => {
+                tables.push((rel, Vec::new(), 0));
+                tables.len() - 1
+            }
+        };
+        let (_, keys, more) = &mut tables[at];
+        if keys.len() < LISTED_KEYS {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        } else if !keys.contains(&key) {
+            *more += 1;
+        }
+    };
+    let key_of = |rel: u32, row: &[Option<String>]| -> String {
+        let Some(relation) = envelope.relation(rel) else { return "?".to_owned() };
+        let parts: Vec<String> = relation
+            .columns
+            .iter()
+            .zip(row)
+            .filter(|(c, _)| c.key)
+            .map(|(c, v)| format!("{}={}", c.name, v.as_deref().map_or_else(|| "NULL".to_owned(), |v| format!("{v:?}"))))
+            .collect();
+        if parts.is_empty() { "(no key columns)".to_owned() } else { format!("({})", parts.join(", ")) }
+    };
+    for transaction in &envelope.transactions {
+        for change in &transaction.changes {
+            match change {
+                Change::Insert { rel, new } => note(*rel, key_of(*rel, new)),
+                Change::Update { rel, old, new, .. } => {
+                    if let Some(old) = old {
+                        let before = key_of(*rel, old);
+                        if before != key_of(*rel, new) {
+                            note(*rel, before);
+                        }
+                    }
+                    note(*rel, key_of(*rel, new));
+                }
+                Change::Delete { rel, old } => note(*rel, key_of(*rel, old)),
+                Change::Truncate { rels, .. } => rels.iter().for_each(|rel| note(*rel, "every row (TRUNCATE)".to_owned())),
+            }
+        }
+    }
+    tables
+        .into_iter()
+        .map(|(rel, keys, more)| {
+            let name = envelope.relation(rel).map_or_else(|| format!("relation {rel}"), |r| format!("{}.{}", r.schema, r.table));
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            format!("{name}: {}{more}", keys.join(" "))
+        })
+        .collect()
 }
 
 /// Replays one dead letter: its transaction applied and the row marked `replayed` in one target
-/// transaction; a no-op if the row is not `dead`.
-async fn replay_one(client: &Arc<Client>, task: &str, id: i64) -> Result<Outcome, Error> {
+/// transaction; a no-op if the row is not `dead`. Unless `force`, refuses one the task has moved
+/// past ([`overtaken`]).
+async fn replay_one(client: &Arc<Client>, task: &str, id: i64, force: bool) -> Result<Outcome, Error> {
     client.batch_execute("BEGIN").await?;
     let result = async {
         let row = client
@@ -260,17 +346,29 @@ async fn replay_one(client: &Arc<Client>, task: &str, id: i64) -> Result<Outcome
             .await?;
         let Some(row) = row else { return Ok(Outcome::AlreadyResolved) };
         let body: Vec<u8> = row.get(0);
-        let mut envelope = Envelope::parse(&body).map_err(|e| Error::new(ErrorKind::Envelope, format!("dead letter {id} is not a valid envelope and cannot be replayed (discard it): {e}")))?;
+        let mut envelope = Envelope::parse(&body).map_err(|e| match e.kind() {
+            trempy_protocol::ErrorKind::NewerEnvelope => Error::new(ErrorKind::NewerEnvelope, format!("dead letter {id} cannot be replayed by this applier: {e}")),
+            _ => Error::new(ErrorKind::Envelope, format!("dead letter {id} is not a valid envelope and cannot be replayed (discard it): {e}")),
+        })?;
         if envelope.task != task {
             return Err(Error::new(ErrorKind::Envelope, format!("dead letter {id} belongs to task {:?}; discard it", envelope.task)));
         }
         // Under the task's settings as last recorded by the applier: its mode, filters and
         // transformations.
-        let settings = client
-            .query_opt("SELECT settings::text FROM trempy.applier_progress WHERE task_name = $1", &[&task])
-            .await?
-            .and_then(|r| r.get::<_, Option<String>>(0))
-            .and_then(|text| TaskSettings::parse(&text).ok());
+        let progress = client
+            .query_opt("SELECT settings::text, commit_lsn::text, generation FROM trempy.applier_progress WHERE task_name = $1", &[&task])
+            .await?;
+        if !force {
+            let position = progress.as_ref().and_then(|r| {
+                let watermark = Lsn::parse(&r.get::<_, String>(1)).ok()?;
+                Some((watermark, u32::try_from(r.get::<_, i32>(2)).unwrap_or(0)))
+            });
+            let commit_lsn = envelope.transactions.iter().map(|t| t.commit_lsn).max();
+            if let Some(reason) = overtaken(position, commit_lsn, envelope.generation) {
+                return Ok(Outcome::Refused { reason, rows: rows_written(&envelope) });
+            }
+        }
+        let settings = progress.and_then(|r| r.get::<_, Option<String>>(0)).and_then(|text| TaskSettings::parse(&text).ok());
         let (mut catalog, mut rules) = (Catalog::default(), Rules::default());
         rules.prepare(client, &mut catalog, settings.as_ref(), &envelope.relations, false).await?;
         let mode = rules::mode(settings.as_ref());
@@ -289,6 +387,10 @@ async fn replay_one(client: &Arc<Client>, task: &str, id: i64) -> Result<Outcome
     }
     .await;
     match result {
+        Ok(outcome @ Outcome::Refused { .. }) => {
+            client.batch_execute("ROLLBACK").await?;
+            Ok(outcome)
+        }
         Ok(outcome) => {
             client.batch_execute("COMMIT").await?;
             Ok(outcome)
@@ -300,13 +402,13 @@ async fn replay_one(client: &Arc<Client>, task: &str, id: i64) -> Result<Outcome
     }
 }
 
-/// `dlq replay`: replays the selected dead letters in id order, stopping at the first failure.
-/// Returns each id with its outcome (the failure, if any, last).
-pub(crate) async fn replay(client: &Arc<Client>, task: &str, which: Selection) -> Result<Vec<(i64, Result<Outcome, Error>)>, Error> {
+/// `dlq replay`: replays the selected dead letters in id order, stopping at the first failure or
+/// refusal. Returns each id with its outcome (the failure or refusal, if any, last).
+pub(crate) async fn replay(client: &Arc<Client>, task: &str, which: Selection, force: bool) -> Result<Vec<(i64, Result<Outcome, Error>)>, Error> {
     let mut done = Vec::new();
     for id in selected(client, task, which).await? {
-        let outcome = replay_one(client, task, id).await;
-        let failed = outcome.is_err();
+        let outcome = replay_one(client, task, id, force).await;
+        let failed = matches!(outcome, Err(_) | Ok(Outcome::Refused { .. }));
         done.push((id, outcome));
         if failed {
             break;
@@ -362,4 +464,66 @@ pub(crate) async fn sweep(client: &Client, amqp_url: &str, names: &TaskNames) ->
     let _ = channel.close(200, "done".into()).await;
     let _ = connection.close(200, "bye".into()).await;
     Ok(removed)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use trempy_protocol::envelope::{Column, Relation};
+
+    use super::*;
+
+    #[test]
+    fn replay_is_refused_once_the_task_moved_past_the_dead_letter() {
+        let at = |lsn: u64, generation: u32| Some((Lsn(lsn), generation));
+        // Dead-lettered as the last applied transaction: nothing applied since.
+        assert_eq!(overtaken(at(0x20, 1), Some(Lsn(0x20)), 1), None);
+        // Later transactions applied: any of them may have touched the same rows.
+        let reason = overtaken(at(0x30, 1), Some(Lsn(0x20)), 1).unwrap();
+        assert!(reason.contains("0/30") && reason.contains("0/20"), "{reason}");
+        // Reloaded since: refused whatever the watermark.
+        assert!(overtaken(at(0, 2), Some(Lsn(0x20)), 1).unwrap().contains("reloaded"));
+        assert!(overtaken(at(0x90, 3), Some(Lsn(0x20)), 1).unwrap().contains("generation 3"));
+        // Nothing recorded, nothing to compare with.
+        assert_eq!(overtaken(None, Some(Lsn(0x20)), 1), None);
+        assert_eq!(overtaken(at(0x30, 1), None, 1), None);
+        // A dead letter of a newer generation than the progress row (cannot happen, but safe).
+        assert_eq!(overtaken(at(0x30, 1), Some(Lsn(0x20)), 2), None);
+    }
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_owned())
+    }
+
+    #[test]
+    fn rows_written_lists_tables_and_keys_in_order() {
+        let column = |name: &str, key: bool| Column { name: name.into(), type_name: "text".into(), type_oid: 25, key, ..Column::default() };
+        let relations = vec![
+            Relation { id: 1, schema: "public".into(), table: "orders".into(), columns: vec![column("id", true), column("region", true), column("v", false)] },
+            Relation { id: 2, schema: "public".into(), table: "lines".into(), columns: vec![column("n", true)] },
+        ];
+        let changes = vec![
+            Change::Insert { rel: 1, new: vec![s("1"), s("EU"), s("secret value")] },
+            Change::Update { rel: 1, old: Some(vec![s("1"), s("EU"), None]), new: vec![s("2"), s("EU"), s("x")], unchanged: vec![] },
+            Change::Update { rel: 1, old: None, new: vec![s("2"), s("EU"), s("y")], unchanged: vec![] },
+            Change::Delete { rel: 2, old: vec![None] },
+            Change::Truncate { rels: vec![2], cascade: false, restart_identity: false },
+        ];
+        let transaction = Transaction { changes, xid: 1, commit_lsn: Lsn(0x20), commit_time: String::new(), seq: 0, last: true };
+        let envelope = Envelope { version: 1, task: "t".into(), incarnation: None, generation: 1, settings: None, transactions: vec![transaction], relations, load: None };
+        assert_eq!(
+            rows_written(&envelope),
+            vec![
+                "public.orders: (id=\"1\", region=\"EU\") (id=\"2\", region=\"EU\")".to_owned(),
+                "public.lines: (n=NULL) every row (TRUNCATE)".to_owned(),
+            ]
+        );
+        assert!(!rows_written(&envelope).concat().contains("secret value"), "only key values are listed");
+
+        let many: Vec<Change> = (0..LISTED_KEYS + 5).map(|i| Change::Insert { rel: 2, new: vec![Some(i.to_string())] }).collect();
+        let transaction = Transaction { changes: many, xid: 1, commit_lsn: Lsn(0x20), commit_time: String::new(), seq: 0, last: true };
+        let envelope = Envelope { transactions: vec![transaction], ..envelope };
+        let lines = rows_written(&envelope);
+        assert!(lines[0].ends_with(" and 5 more"), "{lines:?}");
+    }
 }

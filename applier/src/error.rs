@@ -3,6 +3,7 @@
 use std::fmt;
 
 use trempy_protocol::Lsn;
+use trempy_protocol::redact::redact;
 
 /// What went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +16,9 @@ pub(crate) enum ErrorKind {
     TargetSql,
     /// A message that is not a valid envelope for this task.
     Envelope,
+    /// A message of this task in a newer envelope format than this applier reads: it halts the
+    /// task in order until the applier is upgraded.
+    NewerEnvelope,
     /// Another applier moved this task's progress row.
     Conflict,
     /// The error policy stopped the task; it waits for `trempy-applier resume` or a restart.
@@ -35,6 +39,7 @@ impl ErrorKind {
             Self::TargetConnection => "target_connection",
             Self::TargetSql => "target_sql",
             Self::Envelope => "envelope",
+            Self::NewerEnvelope => "newer_envelope",
             Self::Conflict => "conflict",
             Self::Stopped => "stopped",
             Self::Transform => "transform",
@@ -86,8 +91,9 @@ pub(crate) struct Error {
 }
 
 impl Error {
+    /// An error; passwords of URLs or DSNs its message quotes (a connection error may) are masked.
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), sqlstate: None, table: None, lsn: None, operation: None }
+        Self { kind, message: redact(&message.into()), sqlstate: None, table: None, lsn: None, operation: None }
     }
 
     pub(crate) fn kind(&self) -> ErrorKind {
@@ -182,5 +188,18 @@ impl From<lapin::Error> for Error {
 impl From<tokio_postgres::Error> for Error {
     fn from(err: tokio_postgres::Error) -> Self {
         Self::target(&err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_never_keep_a_password() {
+        let err = Error::new(ErrorKind::Broker, "cannot connect to RabbitMQ: Invalid URL: 'amqp://trempy:s3cret@rabbit:5672/%2f'");
+        assert!(!err.message().contains("s3cret") && err.message().contains("amqp://trempy:***@rabbit"), "{}", err.message());
+        let err = Error::new(ErrorKind::TargetConnection, "bad dsn host=db password=s3cret user=x");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }

@@ -10,7 +10,8 @@
 //! says what to do about each kind of [`error`]; source transactions that cannot be applied are
 //! logged ([`errorlog`]), counted ([`state`]) and, as the task's error policy says, stop the task or
 //! are dead-lettered ([`deadletter`]). [`report`] tells the source where the task stands, through
-//! the task's feedback queue.
+//! the task's feedback queue. Every target session is opened by [`target`], which pins the
+//! session settings that govern value formats and name resolution.
 
 pub mod cli;
 mod apply;
@@ -27,3 +28,4 @@ mod state;
 mod stream;
 mod rules;
 mod scd2;
+mod target;

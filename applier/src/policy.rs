@@ -22,7 +22,8 @@ pub(crate) enum Reaction {
     Retry(Duration),
     /// The message can never be applied by anyone (not a valid envelope): dead-letter it.
     DeadLetter,
-    /// The target is not ready (missing table or schema), or the failing source transaction is
+    /// The target is not ready (missing table, schema or column, or a column of another type), the
+    /// applier is too old for the message (a newer envelope version), or the failing source transaction is
     /// larger than one message and cannot be dead-lettered: roll back, report loudly, and try again
     /// after a long delay, in order: the task waits rather than skipping a source transaction.
     Halt(Duration),
@@ -42,10 +43,13 @@ fn transient_sqlstate(code: &str) -> bool {
     ["08", "40", "53", "57", "58"].iter().any(|class| code.starts_with(class)) || code == "55P03"
 }
 
-/// SQLSTATEs that mean the target is not set up yet: undefined table (42P01), invalid schema
-/// name (3F000). Dead-lettering would skip every change to the table, so the task waits instead.
+/// SQLSTATEs that mean the target is not set up (yet) for the stream: undefined table (42P01),
+/// invalid schema name (3F000), undefined column (42703: a column added at the source and not yet
+/// at the target) and datatype mismatch (42804: a column of another type at the target).
+/// Dead-lettering would skip every change to the table until the target is fixed, so the task
+/// waits instead.
 fn not_ready_sqlstate(code: &str) -> bool {
-    code == "42P01" || code == "3F000"
+    matches!(code, "42P01" | "3F000" | "42703" | "42804")
 }
 
 /// Delay before the next attempt after a transient failure.
@@ -81,7 +85,7 @@ pub(crate) fn reaction(err: &Error, attempt: u32) -> Reaction {
             Some(code) if not_ready_sqlstate(code) => Reaction::Halt(halt_delay(attempt)),
             _ => Reaction::Permanent,
         },
-        ErrorKind::Transform | ErrorKind::Stream => Reaction::Halt(halt_delay(attempt)),
+        ErrorKind::Transform | ErrorKind::Stream | ErrorKind::NewerEnvelope => Reaction::Halt(halt_delay(attempt)),
     }
 }
 
@@ -183,6 +187,8 @@ mod tests {
         assert_eq!(reaction(&broker, 30), Reaction::Retry(Duration::from_secs(4)));
         assert_eq!(reaction(&Error::new(ErrorKind::Conflict, "x"), 30), Reaction::Retry(Duration::from_secs(30)));
         assert_eq!(reaction(&Error::new(ErrorKind::Envelope, "x"), 0), Reaction::DeadLetter);
+        assert_eq!(reaction(&Error::new(ErrorKind::NewerEnvelope, "x"), 0), Reaction::Halt(Duration::from_secs(5)));
+        assert_eq!(reaction(&Error::new(ErrorKind::NewerEnvelope, "x"), 30), Reaction::Halt(Duration::from_secs(300)));
         assert_eq!(reaction(&Error::new(ErrorKind::TargetSql, "x"), 0), Reaction::Permanent);
         assert_eq!(reaction(&sql("23505", None), 0), Reaction::Permanent);
         assert_eq!(reaction(&sql("42P01", None), 0), Reaction::Halt(Duration::from_secs(5)));
@@ -190,11 +196,26 @@ mod tests {
     }
 
     #[test]
+    fn a_target_not_ready_halts_and_is_never_dead_lettered() {
+        for code in ["42P01", "3F000", "42703", "42804"] {
+            for op in [None, Some(Operation::Insert), Some(Operation::Update), Some(Operation::Delete), Some(Operation::Scd2)] {
+                let err = sql(code, op);
+                assert_eq!(reaction(&err, 0), Reaction::Halt(Duration::from_secs(5)), "{code}");
+                assert_eq!(reaction(&err, 40), Reaction::Halt(Duration::from_secs(300)), "{code}");
+            }
+        }
+        // Neighbours stay permanent: undefined function, syntax error, invalid text representation.
+        for code in ["42883", "42601", "22P02"] {
+            assert_eq!(reaction(&sql(code, None), 0), Reaction::Permanent, "{code}");
+        }
+    }
+
+    #[test]
     fn transient_sqlstates() {
         for code in ["40001", "40P01", "08006", "57P01", "53300", "55P03", "58030"] {
             assert!(transient_sqlstate(code), "{code}");
         }
-        for code in ["42P01", "42703", "23505", "22P02"] {
+        for code in ["42P01", "42703", "42804", "23505", "22P02"] {
             assert!(!transient_sqlstate(code), "{code}");
         }
     }

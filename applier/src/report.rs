@@ -16,12 +16,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::debug;
 use trempy_protocol::Lsn;
 use trempy_protocol::feedback::{self, ApplierState, Report};
 use trempy_protocol::names::TaskNames;
+use trempy_protocol::redact::redact;
 use trempy_protocol::topology;
+
+use crate::target;
 
 /// How often the target is read.
 const POLL: Duration = Duration::from_secs(1);
@@ -143,11 +146,10 @@ pub(crate) async fn run(names: TaskNames, amqp_url: String, target_dsn: String, 
 
 async fn read(target: &mut Option<Client>, dsn: &str, task: &str) -> Result<Option<Recorded>, String> {
     if target.as_ref().is_none_or(Client::is_closed) {
-        let (client, driver) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(dsn, NoTls))
+        let (client, _driver) = tokio::time::timeout(CONNECT_TIMEOUT, target::connect(dsn))
             .await
             .map_err(|_| "connecting to the target timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        tokio::spawn(driver);
         *target = Some(client);
     }
     let client = target.as_ref().ok_or("no target connection")?;
@@ -189,7 +191,7 @@ async fn publish(link: &mut Option<(Connection, Channel)>, url: &str, names: &Ta
     if link.is_none() {
         let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let props = ConnectionProperties::default().with_connection_name(format!("trempy-applier {} reports", names.task()).into());
-            let connection = Connection::connect(url, props).await.map_err(|e| e.to_string())?;
+            let connection = Connection::connect(url, props).await.map_err(|e| redact(&e.to_string()))?;
             let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
             topology::declare_feedback(&channel, names).await.map_err(|e| e.to_string())?;
             Ok::<_, String>((connection, channel))

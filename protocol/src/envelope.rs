@@ -240,17 +240,29 @@ pub struct Column {
 #[derive(Deserialize)]
 struct VersionProbe {
     version: Option<serde_json::Value>,
+    task: Option<serde_json::Value>,
 }
 
 impl Envelope {
-    /// Parses and checks a message body. Never panics; every problem is a
-    /// [`ErrorKind::MalformedEnvelope`] error that says what is wrong (never row values).
+    /// Parses and checks a message body. Never panics; every problem is an error that says what
+    /// is wrong (never row values):
+    /// * [`ErrorKind::NewerEnvelope`]: a TREMpy message (a JSON object with a string `task`)
+    ///   whose integer `version` is higher than [`VERSION`]: written by a newer TREMpy, to be read
+    ///   by an upgraded reader, never to be discarded;
+    /// * [`ErrorKind::MalformedEnvelope`]: anything else that is not a valid envelope of a version
+    ///   from 1 to [`VERSION`] (not JSON, no or a zero or non-integer `version`, no `task`, …).
     pub fn parse(body: &[u8]) -> Result<Self> {
         let probe: VersionProbe = serde_json::from_slice(body).map_err(|err| malformed(format!("not a JSON object: {err}")))?;
-        match probe.version {
-            Some(serde_json::Value::Number(n)) if n.as_u64().is_some_and(|v| (u64::from(OLDEST_VERSION)..=u64::from(VERSION)).contains(&v)) => {}
-            Some(other) => return Err(malformed(format!("unsupported envelope version {other}; this applier reads versions {OLDEST_VERSION} to {VERSION}"))),
-            None => return Err(malformed("missing field `version`")),
+        match (&probe.version, &probe.task) {
+            (None, _) => return Err(malformed("missing field `version`")),
+            (Some(serde_json::Value::Number(n)), _) if n.as_u64().is_some_and(|v| (u64::from(OLDEST_VERSION)..=u64::from(VERSION)).contains(&v)) => {}
+            (Some(serde_json::Value::Number(n)), Some(serde_json::Value::String(task))) if n.as_u64().is_some_and(|v| v > u64::from(VERSION)) => {
+                return Err(Error::new(
+                    ErrorKind::NewerEnvelope,
+                    format!("task {task:?} sent envelope version {n}, newer than this reader's version {VERSION}: upgrade trempy-applier"),
+                ));
+            }
+            (Some(other), _) => return Err(malformed(format!("unsupported envelope version {other}; this applier reads versions {OLDEST_VERSION} to {VERSION}"))),
         }
         let mut de = serde_json::Deserializer::from_slice(body);
         let envelope: Envelope = serde_path_to_error::deserialize(&mut de).map_err(|err| malformed(format!("{}: {}", err.path(), err.inner())))?;
@@ -700,7 +712,7 @@ mod tests {
         assert_eq!((env.generation, env.incarnation), (1, None));
         // a version this crate does not know is refused, naming it
         let err = Envelope::parse(b"{\"version\":3,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap_err();
-        assert!(err.to_string().contains("unsupported envelope version 3"), "{err}");
+        assert!(err.to_string().contains("envelope version 3, newer than"), "{err}");
     }
 
     #[test]
@@ -710,7 +722,11 @@ mod tests {
             (b"{\"version\":1,\"task\":\"t\",\"transactions\":[", "not a JSON object"),
             (b"[]", "not a JSON object"),
             (b"{\"task\":\"t\"}", "missing field `version`"),
-            (b"{\"version\":3}", "unsupported envelope version 3"),
+            (b"{\"version\":99}", "unsupported envelope version 99"),
+            (b"{\"version\":0,\"task\":\"t\"}", "unsupported envelope version 0"),
+            (b"{\"version\":-1,\"task\":\"t\"}", "unsupported envelope version -1"),
+            (b"{\"version\":2.5,\"task\":\"t\"}", "unsupported envelope version 2.5"),
+            (b"{\"version\":99,\"task\":7}", "unsupported envelope version 99"),
             (b"{\"version\":\"1\"}", "unsupported envelope version"),
             (b"{\"version\":1,\"task\":\"t\",\"transactions\":[],\"relations\":[],\"x\":1}", "unknown field"),
             (
@@ -726,6 +742,25 @@ mod tests {
             let err = Envelope::parse(body).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::MalformedEnvelope);
             assert!(err.message().contains(expected), "{}: {}", String::from_utf8_lossy(body), err.message());
+        }
+    }
+
+    #[test]
+    fn a_newer_version_of_a_task_message_is_not_malformed() {
+        let newer = VERSION + 1;
+        for body in [
+            format!("{{\"version\":{newer},\"task\":\"t\"}}"),
+            format!("{{\"version\":{newer},\"task\":\"t\",\"transactions\":[],\"relations\":[],\"field_of_the_future\":{{}}}}"),
+            "{\"version\":18446744073709551615,\"task\":\"t\"}".to_owned(),
+        ] {
+            let err = Envelope::parse(body.as_bytes()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NewerEnvelope, "{body}");
+            assert!(err.message().contains("upgrade trempy-applier") && err.message().contains("\"t\""), "{}", err.message());
+        }
+        // Every version up to ours is read.
+        for v in 1..=VERSION {
+            let body = format!("{{\"version\":{v},\"task\":\"t\",\"transactions\":[],\"relations\":[]}}");
+            assert!(Envelope::parse(body.as_bytes()).is_ok(), "{body}");
         }
     }
 

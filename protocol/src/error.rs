@@ -11,6 +11,9 @@ pub enum ErrorKind {
     InvalidLsn,
     /// A message body that is not a valid envelope of a version we understand.
     MalformedEnvelope,
+    /// A TREMpy message (a JSON object with a `task` name) of a newer envelope version than this
+    /// crate reads: not bad input, but a reader that must be upgraded.
+    NewerEnvelope,
     /// Task settings that do not validate.
     InvalidSettings,
     /// A name (task, slot, queue) that is not allowed or too long.

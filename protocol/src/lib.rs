@@ -12,6 +12,7 @@
 //!   ([`transform::TablePlan`]), with the `math_expression` language in [`transform::expr`].
 //! * [`names`]: every object name derived from a task name.
 //! * [`feedback`]: the applier's reports back to the source.
+//! * [`redact`]: removes passwords from connection URLs and DSNs quoted in messages.
 //!
 //! This crate uses neither pgrx nor tokio, so that it builds and fuzzes fast.
 
@@ -25,6 +26,7 @@ pub mod handoff;
 pub mod lsn;
 pub mod names;
 pub mod pgoutput;
+pub mod redact;
 pub mod settings;
 pub mod transform;
 

@@ -5,7 +5,9 @@
 //! The main queue is a quorum queue (replicated, durable) with a single active consumer, so that
 //! changes are applied in order by one applier at a time while a second one can wait as a hot
 //! standby. The broker itself never dead-letters because of redeliveries (an explicit, very high
-//! `x-delivery-limit`): whether a message is poison is the applier's decision.
+//! `x-delivery-limit`): whether a message is poison is the applier's decision. Nor does it drop
+//! messages when a length limit applies: `x-overflow: reject-publish` makes it refuse new ones
+//! instead (see [`declare`]).
 //!
 //! The feedback queue ([`declare_feedback`]) carries the applier's reports back to the source. It
 //! is a classic queue (so the decoding worker can `basic.get` from it) that keeps at most
@@ -40,7 +42,25 @@ pub async fn declare_feedback(channel: &Channel, names: &TaskNames) -> lapin::Re
     Ok(())
 }
 
-/// Declares the task's exchanges, queues and bindings. Safe to call any number of times.
+/// The main queue's arguments. `x-overflow: reject-publish`: should a limit ever apply to the
+/// queue (a `max-length` policy), the broker refuses new messages (the publisher's confirm is a
+/// nack, and it publishes again later) rather than dropping or dead-lettering the oldest, which
+/// would leave a gap in the stream. A policy that sets `overflow` itself still wins over this
+/// argument for quorum queues: see docs/architecture.md ("RabbitMQ policies").
+fn queue_arguments(names: &TaskNames) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long("quorum"));
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args.insert("x-dead-letter-exchange".into(), long(&names.dlx_exchange()));
+    args.insert("x-dead-letter-routing-key".into(), long(&names.dlx_routing_key()));
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(BROKER_DELIVERY_LIMIT));
+    args.insert("x-overflow".into(), long("reject-publish"));
+    args
+}
+
+/// Declares the task's exchanges, queues and bindings. Safe to call any number of times (with
+/// the same arguments: a queue declared by an older TREMpy with other arguments makes the broker
+/// refuse the declaration, `PRECONDITION_FAILED - inequivalent arg`).
 pub async fn declare(channel: &Channel, names: &TaskNames) -> lapin::Result<()> {
     let durable_exchange = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     let durable_queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
@@ -64,13 +84,7 @@ pub async fn declare(channel: &Channel, names: &TaskNames) -> lapin::Result<()> 
     channel
         .exchange_declare(names.exchange().as_str().into(), ExchangeKind::Direct, durable_exchange, FieldTable::default())
         .await?;
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), long("quorum"));
-    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-    args.insert("x-dead-letter-exchange".into(), long(&names.dlx_exchange()));
-    args.insert("x-dead-letter-routing-key".into(), long(&names.dlx_routing_key()));
-    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(BROKER_DELIVERY_LIMIT));
-    channel.queue_declare(names.queue().as_str().into(), durable_queue, args).await?;
+    channel.queue_declare(names.queue().as_str().into(), durable_queue, queue_arguments(names)).await?;
     channel
         .queue_bind(
             names.queue().as_str().into(),
@@ -81,4 +95,23 @@ pub async fn declare(channel: &Channel, names: &TaskNames) -> lapin::Result<()> 
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_main_queue_refuses_rather_than_drops() {
+        let names = TaskNames::new("orders_sync").unwrap_or_else(|e| panic!("{e}"));
+        let args = queue_arguments(&names);
+        let get = |key: &str| args.inner().get(key).cloned();
+        assert_eq!(get("x-overflow"), Some(long("reject-publish")));
+        assert_eq!(get("x-delivery-limit"), Some(AMQPValue::LongLongInt(BROKER_DELIVERY_LIMIT)));
+        assert_eq!(get("x-queue-type"), Some(long("quorum")));
+        // No limit of our own: nothing expires, nothing is dropped.
+        for key in ["x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes"] {
+            assert_eq!(get(key), None, "{key}");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Apply errors end to end: a source transaction the target refuses is retried, then
 //! dead-lettered with headers saying why, recorded in the target, and replayed exactly once after
-//! the cause is fixed; a stop policy pauses the task until resumed; transient errors are never
-//! dead-lettered; invalid messages are dead-lettered at once.
+//! the cause is fixed (refused without --force once the task moved past it); a stop policy pauses
+//! the task until resumed; transient errors are never dead-lettered; invalid messages are
+//! dead-lettered at once, while a message of a newer envelope version halts the task in order.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -188,9 +189,17 @@ async fn refused_insert_is_dead_lettered_after_three_attempts_then_replayed_exac
     let (ok, show) = applier_command(&["dlq", "show", "--task", &task, "--id", &id.to_string()]).await;
     assert!(ok && show.contains("changes: 2") && !show.contains("with the bad one"), "{show}");
 
-    // Fix the cause, replay: exactly the dead-lettered transaction is applied.
+    // Fix the cause, replay. The watermark (0/30) has moved past the dead letter (0/20), so replay
+    // first refuses, listing the table and keys it would write, and changes nothing.
     target.batch_execute(&format!("ALTER TABLE {t} DROP CONSTRAINT no_bad")).await.unwrap();
     let (ok, out) = applier_command(&["dlq", "replay", "--task", &task, "--id", &id.to_string()]).await;
+    assert!(!ok && out.contains(&format!("{id}\trefused")) && out.contains("--force"), "{out}");
+    assert!(out.contains(&format!("public.{task}: (id=\"2\") (id=\"3\")")) && !out.contains("with the bad one"), "{out}");
+    assert_eq!(rows(&target, &t).await, vec![(1, "after, updated".to_owned()), (4, "after".to_owned())]);
+    let state: String = target.query_one("SELECT state FROM trempy.applier_deadletters WHERE id = $1", &[&id]).await.unwrap().get(0);
+    assert_eq!(state, "dead");
+    // With --force: exactly the dead-lettered transaction is applied.
+    let (ok, out) = applier_command(&["dlq", "replay", "--task", &task, "--id", &id.to_string(), "--force"]).await;
     assert!(ok && out.contains(&format!("{id}\treplayed")), "{out}");
     let all = [(1, "after, updated"), (2, "bad"), (3, "with the bad one"), (4, "after")];
     assert_eq!(rows(&target, &t).await, all.iter().map(|(i, v)| (*i, (*v).to_owned())).collect::<Vec<_>>());
@@ -292,27 +301,50 @@ async fn lock_timeouts_are_retried_and_never_dead_lettered() {
 async fn invalid_messages_are_dead_lettered_at_once_with_a_reason_and_can_be_discarded() {
     let (task, t, _applier) = applier_task("invalid", "", &[]).await;
     let target = target().await;
-    let version_2 = serde_json::json!({"version": 2, "task": task, "transactions": [], "relations": []}).to_string();
+    // Not TREMpy messages: a version 0, a newer version of another task, no task at all.
+    let version_0 = serde_json::json!({"version": 0, "task": task, "transactions": [], "relations": []}).to_string();
+    let other_task = serde_json::json!({"version": 99, "task": format!("{task}_other"), "transactions": [], "relations": []}).to_string();
     let before = envelope(&task, vec![txn(0x10, vec![insert(1, "before")])]);
     let after = envelope(&task, vec![txn(0x20, vec![insert(2, "after")])]);
-    publish(&task, &[&before, b"{\"version\": 1, \"task\": \"trunc", version_2.as_bytes(), b"not json at all", &after]).await;
+    let bodies: [&[u8]; 6] = [&before, b"{\"version\": 1, \"task\": \"trunc", version_0.as_bytes(), other_task.as_bytes(), b"not json at all", &after];
+    publish(&task, &bodies).await;
     wait_rows(&target, &t, &[(1, "before"), (2, "after")]).await;
 
-    let dead = wait_for_dead_letters(&task, 3).await;
-    assert_eq!(dead.len(), 3);
+    let dead = wait_for_dead_letters(&task, 4).await;
+    assert_eq!(dead.len(), 4);
     for m in &dead {
         assert_eq!(header(m, "x-trempy-error-class").as_deref(), Some("envelope"));
         assert_eq!(header(m, "x-trempy-attempts").as_deref(), Some("1"));
     }
-    assert!(dead.iter().any(|m| header(m, "x-trempy-reason").unwrap().contains("unsupported envelope version 2")));
+    assert!(dead.iter().any(|m| header(m, "x-trempy-reason").unwrap().contains("unsupported envelope version 0")));
+    assert!(dead.iter().any(|m| header(m, "x-trempy-reason").unwrap().contains("another task")));
     assert!(dead.iter().any(|m| m.delivery.data == b"{\"version\": 1, \"task\": \"trunc"));
 
     let (_, list) = applier_command(&["dlq", "list", "--task", &task]).await;
-    assert_eq!(list.lines().filter(|l| l.contains("\tdead\t")).count(), 3, "{list}");
+    assert_eq!(list.lines().filter(|l| l.contains("\tdead\t")).count(), 4, "{list}");
     let (ok, out) = applier_command(&["dlq", "replay", "--task", &task, "--all"]).await;
     assert!(!ok && out.contains("cannot be replayed"), "{out}");
     let (ok, out) = applier_command(&["dlq", "discard", "--task", &task, "--all"]).await;
-    assert!(ok && out.contains("discarded 3; removed 3"), "{out}");
+    assert!(ok && out.contains("discarded 4; removed 4"), "{out}");
+    assert!(dead_letters(&task).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_envelope_version_halts_in_order_and_is_never_dead_lettered() {
+    let (task, t, _applier) = applier_task("newer", "", &[]).await;
+    let target = target().await;
+    let newer = serde_json::json!({"version": 99, "task": task, "transactions": [], "relations": [], "field_of_the_future": true}).to_string();
+    let before = envelope(&task, vec![txn(0x10, vec![insert(1, "before")])]);
+    let after = envelope(&task, vec![txn(0x20, vec![insert(2, "after")])]);
+    publish(&task, &[&before, newer.as_bytes(), &after]).await;
+    wait_for_applier_log(&task, &["apply halted", "envelope version 99", "upgrade trempy-applier"], Duration::from_secs(60)).await;
+    // What came before it is applied; nothing after it is, and nothing is dead-lettered.
+    wait_rows(&target, &t, &[(1, "before")]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rows(&target, &t).await, vec![(1, "before".to_owned())]);
+    let watermark: String = target.query_one("SELECT commit_lsn::text FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    assert_eq!(watermark, "0/10");
+    assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await, 0);
     assert!(dead_letters(&task).await.is_empty());
 }
 

@@ -194,7 +194,8 @@ async fn default_mode_insert_update_delete() {
     wait_for_applier_log(&task, &["1 of 1 updates found no target row", "1 of 1 deletes found no target row"], WAIT).await;
     // a row the target has already: the plain insert is a unique violation. With the default
     // error policy (no stop_if_* flag) the source transaction is retried, then dead-lettered, and
-    // the stream goes on; once the cause is fixed, replaying it applies it exactly once.
+    // the stream goes on; once the cause is fixed, replaying it (forced: later transactions were
+    // applied) applies it exactly once.
     target.batch_execute(&format!("INSERT INTO {table} VALUES (5, 'target')")).await.unwrap();
     source.batch_execute(&format!("INSERT INTO {table} VALUES (5, 'source'); INSERT INTO {table} VALUES (6, 'after')")).await.unwrap();
     source.batch_execute(&format!("INSERT INTO {table} VALUES (7, 'next')")).await.unwrap();
@@ -203,7 +204,11 @@ async fn default_mode_insert_update_delete() {
         target.query_one("SELECT sqlstate FROM trempy.applier_deadletters WHERE task_name = $1 AND state = 'dead'", &[&task]).await.unwrap().get(0);
     assert_eq!(sqlstate, "23505");
     target.batch_execute(&format!("DELETE FROM {table} WHERE id = 5")).await.unwrap();
+    // The task applied a later transaction (7), so replay refuses without --force and lists the
+    // keys it would write.
     let (ok, out) = applier_command(&["dlq", "replay", "--task", &task, "--all"]).await;
+    assert!(!ok && out.contains("refused") && out.contains(&format!("{table}: (id=\"5\") (id=\"6\")")), "{out}");
+    let (ok, out) = applier_command(&["dlq", "replay", "--task", &task, "--all", "--force"]).await;
     assert!(ok, "dlq replay failed: {out}");
     wait_for_target_rows(&q, &["4:a", "5:source", "6:after", "7:next"], WAIT).await;
     drop_task(&source, &task).await;
