@@ -29,6 +29,30 @@ pub(crate) fn shutdown_requested() -> bool {
     unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
 }
 
+/// The settings a decoding session runs with, whatever the database, role or server defaults
+/// say: they fix the text form of every value (pgoutput's, and the full load's output
+/// functions), as native logical replication's walsender does, and make `format_type`
+/// schema-qualify every type outside `pg_catalog`. The applier's target sessions pin the same.
+const OUTPUT_SETTINGS: [(&str, &str); 7] = [
+    ("search_path", "pg_catalog, pg_temp"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("TimeZone", "UTC"),
+    ("lc_monetary", "C"),
+];
+
+/// Pins [`OUTPUT_SETTINGS`] for the rest of this session.
+pub(crate) fn pin_output_settings() -> Result<(), Error> {
+    in_transaction(|| {
+        for (name, value) in OUTPUT_SETTINGS {
+            Spi::run_with_args("SELECT pg_catalog.set_config($1, $2, false)", &[name.into(), value.into()])?;
+        }
+        Ok(())
+    })
+}
+
 /// Runs `f` (which starts and commits its own transaction) and turns a PostgreSQL ERROR raised
 /// inside it into an [`Error`], aborting the failed transaction, so that the worker survives,
 /// records the error and retries instead of exiting.

@@ -75,6 +75,10 @@ pub extern "C-unwind" fn trempy_task_main(arg: pg_sys::Datum) {
     // makes PostgreSQL's next interrupt check end the process, as a backend's does.
     unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    if let Err(err) = super::pin_output_settings() {
+        warning!("trempy task {task_id}: could not pin the output settings: {err}");
+        return;
+    }
 
     let task = match in_transaction(|| Ok(claim(task_id))) {
         Ok(Some(task)) => task,
