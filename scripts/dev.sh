@@ -15,6 +15,9 @@
 #   source-stop [fast|immediate]   source-start   source-restart [fast|immediate]
 #   target-stop [fast|immediate]   target-start   target-restart [fast|immediate]
 #   rabbit-stop                  rabbit-start     rabbit-restart
+#   standby-create               a physical standby of the source (pg_basebackup, streaming) on
+#                                port base+5, started; standby-promote; standby-destroy (used by the
+#                                failover test)
 #   psql-source [psql args]      psql-target [psql args]   (unix socket, as the postgres OS user)
 #   demo                         stack-up, then a live demo (scripts/demo.sh): task `demo` on the
 #                                tables of sql/demo_schema.sql, applier left running in the background
@@ -34,7 +37,7 @@
 #
 # Port layout (base = 20000 + (cksum(repo path) mod 400) * 20):
 #   base+0 source PostgreSQL, base+1 target PostgreSQL, base+2 AMQP,
-#   base+3 Erlang distribution, base+4 private epmd
+#   base+3 Erlang distribution, base+4 private epmd, base+5 the source's standby (tests only)
 #
 # Secrets: the generated password lives in <state>/password (0600) and .stack/env (0600);
 # it is never printed.
@@ -182,9 +185,9 @@ init_layout() {
         die "the stack in $STACK_DIR is running with port base $saved_base; run stack-down before changing TREMPY_STACK_PORT_BASE"
     fi
 
-    declare -gA PG_PORT=([source]=$PORT_BASE [target]=$((PORT_BASE + 1)))
-    declare -gA PG_DATA=([source]=$STACK_DIR/source [target]=$STACK_DIR/target)
-    declare -gA PG_LOG=([source]=$STACK_DIR/source.log [target]=$STACK_DIR/target.log)
+    declare -gA PG_PORT=([source]=$PORT_BASE [target]=$((PORT_BASE + 1)) [standby]=$((PORT_BASE + 5)))
+    declare -gA PG_DATA=([source]=$STACK_DIR/source [target]=$STACK_DIR/target [standby]=$STACK_DIR/standby)
+    declare -gA PG_LOG=([source]=$STACK_DIR/source.log [target]=$STACK_DIR/target.log [standby]=$STACK_DIR/standby.log)
     AMQP_PORT=$((PORT_BASE + 2))
     DIST_PORT=$((PORT_BASE + 3))
     EPMD_PORT=$((PORT_BASE + 4))
@@ -270,7 +273,7 @@ password_encryption = 'scram-sha-256'
 logging_collector = off
 EOF
     case $cluster in
-        source)
+        source | standby)
             cat <<EOF
 wal_level = logical
 max_replication_slots = 32
@@ -601,6 +604,7 @@ write_env_file() {
         printf 'export %s=%q\n' \
             TREMPY_SOURCE_DSN "postgresql://trempy:$pw@127.0.0.1:${PG_PORT[source]}/source" \
             TREMPY_TARGET_DSN "postgresql://trempy:$pw@127.0.0.1:${PG_PORT[target]}/target" \
+            TREMPY_STANDBY_DSN "postgresql://trempy:$pw@127.0.0.1:${PG_PORT[standby]}/source" \
             TREMPY_AMQP_URL "amqp://trempy:$pw@127.0.0.1:$AMQP_PORT/%2f" \
             TREMPY_STACK_DIR "$STACK_DIR" \
             TREMPY_SOURCE_PORT "${PG_PORT[source]}" \
@@ -661,7 +665,7 @@ cmd_stack_down() {
     init_layout
     local cluster
     if stack_exists; then
-        for cluster in source target; do pg_stop "$cluster" fast; done
+        for cluster in standby source target; do pg_stop "$cluster" fast; done
         rabbit_stop
     fi
     epmd_stop
@@ -716,6 +720,30 @@ cmd_target_stop() { require_stack; pg_stop target "${1:-fast}"; }
 cmd_target_start() { require_stack; pg_start target; }
 cmd_target_restart() { require_stack; pg_restart target "${1:-fast}"; }
 cmd_rabbit_stop() { require_stack; rabbit_stop; }
+# A physical standby of the source, streaming from it (as a failover test needs one). It shares
+# the source's settings (trempy preloaded), so once promoted it runs the source's tasks.
+cmd_standby_create() {
+    require_stack
+    cmd_standby_destroy
+    pg_check_ports standby
+    install -d -m 700 -o postgres -g postgres "${PG_DATA[standby]}"
+    log "pg_basebackup of the source into ${PG_DATA[standby]}"
+    run_quiet "pg_basebackup" as_postgres "$PG_BIN/pg_basebackup" -h "$SOCKET_DIR" -p "${PG_PORT[source]}" -U postgres \
+        -D "${PG_DATA[standby]}" -X stream -R -c fast
+    pg_start standby
+}
+cmd_standby_promote() {
+    require_stack
+    log "promoting the standby"
+    run_quiet "pg_ctl promote (standby)" pg_ctl_ standby promote -w -t "$START_TIMEOUT"
+}
+cmd_standby_destroy() {
+    require_stack
+    if pg_initialized standby; then
+        pg_stop standby immediate
+    fi
+    rm -rf -- "${PG_DATA[standby]}" "${PG_LOG[standby]}"
+}
 cmd_rabbit_start() { require_stack; rabbit_start; }
 cmd_rabbit_restart() {
     require_stack

@@ -135,12 +135,14 @@ AS $$
       LEFT JOIN LATERAL (SELECT trempy.worker_pid(t.task_id) AS pid) w ON true
       -- What the worker recorded, or what it would find: a streaming task whose slot is gone or
       -- invalidated cannot go on (a stopped task's slot can vanish too).
+      LEFT JOIN LATERAL (SELECT c.system_identifier::text AS system_id,
+                                CASE WHEN NOT pg_is_in_recovery()
+                                     THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4 END AS timeline
+                           FROM pg_control_system() c) h ON true
       LEFT JOIN LATERAL (SELECT coalesce(t.failure,
-                                         CASE WHEN t.slot_lsn IS NULL OR pg_is_in_recovery() THEN NULL
-                                              WHEN (t.slot_system_id, t.slot_timeline) IS DISTINCT FROM
-                                                   (SELECT c.system_identifier::text,
-                                                           ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4
-                                                      FROM pg_control_system() c) THEN 'slot_other_system'
+                                         CASE WHEN t.slot_lsn IS NULL OR h.timeline IS NULL THEN NULL
+                                              WHEN t.slot_system_id IS DISTINCT FROM h.system_id
+                                                OR t.slot_timeline IS DISTINCT FROM h.timeline THEN 'slot_other_system'
                                               WHEN s.slot_name IS NULL THEN 'slot_missing'
                                               WHEN s.wal_status = 'lost' THEN 'slot_invalidated' END) AS failure) f ON true
       LEFT JOIN LATERAL (SELECT sum(ls.rows_copied)::bigint AS copied,

@@ -1,7 +1,7 @@
 //! Turns envelope changes into bulk SQL against the target, in source order.
 //!
 //! Consecutive changes that share a statement (same table, same operation, same set of columns)
-//! form a run, executed as one statement over `pg_catalog.unnest()`ed text arrays. In `upsert` mode inserts
+//! form a run, executed as one statement over text arrays turned into rows (`ROWS FROM (pg_catalog.unnest(…), …)`). In `upsert` mode inserts
 //! and updates become `INSERT … ON CONFLICT (key) DO UPDATE`, deletes a `DELETE … USING
 //! unnest(…)`. In `default` mode an insert is a plain `INSERT` (a row that already exists is an
 //! error that halts the task), an update an `UPDATE … FROM pg_catalog.unnest(…)` by key and a delete the
@@ -148,8 +148,6 @@ fn upsert_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
     let keys = key_indexes(rel)?;
     let cols: Vec<String> = present.iter().map(|&i| quote_ident(&rel.columns[i].name)).collect();
     let casts: Vec<String> = present.iter().enumerate().map(|(p, &i)| format!("u.c{p}::{}", rel.columns[i].type_name)).collect();
-    let params: Vec<String> = (1..=present.len()).map(|p| format!("${p}::text[]")).collect();
-    let aliases: Vec<String> = (0..present.len()).map(|p| format!("c{p}")).collect();
     let conflict: Vec<String> = keys.iter().map(|&i| quote_ident(&rel.columns[i].name)).collect();
     let sets: Vec<String> = present
         .iter()
@@ -161,30 +159,29 @@ fn upsert_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
         .collect();
     let action = if sets.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", sets.join(", ")) };
     Ok(format!(
-        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM pg_catalog.unnest({}) AS u({}) ON CONFLICT ({}) DO {action}",
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} ON CONFLICT ({}) DO {action}",
         qualified(rel),
         cols.join(", "),
         casts.join(", "),
-        params.join(", "),
-        aliases.join(", "),
+        unnested(present.len()),
         conflict.join(", ")
     ))
+}
+
+/// `ROWS FROM (pg_catalog.unnest($1::text[]), …) AS u(c0, …)`: one row per change, one text
+/// column per parameter. (The multi-argument `unnest(a, b)` is a grammar shorthand that exists
+/// only unqualified; with `search_path` pinned to `pg_catalog` every call is qualified.)
+fn unnested(width: usize) -> String {
+    let calls: Vec<String> = (1..=width).map(|p| format!("pg_catalog.unnest(${p}::text[])")).collect();
+    let aliases: Vec<String> = (0..width).map(|p| format!("c{p}")).collect();
+    format!("ROWS FROM ({}) AS u({})", calls.join(", "), aliases.join(", "))
 }
 
 /// `default` mode: a plain insert; a row that exists already is an error.
 fn insert_sql(rel: &Relation) -> String {
     let cols: Vec<String> = rel.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let casts: Vec<String> = rel.columns.iter().enumerate().map(|(p, c)| format!("u.c{p}::{}", c.type_name)).collect();
-    let params: Vec<String> = (1..=rel.columns.len()).map(|p| format!("${p}::text[]")).collect();
-    let aliases: Vec<String> = (0..rel.columns.len()).map(|p| format!("c{p}")).collect();
-    format!(
-        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM pg_catalog.unnest({}) AS u({})",
-        qualified(rel),
-        cols.join(", "),
-        casts.join(", "),
-        params.join(", "),
-        aliases.join(", ")
-    )
+    format!("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}", qualified(rel), cols.join(", "), casts.join(", "), unnested(rel.columns.len()))
 }
 
 /// `default` mode: an update by key. The first parameters are the (old) key values, then one per
@@ -192,8 +189,6 @@ fn insert_sql(rel: &Relation) -> String {
 fn update_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
     let keys = key_indexes(rel)?;
     let width = keys.len() + present.len();
-    let params: Vec<String> = (1..=width).map(|p| format!("${p}::text[]")).collect();
-    let aliases: Vec<String> = (0..width).map(|p| format!("c{p}")).collect();
     let sets: Vec<String> = present
         .iter()
         .enumerate()
@@ -205,25 +200,22 @@ fn update_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
         .map(|(p, &i)| format!("t.{} = u.c{p}::{}", quote_ident(&rel.columns[i].name), rel.columns[i].type_name))
         .collect();
     Ok(format!(
-        "UPDATE {} AS t SET {} FROM pg_catalog.unnest({}) AS u({}) WHERE {}",
+        "UPDATE {} AS t SET {} FROM {} WHERE {}",
         qualified(rel),
         sets.join(", "),
-        params.join(", "),
-        aliases.join(", "),
+        unnested(width),
         conditions.join(" AND ")
     ))
 }
 
 fn delete_sql(rel: &Relation) -> Result<String, Error> {
     let keys = key_indexes(rel)?;
-    let params: Vec<String> = (1..=keys.len()).map(|p| format!("${p}::text[]")).collect();
-    let aliases: Vec<String> = (0..keys.len()).map(|p| format!("c{p}")).collect();
     let conditions: Vec<String> = keys
         .iter()
         .enumerate()
         .map(|(p, &i)| format!("t.{} = u.c{p}::{}", quote_ident(&rel.columns[i].name), rel.columns[i].type_name))
         .collect();
-    Ok(format!("DELETE FROM {} AS t USING pg_catalog.unnest({}) AS u({}) WHERE {}", qualified(rel), params.join(", "), aliases.join(", "), conditions.join(" AND ")))
+    Ok(format!("DELETE FROM {} AS t USING {} WHERE {}", qualified(rel), unnested(keys.len()), conditions.join(" AND ")))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,7 +473,7 @@ mod tests {
         assert_eq!(
             upsert_sql(&rel(), &[0, 1, 2]).unwrap(),
             "INSERT INTO \"My \"\"Schema\"\"\".\"tâble\" (\"id\", \"Name\", \"tags\") OVERRIDING SYSTEM VALUE SELECT u.c0::integer, u.c1::text, u.c2::\"My Schema\".mood[] \
-             FROM pg_catalog.unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2) ON CONFLICT (\"id\") DO UPDATE SET \"Name\" = EXCLUDED.\"Name\", \"tags\" = EXCLUDED.\"tags\""
+             FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS u(c0, c1, c2) ON CONFLICT (\"id\") DO UPDATE SET \"Name\" = EXCLUDED.\"Name\", \"tags\" = EXCLUDED.\"tags\""
         );
         assert!(upsert_sql(&rel(), &[0]).unwrap().ends_with("ON CONFLICT (\"id\") DO NOTHING"));
     }
@@ -490,7 +482,7 @@ mod tests {
     fn delete_statement() {
         assert_eq!(
             delete_sql(&rel()).unwrap(),
-            "DELETE FROM \"My \"\"Schema\"\"\".\"tâble\" AS t USING pg_catalog.unnest($1::text[]) AS u(c0) WHERE t.\"id\" = u.c0::integer"
+            "DELETE FROM \"My \"\"Schema\"\"\".\"tâble\" AS t USING ROWS FROM (pg_catalog.unnest($1::text[])) AS u(c0) WHERE t.\"id\" = u.c0::integer"
         );
     }
 
@@ -514,11 +506,11 @@ mod tests {
         assert_eq!(
             insert_sql(&rel()),
             "INSERT INTO \"My \"\"Schema\"\"\".\"tâble\" (\"id\", \"Name\", \"tags\") OVERRIDING SYSTEM VALUE SELECT u.c0::integer, u.c1::text, u.c2::\"My Schema\".mood[] \
-             FROM pg_catalog.unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2)"
+             FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS u(c0, c1, c2)"
         );
         assert_eq!(
             update_sql(&rel(), &[0, 1]).unwrap(),
-            "UPDATE \"My \"\"Schema\"\"\".\"tâble\" AS t SET \"id\" = u.c1::integer, \"Name\" = u.c2::text FROM pg_catalog.unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2) \
+            "UPDATE \"My \"\"Schema\"\"\".\"tâble\" AS t SET \"id\" = u.c1::integer, \"Name\" = u.c2::text FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS u(c0, c1, c2) \
              WHERE t.\"id\" = u.c0::integer"
         );
         let e = [rel()];

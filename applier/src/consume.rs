@@ -367,7 +367,13 @@ impl<'o> Session<'o> {
             self.high = self.high.max(last.commit_lsn);
         }
         match stream::verdict(&self.pending.stream, envelope.incarnation.as_deref(), envelope.generation) {
-            stream::Verdict::Apply => {}
+            stream::Verdict::Apply => {
+                if self.pending.stream.incarnation.is_none() && envelope.incarnation.is_some() {
+                    // The first message naming its incarnation: this target's stream from now on.
+                    self.begin().await?;
+                    self.pending.stream.incarnation.clone_from(&envelope.incarnation);
+                }
+            }
             stream::Verdict::Skip => {
                 self.ackable = Some(tag); // from before a reload
                 return Ok(());

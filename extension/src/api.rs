@@ -51,7 +51,7 @@ fn create_task(name: &str, settings: JsonB) {
     let parsed = validated(name, &settings);
     let tables = table_pairs(&parsed);
     Spi::connect(|client| {
-        let exists = !client
+            let exists = !client
             .select("SELECT 1 FROM trempy.tasks WHERE task_name = $1", None, &[name.into()])
             .unwrap_or_else(|err| internal(format!("could not read trempy.tasks: {err}")))
             .is_empty();
@@ -108,6 +108,17 @@ fn create_task(name: &str, settings: JsonB) {
     });
 }
 
+/// The first column of the first row of a read-only query, or `None`. Unlike `Spi::get_one`,
+/// which marks the transaction as writing (pgrx runs it as an update and assigns an xid), this
+/// leaves the transaction without an xid, which the setup helper's slot needs (see
+/// [`take_claim`]).
+fn read_one<T: pgrx::FromDatum + pgrx::IntoDatum>(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<T> {
+    Spi::connect(|client| {
+        let table = client.select(sql, Some(1), args).unwrap_or_else(|err| internal(err.to_string()));
+        if table.is_empty() { None } else { table.first().get::<T>(1).unwrap_or_else(|err| internal(err.to_string())) }
+    })
+}
+
 fn internal(message: String) -> ! {
     fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, message, None)
 }
@@ -143,11 +154,9 @@ fn take_claim(what: &str) -> i64 {
             )),
         );
     }
-    let claim = Spi::get_one::<i64>("SELECT ('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 15))::bit(60)::int8")
-        .ok()
-        .flatten()
+    let claim = read_one::<i64>("SELECT ('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 15))::bit(60)::int8", &[])
         .unwrap_or_else(|| internal("could not draw a claim number".to_owned()));
-    Spi::run_with_args("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[claim.into()]).unwrap_or_else(|err| internal(err.to_string()));
+    read_one::<bool>("SELECT true FROM pg_catalog.pg_advisory_xact_lock($1)", &[claim.into()]);
     claim
 }
 
@@ -305,14 +314,12 @@ fn update_task(name: &str, settings: JsonB) {
 
 /// A reload of a task without a full load copies nothing: say what it gives up.
 fn warn_what_reload_discards(name: &str, names: &TaskNames) {
-    let held = Spi::get_one_with_args::<String>(
+    let held = read_one::<String>(
         "SELECT confirmed_flush_lsn::text || ' to ' || pg_catalog.pg_current_wal_lsn()::text || ' (' ||
                 pg_catalog.pg_size_pretty(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)) || ' of WAL)'
            FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name AND database = pg_catalog.current_database()",
         &[names.slot().as_str().into()],
-    )
-    .ok()
-    .flatten();
+    );
     let what = held.map_or_else(
         || "the changes committed since its slot was lost".to_owned(),
         |range| format!("the changes its slot still held and had not published (WAL {range})"),
@@ -448,9 +455,7 @@ fn check_tables(client: &SpiClient<'_>, settings: &TaskSettings) -> Vec<Problem>
 
 /// Refuses to create tasks where no worker would ever run them.
 fn ensure_runnable_here() {
-    let preloaded = Spi::get_one::<String>("SELECT current_setting('shared_preload_libraries')")
-        .ok()
-        .flatten()
+    let preloaded = read_one::<String>("SELECT pg_catalog.current_setting('shared_preload_libraries')", &[])
         .map(|libs| libs.split(',').any(|l| l.trim().trim_matches('"') == "trempy"))
         .unwrap_or(false);
     if !preloaded {
@@ -461,7 +466,7 @@ fn ensure_runnable_here() {
         );
     }
     let database = gucs::database();
-    let here = Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default();
+    let here = read_one::<String>("SELECT pg_catalog.current_database()::text", &[]).unwrap_or_default();
     if here != database {
         fail(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -563,17 +568,14 @@ fn drop_task(name: &str) {
 fn stop_worker(name: &str, task_id: i32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let locked = Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)", &[worker::LOCK_CLASS.into(), task_id.into()])
-            .ok()
-            .flatten()
-            .unwrap_or(false);
+        let locked = read_one::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)", &[worker::LOCK_CLASS.into(), task_id.into()]).unwrap_or(false);
         if locked {
             return;
         }
         if Instant::now() > deadline {
             fail(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, format!("the worker of task \"{name}\" did not stop within 30 seconds"), None);
         }
-        let _ = Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_terminate_backend(trempy.worker_pid($1))", &[task_id.into()]);
-        let _ = Spi::run("SELECT pg_catalog.pg_sleep(0.05::float8)");
+        read_one::<bool>("SELECT pg_catalog.pg_terminate_backend(trempy.worker_pid($1))", &[task_id.into()]);
+        read_one::<String>("SELECT pg_catalog.pg_sleep(0.05::float8)::text", &[]);
     }
 }

@@ -117,10 +117,36 @@ pub async fn wait_for_state(source: &Client, task: &str, wanted: &str, timeout: 
     wait_for_status(source, task, "state", wanted, timeout).await;
 }
 
+/// A text column of the task's `trempy.status()` row.
+pub async fn status_text(source: &Client, task: &str, column: &str) -> Option<String> {
+    let sql = format!("SELECT {column}::text FROM trempy.status() WHERE task_name = $1");
+    source.query_opt(sql.as_str(), &[&task]).await.ok().flatten().and_then(|r| r.get(0))
+}
+
+/// Waits until the task has failed with `failure` (`trempy.status()`: state `failed`) and returns
+/// its `last_error`.
+pub async fn wait_for_failure(source: &Client, task: &str, failure: &str, timeout: Duration) -> String {
+    wait_for_status(source, task, "failure", failure, timeout).await;
+    wait_for_state(source, task, "failed", timeout).await;
+    status_text(source, task, "last_error").await.unwrap_or_default()
+}
+
+/// Settings with `task.start_mode` = `reload` (and the target emptied before the new copy).
+pub fn reload_settings(mut settings: serde_json::Value) -> serde_json::Value {
+    settings["task"]["start_mode"] = "reload".into();
+    settings["task"]["full_load_settings"] = serde_json::json!({"truncate_before_insert": true});
+    settings
+}
+
+/// Runs `SELECT trempy.update_task(task, settings)`.
+pub async fn update_task(source: &Client, task: &str, settings: &serde_json::Value) {
+    source.execute("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
+}
+
 /// Waits until a text column of the task's `trempy.status()` row shows `wanted`.
 async fn wait_for_status(source: &Client, task: &str, column: &str, wanted: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    let sql = format!("SELECT {column} FROM trempy.status() WHERE task_name = $1");
+    let sql = format!("SELECT {column}::text FROM trempy.status() WHERE task_name = $1");
     loop {
         let now: Option<String> = source.query_opt(sql.as_str(), &[&task]).await.ok().flatten().and_then(|r| r.get(0));
         if now.as_deref() == Some(wanted) {

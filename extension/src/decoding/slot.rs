@@ -17,10 +17,12 @@ use crate::worker::setup::SlotIdentity;
 /// Explains why the task's slot or publication name is already taken, if it is.
 pub(crate) fn name_conflict(client: &SpiClient<'_>, names: &TaskNames) -> Result<Option<String>, Error> {
     let slot = names.slot();
-    let slot_db = client
-        .select("SELECT coalesce(database::text, '(physical)') FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name", Some(1), &[slot.as_str().into()])?
-        .first()
-        .get::<String>(1)?;
+    let found = client.select(
+        "SELECT coalesce(database::text, '(physical)') FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name",
+        Some(1),
+        &[slot.as_str().into()],
+    )?;
+    let slot_db = if found.is_empty() { None } else { found.first().get::<String>(1)? };
     if let Some(db) = slot_db {
         return Ok(Some(format!("replication slot \"{slot}\" already exists (database {db}); drop it or choose another task name")));
     }
@@ -87,14 +89,12 @@ pub(crate) fn drop_slot(client: &mut SpiClient<'_>, names: &TaskNames) -> Result
 /// 30 s). A slot still in use then is an error, never left behind silently.
 pub(crate) fn drop_slot_named(client: &mut SpiClient<'_>, slot: &str) -> Result<(), Error> {
     for _ in 0..600 {
-        let active = client
-            .update(
-                "SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name AND database = pg_catalog.current_database()",
-                Some(1),
-                &[slot.into()],
-            )?
-            .first()
-            .get::<bool>(1)?;
+        let found = client.update(
+            "SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name AND database = pg_catalog.current_database()",
+            Some(1),
+            &[slot.into()],
+        )?;
+        let active = if found.is_empty() { None } else { found.first().get::<bool>(1)? };
         match active {
             None => return Ok(()),
             Some(false) => {
@@ -108,10 +108,8 @@ pub(crate) fn drop_slot_named(client: &mut SpiClient<'_>, slot: &str) -> Result<
             }
         }
     }
-    let holder = client
-        .update("SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name", Some(1), &[slot.into()])?
-        .first()
-        .get::<i32>(1)?;
+    let found = client.update("SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name", Some(1), &[slot.into()])?;
+    let holder = if found.is_empty() { None } else { found.first().get::<i32>(1)? };
     Err(Error::new(
         ErrorKind::Catalog,
         format!(

@@ -20,7 +20,7 @@
 //! The request and the outcome travel in a dynamic shared memory segment the caller creates:
 //! a header with two lengths, the request (JSON), then room for the outcome (JSON).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -87,7 +87,7 @@ const HEADER: usize = 8;
 pub(crate) fn run(request: &Request) -> Result<Option<SlotIdentity>, String> {
     let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
     let size = HEADER + body.len() + OUTCOME_ROOM;
-    let database = unsafe_current_database();
+    let database = current_database();
     // SAFETY: a segment of `size` bytes, written within its bounds on this thread; detached
     // below (and by the transaction's resource owner on error).
     unsafe {
@@ -131,8 +131,11 @@ pub(crate) fn run(request: &Request) -> Result<Option<SlotIdentity>, String> {
     }
 }
 
-fn unsafe_current_database() -> String {
-    Spi::get_one::<String>("SELECT pg_catalog.current_database()::text").ok().flatten().unwrap_or_default()
+/// Read-only (no xid: the helper's slot would wait for it).
+fn current_database() -> String {
+    Spi::connect(|client| {
+        client.select("SELECT pg_catalog.current_database()::text", Some(1), &[]).ok().and_then(|t| t.first().get::<String>(1).ok().flatten()).unwrap_or_default()
+    })
 }
 
 /// Entry point of the helper; the argument is the segment's handle, the extra field the
@@ -237,22 +240,19 @@ fn change_publication(client: &mut SpiClient<'_>, names: &TaskNames, request: &R
 /// before the table joined the publication is not decoded for that table, so it must be over
 /// before the call that added the table returns.
 fn wait_for_older_transactions() -> Result<(), Error> {
-    let horizon = in_transaction(|| {
-        Ok(Spi::get_one::<String>("SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text")?.unwrap_or_default())
-    })?;
-    let deadline = Instant::now() + Duration::from_secs(24 * 3600);
+    let read = |sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]| -> Result<Option<String>, Error> {
+        in_transaction(|| Spi::connect(|client| Ok(client.select(sql, Some(1), args)?.first().get::<String>(1)?)))
+    };
+    let horizon = read("SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text", &[])?.unwrap_or_default();
     loop {
-        let done = in_transaction(|| {
-            Ok(Spi::get_one_with_args::<bool>(
-                "SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) >= $1::text::xid8",
-                &[horizon.as_str().into()],
-            )?
-            .unwrap_or(false))
-        })?;
-        if done {
+        let done = read(
+            "SELECT (pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) >= $1::text::xid8)::text",
+            &[horizon.as_str().into()],
+        )?;
+        if done.as_deref() == Some("true") {
             return Ok(());
         }
-        if Instant::now() > deadline || !BackgroundWorker::wait_latch(Some(Duration::from_millis(50))) {
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(50))) {
             return Err(Error::new(ErrorKind::Shutdown, "stopped while waiting for older transactions to end"));
         }
     }
@@ -280,15 +280,21 @@ pub(crate) fn drop_orphans(slot_name: Option<&str>, wait: bool) -> Result<(), Er
         })
     })?;
     for claim in claims {
+        // A transaction of its own, read-only (no xid, so a helper waiting here never holds up a
+        // slot being built): once the lock is ours, the claiming transaction has ended.
+        let free = in_transaction(|| {
+            Spi::connect(|client| {
+                let lock = if wait { "SELECT true FROM pg_catalog.pg_advisory_xact_lock($1)" } else { "SELECT pg_catalog.pg_try_advisory_xact_lock($1)" };
+                Ok(client.select(lock, Some(1), &[claim.into()])?.first().get::<bool>(1)?.unwrap_or(false))
+            })
+        })?;
+        if !free {
+            continue;
+        }
+        // A new transaction, so a new snapshot: it sees how the claiming transaction ended.
         in_transaction(|| {
             Spi::connect_mut(|client| {
-                let lock = if wait { "SELECT true FROM pg_catalog.pg_advisory_xact_lock($1)" } else { "SELECT pg_catalog.pg_try_advisory_xact_lock($1)" };
-                let free = client.update(lock, None, &[claim.into()])?.first().get::<bool>(1)?.unwrap_or(false);
-                if !free {
-                    return Ok(());
-                }
-                // Read after the lock: the caller's transaction has ended, committed or not.
-                let row = client.update("SELECT slot_name, created_publication FROM trempy.slot_claims WHERE claim = $1", None, &[claim.into()])?;
+                let row = client.select("SELECT slot_name, created_publication FROM trempy.slot_claims WHERE claim = $1", Some(1), &[claim.into()])?;
                 if row.is_empty() {
                     return Ok(()); // the caller committed: the claim is gone with it
                 }

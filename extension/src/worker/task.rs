@@ -165,6 +165,14 @@ fn claim(task_id: i32) -> Option<Task> {
 }
 
 fn run(task: &Task, publisher: &Publisher) {
+    if let Some(detail) = &task.other_system {
+        // Before anything is published: this server is not the one the slot was made on.
+        let failure = Failure::SlotOtherSystem(detail.clone());
+        let message = failure.explain(task);
+        warning!("trempy task \"{}\": {message}", task.names.task());
+        record_failure(task, failure, &message);
+        return;
+    }
     let mut failures = 0_u32;
     let mut error_active = true; // clear any error a previous worker left, on the first success
     let mut wait = Duration::ZERO;
@@ -331,7 +339,8 @@ fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
 }
 
 fn enabled(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<bool, Error> {
-    Ok(client.select("SELECT enabled FROM trempy.tasks WHERE task_id = $1", Some(1), &[task.task_id.into()])?.first().get::<bool>(1)?.unwrap_or(false))
+    let row = client.select("SELECT enabled FROM trempy.tasks WHERE task_id = $1", Some(1), &[task.task_id.into()])?;
+    Ok(!row.is_empty() && row.first().get::<bool>(1)?.unwrap_or(false))
 }
 
 /// One CDC round, inside one transaction.
