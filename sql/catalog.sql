@@ -54,6 +54,9 @@ CREATE TABLE trempy.task_progress (
     transactions_published bigint NOT NULL DEFAULT 0,
     messages_published     bigint NOT NULL DEFAULT 0,
     last_published_lsn     pg_lsn,
+    -- Commit LSN of the last transaction published, written with the slot's advance: the next
+    -- decoding call's first transaction names it, so the applier can tell a gap in the stream.
+    last_commit_lsn        pg_lsn,
     last_publish_at        timestamptz,
     last_error             text,
     last_error_at          timestamptz,

@@ -217,6 +217,8 @@ struct Session<'o> {
     ackable: Option<u64>,
     since: Option<Instant>,
     committed_any: bool,
+    /// The stream has a gap before the messages now arriving (logged once).
+    gapped: bool,
     stats: Stats,
     carry: Carry,
     /// Highest source commit LSN seen in this session.
@@ -280,6 +282,7 @@ impl<'o> Session<'o> {
             ackable: None,
             since: None,
             committed_any: false,
+            gapped: false,
             stats: Stats::default(),
             carry,
             high,
@@ -405,6 +408,26 @@ impl<'o> Session<'o> {
                 ));
             }
         }
+        if let Some((at, missing)) = stream::gap(self.pending.watermark, &envelope.transactions) {
+            // Nothing of this generation can be applied past the hole: its messages are taken off
+            // the queue unapplied (they are useless without the missing ones) while the applier
+            // reports itself halted, until the reload the remedy asks for starts a new generation.
+            let reason = format!(
+                "gap in the stream of task {}: source transaction {at} follows {missing}, which was published but never reached this applier \
+                 (the queue was purged, or a broker policy expired or dropped messages); nothing after {} is applied. \
+                 Remedy: reload the task at the source (trempy.update_task with start_mode \"reload\"); see docs/architecture.md, \"RabbitMQ policies\"",
+                self.task(),
+                self.pending.watermark,
+            );
+            if !self.gapped {
+                error!(task = self.task(), lsn = %at, missing = %missing, watermark = %self.pending.watermark, "{reason}");
+                self.gapped = true;
+            }
+            self.options.live.halt(&reason);
+            self.ackable = Some(tag);
+            return Ok(());
+        }
+        self.gapped = false;
         if let Some(settings) = envelope.settings.take() {
             self.take_settings(&settings).await?;
         }

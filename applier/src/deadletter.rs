@@ -509,7 +509,7 @@ mod tests {
             Change::Delete { rel: 2, old: vec![None] },
             Change::Truncate { rels: vec![2], cascade: false, restart_identity: false },
         ];
-        let transaction = Transaction { changes, xid: 1, commit_lsn: Lsn(0x20), commit_time: String::new(), seq: 0, last: true };
+        let transaction = Transaction { changes, xid: 1, commit_lsn: Lsn(0x20), prev_commit_lsn: None, commit_time: String::new(), seq: 0, last: true };
         let envelope = Envelope { version: 1, task: "t".into(), incarnation: None, generation: 1, settings: None, transactions: vec![transaction], relations, load: None };
         assert_eq!(
             rows_written(&envelope),
@@ -521,7 +521,7 @@ mod tests {
         assert!(!rows_written(&envelope).concat().contains("secret value"), "only key values are listed");
 
         let many: Vec<Change> = (0..LISTED_KEYS + 5).map(|i| Change::Insert { rel: 2, new: vec![Some(i.to_string())] }).collect();
-        let transaction = Transaction { changes: many, xid: 1, commit_lsn: Lsn(0x20), commit_time: String::new(), seq: 0, last: true };
+        let transaction = Transaction { changes: many, xid: 1, commit_lsn: Lsn(0x20), prev_commit_lsn: None, commit_time: String::new(), seq: 0, last: true };
         let envelope = Envelope { transactions: vec![transaction], ..envelope };
         let lines = rows_written(&envelope);
         assert!(lines[0].ends_with(" and 5 more"), "{lines:?}");

@@ -11,6 +11,14 @@
 //! * an incarnation left behind halts: two sources publish a task of the same name into this
 //!   queue, or an old message came back after a newer incarnation was applied. Applying it
 //!   would interleave two unrelated streams.
+//!
+//! Within a stream, every transaction names the one published before it (`prev_commit_lsn`):
+//! [`gap`] finds a transaction whose predecessor was never applied (a message purged from the
+//! queue, expired or dropped by a broker policy) so that the applier halts instead of applying
+//! past the hole.
+
+use trempy_protocol::Lsn;
+use trempy_protocol::envelope::Transaction;
 
 /// Where the target stands: the incarnation (unknown before the first version-2 message) and
 /// generation it applies, and the incarnations it has left behind.
@@ -72,9 +80,58 @@ pub(crate) fn retire(current: &Current, next: &str) -> Vec<String> {
     retired
 }
 
+/// The first transaction of `transactions` (in message order) whose predecessor in the stream
+/// was never applied, given the watermark (commit LSN of the last transaction applied): its
+/// commit LSN and the missing predecessor's. Transactions at or below the watermark are
+/// redeliveries and are not checked; a transaction without `prev_commit_lsn` (the first of a
+/// generation, or a version-1 message) is not checked either.
+pub(crate) fn gap(watermark: Lsn, transactions: &[Transaction]) -> Option<(Lsn, Lsn)> {
+    let mut applied = watermark;
+    for t in transactions {
+        if t.seq == 0
+            && t.commit_lsn > applied
+            && let Some(prev) = t.prev_commit_lsn
+            && prev > applied
+        {
+            return Some((t.commit_lsn, prev));
+        }
+        if t.last {
+            applied = applied.max(t.commit_lsn);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn txn(commit: u64, prev: Option<u64>, seq: u32, last: bool) -> Transaction {
+        Transaction { changes: Vec::new(), xid: 1, commit_lsn: Lsn(commit), prev_commit_lsn: prev.map(Lsn), commit_time: String::new(), seq, last }
+    }
+
+    #[test]
+    fn a_chain_without_holes_passes() {
+        assert_eq!(gap(Lsn(10), &[txn(20, Some(10), 0, true), txn(30, Some(20), 0, true)]), None);
+        // chunks of one transaction all name the same predecessor
+        assert_eq!(gap(Lsn(10), &[txn(20, Some(10), 0, false)]), None);
+        assert_eq!(gap(Lsn(10), &[txn(20, Some(10), 1, false), txn(20, Some(10), 2, true), txn(30, Some(20), 0, true)]), None);
+        // redeliveries below the watermark, and unknown predecessors, are not checked
+        assert_eq!(gap(Lsn(50), &[txn(20, Some(10), 0, true), txn(30, Some(20), 0, true)]), None);
+        assert_eq!(gap(Lsn(10), &[txn(20, None, 0, true)]), None);
+        // a predecessor older than the watermark (recorded late at the source) is no hole
+        assert_eq!(gap(Lsn(15), &[txn(20, Some(10), 0, true)]), None);
+    }
+
+    #[test]
+    fn a_purged_transaction_is_a_gap() {
+        // 20 was published but never applied: 30 names it
+        assert_eq!(gap(Lsn(10), &[txn(30, Some(20), 0, true)]), Some((Lsn(30), Lsn(20))));
+        // inside one message, after an applied one
+        assert_eq!(gap(Lsn(10), &[txn(20, Some(10), 0, true), txn(40, Some(30), 0, true)]), Some((Lsn(40), Lsn(30))));
+        // after a new generation started from an empty position
+        assert_eq!(gap(Lsn(0), &[txn(40, Some(30), 0, true)]), Some((Lsn(40), Lsn(30))));
+    }
 
     fn at(incarnation: Option<&str>, generation: u32, retired: &[&str]) -> Current {
         Current { incarnation: incarnation.map(str::to_owned), generation, retired: retired.iter().map(|s| (*s).to_owned()).collect() }

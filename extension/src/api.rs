@@ -291,7 +291,7 @@ fn update_task(name: &str, settings: JsonB) {
             vec![
                 "DELETE FROM trempy.task_tables WHERE task_name = $1",
                 "UPDATE trempy.task_progress SET slot_created_at = NULL, changes_published = 0, transactions_published = 0, messages_published = 0,
-                        last_published_lsn = NULL, last_publish_at = NULL, last_error = NULL, last_error_at = NULL, error_active = false,
+                        last_published_lsn = NULL, last_commit_lsn = NULL, last_publish_at = NULL, last_error = NULL, last_error_at = NULL, error_active = false,
                         phase = NULL, load_started_at = NULL, load_finished_at = NULL
                   WHERE task_name = $1",
             ]
@@ -463,6 +463,15 @@ fn ensure_runnable_here() {
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "trempy is not in shared_preload_libraries, so no worker would run this task".to_owned(),
             Some("Add shared_preload_libraries = 'trempy' and wal_level = logical to postgresql.conf and restart PostgreSQL.".to_owned()),
+        );
+    }
+    // pgoutput's values and the full load's rows travel as UTF-8 text.
+    let encoding = read_one::<String>("SELECT pg_catalog.getdatabaseencoding()::text", &[]).unwrap_or_default();
+    if encoding != "UTF8" {
+        fail(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("this database's encoding is {encoding}: TREMpy replicates UTF-8 databases only"),
+            Some("Every value travels as UTF-8 text. Convert the database to UTF-8 (dump, create it WITH ENCODING 'UTF8', restore) to replicate it.".to_owned()),
         );
     }
     let database = gucs::database();

@@ -21,7 +21,9 @@ pub(crate) enum ErrorKind {
     Shutdown,
 }
 
-/// An error with its kind. Messages never contain row values or credentials.
+/// An error with its kind. Messages never contain row values or credentials: whatever a library
+/// put in the text (a malformed `trempy.amqp_url` is echoed whole by the AMQP URI parser), every
+/// password in it is masked here, before the message can reach the server log or `last_error`.
 #[derive(Debug, Clone)]
 pub(crate) struct Error {
     kind: ErrorKind,
@@ -30,7 +32,7 @@ pub(crate) struct Error {
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: trempy_protocol::redact::redact(&message.into()) }
     }
 
     pub(crate) fn kind(&self) -> ErrorKind {

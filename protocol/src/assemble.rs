@@ -29,6 +29,7 @@ pub struct Counts {
 struct OpenTransaction {
     xid: u32,
     commit_lsn: Lsn,
+    prev_commit_lsn: Option<Lsn>,
     commit_time: String,
     seq: u32,
 }
@@ -48,6 +49,9 @@ pub struct Assembler {
     builder: MessageBuilder,
     open: Option<OpenTransaction>,
     last_end_lsn: Option<Lsn>,
+    /// Commit LSN of the last transaction published in the stream (before this call: see
+    /// [`Assembler::after`]).
+    last_commit_lsn: Option<Lsn>,
     counts: Counts,
 }
 
@@ -65,6 +69,7 @@ impl Assembler {
             builder: MessageBuilder::new(stream),
             open: None,
             last_end_lsn: None,
+            last_commit_lsn: None,
             counts: Counts::default(),
         }
     }
@@ -75,6 +80,19 @@ impl Assembler {
     pub fn with_handoff(mut self, handoff: Handoff) -> Self {
         self.handoff = handoff;
         self
+    }
+
+    /// The stream's last transaction published before this decoding call (its commit LSN):
+    /// every transaction names the one before it, so the applier can tell a gap.
+    #[must_use]
+    pub fn after(mut self, last_commit_lsn: Option<Lsn>) -> Self {
+        self.last_commit_lsn = last_commit_lsn;
+        self
+    }
+
+    /// Commit LSN of the last transaction assembled (or the one given to [`Assembler::after`]).
+    pub fn last_commit_lsn(&self) -> Option<Lsn> {
+        self.last_commit_lsn
     }
 
     /// Leaves out the changes of every table but these (schema, table). A call that added
@@ -117,6 +135,7 @@ impl Assembler {
                 self.open = Some(OpenTransaction {
                     xid: begin.xid,
                     commit_lsn: begin.final_lsn,
+                    prev_commit_lsn: self.last_commit_lsn,
                     commit_time: pgoutput::timestamp_to_rfc3339(begin.commit_time),
                     seq: 0,
                 });
@@ -129,6 +148,7 @@ impl Assembler {
                 };
                 self.builder.close_transaction(&header(&open, true));
                 self.last_end_lsn = Some(commit.end_lsn);
+                self.last_commit_lsn = Some(open.commit_lsn);
                 self.counts.transactions += 1;
                 if self.builder.len() >= self.max_message_bytes { Ok(self.flush()?) } else { Ok(None) }
             }
@@ -221,7 +241,7 @@ impl Assembler {
 }
 
 fn header(open: &OpenTransaction, last: bool) -> TransactionHeader {
-    TransactionHeader { xid: open.xid, commit_lsn: open.commit_lsn, commit_time: open.commit_time.clone(), seq: open.seq, last }
+    TransactionHeader { xid: open.xid, commit_lsn: open.commit_lsn, prev_commit_lsn: open.prev_commit_lsn, commit_time: open.commit_time.clone(), seq: open.seq, last }
 }
 
 fn protocol_error(what: &str) -> Error {
@@ -232,7 +252,7 @@ fn protocol_error(what: &str) -> Error {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::envelope::{Change, Column, Envelope};
+    use crate::envelope::{Change, Column, Envelope, Transaction};
     use crate::pgoutput::{Begin, Column as PgColumn, Commit, Insert, Value};
 
     fn rel_msg(ncols: usize) -> pgoutput::Relation<'static> {
@@ -334,6 +354,25 @@ mod tests {
         assert!(out[1].transactions[0].last);
         assert_eq!(out[1].transactions[0].seq, 1);
         assert!(matches!(&out[1].transactions[0].changes[0], Change::Insert { new, .. } if new.len() == 3));
+    }
+
+    #[test]
+    fn every_transaction_names_the_one_before_it_across_calls_and_chunks() {
+        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 300).after(Some(Lsn(7)));
+        let mut out = Vec::new();
+        let mut msgs = vec![Message::Relation(rel_msg(2)), begin(1), insert("a"), commit(1), begin(2)];
+        msgs.extend((0..20).map(|_| insert("a long enough value")));
+        msgs.push(commit(2));
+        for m in msgs {
+            out.extend(a.push::<Error>(m, &mut describe).unwrap());
+        }
+        out.extend(a.finish().unwrap());
+        let txns: Vec<Transaction> = out.iter().flat_map(|b| Envelope::parse(b).unwrap().transactions).collect();
+        assert!(txns.len() > 2, "transaction 2 is chunked");
+        assert_eq!(txns[0].prev_commit_lsn, Some(Lsn(7)));
+        let first = txns[0].commit_lsn;
+        assert!(txns[1..].iter().all(|t| t.prev_commit_lsn == Some(first)), "every chunk of the second names the first");
+        assert_eq!(a.last_commit_lsn(), Some(txns[txns.len() - 1].commit_lsn));
     }
 
     #[test]

@@ -149,6 +149,11 @@ pub struct Transaction {
     /// LSN of the source commit record: the transaction's identity in the stream, strictly
     /// increasing in commit order.
     pub commit_lsn: Lsn,
+    /// Commit LSN of the transaction published just before this one in the task's stream (absent
+    /// for the first of a generation, and in version 1). An applier that has not applied that
+    /// one has a gap before this transaction: it halts instead of applying past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_commit_lsn: Option<Lsn>,
     /// Source commit time, RFC 3339 in UTC with microseconds.
     pub commit_time: String,
     /// Chunk number within the transaction, from 0.
@@ -351,6 +356,8 @@ pub struct TransactionHeader {
     pub xid: u32,
     /// LSN of the commit record.
     pub commit_lsn: Lsn,
+    /// Commit LSN of the transaction published before this one in the stream, if known.
+    pub prev_commit_lsn: Option<Lsn>,
     /// Commit time, RFC 3339.
     pub commit_time: String,
     /// Chunk number.
@@ -495,7 +502,11 @@ impl MessageBuilder {
         debug_assert!(self.changes_in_open.is_some(), "no open transaction");
         self.changes_in_open = None;
         self.transactions += 1;
-        let _ = write!(self.buf, "],\"xid\":{},\"commit_lsn\":\"{}\",\"commit_time\":", header.xid, header.commit_lsn);
+        let _ = write!(self.buf, "],\"xid\":{},\"commit_lsn\":\"{}\",", header.xid, header.commit_lsn);
+        if let Some(prev) = header.prev_commit_lsn {
+            let _ = write!(self.buf, "\"prev_commit_lsn\":\"{prev}\",");
+        }
+        self.buf.extend_from_slice(b"\"commit_time\":");
         write_json_str(&mut self.buf, &header.commit_time);
         let _ = write!(self.buf, ",\"seq\":{},\"last\":{}}}", header.seq, header.last);
     }
@@ -637,7 +648,7 @@ mod tests {
     }
 
     fn header(commit_lsn: u64, seq: u32, last: bool) -> TransactionHeader {
-        TransactionHeader { xid: 7, commit_lsn: Lsn(commit_lsn), commit_time: "2026-11-22T06:00:00.000001Z".into(), seq, last }
+        TransactionHeader { xid: 7, commit_lsn: Lsn(commit_lsn), prev_commit_lsn: commit_lsn.checked_sub(100).map(Lsn), commit_time: "2026-11-22T06:00:00.000001Z".into(), seq, last }
     }
 
     #[test]

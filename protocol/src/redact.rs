@@ -18,7 +18,46 @@ pub const MASK: &str = "***";
 /// `text` with every password it quotes replaced by [`MASK`].
 pub fn redact(text: &str) -> String {
     let masked_urls = redact_urls(text);
-    redact_password_pairs(&masked_urls)
+    let masked_bare = redact_slashless_urls(&masked_urls);
+    redact_password_pairs(&masked_bare)
+}
+
+/// Schemes whose URL is also recognised without `//` (`amqp:user:password@host`, which URL
+/// parsers reject and then quote whole in their error message).
+const BARE_SCHEMES: [&str; 4] = ["amqps:", "amqp:", "postgresql:", "postgres:"];
+
+/// Masks the whole userinfo (user and password: with no `//` the two cannot be told apart) of a
+/// `scheme:userinfo@host` for the [`BARE_SCHEMES`].
+fn redact_slashless_urls(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let scheme = BARE_SCHEMES.iter().find(|s| bytes.get(i..i + s.len()).is_some_and(|b| b.eq_ignore_ascii_case(s.as_bytes())));
+        let boundary = i == 0 || !is_scheme_char(bytes[i - 1]);
+        let Some(scheme) = scheme.filter(|_| boundary) else {
+            i += 1;
+            continue;
+        };
+        let userinfo = i + scheme.len();
+        if bytes[userinfo..].starts_with(b"//") {
+            i = userinfo;
+            continue;
+        }
+        let end = bytes[userinfo..].iter().position(|&b| ends_url(b)).map_or(bytes.len(), |p| userinfo + p);
+        if let Some(at) = bytes[userinfo..end].iter().rposition(|&b| b == b'@').map(|p| userinfo + p)
+            && at > userinfo
+        {
+            // ASCII delimiters: the slices below fall on character boundaries.
+            out.push_str(&text[copied..userinfo]);
+            out.push_str(MASK);
+            copied = at;
+        }
+        i = end.max(userinfo);
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// Characters that end a URL quoted in a message.
@@ -114,6 +153,21 @@ fn redact_password_pairs(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_without_slashes_loses_its_userinfo() {
+        assert_eq!(
+            redact("cannot connect to RabbitMQ: Invalid URL: 'amqp:trempy:s3cret@127.0.0.1:1/%2f'"),
+            "cannot connect to RabbitMQ: Invalid URL: 'amqp:***@127.0.0.1:1/%2f'"
+        );
+        assert_eq!(redact("AMQPS:u:p@h and postgres:x@y"), "AMQPS:***@h and postgres:***@y");
+        // not a URL: a word ending in the scheme name, or no userinfo
+        assert_eq!(redact("myamqp:a@b"), "myamqp:a@b");
+        assert_eq!(redact("amqp: connection refused"), "amqp: connection refused");
+        assert_eq!(redact("amqp:"), "amqp:");
+        // the slashed form is left to the URL rule (user kept)
+        assert_eq!(redact("amqp://u:p@h"), "amqp://u:***@h");
+    }
 
     #[test]
     fn url_passwords_are_masked() {

@@ -70,3 +70,69 @@ async fn chunk_out_of_sequence_is_never_applied_nor_acknowledged() {
     wait_converged(&[(&t, "id")], Duration::from_secs(60)).await;
     drop_task(&source, &task).await;
 }
+
+/// Waits until the task's worker has published at least `count` source transactions in all.
+async fn wait_published(source: &tokio_postgres::Client, task: &str, count: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let published: i64 = status_text(source, task, "transactions_published").await.and_then(|t| t.parse().ok()).unwrap_or(0);
+        if published >= count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "task {task} published {published} transactions, not {count}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_queue_halts_the_applier_at_the_gap_and_a_reload_converges() {
+    let task = unique("gap");
+    let t = format!("public.{task}");
+    create_table_both(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)")).await;
+    let source = source().await;
+    let mut settings = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
+    settings["task"]["full_load_settings"] = serde_json::json!({"truncate_before_insert": true});
+    create_task_with(&source, &task, &settings).await;
+    let mut applier = Applier::start(&task);
+    wait_for_phase(&source, &task, "cdc", Duration::from_secs(60)).await;
+    for i in 1..=10 {
+        source.batch_execute(&format!("INSERT INTO {t} VALUES ({i}, 'applied')")).await.unwrap();
+    }
+    wait_converged(&[(&t, "id")], Duration::from_secs(60)).await;
+    applier.kill().await;
+
+    // Published while the applier is down, then purged (a DBA, a policy's message-ttl, …).
+    for i in 11..=20 {
+        source.batch_execute(&format!("INSERT INTO {t} VALUES ({i}, 'purged')")).await.unwrap();
+    }
+    wait_published(&source, &task, 20).await;
+    let (_connection, channel) = amqp_channel().await;
+    channel.queue_purge(format!("trempy_queue_{task}").as_str().into(), QueuePurgeOptions::default()).await.unwrap();
+    for i in 21..=30 {
+        source.batch_execute(&format!("INSERT INTO {t} VALUES ({i}, 'after the hole')")).await.unwrap();
+    }
+    wait_published(&source, &task, 30).await;
+
+    // The applier halts at the first transaction after the hole and applies nothing past it.
+    let _applier = Applier::start(&task);
+    wait_for_applier_log(&task, &["gap in the stream", "reload"], Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reason = status_text(&source, &task, "applier_reason").await.unwrap_or_default();
+        if reason.contains("gap in the stream") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "trempy.status() does not report the gap (applier_reason {reason:?})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let target = target().await;
+    let rows: i64 = target.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+    assert_eq!(rows, 10, "nothing after the hole may be applied");
+
+    // The remedy: a reload copies the table again and the stream goes on.
+    settings["task"]["start_mode"] = "reload".into();
+    update_task(&source, &task, &settings).await;
+    let fp = wait_converged(&[(&t, "id")], Duration::from_secs(120)).await;
+    assert_eq!(fp[0].0, 30);
+    drop_task(&source, &task).await;
+}

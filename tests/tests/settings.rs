@@ -79,3 +79,54 @@ async fn create_task_rejects_each_kind_of_invalid_settings_naming_the_field() {
     assert!(err.as_db_error().unwrap().message().contains("already exists"));
     drop_task(&source, &task).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_task_refuses_a_database_that_is_not_utf8() {
+    let database = unique("latin");
+    let source = source().await;
+    source
+        .batch_execute(&format!("CREATE DATABASE {database} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"))
+        .await
+        .unwrap();
+    let dsn = env("TREMPY_SOURCE_DSN");
+    let other = connect(&format!("{}/{database}", &dsn[..dsn.rfind('/').unwrap()])).await;
+    other.batch_execute("CREATE EXTENSION trempy; CREATE TABLE public.t (id int PRIMARY KEY)").await.unwrap();
+    let err = other
+        .execute("SELECT trempy.create_task('latin', $1::text::jsonb)", &[&cdc_settings("latin", &[("public", "t")]).to_string()])
+        .await
+        .unwrap_err();
+    let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    assert!(message.contains("encoding is LATIN1") && message.contains("UTF-8"), "{message}");
+    drop(other);
+    source.batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_amqp_url_never_shows_its_password_in_last_error() {
+    let (task, table, source) = table_task("redact", "id int PRIMARY KEY").await;
+    let _applier = Applier::start(&task);
+    // "amqp:user:password@host" cannot be a base URL: the AMQP URI parser echoes it whole
+    source.batch_execute("ALTER SYSTEM SET trempy.amqp_url = 'amqp:trempy:s3cretXYZ@127.0.0.1:1/%2f'").await.unwrap();
+    source.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    source.batch_execute(&format!("INSERT INTO {table} VALUES (1)")).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let last_error = loop {
+        let now = status_text(&source, &task, "last_error").await;
+        if let Some(text) = now.filter(|t| t.contains("RabbitMQ")) {
+            break text;
+        }
+        if std::time::Instant::now() > deadline {
+            break String::new();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    source.batch_execute("ALTER SYSTEM RESET trempy.amqp_url").await.unwrap();
+    source.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    assert!(!last_error.is_empty(), "the worker recorded no connection error");
+    assert!(!last_error.contains("s3cretXYZ"), "the password leaked: {last_error}");
+    let log = std::fs::read_to_string(format!("{}/source.log", env("TREMPY_STACK_DIR"))).unwrap_or_default();
+    assert!(!log.contains("s3cretXYZ"), "the password leaked into the server log");
+    // and the task goes on once the URL is right again
+    wait_converged(&[(&table, "id")], std::time::Duration::from_secs(120)).await;
+    drop_task(&source, &task).await;
+}

@@ -105,3 +105,62 @@ async fn values_of_many_types_round_trip_exactly_through_full_load_into_created_
     assert_eq!(big, 1_000_000, "an unchanged TOASTed value was overwritten");
     drop_task(&source, &task).await;
 }
+
+/// The settings that change a value's text form, at values native replication would refuse to
+/// run with, set on both databases (so every new session there starts with them).
+const HOSTILE: &str = "SET datestyle = 'SQL, DMY'; SET intervalstyle = 'sql_standard'; SET extra_float_digits = 0; SET bytea_output = 'escape'; SET timezone = 'Asia/Kolkata'";
+
+async fn set_database_defaults(database: &str, settings: &str) {
+    for client in [source().await, target().await] {
+        let statements: Vec<String> = settings.split(';').map(str::trim).filter(|s| !s.is_empty()).map(|s| format!("ALTER DATABASE {database} {s}")).collect();
+        for statement in statements {
+            // each database is only altered on its own cluster
+            let _ = client.batch_execute(&statement).await;
+        }
+    }
+}
+
+/// A session that prints every value in its exact, canonical form (whatever the database says).
+async fn exact(dsn: &str) -> tokio_postgres::Client {
+    let client = connect(dsn).await;
+    client
+        .batch_execute("SET datestyle = 'ISO, MDY'; SET intervalstyle = postgres; SET extra_float_digits = 3; SET bytea_output = hex; SET timezone = 'UTC'")
+        .await
+        .unwrap();
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_round_trip_exactly_whatever_the_databases_session_defaults_say() {
+    let task = unique("hostile");
+    let (schema, t, ddl) = typed_table(&task);
+    let writer = exact(&env("TREMPY_SOURCE_DSN")).await;
+    writer.batch_execute(&ddl).await.unwrap();
+    writer.batch_execute(&awkward_rows(&t, 1)).await.unwrap();
+    set_database_defaults("source", HOSTILE).await;
+    set_database_defaults("target", HOSTILE).await;
+    // The task's worker, the applier's sessions and this test's own comparison sessions all start
+    // under the hostile defaults; only the comparison sessions are told otherwise, explicitly.
+    let source = source().await;
+    let datestyle: String = source.query_one("SHOW datestyle", &[]).await.unwrap().get(0);
+    assert_eq!(datestyle, "SQL, DMY", "the test needs the hostile defaults in new sessions");
+    create_task_with(&source, &task, &load_settings(&task, "full_load_and_cdc", &[(&schema, "Värden")])).await;
+    let _applier = Applier::start(&task);
+    wait_for_phase(&source, &task, "cdc", Duration::from_secs(120)).await;
+    writer.batch_execute(&awkward_rows(&t, 3)).await.unwrap();
+    writer.batch_execute(&format!("UPDATE {t} SET d = '2024-02-13', iv = '-1 day -02:00:00', f8 = 0.1 + 0.2 WHERE id = 1")).await.unwrap();
+    let (exact_source, exact_target) = (exact(&env("TREMPY_SOURCE_DSN")).await, exact(&env("TREMPY_TARGET_DSN")).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let converged = loop {
+        let (s, t2) = (fingerprint(&exact_source, &t, "id").await, fingerprint(&exact_target, &t, "id").await);
+        if s == t2 || std::time::Instant::now() > deadline {
+            break (s, t2);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    set_database_defaults("source", "RESET ALL").await;
+    set_database_defaults("target", "RESET ALL").await;
+    assert_eq!(converged.0, converged.1, "the target differs from the source under hostile session defaults");
+    assert_eq!(converged.0.0, 4);
+    drop_task(&source, &task).await;
+}

@@ -34,6 +34,9 @@ pub(crate) struct Batch<'a> {
     /// create target tables: `create_table_if_not_exists`); they cost catalog reads per relation
     /// at every decoding call.
     pub(crate) for_create: bool,
+    /// Commit LSN of the stream's last transaction published before this call, if known: the
+    /// first transaction of the call names it (the applier detects gaps that way).
+    pub(crate) after: Option<Lsn>,
 }
 
 /// What one decoding call published.
@@ -42,17 +45,19 @@ pub(crate) struct Published {
     pub(crate) counts: Counts,
     /// End of the last complete transaction published, if any: where the slot may advance.
     pub(crate) end_lsn: Option<Lsn>,
+    /// Commit LSN of the last transaction published, if any.
+    pub(crate) commit_lsn: Option<Lsn>,
 }
 
 /// Decodes the changes committed before `upto` (at most about `batch_size` changes, always whole
 /// transactions) and publishes them. Returns once RabbitMQ has confirmed every message.
 pub(crate) fn publish_batch(client: &SpiClient<'_>, batch: Batch<'_>, publisher: &Publisher) -> Result<Published, Error> {
-    let Batch { names, stream, tables, handoff, upto, batch_size, max_message_bytes, for_create } = batch;
+    let Batch { names, stream, tables, handoff, upto, batch_size, max_message_bytes, for_create, after } = batch;
     let mut cursor = client.try_open_cursor(
         "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4)",
         &[names.slot().as_str().into(), upto.to_string().as_str().into(), batch_size.into(), names.publication().as_str().into()],
     )?;
-    let mut assembler = Assembler::new(stream, max_message_bytes).with_handoff(handoff).with_tables(tables);
+    let mut assembler = Assembler::new(stream, max_message_bytes).with_handoff(handoff).with_tables(tables).after(after);
     let mut types: HashMap<(u32, i32), String> = HashMap::new();
     let mut describe = |relation: &pgoutput::Relation<'_>| describe(client, &mut types, relation, for_create);
     let mut sent = 0_u64;
@@ -75,7 +80,8 @@ pub(crate) fn publish_batch(client: &SpiClient<'_>, batch: Batch<'_>, publisher:
     if counts.messages > 0 {
         confirm(publisher)?;
     }
-    Ok(Published { counts, end_lsn: assembler.last_end_lsn() })
+    let commit_lsn = if counts.transactions > 0 { assembler.last_commit_lsn() } else { None };
+    Ok(Published { counts, end_lsn: assembler.last_end_lsn(), commit_lsn })
 }
 
 /// Describes a relation for the envelope: type names as `format_type` prints them, and key

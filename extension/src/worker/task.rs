@@ -284,7 +284,7 @@ fn publish_settings(task: &Task, publisher: &Publisher) -> Result<(), Error> {
 /// then CDC (one transaction).
 fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
     if task.loaded.get() {
-        return in_transaction(|| Spi::connect(|client| round(client, task, publisher)));
+        return in_transaction(|| Spi::connect_mut(|client| round(client, task, publisher)));
     }
     let next = in_transaction(|| {
         Spi::connect_mut(|client| {
@@ -344,7 +344,7 @@ fn enabled(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<bool, Error
 }
 
 /// One CDC round, inside one transaction.
-fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) -> Result<Round, Error> {
+fn round(client: &mut pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) -> Result<Round, Error> {
     if !enabled(client, task)? {
         return Ok(Round::Stop);
     }
@@ -366,10 +366,19 @@ fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) 
         batch_size: gucs::batch_size(),
         max_message_bytes: gucs::max_message_bytes(),
         for_create: task.settings.prepare().create,
+        after: last_commit_lsn(client, task)?,
     };
     let published = peek::publish_batch(client, batch, publisher)?;
     match published.end_lsn {
         Some(end) if published.counts.transactions > 0 => {
+            // Recorded with the advance: the next call's first transaction names this one.
+            if let Some(commit) = published.commit_lsn {
+                client.update(
+                    "UPDATE trempy.task_progress SET last_commit_lsn = $2::text::pg_lsn WHERE task_name = $1",
+                    None,
+                    &[task.names.task().into(), commit.to_string().as_str().into()],
+                )?;
+            }
             slot::advance(client, &task.names, end)?;
             Ok(Round::Published(published.counts, end))
         }
@@ -379,6 +388,15 @@ fn round(client: &pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) 
             Ok(Round::Idle)
         }
     }
+}
+
+/// Commit LSN of the stream's last transaction published (since the task's last reload).
+fn last_commit_lsn(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<Option<Lsn>, Error> {
+    let row = client.select("SELECT last_commit_lsn::text FROM trempy.task_progress WHERE task_name = $1", Some(1), &[task.names.task().into()])?;
+    if row.is_empty() {
+        return Ok(None);
+    }
+    row.first().get::<String>(1)?.map(|text| Lsn::parse(&text)).transpose().map_err(Error::from)
 }
 
 /// Why a task cannot go on without the DBA (`trempy.tasks.failure`).
