@@ -127,6 +127,19 @@ fn table_pairs(settings: &TaskSettings) -> Vec<(String, String)> {
     settings.tables.iter().map(|t| (t.schema_name.clone(), t.table_name.clone())).collect()
 }
 
+/// Reads `columns` of the task's row (read-only: no xid), or raises "task does not exist".
+fn read_task<R>(name: &str, columns: &str, read: impl FnOnce(pgrx::spi::SpiTupleTable<'_>) -> R) -> R {
+    Spi::connect(|client| {
+        let table = client
+            .select(&format!("SELECT {columns} FROM trempy.tasks WHERE task_name = $1"), Some(1), &[name.into()])
+            .unwrap_or_else(|err| internal(format!("could not read trempy.tasks: {err}")));
+        if table.is_empty() {
+            fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("task \"{name}\" does not exist"), None);
+        }
+        read(table.first())
+    })
+}
+
 /// Refuses to go on inside a transaction block: `what` cannot be undone by a ROLLBACK.
 fn refuse_in_transaction_block(what: &str, why: &str) {
     // SAFETY: reads the state of this backend's transaction.
@@ -210,25 +223,19 @@ fn update_task(name: &str, settings: JsonB) {
     if reload {
         refuse_in_transaction_block("trempy.update_task with start_mode \"reload\"", "It drops the task's replication slot and makes a new one.");
     }
-    let (task_id, failure, has_slot) = Spi::connect(|client| {
-        let table = client
-            .select("SELECT task_id, failure, slot_lsn IS NOT NULL FROM trempy.tasks WHERE task_name = $1", Some(1), &[name.into()])
-            .unwrap_or_else(|err| internal(format!("could not read trempy.tasks: {err}")));
-        if table.is_empty() {
-            fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("task \"{name}\" does not exist"), None);
-        }
-        let row = table.first();
+    let (task_id, failure, has_slot) = read_task(name, "task_id, failure, slot_lsn IS NOT NULL", |row| {
         let read = |e: pgrx::spi::SpiError| -> ! { internal(e.to_string()) };
-        let result = (
+        (
             row.get::<i32>(1).unwrap_or_else(|e| read(e)).unwrap_or_default(),
             row.get::<String>(2).unwrap_or_else(|e| read(e)),
             row.get::<bool>(3).unwrap_or_else(|e| read(e)).unwrap_or(false),
-        );
+        )
+    });
+    Spi::connect(|client| {
         let table_problems = check_tables_and_rules(client, &parsed);
         if !table_problems.is_empty() {
             fail_settings(name, &table_problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings");
         }
-        result
     });
     if let Some(failure) = &failure
         && !reload
@@ -503,14 +510,7 @@ fn set_enabled(name: &str, enabled: bool) {
 #[pg_extern]
 fn start_task(name: &str) {
     let names = task_names(name);
-    let (failure, recorded) = Spi::connect(|client| {
-        let table = client
-            .select("SELECT failure, slot_system_id, slot_timeline FROM trempy.tasks WHERE task_name = $1", Some(1), &[name.into()])
-            .unwrap_or_else(|err| internal(format!("could not read trempy.tasks: {err}")));
-        if table.is_empty() {
-            fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("task \"{name}\" does not exist"), None);
-        }
-        let row = table.first();
+    let (failure, recorded) = read_task(name, "failure, slot_system_id, slot_timeline", |row| {
         let recorded = row.get::<String>(2).ok().flatten().zip(row.get::<i32>(3).ok().flatten());
         (row.get::<String>(1).ok().flatten(), recorded)
     });

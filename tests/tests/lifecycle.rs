@@ -21,6 +21,25 @@ async fn source_table(name: &str, rows: i64) -> String {
     table
 }
 
+/// A `full_load_and_cdc` task on a fresh table of `rows` rows, with its applier, once the target
+/// has every row. Returns the task, the table, a source connection, the settings and the applier.
+async fn loaded_task(prefix: &str, rows: i64) -> (String, String, Client, serde_json::Value, Applier) {
+    let task = unique(prefix);
+    let table = source_table(&task, rows).await;
+    let source = source().await;
+    let settings = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
+    create_task_with(&source, &task, &settings).await;
+    let applier = Applier::start(&task);
+    wait_converged(&[(&table, "id")], WAIT).await;
+    (task, table, source, settings, applier)
+}
+
+/// Stops the task and waits until its worker has exited.
+async fn stop(source: &Client, task: &str) {
+    source.execute("SELECT trempy.stop_task($1)", &[&task]).await.unwrap();
+    wait_for_state(source, task, "stopped", WAIT).await;
+}
+
 async fn slot_count(source: &Client, task: &str) -> i64 {
     source.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'trempy_' || $1", &[&task]).await.unwrap().get(0)
 }
@@ -71,18 +90,11 @@ async fn changes_committed_right_after_create_task_returns_are_captured_across_2
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_slot_stops_the_task_loudly_and_a_reload_converges() {
-    let task = unique("lostslot");
-    let table = source_table(&task, 100).await;
-    let source = source().await;
-    let settings = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
-    create_task_with(&source, &task, &settings).await;
-    let _applier = Applier::start(&task);
-    wait_converged(&[(&table, "id")], WAIT).await;
+    let (task, table, source, settings, _applier) = loaded_task("lostslot", 100).await;
 
     // Dropped while the task is stopped (what a DBA does after an invalidation, or what a
     // restore or pg_upgrade amounts to): start_task refuses, naming the remedy.
-    source.execute("SELECT trempy.stop_task($1)", &[&task]).await.unwrap();
-    wait_for_state(&source, &task, "stopped", WAIT).await;
+    stop(&source, &task).await;
     drop_slot_by_hand(&source, &task).await;
     source.batch_execute(&format!("INSERT INTO {table} SELECT g, 'while stopped' FROM generate_series(101, 150) g")).await.unwrap();
     let err = source.execute("SELECT trempy.start_task($1)", &[&task]).await.unwrap_err();
@@ -119,15 +131,8 @@ async fn a_lost_slot_stops_the_task_loudly_and_a_reload_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_slot_stops_the_task_loudly_and_a_reload_converges() {
-    let task = unique("invalid");
-    let table = source_table(&task, 100).await;
-    let source = source().await;
-    let settings = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
-    create_task_with(&source, &task, &settings).await;
-    let _applier = Applier::start(&task);
-    wait_converged(&[(&table, "id")], WAIT).await;
-    source.execute("SELECT trempy.stop_task($1)", &[&task]).await.unwrap();
-    wait_for_state(&source, &task, "stopped", WAIT).await;
+    let (task, table, source, settings, _applier) = loaded_task("invalid", 100).await;
+    stop(&source, &task).await;
     source.batch_execute(&format!("INSERT INTO {table} SELECT g, 'while stopped' FROM generate_series(101, 120) g")).await.unwrap();
 
     // Let the stopped slot fall further behind than max_slot_wal_keep_size allows.
@@ -170,13 +175,7 @@ async fn an_invalidated_slot_stops_the_task_loudly_and_a_reload_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_standby_stops_the_task_loudly_and_a_reload_converges() {
-    let task = unique("failover");
-    let table = source_table(&task, 100).await;
-    let primary = source().await;
-    let settings = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
-    create_task_with(&primary, &task, &settings).await;
-    let _applier = Applier::start(&task);
-    wait_converged(&[(&table, "id")], WAIT).await;
+    let (task, table, primary, settings, _applier) = loaded_task("failover", 100).await;
 
     dev(&["standby-create"]).await;
     let standby = connect(&env("TREMPY_STANDBY_DSN")).await;
@@ -221,13 +220,7 @@ async fn a_promoted_standby_stops_the_task_loudly_and_a_reload_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_created_again_under_the_name_of_a_reloaded_one_starts_clean() {
-    let task = unique("reborn");
-    let table = source_table(&task, 50).await;
-    let source = source().await;
-    let settings = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
-    create_task_with(&source, &task, &settings).await;
-    let _applier = Applier::start(&task);
-    wait_converged(&[(&table, "id")], WAIT).await;
+    let (task, table, source, settings, _applier) = loaded_task("reborn", 50).await;
     update_task(&source, &task, &reload_settings(settings.clone())).await;
     source.batch_execute(&format!("INSERT INTO {table} VALUES (51, 'generation 2')")).await.unwrap();
     wait_converged(&[(&table, "id")], WAIT).await;
