@@ -167,10 +167,7 @@ fn claim(task_id: i32) -> Option<Task> {
 fn run(task: &Task, publisher: &Publisher) {
     if let Some(detail) = &task.other_system {
         // Before anything is published: this server is not the one the slot was made on.
-        let failure = Failure::SlotOtherSystem(detail.clone());
-        let message = failure.explain(task);
-        warning!("trempy task \"{}\": {message}", task.names.task());
-        record_failure(task, failure, &message);
+        record_failure(task, &Failure::SlotOtherSystem(detail.clone()));
         return;
     }
     let mut failures = 0_u32;
@@ -228,9 +225,7 @@ fn run(task: &Task, publisher: &Publisher) {
                 }
             }
             Ok(Round::Failed(failure)) => {
-                let message = failure.explain(task);
-                warning!("trempy task \"{}\": {message}", task.names.task());
-                record_failure(task, failure, &message);
+                record_failure(task, &failure);
                 return;
             }
             Ok(Round::Published(counts, lsn)) => {
@@ -434,11 +429,9 @@ impl Failure {
 }
 
 /// The task's slot, if the task can go on from it: `Err` holds the round to report instead
-/// (the task failed, or a helper is busy with the slot: wait).
+/// (the task failed, or a helper is busy with the slot: wait). Whether the slot was made on this
+/// server is checked once, when the worker starts (`Task::other_system`).
 fn check_slot(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<Result<slot::Position, Round>, Error> {
-    if let Some(detail) = &task.other_system {
-        return Ok(Err(Round::Failed(Failure::SlotOtherSystem(detail.clone()))));
-    }
     Ok(match slot::find(client, &task.names)? {
         slot::Found::Usable(position) => Ok(position),
         slot::Found::Missing => Err(Round::Failed(Failure::SlotMissing)),
@@ -447,9 +440,12 @@ fn check_slot(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<Result<s
     })
 }
 
-/// Records that the task failed: the launcher starts no worker for it until `update_task`
-/// reloads it.
-fn record_failure(task: &Task, failure: Failure, message: &str) {
+/// Records that the task failed, with the cause and the remedy (also in the server log): the
+/// launcher starts no worker for it until `update_task` reloads it.
+fn record_failure(task: &Task, failure: &Failure) {
+    let message = failure.explain(task);
+    warning!("trempy task \"{}\": {message}", task.names.task());
+    let message = message.as_str();
     let recorded = in_transaction(|| {
         Spi::connect_mut(|client| {
             client.update("UPDATE trempy.tasks SET failure = $2 WHERE task_id = $1", None, &[task.task_id.into(), failure.code().into()])?;
