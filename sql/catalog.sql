@@ -22,7 +22,6 @@ CREATE TABLE trempy.tasks (
     slot_system_id   text,
     slot_timeline    integer,
     slot_lsn         pg_lsn,
-    slot_created_at  timestamptz,
     -- Why the task cannot go on without the DBA ('slot_missing', 'slot_invalidated',
     -- 'slot_other_system'); NULL while it can. Cleared by update_task with start_mode reload.
     failure    text CHECK (failure IN ('slot_missing', 'slot_invalidated', 'slot_other_system')),

@@ -54,6 +54,21 @@ $$;
 
 COMMENT ON FUNCTION trempy.load_status() IS 'Full load progress: one row per table of each task, with rows copied, estimate, percent and ETA.';
 
+-- trempy.server_identity(): this cluster's system identifier and the timeline it writes WAL on
+-- (NULL during recovery). A task's slot is recorded with both: a promoted standby or a restored
+-- copy has another timeline or system. The worker and status() both ask here.
+CREATE FUNCTION trempy.server_identity(OUT system_id text, OUT timeline integer)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.system_identifier::text,
+           CASE WHEN NOT pg_is_in_recovery()
+                THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4 END
+      FROM pg_control_system() c
+$$;
+
+COMMENT ON FUNCTION trempy.server_identity() IS 'This cluster''s system identifier and current WAL timeline (NULL in recovery), as recorded with each task''s slot.';
+
 -- trempy.status(): one row per task, from the catalog, the worker's advisory lock and the slot.
 CREATE FUNCTION trempy.status()
 RETURNS TABLE (
@@ -135,10 +150,7 @@ AS $$
       LEFT JOIN LATERAL (SELECT trempy.worker_pid(t.task_id) AS pid) w ON true
       -- What the worker recorded, or what it would find: a streaming task whose slot is gone or
       -- invalidated cannot go on (a stopped task's slot can vanish too).
-      LEFT JOIN LATERAL (SELECT c.system_identifier::text AS system_id,
-                                CASE WHEN NOT pg_is_in_recovery()
-                                     THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4 END AS timeline
-                           FROM pg_control_system() c) h ON true
+      CROSS JOIN trempy.server_identity() h
       LEFT JOIN LATERAL (SELECT coalesce(t.failure,
                                          CASE WHEN t.slot_lsn IS NULL OR h.timeline IS NULL THEN NULL
                                               WHEN t.slot_system_id IS DISTINCT FROM h.system_id

@@ -87,8 +87,7 @@ fn create_task(name: &str, settings: JsonB) {
         let identity = created.as_ref().and_then(|(_, identity)| identity.as_ref());
         client
             .update(
-                "INSERT INTO trempy.tasks (task_name, settings, slot_system_id, slot_timeline, slot_lsn, slot_created_at)
-                 VALUES ($1, $2, $3, $4, $5::text::pg_lsn, CASE WHEN $5 IS NOT NULL THEN pg_catalog.now() END)",
+                "INSERT INTO trempy.tasks (task_name, settings, slot_system_id, slot_timeline, slot_lsn) VALUES ($1, $2, $3, $4, $5::text::pg_lsn)",
                 None,
                 &[
                     name.into(),
@@ -273,12 +272,11 @@ fn update_task(name: &str, settings: JsonB) {
         }
         let sql = if reload {
             "UPDATE trempy.tasks SET settings = $2, enabled = true, generation = generation + 1, failure = NULL, updated_at = pg_catalog.now(),
-                    slot_system_id = $3, slot_timeline = $4, slot_lsn = $5::text::pg_lsn, slot_created_at = CASE WHEN $5 IS NOT NULL THEN pg_catalog.now() END
+                    slot_system_id = $3, slot_timeline = $4, slot_lsn = $5::text::pg_lsn
               WHERE task_name = $1"
         } else {
             "UPDATE trempy.tasks SET settings = $2, enabled = true, updated_at = pg_catalog.now(),
-                    slot_system_id = coalesce($3, slot_system_id), slot_timeline = coalesce($4, slot_timeline), slot_lsn = coalesce($5::text::pg_lsn, slot_lsn),
-                    slot_created_at = CASE WHEN $5 IS NOT NULL THEN pg_catalog.now() ELSE slot_created_at END
+                    slot_system_id = coalesce($3, slot_system_id), slot_timeline = coalesce($4, slot_timeline), slot_lsn = coalesce($5::text::pg_lsn, slot_lsn)
               WHERE task_name = $1"
         };
         client

@@ -186,12 +186,7 @@ pub(crate) fn create_slot(client: &SpiClient<'_>, names: &TaskNames) -> Result<S
 /// This cluster's system identifier and the timeline it writes WAL on (which changes when a
 /// standby is promoted).
 pub(crate) fn here(client: &SpiClient<'_>) -> Result<(String, i32), Error> {
-    let table = client.select(
-        "SELECT system_identifier::text, ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int4
-           FROM pg_catalog.pg_control_system()",
-        Some(1),
-        &[],
-    )?;
+    let table = client.select("SELECT system_id, timeline FROM trempy.server_identity()", Some(1), &[])?;
     let row = table.first();
     Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<i32>(2)?.unwrap_or_default()))
 }

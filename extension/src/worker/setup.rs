@@ -87,7 +87,8 @@ const HEADER: usize = 8;
 pub(crate) fn run(request: &Request) -> Result<Option<SlotIdentity>, String> {
     let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
     let size = HEADER + body.len() + OUTCOME_ROOM;
-    let database = current_database();
+    // create_task and update_task only run in trempy.database (api::ensure_runnable_here).
+    let database = crate::gucs::database();
     // SAFETY: a segment of `size` bytes, written within its bounds on this thread; detached
     // below (and by the transaction's resource owner on error).
     unsafe {
@@ -129,13 +130,6 @@ pub(crate) fn run(request: &Request) -> Result<Option<SlotIdentity>, String> {
             (None, _) => Err("the helper worker exited without reporting (see the server log)".to_owned()),
         }
     }
-}
-
-/// Read-only (no xid: the helper's slot would wait for it).
-fn current_database() -> String {
-    Spi::connect(|client| {
-        client.select("SELECT pg_catalog.current_database()::text", Some(1), &[]).ok().and_then(|t| t.first().get::<String>(1).ok().flatten()).unwrap_or_default()
-    })
 }
 
 /// Entry point of the helper; the argument is the segment's handle, the extra field the
