@@ -15,6 +15,7 @@
 #   source-stop [fast|immediate]   source-start   source-restart [fast|immediate]
 #   target-stop [fast|immediate]   target-start   target-restart [fast|immediate]
 #   rabbit-stop                  rabbit-start     rabbit-restart
+#   rabbitmqctl [args]           rabbitmqctl against the stack's node (tests change its settings)
 #   standby-create               a physical standby of the source (pg_basebackup, streaming) on
 #                                port base+5, started; standby-promote; standby-destroy (used by the
 #                                failover test)
@@ -39,8 +40,10 @@
 #   base+0 source PostgreSQL, base+1 target PostgreSQL, base+2 AMQP,
 #   base+3 Erlang distribution, base+4 private epmd, base+5 the source's standby (tests only)
 #
-# Secrets: the generated password lives in <state>/password (0600) and .stack/env (0600);
-# it is never printed.
+# Secrets: the generated passwords live in <state>/password (PostgreSQL role trempy, RabbitMQ
+# administrator trempy), <state>/amqp-source-password (RabbitMQ user trempy_source, read by the
+# source cluster through trempy.amqp_password_file) and <state>/amqp-applier-password (RabbitMQ
+# user trempy_applier), all 0600, and in .stack/env (0600); they are never printed.
 set -euo pipefail
 
 # ----------------------------------------------------------------------------- constants
@@ -193,6 +196,10 @@ init_layout() {
     EPMD_PORT=$((PORT_BASE + 4))
     SOCKET_DIR=$STACK_DIR/run
     PASSWORD_FILE=$STACK_DIR/password
+    # RabbitMQ passwords of the decoding workers (read by the source cluster: owned by postgres)
+    # and of the applier; each user has only the permissions its side needs (rabbit_bootstrap).
+    SOURCE_AMQP_PASSWORD_FILE=$STACK_DIR/amqp-source-password
+    APPLIER_AMQP_PASSWORD_FILE=$STACK_DIR/amqp-applier-password
     RABBIT_DIR=$STACK_DIR/rabbitmq
     RABBIT_NODE=trempy$PATH_HASH@localhost
     RABBIT_PID_FILE=$RABBIT_DIR/rabbitmq.pid
@@ -225,10 +232,12 @@ prepare_state_dir() {
     touch "$STACK_DIR/$STACK_MARKER"
     printf '%s\n' "$PORT_BASE" >"$STACK_DIR/port_base"
     install -d -m 755 -o postgres -g postgres "$SOCKET_DIR"
-    if [[ ! -s $PASSWORD_FILE ]]; then
-        od -An -tx1 -N16 /dev/urandom | tr -d ' \n' | write_secret_file "$PASSWORD_FILE" root
-    fi
+    [[ -s $PASSWORD_FILE ]] || new_secret | write_secret_file "$PASSWORD_FILE" root
+    [[ -s $SOURCE_AMQP_PASSWORD_FILE ]] || new_secret | write_secret_file "$SOURCE_AMQP_PASSWORD_FILE" postgres
+    [[ -s $APPLIER_AMQP_PASSWORD_FILE ]] || new_secret | write_secret_file "$APPLIER_AMQP_PASSWORD_FILE" root
 }
+
+new_secret() { od -An -tx1 -N16 /dev/urandom | tr -d ' \n'; }
 
 password() { <"$PASSWORD_FILE" tr -d '\n'; }
 
@@ -283,7 +292,8 @@ track_commit_timestamp = on
 max_slot_wal_keep_size = '4GB'
 fsync = on
 trempy.database = 'source'
-trempy.amqp_url = 'amqp://trempy:$(password)@127.0.0.1:$AMQP_PORT/%2f'
+trempy.amqp_url = 'amqp://trempy_source@127.0.0.1:$AMQP_PORT/%2f'
+trempy.amqp_password_file = '$SOURCE_AMQP_PASSWORD_FILE'
 EOF
             if [[ -f $PG_PKGLIBDIR/trempy.so ]]; then
                 echo "shared_preload_libraries = 'trempy'"
@@ -476,19 +486,41 @@ rabbit_stop() {
     rm -f "$RABBIT_PID_FILE"
 }
 
-# rabbit_bootstrap: user trempy (password via stdin), full permissions on /, no guest.
+# The permissions (configure, write, read) of the two TREMpy users on vhost /, as documented in
+# docs/architecture.md ("RabbitMQ users and permissions"). The decoding workers declare and
+# publish to the task's exchange and queue (and its dead-letter exchange and queue) and read the
+# feedback queue; the applier declares and consumes the change queue, publishes dead letters and
+# reports, and can write to no exchange bound to the change queue.
+SOURCE_AMQP_PERMISSIONS=('^(trempy_(exchange|queue|dlx_exchange|feedback)_|dlx_queue_)'
+    '^(trempy_(exchange|queue|dlx_exchange)_|dlx_queue_)'
+    '^trempy_(exchange|queue|dlx_exchange|feedback)_')
+APPLIER_AMQP_PERMISSIONS=('^(trempy_(queue|feedback)_|dlx_queue_)'
+    '^trempy_(dlx_exchange|feedback)_'
+    '^(trempy_(queue|feedback_exchange)_|dlx_queue_)')
+
+# rabbit_user NAME PASSWORD_FILE: creates (or resets the password of) a user; password via stdin.
+rabbit_user() {
+    if grep -qx "$1" <<<"$RABBIT_USERS"; then
+        tr -d '\n' <"$2" | run_quiet "rabbitmqctl change_password $1" rabbitmqctl_ change_password "$1"
+    else
+        tr -d '\n' <"$2" | run_quiet "rabbitmqctl add_user $1" rabbitmqctl_ add_user "$1"
+    fi
+}
+
+# rabbit_bootstrap: user trempy (administrator, for operators and tests), trempy_source and
+# trempy_applier (only what each side needs), no guest.
 rabbit_bootstrap() {
     local users
     users=$(rabbitmqctl_ -q -s list_users) || die "rabbitmqctl list_users failed"
-    users=$(cut -f1 <<<"$users")
-    if grep -qx trempy <<<"$users"; then
-        password | run_quiet "rabbitmqctl change_password" rabbitmqctl_ change_password trempy
-    else
-        password | run_quiet "rabbitmqctl add_user" rabbitmqctl_ add_user trempy
-    fi
+    RABBIT_USERS=$(cut -f1 <<<"$users")
+    rabbit_user trempy "$PASSWORD_FILE"
     run_quiet "rabbitmqctl set_permissions" rabbitmqctl_ set_permissions -p / trempy '.*' '.*' '.*'
     run_quiet "rabbitmqctl set_user_tags" rabbitmqctl_ set_user_tags trempy administrator
-    if grep -qx guest <<<"$users"; then
+    rabbit_user trempy_source "$SOURCE_AMQP_PASSWORD_FILE"
+    run_quiet "rabbitmqctl set_permissions" rabbitmqctl_ set_permissions -p / trempy_source "${SOURCE_AMQP_PERMISSIONS[@]}"
+    rabbit_user trempy_applier "$APPLIER_AMQP_PASSWORD_FILE"
+    run_quiet "rabbitmqctl set_permissions" rabbitmqctl_ set_permissions -p / trempy_applier "${APPLIER_AMQP_PERMISSIONS[@]}"
+    if grep -qx guest <<<"$RABBIT_USERS"; then
         run_quiet "rabbitmqctl delete_user guest" rabbitmqctl_ delete_user guest
     fi
 }
@@ -605,7 +637,10 @@ write_env_file() {
             TREMPY_SOURCE_DSN "postgresql://trempy:$pw@127.0.0.1:${PG_PORT[source]}/source" \
             TREMPY_TARGET_DSN "postgresql://trempy:$pw@127.0.0.1:${PG_PORT[target]}/target" \
             TREMPY_STANDBY_DSN "postgresql://trempy:$pw@127.0.0.1:${PG_PORT[standby]}/source" \
-            TREMPY_AMQP_URL "amqp://trempy:$pw@127.0.0.1:$AMQP_PORT/%2f" \
+            TREMPY_AMQP_URL "amqp://trempy_applier@127.0.0.1:$AMQP_PORT/%2f" \
+            TREMPY_AMQP_PASSWORD_FILE "$APPLIER_AMQP_PASSWORD_FILE" \
+            TREMPY_AMQP_ADMIN_URL "amqp://trempy:$pw@127.0.0.1:$AMQP_PORT/%2f" \
+            TREMPY_SOURCE_AMQP_PASSWORD_FILE "$SOURCE_AMQP_PASSWORD_FILE" \
             TREMPY_STACK_DIR "$STACK_DIR" \
             TREMPY_SOURCE_PORT "${PG_PORT[source]}" \
             TREMPY_TARGET_PORT "${PG_PORT[target]}" \
@@ -745,6 +780,7 @@ cmd_standby_destroy() {
     rm -rf -- "${PG_DATA[standby]}" "${PG_LOG[standby]}"
 }
 cmd_rabbit_start() { require_stack; rabbit_start; }
+cmd_rabbitmqctl() { require_stack; rabbitmqctl_ "$@"; }
 cmd_rabbit_restart() {
     require_stack
     rabbit_stop

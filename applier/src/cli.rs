@@ -1,5 +1,6 @@
 //! Command line: `trempy-applier run --task NAME`, `status`, `resume`, `errors` and `dlq`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,9 +90,9 @@ struct ShowArgs {
 struct SelectArgs {
     #[command(flatten)]
     task: TaskArgs,
-    /// RabbitMQ URL, to remove resolved copies from the dead-letter queue.
-    #[arg(long, env = "TREMPY_AMQP_URL", hide_env_values = true)]
-    amqp_url: String,
+    /// RabbitMQ, to remove resolved copies from the dead-letter queue.
+    #[command(flatten)]
+    broker: BrokerArgs,
     /// One dead letter (see `dlq list`).
     #[arg(long)]
     id: Option<i64>,
@@ -115,9 +116,8 @@ struct RunArgs {
     /// Task name, as given to trempy.create_task.
     #[arg(long)]
     task: String,
-    /// RabbitMQ URL, amqp://user:password@host:port/vhost.
-    #[arg(long, env = "TREMPY_AMQP_URL", hide_env_values = true)]
-    amqp_url: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
     /// Target database, as a libpq connection string or URL.
     #[arg(long, env = "TREMPY_TARGET_DSN", hide_env_values = true)]
     target_dsn: String,
@@ -136,10 +136,32 @@ struct RunArgs {
     /// The task's settings (the JSON given to trempy.create_task); only `error_handling` is read.
     /// Without it every `stop_if_*_error` flag is false.
     #[arg(long)]
-    settings_file: Option<std::path::PathBuf>,
+    settings_file: Option<PathBuf>,
     /// Attempts at a source transaction failing for a permanent reason before it is dead-lettered.
     #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
     max_attempts: u32,
+}
+
+/// How to reach RabbitMQ.
+#[derive(Debug, Args)]
+struct BrokerArgs {
+    /// RabbitMQ URL, amqp://user@host:port/vhost; the password either in it
+    /// (amqp://user:password@…) or, better, in --amqp-password-file.
+    #[arg(long, env = "TREMPY_AMQP_URL", hide_env_values = true)]
+    amqp_url: String,
+    /// File holding the RabbitMQ password (its content without a trailing line break), owned by
+    /// the user running the applier with mode 0600 or less (or by root, 0640 or less). Read once,
+    /// at start.
+    #[arg(long, env = "TREMPY_AMQP_PASSWORD_FILE")]
+    amqp_password_file: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    /// The URL to connect with, the password file's password in it.
+    fn url(&self) -> Result<String, error::Error> {
+        trempy_protocol::credentials::resolve(&self.amqp_url, self.amqp_password_file.as_deref())
+            .map_err(|e| error::Error::new(error::ErrorKind::Broker, e.message()))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -195,9 +217,16 @@ async fn run(args: RunArgs) -> ExitCode {
             }
         },
     };
+    let amqp_url = match args.broker.url() {
+        Ok(url) => url,
+        Err(err) => {
+            tracing::error!("--amqp-url/--amqp-password-file: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let options = Options {
         names,
-        amqp_url: args.amqp_url,
+        amqp_url,
         target_dsn: args.target_dsn,
         prefetch: args.prefetch.max(1),
         batch_changes: args.batch_changes.max(1),
@@ -328,7 +357,7 @@ async fn dlq(command: DlqCommand) -> ExitCode {
         DlqCommand::Discard(args) => async {
             let (client, names) = connect(&args.task.target_dsn, &args.task.task).await?;
             let n = deadletter::discard(&client, names.task(), selection(&args)).await?;
-            let removed = deadletter::sweep(&client, &args.amqp_url, &names).await?;
+            let removed = deadletter::sweep(&client, &args.broker.url()?, &names).await?;
             Ok(vec![format!("discarded {n}; removed {removed} resolved copies from {}", names.dlx_queue())])
         }
         .await,
@@ -365,7 +394,7 @@ async fn replay(args: ReplayArgs) -> Result<Vec<String>, error::Error> {
             }
         }
     }
-    let removed = deadletter::sweep(&client, &args.amqp_url, &names).await?;
+    let removed = deadletter::sweep(&client, &args.broker.url()?, &names).await?;
     lines.push(format!("removed {removed} resolved copies from {}", names.dlx_queue()));
     if let Some(err) = failed {
         print_lines(Ok(lines));

@@ -255,7 +255,7 @@ impl<'o> Session<'o> {
             .await
             .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
         let channel = connection.create_channel().await?;
-        topology::declare(&channel, &options.names).await?;
+        topology::declare_consumer_queues(&channel, &options.names).await?;
         let dead_letters = deadletter::confirm_channel(&connection).await?;
         channel.basic_qos(options.prefetch, BasicQosOptions { global: false }).await?;
         let consumer = channel

@@ -442,7 +442,7 @@ pub(crate) async fn sweep(client: &Client, amqp_url: &str, names: &TaskNames) ->
         .await
         .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
     let channel = connection.create_channel().await?;
-    trempy_protocol::topology::declare(&channel, names).await?;
+    trempy_protocol::topology::declare_consumer_queues(&channel, names).await?;
     let mut removed = 0_u64;
     // Messages kept stay unacknowledged until the channel closes, so each is fetched once.
     while let Some(message) = channel.basic_get(names.dlx_queue().as_str().into(), BasicGetOptions { no_ack: false }).await? {

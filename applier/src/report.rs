@@ -193,7 +193,7 @@ async fn publish(link: &mut Option<(Connection, Channel)>, url: &str, names: &Ta
             let props = ConnectionProperties::default().with_connection_name(format!("trempy-applier {} reports", names.task()).into());
             let connection = Connection::connect(url, props).await.map_err(|e| redact(&e.to_string()))?;
             let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
-            topology::declare_feedback(&channel, names).await.map_err(|e| e.to_string())?;
+            topology::declare_feedback_route(&channel, names).await.map_err(|e| e.to_string())?;
             Ok::<_, String>((connection, channel))
         })
         .await
@@ -204,7 +204,7 @@ async fn publish(link: &mut Option<(Connection, Channel)>, url: &str, names: &Ta
     let properties = BasicProperties::default().with_content_type(feedback::CONTENT_TYPE.into()).with_app_id("trempy-applier".into());
     // Without publisher confirms the returned confirmation is resolved already; not awaited.
     let _confirm = channel
-        .basic_publish("".into(), names.feedback_queue().as_str().into(), BasicPublishOptions::default(), &report.to_json(), properties)
+        .basic_publish(names.feedback_exchange().as_str().into(), names.feedback_queue().as_str().into(), BasicPublishOptions::default(), &report.to_json(), properties)
         .await
         .map_err(|e| e.to_string())?;
     Ok(())

@@ -46,6 +46,7 @@ fn task_names(name: &str) -> TaskNames {
 /// needs a transaction that has not written anything yet; a rolled-back call leaves nothing
 /// behind (the launcher drops the slot it made).
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn create_task(name: &str, settings: JsonB) {
     let names = task_names(name);
     let parsed = validated(name, &settings);
@@ -214,6 +215,7 @@ fn validated(name: &str, settings: &JsonB) -> TaskSettings {
 ///   queued and restart from an empty position), and a task with a full load copies every table
 ///   again. It also clears a failure (a lost slot). It cannot run inside a transaction block.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn update_task(name: &str, settings: JsonB) {
     let names = task_names(name);
     let parsed = validated(name, &settings);
@@ -337,6 +339,7 @@ fn warn_what_reload_discards(name: &str, names: &TaskNames) {
 /// against the source catalog. No rows: the settings are valid for `create_task` (apart from the
 /// task name, which `create_task` compares with `task.task_name`).
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn validate_settings(settings: JsonB) -> TableIterator<'static, (name!(path, String), name!(message, String))> {
     let problems = match TaskSettings::parse(&settings.0.to_string()) {
         Err(problems) => problems,
@@ -506,6 +509,7 @@ fn set_enabled(name: &str, enabled: bool) {
 /// whose slot is gone, invalidated or from another server cannot resume where it stopped: that
 /// is an error naming the remedy (a reload), never a silent new slot.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn start_task(name: &str) {
     let names = task_names(name);
     let (failure, recorded) = read_task(name, "failure, slot_system_id, slot_timeline", |row| {
@@ -544,6 +548,7 @@ fn start_task(name: &str) {
 /// Stops a task: its worker exits after its current batch. The slot is kept (and keeps WAL)
 /// so that `start_task` resumes exactly where it stopped.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn stop_task(name: &str) {
     set_enabled(name, false);
 }
@@ -554,6 +559,7 @@ fn stop_task(name: &str) {
 /// behind. The task's RabbitMQ queues are left for the applier to drain; delete them with
 /// RabbitMQ's tools once they are empty.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn drop_task(name: &str) {
     let names = task_names(name);
     refuse_in_transaction_block("trempy.drop_task", "It drops the task's replication slot.");

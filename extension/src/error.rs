@@ -17,6 +17,12 @@ pub(crate) enum ErrorKind {
     Decode,
     /// RabbitMQ did not confirm a message (refused, returned, nacked, timed out, disconnected).
     Publish,
+    /// RabbitMQ refused a message as larger than its `max_message_size`: retrying soon cannot
+    /// help, only the operator can (see the message).
+    MessageTooLarge,
+    /// The worker's AMQP thread has ended (a panic in the AMQP client or its runtime): nothing
+    /// can be published by this worker any more.
+    PublisherGone,
     /// Shutdown was requested in the middle of the work.
     Shutdown,
 }
@@ -64,8 +70,11 @@ pub(crate) enum Reaction {
     /// Record the error in `trempy.task_progress`, wait, and try the same work again. Nothing
     /// was advanced, so nothing is lost.
     RetryAfter(Duration),
-    /// Exit; the launcher starts a new worker (after its own back-off).
+    /// Exit quietly (shutdown was asked for).
     Exit,
+    /// Record the error, exit, and let the launcher start a new worker (after its own back-off),
+    /// with new threads. Nothing was advanced, so nothing is lost.
+    Restart,
 }
 
 /// The policy: every kind is retried from the slot's confirmed position, with a back-off that
@@ -77,7 +86,24 @@ pub(crate) fn reaction(kind: ErrorKind, consecutive_failures: u32) -> Reaction {
     };
     match kind {
         ErrorKind::Shutdown => Reaction::Exit,
+        ErrorKind::PublisherGone => Reaction::Restart,
+        // Each retry decodes the batch again: wait for the operator's fix, checking every minute.
+        ErrorKind::MessageTooLarge => Reaction::RetryAfter(backoff(10_000, 60_000)),
         ErrorKind::Publish => Reaction::RetryAfter(backoff(250, 4_000)),
         ErrorKind::Config | ErrorKind::Catalog | ErrorKind::Decode | ErrorKind::Postgres => Reaction::RetryAfter(backoff(1_000, 30_000)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_amqp_thread_restarts_the_worker_instead_of_retrying_forever() {
+        for failures in [0, 1, 50] {
+            assert_eq!(reaction(ErrorKind::PublisherGone, failures), Reaction::Restart);
+        }
+        assert!(matches!(reaction(ErrorKind::Publish, 50), Reaction::RetryAfter(_)));
+        assert_eq!(reaction(ErrorKind::Shutdown, 0), Reaction::Exit);
     }
 }

@@ -2,10 +2,15 @@
 
 use std::ffi::CString;
 
+use std::path::PathBuf;
+
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+use crate::publish::Broker;
 
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static AMQP_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static AMQP_PASSWORD_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 static MAX_MESSAGE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
@@ -22,11 +27,19 @@ pub(crate) fn init() {
     );
     GucRegistry::define_string_guc(
         c"trempy.amqp_url",
-        c"RabbitMQ URL (amqp://user:password@host:port/vhost) the task workers publish to.",
-        c"Superuser-only: it holds a password. Set it in postgresql.conf or with ALTER SYSTEM, then reload.",
+        c"RabbitMQ URL (amqp://user@host:port/vhost) the task workers publish to.",
+        c"Put the password in trempy.amqp_password_file: a password in this URL is readable by members of pg_read_all_settings (so pg_monitor) and is written to the server log at every reload.",
         &AMQP_URL,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"trempy.amqp_password_file",
+        c"File holding the password of trempy.amqp_url's user.",
+        c"Owned by the server's OS user with mode 0600 or less (or by root, 0640 or less), like ssl_key_file; read at every connection, so a rotated password is used from the next reconnection.",
+        &AMQP_PASSWORD_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
     );
     GucRegistry::define_int_guc(
         c"trempy.batch_size",
@@ -69,9 +82,9 @@ pub(crate) fn database() -> String {
     string(&DATABASE).unwrap_or_else(|| "postgres".to_owned())
 }
 
-/// `trempy.amqp_url`, if set. Never log it.
-pub(crate) fn amqp_url() -> Option<String> {
-    string(&AMQP_URL)
+/// `trempy.amqp_url` and `trempy.amqp_password_file`, if the URL is set. Never log them.
+pub(crate) fn broker() -> Option<Broker> {
+    string(&AMQP_URL).map(|url| Broker { url, password_file: string(&AMQP_PASSWORD_FILE).map(PathBuf::from) })
 }
 
 /// `trempy.batch_size`.

@@ -24,6 +24,9 @@ pub enum ErrorKind {
     MalformedCopyData,
     /// An applier report that is not valid JSON of a version we understand.
     MalformedReport,
+    /// Broker credentials that cannot be used: a malformed URL, a password file that cannot be
+    /// read or that others may read, a password given twice.
+    Credentials,
 }
 
 /// An error of the protocol crate: a kind plus a message for humans.

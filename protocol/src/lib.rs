@@ -33,4 +33,6 @@ pub mod transform;
 pub use error::{Error, ErrorKind, Result};
 pub use lsn::Lsn;
 #[cfg(feature = "amqp")]
+pub mod credentials;
+#[cfg(feature = "amqp")]
 pub mod topology;

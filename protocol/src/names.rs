@@ -98,9 +98,16 @@ impl TaskNames {
     }
 
     /// Queue of the applier's reports back to the source (see [`crate::feedback`]): the applier
-    /// publishes to it through the default exchange, the decoding worker reads it.
+    /// publishes to it through [`Self::feedback_exchange`], the decoding worker reads it.
     pub fn feedback_queue(&self) -> String {
         format!("trempy_feedback_{}", self.task)
+    }
+
+    /// Durable direct exchange of the applier's reports, bound to [`Self::feedback_queue`] (with
+    /// the queue's name as routing key). Not the default exchange: a user allowed to write to the
+    /// default exchange can publish into every queue, the task's change queue included.
+    pub fn feedback_exchange(&self) -> String {
+        format!("trempy_feedback_exchange_{}", self.task)
     }
 }
 

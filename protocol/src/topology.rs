@@ -1,18 +1,30 @@
-//! The RabbitMQ objects of one task, declared identically (and idempotently) by the decoding
-//! worker before it publishes and by the applier before it consumes, so that no message is ever
-//! published to an exchange without its queue.
+//! The RabbitMQ objects of one task, declared identically (and idempotently) by both sides.
+//!
+//! Who declares what follows who may write where (docs/architecture.md, "RabbitMQ users and
+//! permissions"):
+//! * the decoding worker declares everything it publishes through ([`declare`]): the task's
+//!   exchange, its queue and their binding, and the dead-letter exchange and queue;
+//! * the applier declares the same two queues, never a binding to them
+//!   ([`declare_consumer_queues`]): binding a queue takes write permission on it, and whoever may
+//!   bind the change queue to an exchange they can publish to can forge changes. So the applier
+//!   can start before the task's first message and wait on an empty queue, and still cannot put
+//!   a message into it;
+//! * the applier's reports go through a feedback exchange of their own
+//!   ([`declare_feedback_route`]), not the default exchange (writing to the default exchange
+//!   means writing to every queue); the decoding worker declares the feedback queue it reads
+//!   ([`declare_feedback`]).
 //!
 //! The main queue is a quorum queue (replicated, durable) with a single active consumer, so that
 //! changes are applied in order by one applier at a time while a second one can wait as a hot
 //! standby. The broker itself never dead-letters because of redeliveries (an explicit, very high
 //! `x-delivery-limit`): whether a message is poison is the applier's decision. Nor does it drop
 //! messages when a length limit applies: `x-overflow: reject-publish` makes it refuse new ones
-//! instead (see [`declare`]).
+//! instead (see [`queue_arguments`]).
 //!
-//! The feedback queue ([`declare_feedback`]) carries the applier's reports back to the source. It
-//! is a classic queue (so the decoding worker can `basic.get` from it) that keeps at most
-//! [`FEEDBACK_MAX_LENGTH`] reports and drops the oldest beyond that, so it never grows. Each side
-//! declares it on its own channel: a failed declaration closes only that channel.
+//! The feedback queue carries the applier's reports back to the source. It is a classic queue
+//! (so the decoding worker can `basic.get` from it) that keeps at most [`FEEDBACK_MAX_LENGTH`]
+//! reports and drops the oldest beyond that, so it never grows. Each side declares it on its own
+//! channel: a failed declaration closes only that channel.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -42,6 +54,41 @@ pub async fn declare_feedback(channel: &Channel, names: &TaskNames) -> lapin::Re
     Ok(())
 }
 
+/// Declares the feedback queue, the feedback exchange and their binding (routing key: the
+/// queue's name), for the applier to publish its reports through.
+pub async fn declare_feedback_route(channel: &Channel, names: &TaskNames) -> lapin::Result<()> {
+    declare_feedback(channel, names).await?;
+    let durable_exchange = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    channel
+        .exchange_declare(names.feedback_exchange().as_str().into(), ExchangeKind::Direct, durable_exchange, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            names.feedback_queue().as_str().into(),
+            names.feedback_exchange().as_str().into(),
+            names.feedback_queue().as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Declares the task's change queue and dead-letter queue with the same arguments as
+/// [`declare`], binding nothing: what the applier consumes and reads back.
+pub async fn declare_consumer_queues(channel: &Channel, names: &TaskNames) -> lapin::Result<()> {
+    let durable_queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    channel.queue_declare(names.dlx_queue().as_str().into(), durable_queue, dlx_queue_arguments()).await?;
+    channel.queue_declare(names.queue().as_str().into(), durable_queue, queue_arguments(names)).await?;
+    Ok(())
+}
+
+fn dlx_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long("quorum"));
+    args
+}
+
 /// The main queue's arguments. `x-overflow: reject-publish`: should a limit ever apply to the
 /// queue (a `max-length` policy), the broker refuses new messages (the publisher's confirm is a
 /// nack, and it publishes again later) rather than dropping or dead-lettering the oldest, which
@@ -58,7 +105,7 @@ fn queue_arguments(names: &TaskNames) -> FieldTable {
     args
 }
 
-/// Declares the task's exchanges, queues and bindings. Safe to call any number of times (with
+/// Declares the task's exchanges, queues and bindings (the decoding worker). Safe to call any number of times (with
 /// the same arguments: a queue declared by an older TREMpy with other arguments makes the broker
 /// refuse the declaration, `PRECONDITION_FAILED - inequivalent arg`).
 pub async fn declare(channel: &Channel, names: &TaskNames) -> lapin::Result<()> {
@@ -68,9 +115,7 @@ pub async fn declare(channel: &Channel, names: &TaskNames) -> lapin::Result<()> 
     channel
         .exchange_declare(names.dlx_exchange().as_str().into(), ExchangeKind::Direct, durable_exchange, FieldTable::default())
         .await?;
-    let mut dlx_args = FieldTable::default();
-    dlx_args.insert("x-queue-type".into(), long("quorum"));
-    channel.queue_declare(names.dlx_queue().as_str().into(), durable_queue, dlx_args).await?;
+    channel.queue_declare(names.dlx_queue().as_str().into(), durable_queue, dlx_queue_arguments()).await?;
     channel
         .queue_bind(
             names.dlx_queue().as_str().into(),

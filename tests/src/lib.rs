@@ -404,17 +404,27 @@ pub fn mixed_transaction(t: &str, ledger: &str) -> impl Fn(u64) -> String + Send
 }
 
 
-/// A RabbitMQ connection and a channel with publisher confirms.
+/// A RabbitMQ connection as the stack's administrator (user `trempy`, every permission; neither
+/// TREMpy side has these rights) and a channel with publisher confirms.
 pub async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
-    let connection = lapin::Connection::connect(&env("TREMPY_AMQP_URL"), lapin::ConnectionProperties::default()).await.unwrap();
+    let connection = lapin::Connection::connect(&env("TREMPY_AMQP_ADMIN_URL"), lapin::ConnectionProperties::default()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.unwrap();
     (connection, channel)
 }
 
+/// The URL a side of TREMpy connects with: `TREMPY_AMQP_URL`-style URL of `user` with the
+/// password read from `password_file`, as both sides build it.
+pub fn amqp_url_of(url: &str, password_file: &str) -> String {
+    trempy_protocol::credentials::resolve(url, Some(std::path::Path::new(password_file))).unwrap()
+}
+
 /// Publishes a message body to the task's queue as the decoding worker would (persistent,
-/// mandatory, confirmed) and asserts it was routed.
+/// mandatory, confirmed) and asserts it was routed. Declares the task's topology first, as the
+/// decoding worker does (the applier declares its queues but binds nothing).
 pub async fn publish_to_task(channel: &lapin::Channel, task: &str, body: &[u8]) {
+    let names = trempy_protocol::names::TaskNames::new(task).unwrap();
+    trempy_protocol::topology::declare(channel, &names).await.unwrap();
     let confirm = channel
         .basic_publish(
             format!("trempy_exchange_{task}").as_str().into(),

@@ -136,3 +136,61 @@ async fn a_purged_queue_halts_the_applier_at_the_gap_and_a_reload_converges() {
     assert_eq!(fp[0].0, 30);
     drop_task(&source, &task).await;
 }
+
+/// Sets RabbitMQ's `max_message_size` (it applies to channels opened from then on).
+fn set_broker_max_message_size(bytes: u64) {
+    let status = std::process::Command::new(env("TREMPY_DEV"))
+        .args(["rabbitmqctl", "eval", &format!("application:set_env(rabbit, max_message_size, {bytes}).")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "rabbitmqctl eval failed");
+}
+
+/// RabbitMQ 3.10's default `max_message_size` (128 MiB), restored however the test ends.
+struct RestoreMaxMessageSize;
+
+impl Drop for RestoreMaxMessageSize {
+    fn drop(&mut self) {
+        set_broker_max_message_size(134_217_728);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_larger_than_rabbitmqs_limit_is_reported_with_the_remedy_and_flows_once_the_limit_is_raised() {
+    let task = unique("oversize");
+    let t = format!("public.{task}");
+    create_table_both(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)")).await;
+    let source = source().await;
+    let restore = RestoreMaxMessageSize;
+    set_broker_max_message_size(1_048_576);
+    create_task(&source, &task, &[("public", &task)]).await;
+    let _applier = Applier::start(&task);
+    source.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'small')")).await.unwrap();
+    // 1.5 MB of incompressible text in one row: one change, never cut, over the 1 MiB limit.
+    source
+        .batch_execute(&format!("INSERT INTO {t} SELECT 2, string_agg(md5(g::text || random()::text), '') FROM generate_series(1, 48000) g"))
+        .await
+        .unwrap();
+    source.batch_execute(&format!("INSERT INTO {t} VALUES (3, 'after')")).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let last_error = loop {
+        if let Some(text) = status_text(&source, &task, "last_error").await.filter(|t| t.contains("message too large")) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "trempy.status() does not report the oversized message");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("last_error: {last_error}");
+    assert!(last_error.contains("max_message_size") && last_error.contains("rabbitmq.conf") && last_error.contains("nothing is skipped"), "{last_error}");
+    let target = target().await;
+    let applied = text_rows(&target, &format!("SELECT id::text FROM {t} ORDER BY id")).await;
+    assert!(applied.len() <= 1, "rows after the refused one were applied: {applied:?}");
+
+    // The operator raises the limit: the task resumes by itself, in order, nothing skipped.
+    drop(restore);
+    let fp = wait_converged(&[(&t, "id")], Duration::from_secs(180)).await;
+    assert_eq!(fp[0].0, 3);
+    drop_task(&source, &task).await;
+}

@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use trempy_e2e::*;
 
@@ -14,22 +12,8 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// Publishes a hand-made envelope to the task's exchange, as the task worker would.
 async fn publish(task: &str, body: &Value) {
-    let connection = Connection::connect(&env("TREMPY_AMQP_URL"), ConnectionProperties::default()).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let confirm = channel
-        .basic_publish(
-            format!("trempy_exchange_{task}").as_str().into(),
-            format!("trempy_routing_key_{task}").as_str().into(),
-            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-            body.to_string().as_bytes(),
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    let (connection, channel) = amqp_channel().await;
+    publish_to_task(&channel, task, body.to_string().as_bytes()).await;
     let _ = connection.close(200, "bye".into()).await;
 }
 

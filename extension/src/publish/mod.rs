@@ -37,8 +37,28 @@ const FEEDBACK_CONNECT_EVERY: Duration = Duration::from_secs(30);
 /// Most reports read from the feedback queue at one poll.
 const FEEDBACK_MAX_READ: usize = 200;
 
+/// Where RabbitMQ is and how to log in: `trempy.amqp_url` and `trempy.amqp_password_file`.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Broker {
+    pub(crate) url: String,
+    pub(crate) password_file: Option<std::path::PathBuf>,
+}
+
+impl Broker {
+    /// The URL to connect with, the password file read now (so a rotated password is used from
+    /// the next connection on).
+    fn connect_url(&self) -> Result<String, String> {
+        trempy_protocol::credentials::resolve(&self.url, self.password_file.as_deref()).map_err(|e| e.message().to_owned())
+    }
+
+    /// Whether the password sits in `trempy.amqp_url` itself (readable by `pg_read_all_settings`).
+    pub(crate) fn password_in_url(&self) -> bool {
+        self.password_file.is_none() && trempy_protocol::credentials::holds_password(&self.url)
+    }
+}
+
 enum Command {
-    Configure(Option<String>),
+    Configure(Option<Broker>),
     Publish { body: Vec<u8>, message_id: String },
     Flush(std_mpsc::Sender<Result<(), String>>),
     Connect(std_mpsc::Sender<Result<(), String>>),
@@ -76,9 +96,9 @@ impl Publisher {
         self.reports.try_iter().last()
     }
 
-    /// Sets (or changes) the broker URL; the connection is re-opened on the next message.
-    pub(crate) fn configure(&self, url: Option<String>) -> bool {
-        self.tx.blocking_send(Command::Configure(url)).is_ok()
+    /// Sets (or changes) the broker; the connection is re-opened on the next message.
+    pub(crate) fn configure(&self, broker: Option<Broker>) -> bool {
+        self.tx.blocking_send(Command::Configure(broker)).is_ok()
     }
 
     /// Offers one message without blocking.
@@ -119,6 +139,23 @@ impl Publisher {
     }
 }
 
+/// Marks a failure as RabbitMQ refusing a message for its size ([`OVERSIZE_MARK`] leads the
+/// text), with the cause and the remedy, if `error` says so (RabbitMQ closes the channel with
+/// `PRECONDITION_FAILED - message size N is larger than configured max size M`).
+fn oversize(error: &str, message_id: &str, bytes: usize) -> Option<String> {
+    error.contains("larger than configured max size").then(|| {
+        format!(
+            "{OVERSIZE_MARK}: RabbitMQ refused message {message_id} of {bytes} bytes as larger than its max_message_size ({error}). \
+             A transaction is cut into messages of trempy.max_message_size, but one row change is never cut: \
+             lower trempy.max_message_size below RabbitMQ's limit if it is above it, otherwise raise max_message_size in rabbitmq.conf \
+             (RabbitMQ allows up to 512 MiB). The task retries by itself and resumes once the message fits; nothing is skipped"
+        )
+    })
+}
+
+/// Leads the text of a failure that [`oversize`] recognised.
+pub(crate) const OVERSIZE_MARK: &str = "message too large for RabbitMQ";
+
 fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: plain libc calls on properly initialised sigset_t values.
     unsafe {
@@ -141,7 +178,7 @@ struct Link {
 
 struct State {
     names: TaskNames,
-    url: Option<String>,
+    broker: Option<Broker>,
     link: Option<Link>,
     failure: Option<String>,
     /// When reading the feedback queue last opened (or tried to open) a connection.
@@ -157,7 +194,7 @@ fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>, reports: std_mpsc::Sen
         }
     };
     runtime.block_on(async move {
-        let mut state = State { names, url: None, link: None, failure: None, feedback_connect: None };
+        let mut state = State { names, broker: None, link: None, failure: None, feedback_connect: None };
         let mut poll = tokio::time::interval(FEEDBACK_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -172,9 +209,9 @@ fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>, reports: std_mpsc::Sen
             };
             let Some(command) = command else { break };
             match command {
-                Command::Configure(url) => {
-                    if url != state.url {
-                        state.url = url;
+                Command::Configure(broker) => {
+                    if broker != state.broker {
+                        state.broker = broker;
                         state.disconnect().await;
                     }
                 }
@@ -209,9 +246,10 @@ impl State {
             self.disconnect().await;
         }
         if self.link.is_none() {
-            let Some(url) = self.url.clone() else {
+            let Some(broker) = &self.broker else {
                 return Err("trempy.amqp_url is not set".to_owned());
             };
+            let url = broker.connect_url()?;
             let name = format!("trempy task {}", self.names.task());
             let link = tokio::time::timeout(CONNECT_TIMEOUT, async {
                 let props = ConnectionProperties::default().with_connection_name(name.into());
@@ -237,18 +275,19 @@ impl State {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(envelope::CONTENT_TYPE.into())
-            .with_message_id(message_id.into())
+            .with_message_id(message_id.as_str().into())
             .with_app_id("trempy".into())
             .with_headers(headers);
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let too_large = |e: &lapin::Error| oversize(&e.to_string(), &message_id, body.len());
         let confirm = channel
             .basic_publish(exchange.as_str().into(), routing_key.as_str().into(), options, body, properties)
             .await
-            .map_err(|e| format!("publish failed: {e}"))?;
+            .map_err(|e| too_large(&e).unwrap_or_else(|| format!("publish failed: {e}")))?;
         let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
             .await
             .map_err(|_| format!("RabbitMQ did not confirm a message within {}s", CONFIRM_TIMEOUT.as_secs()))?
-            .map_err(|e| format!("publisher confirm failed: {e}"))?;
+            .map_err(|e| too_large(&e).unwrap_or_else(|| format!("publisher confirm failed: {e}")))?;
         if !confirmation.is_ack() {
             return Err("RabbitMQ refused (nacked) a message".to_owned());
         }
@@ -260,7 +299,7 @@ impl State {
 
     /// Reads the feedback queue to its end (boundedly) and returns the latest valid report.
     async fn read_feedback(&mut self) -> Option<Report> {
-        self.url.as_ref()?;
+        self.broker.as_ref()?;
         if self.link.is_none() {
             if self.feedback_connect.is_some_and(|at| at.elapsed() < FEEDBACK_CONNECT_EVERY) {
                 return None;

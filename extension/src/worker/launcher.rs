@@ -35,6 +35,10 @@ pub extern "C-unwind" fn trempy_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    if let Err(err) = super::pin_output_settings() {
+        warning!("trempy launcher: could not pin its session settings: {err}");
+        return;
+    }
     log!("trempy launcher started in database \"{database}\"");
     let mut last_start: HashMap<i32, Instant> = HashMap::new();
     while BackgroundWorker::wait_latch(Some(TICK)) {

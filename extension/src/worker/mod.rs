@@ -43,7 +43,9 @@ const OUTPUT_SETTINGS: [(&str, &str); 7] = [
     ("lc_monetary", "C"),
 ];
 
-/// Pins [`OUTPUT_SETTINGS`] for the rest of this session.
+/// Pins [`OUTPUT_SETTINGS`] for the rest of this session. Every TREMpy background worker (task,
+/// launcher, setup helper) does it first: whatever `ALTER DATABASE/ROLE … SET search_path` says,
+/// no object outside `pg_catalog` can capture a name its superuser SQL uses.
 pub(crate) fn pin_output_settings() -> Result<(), Error> {
     in_transaction(|| {
         for (name, value) in OUTPUT_SETTINGS {
@@ -108,7 +110,7 @@ pub(crate) fn send(publisher: &Publisher, body: Vec<u8>, message_id: String) -> 
     loop {
         match publisher.offer(pending.0, pending.1) {
             Offer::Accepted => return Ok(()),
-            Offer::Gone => return Err(Error::new(ErrorKind::Publish, "the AMQP thread has stopped")),
+            Offer::Gone => return Err(Error::new(ErrorKind::PublisherGone, "the AMQP thread has stopped")),
             Offer::Full(body, id) => {
                 if shutdown_requested() {
                     return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while publishing"));
@@ -133,17 +135,20 @@ pub(crate) fn ensure_connected(publisher: &Publisher) -> Result<(), Error> {
 
 /// Waits for the AMQP thread's answer, giving up on shutdown.
 fn await_reply(reply: Option<std::sync::mpsc::Receiver<Result<(), String>>>) -> Result<(), Error> {
-    let reply = reply.ok_or_else(|| Error::new(ErrorKind::Publish, "the AMQP thread has stopped"))?;
+    let reply = reply.ok_or_else(|| Error::new(ErrorKind::PublisherGone, "the AMQP thread has stopped"))?;
     loop {
         match reply.recv_timeout(Duration::from_millis(100)) {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(reason)) => return Err(Error::new(ErrorKind::Publish, reason)),
+            Ok(Err(reason)) => {
+                let kind = if reason.starts_with(crate::publish::OVERSIZE_MARK) { ErrorKind::MessageTooLarge } else { ErrorKind::Publish };
+                return Err(Error::new(kind, reason));
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if shutdown_requested() {
                     return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while waiting for RabbitMQ"));
                 }
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Error::new(ErrorKind::Publish, "the AMQP thread has stopped")),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Error::new(ErrorKind::PublisherGone, "the AMQP thread has stopped")),
         }
     }
 }

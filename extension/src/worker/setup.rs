@@ -154,7 +154,7 @@ pub extern "C-unwind" fn trempy_setup_main(arg: pg_sys::Datum) {
         (base, (std::slice::from_raw_parts(base.add(HEADER), len).to_vec()))
     };
     let outcome = match serde_json::from_slice::<Request>(&request) {
-        Ok(request) => match perform(&request) {
+        Ok(request) => match super::pin_output_settings().and_then(|()| perform(&request)) {
             Ok(identity) => Outcome::Done(identity),
             Err(err) => Outcome::Failed(err.to_string()),
         },

@@ -32,7 +32,7 @@ use crate::decoding::{peek, slot};
 use crate::load::{self, Next};
 use crate::error::{Error, ErrorKind, Reaction, reaction};
 use crate::gucs;
-use crate::publish::Publisher;
+use crate::publish::{Broker, Publisher};
 
 enum Round {
     /// Nothing new; wait for the poll interval.
@@ -95,7 +95,14 @@ pub extern "C-unwind" fn trempy_task_main(arg: pg_sys::Datum) {
             return;
         }
     };
-    publisher.configure(gucs::amqp_url());
+    let broker = gucs::broker();
+    if broker.as_ref().is_some_and(Broker::password_in_url) {
+        warning!(
+            "trempy task \"{}\": trempy.amqp_url holds a password, which members of pg_read_all_settings (pg_monitor) can read and which PostgreSQL logs at every reload; move it to trempy.amqp_password_file",
+            task.names.task()
+        );
+    }
+    publisher.configure(broker);
     log!("trempy task \"{}\": worker started", task.names.task());
     run(&task, &publisher);
     publisher.shutdown();
@@ -179,7 +186,7 @@ fn run(task: &Task, publisher: &Publisher) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            publisher.configure(gucs::amqp_url());
+            publisher.configure(gucs::broker());
         }
         if let Some(report) = publisher.latest_report()
             && worth_recording(recorded_report.as_ref(), &report)
@@ -256,6 +263,11 @@ fn run(task: &Task, publisher: &Publisher) {
                 failures = failures.saturating_add(1);
                 match reaction(err.kind(), failures) {
                     Reaction::Exit => return,
+                    Reaction::Restart => {
+                        warning!("trempy task \"{}\": {err}; exiting, the launcher starts a new worker", task.names.task());
+                        record_error(task, &err);
+                        return;
+                    }
                     Reaction::RetryAfter(delay) => {
                         warning!("trempy task \"{}\": {err}; retrying in {} ms", task.names.task(), delay.as_millis());
                         record_error(task, &err);
