@@ -840,6 +840,8 @@ cmd_test() {
     log=$(mktemp)
     log "unit tests"
     cargo test --release -p trempy-protocol -p trempy-applier 2>&1 | tee -a "$log"
+    # The extension's pure logic (plain #[test]s; nothing in them calls PostgreSQL).
+    PGRX_PG_CONFIG_PATH=$PG_CONFIG cargo test --release -p trempy --lib 2>&1 | tee -a "$log"
     log "end-to-end tests against the stack"
     (
         set -a
