@@ -595,7 +595,7 @@ impl<'o> Session<'o> {
             self.task(),
             last.commit_lsn
         );
-        self.client.batch_execute(&cursor).await?;
+        self.client.execute(&cursor, &[]).await?;
         let mut expected = 0_u32;
         loop {
             let rows = self.client.query("FETCH 4 FROM trempy_staged", &[]).await?;

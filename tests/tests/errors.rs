@@ -378,3 +378,44 @@ async fn missing_target_table_halts_and_is_never_dead_lettered() {
     assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await, 0);
     assert!(dead_letters(&task).await.is_empty());
 }
+
+/// A settings control message (version 1) of `task`, in effect for every later message.
+fn settings_message(task: &str, settings: &serde_json::Value) -> Vec<u8> {
+    serde_json::json!({"version": 1, "task": task, "settings": settings, "transactions": [], "relations": []}).to_string().into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_type_name_is_dead_lettered_and_never_executed() {
+    let (task, t, _applier) = applier_task("forged", "", &[]).await;
+    let target = target().await;
+    let canary = format!("public.{task}_canary");
+    let created = format!("{task}_new");
+    target.batch_execute(&format!("CREATE TABLE {canary} (id int); INSERT INTO {canary} VALUES (7)")).await.unwrap();
+    // The task creates missing tables, so a relation's types become DDL.
+    let mut settings = cdc_settings(&task, &[("public", &task), ("public", &created)]);
+    settings["task"]["create_table_if_not_exists"] = true.into();
+    let forged = serde_json::json!({
+        "version": 1, "task": task,
+        "transactions": [txn(0x20, vec![serde_json::json!({"op": "insert", "rel": 2, "new": ["1"]})])],
+        "relations": [{"id": 2, "schema": "public", "table": created, "columns": [
+            {"name": "id", "type": "integer", "type_oid": 23, "key": true,
+             "create_type": format!("int); DROP TABLE {canary}; --")}]}]
+    })
+    .to_string();
+    let before = envelope(&task, vec![txn(0x10, vec![insert(1, "before")])]);
+    let after = envelope(&task, vec![txn(0x30, vec![insert(2, "after")])]);
+    publish(&task, &[&settings_message(&task, &settings), &before, forged.as_bytes(), &after]).await;
+    // The stream goes on around it.
+    wait_rows(&target, &t, &[(1, "before"), (2, "after")]).await;
+
+    let dead = wait_for_dead_letters(&task, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].delivery.data, forged.as_bytes(), "the forged message is dead-lettered as it came");
+    assert_eq!(header(&dead[0], "x-trempy-error-class").as_deref(), Some("envelope"));
+    let reason = header(&dead[0], "x-trempy-reason").unwrap();
+    assert!(reason.contains("relations[0].columns[0].create_type is not a type name"), "{reason}");
+    // Nothing of it ran: the canary is intact and the table was not created.
+    assert_eq!(count(&target, &format!("SELECT count(*) FROM {canary} WHERE id = $1::text::int"), "7").await, 1);
+    assert_eq!(count(&target, "SELECT count(*) FROM pg_catalog.pg_class WHERE relname = $1", &created).await, 0);
+    assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1 AND error_class = 'envelope'", &task).await, 1);
+}
