@@ -124,9 +124,14 @@ pub(crate) async fn run(options: Options, mut shutdown: watch::Receiver<bool>) {
                     attempt = 0;
                     continue;
                 }
-                if err.kind() == ErrorKind::Rules {
-                    // The remedy (new settings) is queued behind the failing message: look.
-                    match lookahead::newer_settings(&options).await {
+                let halt = match err.kind() {
+                    ErrorKind::Rules => Some(lookahead::Halt::Rules),
+                    ErrorKind::UnchangedToast => Some(lookahead::Halt::UnchangedToast),
+                    _ => None,
+                };
+                if let Some(halt) = halt {
+                    // The remedy (new settings, a reload) is queued behind the failing message.
+                    match lookahead::newer_settings(&options, halt).await {
                         Ok(lookahead::Found::Adopted) => {
                             attempt = 0;
                             continue;

@@ -27,6 +27,13 @@
 //! newer settings do not fit either, the applier halts again at the same message and looks again
 //! (finding nothing newer, it waits for the next `update_task`). Settings further behind than the
 //! window are not seen: raise `--lookahead`.
+//!
+//! A halt because an update lacks unchanged TOAST values the target does not have
+//! ([`ErrorKind::UnchangedToast`]) has one remedy, a `reload` of the task: its messages (a newer
+//! generation) are queued behind the halted one, whose generation they supersede. The look-ahead
+//! then starts the newer generation at once (as its first message would: empty position, no load
+//! mark, staging cleared), so the older generation's remaining messages, the halted one included,
+//! are acknowledged and dropped as predating the reload, which copies the tables again.
 
 use std::time::Duration;
 
@@ -47,25 +54,54 @@ const QUIET: Duration = Duration::from_secs(1);
 /// What the look-ahead found.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Found {
-    /// Newer settings, now in effect from the committed position on.
+    /// Newer settings, now in effect from the committed position on (or a newer generation,
+    /// now started).
     Adopted,
     /// No settings behind the failing message other than those in effect (within the window).
     Nothing,
 }
 
-/// Looks for settings published behind the failing message and adopts the newest (see the
-/// module documentation).
-pub(super) async fn newer_settings(options: &Options) -> Result<Found, Error> {
+/// What the halt is about: which remedies the look-ahead may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Halt {
+    /// The rules do not fit a table: newer settings fix it.
+    Rules,
+    /// An update lacks unchanged TOAST values: only a `reload` (a newer generation) fixes it.
+    UnchangedToast,
+}
+
+/// What a scan of the queue saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The newest settings of the task's stream.
+    settings: Option<serde_json::Value>,
+    /// The highest newer generation of the task's incarnation.
+    generation: Option<u32>,
+}
+
+/// Looks for settings (or, for [`Halt::UnchangedToast`], a reload) published behind the failing
+/// message and adopts the newest (see the module documentation).
+pub(super) async fn newer_settings(options: &Options, halt: Halt) -> Result<Found, Error> {
     let task = options.names.task();
     let (mut client, _driver) = target::connect(&options.target_dsn).await?;
     let position = progress::load(&mut client, task).await?;
     let connection = Connection::connect(&options.amqp_url, ConnectionProperties::default().with_connection_name(format!("trempy-applier {task} look-ahead").into()))
         .await
         .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
-    let newest = scan(&connection, options, &position).await;
+    let seen = scan(&connection, options, &position).await;
     // Closing returns every message read to the head of the queue, in order.
     let _ = connection.close(200, "look-ahead done".into()).await;
-    let Some(settings) = newest? else { return Ok(Found::Nothing) };
+    let seen = seen?;
+    if halt == Halt::UnchangedToast {
+        let Some(generation) = seen.generation else { return Ok(Found::Nothing) };
+        progress::clear_staged(&client, task).await?;
+        if progress::start_generation(&client, task, &position, generation).await? {
+            info!(task, generation, "the task was reloaded at the source (a newer generation is queued behind the halted message): starting over at it");
+            return Ok(Found::Adopted);
+        }
+        return Ok(Found::Nothing);
+    }
+    let Some(settings) = seen.settings else { return Ok(Found::Nothing) };
     if !differs(position.settings.as_deref(), &settings) {
         return Ok(Found::Nothing);
     }
@@ -78,15 +114,15 @@ pub(super) async fn newer_settings(options: &Options) -> Result<Found, Error> {
 }
 
 /// Reads the queue from its head (without acknowledging) and returns the newest settings of the
-/// task's stream in it.
-async fn scan(connection: &Connection, options: &Options, position: &progress::Position) -> Result<Option<serde_json::Value>, Error> {
+/// task's stream in it, and the newest generation.
+async fn scan(connection: &Connection, options: &Options, position: &progress::Position) -> Result<Seen, Error> {
     let task = options.names.task();
     let channel = connection.create_channel().await?;
     channel.basic_qos(options.lookahead, BasicQosOptions { global: false }).await?;
     let mut consumer = channel
         .basic_consume(options.names.queue().as_str().into(), format!("trempy-applier-{task}-lookahead").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
         .await?;
-    let mut newest = None;
+    let mut seen = Seen::default();
     let mut read = 0_u32;
     while read < u32::from(options.lookahead) {
         let Ok(next) = tokio::time::timeout(QUIET, consumer.next()).await else { break };
@@ -94,10 +130,26 @@ async fn scan(connection: &Connection, options: &Options, position: &progress::P
         let delivery = delivery?;
         read += 1;
         if let Some(settings) = settings_of(&delivery.data, task, &position.stream) {
-            newest = Some(settings);
+            seen.settings = Some(settings);
+        }
+        if let Some(generation) = newer_generation(&delivery.data, task, &position.stream) {
+            seen.generation = seen.generation.max(Some(generation));
         }
     }
-    Ok(newest)
+    Ok(seen)
+}
+
+/// The generation of a message of the task's incarnation, when newer than the one applied.
+fn newer_generation(body: &[u8], task: &str, current: &stream::Current) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        task: String,
+        incarnation: Option<String>,
+        generation: Option<u32>,
+    }
+    let head: Head = serde_json::from_slice(body).ok()?;
+    let generation = head.generation.unwrap_or(1);
+    (head.task == task && stream::verdict(current, head.incarnation.as_deref(), generation) == stream::Verdict::NewGeneration).then_some(generation)
 }
 
 /// The settings a message carries, if it is a settings control message of this task's stream
@@ -156,6 +208,15 @@ mod tests {
         let data = br#"{"version":1,"task":"t","transactions":[{"changes":[{"op":"insert","rel":1,"new":["\"settings\":"]}],"xid":1,"commit_lsn":"0/1","commit_time":"x","seq":0,"last":true}],"relations":[{"id":1,"schema":"s","table":"x","columns":[{"name":"a","type":"text","type_oid":25,"key":true}]}]}"#;
         assert_eq!(settings_of(data, "t", &current(2)), None);
         assert_eq!(settings_of(b"{\"settings\": not json", "t", &current(2)), None);
+    }
+
+    #[test]
+    fn only_a_newer_generation_of_this_incarnation_counts() {
+        assert_eq!(newer_generation(&message("t", "i1", 3, None), "t", &current(2)), Some(3));
+        assert_eq!(newer_generation(&message("t", "i1", 2, None), "t", &current(2)), None);
+        assert_eq!(newer_generation(&message("t", "i9", 3, None), "t", &current(2)), None);
+        assert_eq!(newer_generation(&message("u", "i1", 3, None), "t", &current(2)), None);
+        assert_eq!(newer_generation(b"garbage", "t", &current(2)), None);
     }
 
     #[test]
