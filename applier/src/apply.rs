@@ -10,7 +10,9 @@
 //! travel in text form and are cast to the source column type, which round-trips every type
 //! exactly. Within an upsert run only the last image of each key is kept (a later full image of a
 //! row supersedes an earlier one). An update that changes the key deletes the old row first.
-//! Unchanged TOASTed columns are left out of the statement, so the target keeps its value.
+//! Unchanged TOASTed columns are left out of the statement, so the target keeps its value; such an
+//! update is always an `UPDATE` by key (never an upsert, which would insert NULL in their place),
+//! and outside `default` mode a row it does not find halts the task ([`ErrorKind::UnchangedToast`]).
 //! Inserts say `OVERRIDING SYSTEM VALUE`: the source's values win over `GENERATED ALWAYS`
 //! identity columns in the target.
 
@@ -63,11 +65,13 @@ enum Op<'a> {
     /// `default` mode.
     Insert { rel: &'a Relation, row: Vec<Option<String>> },
     /// `default` mode: `key` holds the old key values (the row's own unless the key changed).
-    Update { rel: &'a Relation, key: Vec<Option<String>>, present: Vec<usize>, row: Vec<Option<String>>, key_changed: bool },
+    /// `require`: every row must be found (an update lacking unchanged TOASTed values, which an
+    /// insert could not supply), else the task halts.
+    Update { rel: &'a Relation, key: Vec<Option<String>>, present: Vec<usize>, row: Vec<Option<String>>, key_changed: bool, require: bool },
     Delete { rel: &'a Relation, row: Vec<Option<String>>, report: bool, source: Operation },
     Truncate { rels: Vec<&'a Relation>, cascade: bool, restart_identity: bool },
     /// `scd2` mode: one statement per change.
-    Single { table: String, sql: String, params: Vec<Option<String>> },
+    Single { table: String, statement: scd2::Statement },
 }
 
 pub(crate) fn key_indexes(rel: &Relation) -> Result<Vec<usize>, Error> {
@@ -89,14 +93,13 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
             .iter()
             .map(|id| {
                 let rel = relation(relations, *id)?;
-                let (sql, params) = scd2::truncate(rel, commit_time)?;
-                Ok(Op::Single { table: qualified(rel), sql, params })
+                Ok(Op::Single { table: qualified(rel), statement: scd2::truncate(rel, commit_time)? })
             })
             .collect();
     }
     if mode == Mode::Scd2 {
         let rel = relation(relations, change_rel(&change))?;
-        return Ok(scd2::statements(rel, change, commit_time)?.into_iter().map(|(sql, params)| Op::Single { table: qualified(rel), sql, params }).collect());
+        return Ok(scd2::statements(rel, change, commit_time)?.into_iter().map(|statement| Op::Single { table: qualified(rel), statement }).collect());
     }
     Ok(match change {
         Change::Insert { rel, new } => {
@@ -115,10 +118,13 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
                 return Err(Error::new(ErrorKind::Envelope, format!("update of {} without a value for key column {k}", qualified(rel))));
             }
             let key_changed = old.as_ref().is_some_and(|old| keys.iter().any(|&k| old.get(k) != new.get(k)));
-            if mode == Mode::Default {
+            // An update lacking unchanged TOASTed values is never an upsert: inserting the row
+            // would put NULL (or the column default) in their place. It updates the row by key,
+            // which must then exist (in upsert mode, and for rows that may be entering a filter).
+            if mode == Mode::Default || !unchanged.is_empty() {
                 let source = if key_changed { old.as_ref() } else { Some(&new) };
                 let key = keys.iter().map(|&k| source.and_then(|r| r.get(k).cloned().flatten())).collect();
-                return Ok(vec![Op::Update { rel, key, present, row: new, key_changed }]);
+                return Ok(vec![Op::Update { rel, key, present, row: new, key_changed, require: mode != Mode::Default }]);
             }
             let mut ops = Vec::with_capacity(2);
             if let Some(old) = old
@@ -246,6 +252,9 @@ struct Run {
     report: bool,
     /// Takes no further rows (a key-changing update, an SCD2 statement).
     alone: bool,
+    /// Every row must be found: fewer affected rows than sent halts the task
+    /// ([`ErrorKind::UnchangedToast`]).
+    require: bool,
 }
 
 impl Run {
@@ -256,18 +265,28 @@ impl Run {
                 let keys = key_indexes(rel)?;
                 let key_positions = present.iter().enumerate().filter(|(_, i)| keys.contains(i)).map(|(p, _)| p).collect();
                 let values = present.iter().map(|&i| take(row, i)).collect();
-                let run = Run { sql: upsert_sql(rel, present)?, kind: RunKind::Upsert, table: qualified(rel), operation: *source, key_positions, rows: Vec::new(), report: false, alone: false };
+                let run = Run { sql: upsert_sql(rel, present)?, kind: RunKind::Upsert, table: qualified(rel), operation: *source, key_positions, rows: Vec::new(), report: false, alone: false, require: false };
                 Ok(Some((run, values)))
             }
             Op::Insert { rel, row } => {
-                let run = Run { sql: insert_sql(rel), kind: RunKind::Insert, table: qualified(rel), operation: Operation::Insert, key_positions: Vec::new(), rows: Vec::new(), report: false, alone: false };
+                let run = Run { sql: insert_sql(rel), kind: RunKind::Insert, table: qualified(rel), operation: Operation::Insert, key_positions: Vec::new(), rows: Vec::new(), report: false, alone: false, require: false };
                 Ok(Some((run, std::mem::take(row))))
             }
-            Op::Update { rel, key, present, row, key_changed } => {
+            Op::Update { rel, key, present, row, key_changed, require } => {
                 let mut values = std::mem::take(key);
                 let key_positions = (0..values.len()).collect();
                 values.extend(present.iter().map(|&i| take(row, i)));
-                let run = Run { sql: update_sql(rel, present)?, kind: RunKind::Update, table: qualified(rel), operation: Operation::Update, key_positions, rows: Vec::new(), report: true, alone: *key_changed };
+                let run = Run {
+                    sql: update_sql(rel, present)?,
+                    kind: RunKind::Update,
+                    table: qualified(rel),
+                    operation: Operation::Update,
+                    key_positions,
+                    rows: Vec::new(),
+                    report: !*require,
+                    alone: *key_changed,
+                    require: *require,
+                };
                 Ok(Some((run, values)))
             }
             Op::Delete { rel, row, report, source } => {
@@ -282,12 +301,13 @@ impl Run {
                     rows: Vec::new(),
                     report: *report,
                     alone: false,
+                    require: false,
                 };
                 Ok(Some((run, values)))
             }
-            Op::Single { table, sql, params } => {
+            Op::Single { table, statement } => {
                 let run = Run {
-                    sql: std::mem::take(sql),
+                    sql: std::mem::take(&mut statement.sql),
                     kind: RunKind::Single,
                     table: std::mem::take(table),
                     operation: Operation::Scd2,
@@ -295,8 +315,9 @@ impl Run {
                     rows: Vec::new(),
                     report: false,
                     alone: true,
+                    require: statement.require,
                 };
-                Ok(Some((run, std::mem::take(params))))
+                Ok(Some((run, std::mem::take(&mut statement.params))))
             }
             Op::Truncate { .. } => Ok(None),
         }
@@ -329,6 +350,21 @@ impl Run {
     }
 }
 
+/// The halt when an update lacks unchanged TOASTed values and the target lacks the row (or, in
+/// `scd2` mode, its current version) to keep them from.
+fn missing_toast(table: &str, missing: u64, sent: u64) -> Error {
+    Error::new(
+        ErrorKind::UnchangedToast,
+        format!(
+            "{missing} of {sent} updates of {table} found no target row to update, and the source did not send their unchanged large (TOASTed) column values: \
+             the row entered the task's filter, or is missing from the target. TREMpy does not write NULL in their place, so the task halts here. \
+             Remedy: at the source, ALTER TABLE … REPLICA IDENTITY FULL on the table (updates then carry the whole old row, and the values are taken from it), \
+             then reload the task (trempy.update_task with start_mode \"reload\") so that the missing rows are copied"
+        ),
+    )
+    .with_table(table.to_owned())
+}
+
 /// Executes operations against the target inside the caller's open transaction.
 ///
 /// Bulk statements are pipelined: each is sent as soon as its run is complete, and the next
@@ -353,7 +389,7 @@ impl Writer {
         for mut op in plan(relations, change, mode, commit_time)? {
             match Run::for_op(&mut op)? {
                 Some((run, values)) => {
-                    let fits = self.run.as_ref().is_some_and(|r| r.sql == run.sql && !r.alone && !run.alone && r.rows.len() < MAX_RUN_ROWS);
+                    let fits = self.run.as_ref().is_some_and(|r| r.sql == run.sql && r.require == run.require && !r.alone && !run.alone && r.rows.len() < MAX_RUN_ROWS);
                     let operation = run.operation;
                     if !fits {
                         self.flush(client).await?;
@@ -375,7 +411,7 @@ impl Writer {
                         if cascade {
                             sql.push_str(" CASCADE");
                         }
-                        client.batch_execute(&sql).await.map_err(|e| Error::target(&e).with_table(names.join(", ")).with_operation(Operation::Truncate))?;
+                        client.execute(&sql, &[]).await.map_err(|e| Error::target(&e).with_table(names.join(", ")).with_operation(Operation::Truncate))?;
                     }
                 }
             }
@@ -398,7 +434,7 @@ impl Writer {
                 s
             }
         };
-        let (kind, report) = (run.kind, run.report);
+        let (kind, report, require) = (run.kind, run.report, run.require);
         let columns = if kind == RunKind::Single { run.rows.pop().unwrap_or_default().into_iter().map(|v| vec![v]).collect() } else { run.parameters() };
         let sent = columns.first().map_or(0, Vec::len) as u64;
         let (client, table, operation) = (Arc::clone(client), run.table, run.operation);
@@ -411,6 +447,9 @@ impl Writer {
                 client.execute(&statement, &params).await
             }
             .map_err(|e| Error::target(&e).with_table(table.clone()).with_operation(operation))?;
+            if require && affected < sent {
+                return Err(missing_toast(&table, sent - affected, sent).with_operation(operation));
+            }
             if report && affected < sent {
                 let what = if kind == RunKind::Update { "updates" } else { "deletes" };
                 warn!(table = %table, sent, affected, "default mode: {} of {sent} {what} found no target row", sent - affected);
@@ -492,11 +531,11 @@ mod tests {
 
     #[test]
     fn key_change_deletes_the_old_row_first() {
-        let change = Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("x"), None], unchanged: vec![2] };
+        let change = Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("x"), None], unchanged: vec![] };
         let e = [rel()];
         let ops = plan(&e, change, Mode::Upsert, "").unwrap();
         assert!(matches!(&ops[0], Op::Delete { row, .. } if row[0] == s("1")));
-        assert!(matches!(&ops[1], Op::Upsert { present, .. } if present == &vec![0, 1]));
+        assert!(matches!(&ops[1], Op::Upsert { present, .. } if present == &vec![0, 1, 2]));
         let same_key = Change::Update { rel: 1, old: Some(vec![s("2"), None, None]), new: vec![s("2"), s("y"), s("{}")], unchanged: vec![] };
         assert_eq!(plan(&e, same_key, Mode::Upsert, "").unwrap().len(), 1);
     }
@@ -524,6 +563,30 @@ mod tests {
         assert!(matches!(&ops[0], Op::Insert { .. }));
         let ops = plan(&e, Change::Delete { rel: 1, old: vec![s("3"), None, None] }, Mode::Default, "").unwrap();
         assert!(matches!(&ops[0], Op::Delete { report: true, .. }));
+    }
+
+    #[test]
+    fn an_update_lacking_unchanged_toast_is_never_an_upsert() {
+        let e = [rel()];
+        // upsert mode (also every update under a filter): an UPDATE by key that must find its row
+        let change = Change::Update { rel: 1, old: None, new: vec![s("1"), s("x"), None], unchanged: vec![2] };
+        let mut ops = plan(&e, change, Mode::Upsert, "").unwrap();
+        assert_eq!(ops.len(), 1);
+        assert!(matches!(&ops[0], Op::Update { present, require: true, key_changed: false, .. } if present == &vec![0, 1]));
+        let (run, values) = Run::for_op(&mut ops[0]).unwrap().unwrap();
+        assert!(run.require && !run.report);
+        assert_eq!(values, vec![s("1"), s("1"), s("x")]);
+        assert!(run.sql.starts_with("UPDATE "), "{}", run.sql);
+        // a key change too: the row is updated under its old key, the unchanged value stays
+        let change = Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("x"), None], unchanged: vec![2] };
+        let ops = plan(&e, change, Mode::Upsert, "").unwrap();
+        assert!(matches!(&ops[..], [Op::Update { key, require: true, key_changed: true, .. }] if key == &vec![s("1")]));
+        // default mode keeps reporting a missing row as a warning
+        let change = Change::Update { rel: 1, old: None, new: vec![s("1"), s("x"), None], unchanged: vec![2] };
+        assert!(matches!(&plan(&e, change, Mode::Default, "").unwrap()[..], [Op::Update { require: false, .. }]));
+        let err = missing_toast("\"public\".\"t\"", 1, 3);
+        assert_eq!(err.kind(), ErrorKind::UnchangedToast);
+        assert!(err.message().contains("REPLICA IDENTITY FULL") && err.message().contains("reload") && err.message().contains("1 of 3"), "{}", err.message());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use tokio_postgres::Client;
 use trempy_protocol::envelope::Relation;
 
 use crate::apply::quote_ident;
-use crate::error::Error;
+use trempy_protocol::typename;
+
+use crate::error::{Error, ErrorKind};
 
 /// Target column types, per target table, read once per session.
 #[derive(Debug, Default)]
@@ -68,41 +70,68 @@ impl Catalog {
     }
 }
 
+/// The type a created column gets: `create_type` when the source gave one, else `type`. Both
+/// were checked when the message was parsed ([`trempy_protocol::typename`]); checked again here,
+/// so that nothing but a type name is ever written into the DDL.
+fn column_type(column: &trempy_protocol::envelope::Column, table: &str) -> Result<String, Error> {
+    let ty = column.create_type.as_deref().unwrap_or(&column.type_name);
+    typename::check_type(ty)
+        .map_err(|m| Error::new(ErrorKind::Envelope, format!("the type of column {} of {table} {m}", quote_ident(&column.name))).with_table(table.to_owned()))?;
+    Ok(ty.to_owned())
+}
+
 /// `CREATE TABLE` for a source relation: same column names, the source types (domains resolved
 /// to their base type, enums as text: see `Column::create_type`), NOT NULL, and the key as the
-/// primary key. The schema is created if missing.
-pub(crate) fn create_table_sql(relation: &Relation, if_not_exists: bool) -> String {
-    let mut columns: Vec<String> = relation
-        .columns
-        .iter()
-        .map(|c| {
-            let ty = c.create_type.as_deref().unwrap_or(&c.type_name);
-            let not_null = if c.not_null || c.key { " NOT NULL" } else { "" };
-            format!("{} {ty}{not_null}", quote_ident(&c.name))
-        })
-        .collect();
+/// primary key. One statement; [`create_table`] creates the schema first.
+pub(crate) fn create_table_sql(relation: &Relation, if_not_exists: bool) -> Result<String, Error> {
+    let table = qualified(&relation.schema, &relation.table);
+    let mut columns = Vec::with_capacity(relation.columns.len() + 1);
+    for c in &relation.columns {
+        let not_null = if c.not_null || c.key { " NOT NULL" } else { "" };
+        columns.push(format!("{} {}{not_null}", quote_ident(&c.name), column_type(c, &table)?));
+    }
     let keys: Vec<String> = relation.columns.iter().filter(|c| c.key).map(|c| quote_ident(&c.name)).collect();
     if !keys.is_empty() {
         columns.push(format!("PRIMARY KEY ({})", keys.join(", ")));
     }
-    format!(
-        "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE {}{} ({})",
-        quote_ident(&relation.schema),
-        if if_not_exists { "IF NOT EXISTS " } else { "" },
-        qualified(&relation.schema, &relation.table),
-        columns.join(", ")
-    )
+    Ok(format!("CREATE TABLE {}{table} ({})", if if_not_exists { "IF NOT EXISTS " } else { "" }, columns.join(", ")))
 }
 
-/// Creates the target table (see [`create_table_sql`]).
+/// Resolves every type a created table would get on the target (`pg_catalog.to_regtype`, which
+/// parses its argument as a type name and nothing else): a type the target lacks is reported as
+/// such (SQLSTATE 42704, the task halts until it exists) before any DDL runs.
+async fn resolve_types(client: &Client, relation: &Relation) -> Result<(), Error> {
+    let table = qualified(&relation.schema, &relation.table);
+    for c in &relation.columns {
+        let ty = column_type(c, &table)?;
+        let known: bool = client
+            .query_one("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[&ty])
+            .await
+            .map_err(|e| Error::target(&e).with_table(table.clone()))?
+            .get(0);
+        if !known {
+            return Err(Error::new(ErrorKind::TargetSql, format!("cannot create {table}: type {ty} of column {} does not exist in the target", quote_ident(&c.name)))
+                .with_sqlstate("42704")
+                .with_table(table));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the target table (see [`create_table_sql`]), dropping it first when `recreate`. Each
+/// statement runs alone through the extended protocol (never as a multi-statement string), after
+/// every type was resolved on the target.
 pub(crate) async fn create_table(client: &Client, relation: &Relation, recreate: bool) -> Result<(), Error> {
     let table = qualified(&relation.schema, &relation.table);
-    let mut sql = String::new();
+    let create = create_table_sql(relation, !recreate)?;
+    resolve_types(client, relation).await?;
+    let fail = |e: tokio_postgres::Error| Error::target(&e).with_table(table.clone());
+    client.execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&relation.schema)), &[]).await.map_err(fail)?;
     if recreate {
-        sql.push_str(&format!("DROP TABLE IF EXISTS {table}; "));
+        client.execute(&format!("DROP TABLE IF EXISTS {table}"), &[]).await.map_err(fail)?;
     }
-    sql.push_str(&create_table_sql(relation, !recreate));
-    client.batch_execute(&sql).await.map_err(|e| Error::target(&e).with_table(table))
+    client.execute(&create, &[]).await.map_err(fail)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -127,9 +156,22 @@ mod tests {
             ],
         };
         assert_eq!(
-            create_table_sql(&relation, true),
-            "CREATE SCHEMA IF NOT EXISTS \"Sales \"\"EU\"\"\"; CREATE TABLE IF NOT EXISTS \"Sales \"\"EU\"\"\".\"Ordér s\" (\"id\" bigint NOT NULL, \
+            create_table_sql(&relation, true).unwrap(),
+            "CREATE TABLE IF NOT EXISTS \"Sales \"\"EU\"\"\".\"Ordér s\" (\"id\" bigint NOT NULL, \
              \"Line No\" integer NOT NULL, \"amount\" numeric(12,2) NOT NULL, \"mood\" text, \"code\" character varying(3)[], PRIMARY KEY (\"id\", \"Line No\"))"
         );
+    }
+
+    #[test]
+    fn a_forged_type_never_reaches_the_ddl() {
+        let relation = Relation {
+            id: 1,
+            schema: "public".into(),
+            table: "t".into(),
+            columns: vec![Column { name: "id".into(), type_name: "integer".into(), key: true, create_type: Some("int); DROP TABLE public.canary; --".into()), ..Column::default() }],
+        };
+        let err = create_table_sql(&relation, true).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Envelope);
+        assert!(err.message().contains("is not a type name") && !err.message().contains("canary"), "{}", err.message());
     }
 }

@@ -140,6 +140,10 @@ struct RunArgs {
     /// Attempts at a source transaction failing for a permanent reason before it is dead-lettered.
     #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
     max_attempts: u32,
+    /// Messages read ahead (never acknowledged) for newer task settings when halted because the
+    /// task's rules do not fit a table.
+    #[arg(long, default_value_t = 10_000)]
+    lookahead: u16,
 }
 
 /// How to reach RabbitMQ.
@@ -229,6 +233,7 @@ async fn run(args: RunArgs) -> ExitCode {
         amqp_url,
         target_dsn: args.target_dsn,
         prefetch: args.prefetch.max(1),
+        lookahead: args.lookahead.max(1),
         batch_changes: args.batch_changes.max(1),
         batch_delay: Duration::from_millis(args.batch_delay_ms),
         idle_commit: Duration::from_millis(args.idle_commit_ms),

@@ -19,9 +19,12 @@
 //! failing source transaction is known; the task's [`ErrorPolicy`] then stops the task, retries
 //! the transaction, or dead-letters it. A message that is not a valid envelope is dead-lettered at
 //! once, except a message of this task in a newer envelope version: it halts the task in order
-//! (what came before it committed, it left in the queue) until the applier is upgraded.
+//! (what came before it committed, it left in the queue) until the applier is upgraded. A halt
+//! because the task's rules no longer fit a table looks for newer settings behind the failing
+//! message ([`lookahead`]).
 
 mod isolate;
+mod lookahead;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +62,8 @@ pub(crate) struct Options {
     pub(crate) amqp_url: String,
     pub(crate) target_dsn: String,
     pub(crate) prefetch: u16,
+    /// Messages read ahead for newer settings when halted on a rules error ([`lookahead`]).
+    pub(crate) lookahead: u16,
     pub(crate) batch_changes: u64,
     pub(crate) batch_delay: Duration,
     pub(crate) idle_commit: Duration,
@@ -118,6 +123,22 @@ pub(crate) async fn run(options: Options, mut shutdown: watch::Receiver<bool>) {
                     }
                     attempt = 0;
                     continue;
+                }
+                let halt = match err.kind() {
+                    ErrorKind::Rules => Some(lookahead::Halt::Rules),
+                    ErrorKind::UnchangedToast => Some(lookahead::Halt::UnchangedToast),
+                    _ => None,
+                };
+                if let Some(halt) = halt {
+                    // The remedy (new settings, a reload) is queued behind the failing message.
+                    match lookahead::newer_settings(&options, halt).await {
+                        Ok(lookahead::Found::Adopted) => {
+                            attempt = 0;
+                            continue;
+                        }
+                        Ok(lookahead::Found::Nothing) => {}
+                        Err(e) => warn!(task = options.names.task(), error = %e, "could not look ahead in the queue for newer settings"),
+                    }
                 }
                 if matches!(policy::reaction(&err, attempt), Reaction::Permanent | Reaction::DeadLetter) && carry.isolate_until.is_none() && high > committed {
                     warn!(task = options.names.task(), error = %err, up_to = %high, "a source transaction failed permanently; applying one transaction at a time to find it");
@@ -431,8 +452,15 @@ impl<'o> Session<'o> {
         if let Some(settings) = envelope.settings.take() {
             self.take_settings(&settings).await?;
         }
-        if !envelope.relations.is_empty() {
-            self.prepare_relations(&envelope, !envelope.transactions.is_empty()).await?;
+        if !envelope.relations.is_empty()
+            && let Err(err) = self.prepare_relations(&envelope, !envelope.transactions.is_empty()).await
+        {
+            if err.kind() == ErrorKind::Rules {
+                // Halt in order: what came before this message is committed and acknowledged
+                // (nothing of it is applied yet), so that it heads the queue for the look-ahead.
+                self.commit().await?;
+            }
+            return Err(err);
         }
         if let Some(chunk) = envelope.load.take() {
             self.load_chunk(chunk).await?;
@@ -595,7 +623,7 @@ impl<'o> Session<'o> {
             self.task(),
             last.commit_lsn
         );
-        self.client.batch_execute(&cursor).await?;
+        self.client.execute(&cursor, &[]).await?;
         let mut expected = 0_u32;
         loop {
             let rows = self.client.query("FETCH 4 FROM trempy_staged", &[]).await?;

@@ -26,9 +26,18 @@ pub(crate) enum ErrorKind {
     /// The stream cannot be followed safely (messages of a task incarnation already left
     /// behind): it halts in order, never skips and never dead-letters.
     Stream,
-    /// A row that the task's transformations cannot compute (a value out of range, the task's
-    /// settings not fitting the relation): it stops the task in order, like a target SQL error.
+    /// A row that the task's transformations cannot compute (an arithmetic overflow, a value out
+    /// of range): a permanent failure of its source transaction, which the task's error policy
+    /// handles like a refused row (stop, or retry then dead-letter).
     Transform,
+    /// The task's filters and transformations do not fit a source table as it is now (a column
+    /// they use was dropped or renamed): it halts in order, naming the rules, until new settings
+    /// (`trempy.update_task`) arrive; the applier looks for them in the queue behind the failing
+    /// message.
+    Rules,
+    /// An update lacks values the target needs and does not have (unchanged TOASTed columns of
+    /// a row missing from the target): it halts in order, never writing NULL in their place.
+    UnchangedToast,
 }
 
 impl ErrorKind {
@@ -43,6 +52,8 @@ impl ErrorKind {
             Self::Conflict => "conflict",
             Self::Stopped => "stopped",
             Self::Transform => "transform",
+            Self::Rules => "rules",
+            Self::UnchangedToast => "unchanged_toast",
             Self::Stream => "stream",
         }
     }

@@ -8,6 +8,9 @@
 //! merged instead: COPY into a temporary table, then `INSERT … ON CONFLICT (key) DO UPDATE`.
 //! A new attempt of the same table (the decoding worker was interrupted mid-table and copies it
 //! again under a new snapshot) empties the table again first, unless it was being merged.
+//!
+//! Statements built from a message's names (always quoted) run one at a time through the
+//! extended protocol, never as a multi-statement string.
 
 use std::io::Cursor;
 use std::pin::pin;
@@ -86,8 +89,9 @@ pub(crate) async fn apply(client: &Client, catalog: &mut Catalog, relation: &Rel
     let data = Cursor::new(chunk.data.into_bytes());
     let target = if merge { "pg_temp.trempy_load".to_owned() } else { table.clone() };
     if merge {
+        client.execute("DROP TABLE IF EXISTS pg_temp.trempy_load", &[]).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
         client
-            .batch_execute(&format!("DROP TABLE IF EXISTS pg_temp.trempy_load; CREATE TEMP TABLE trempy_load AS SELECT {} FROM {table} WITH NO DATA", columns.join(", ")))
+            .execute(&format!("CREATE TEMP TABLE trempy_load AS SELECT {} FROM {table} WITH NO DATA", columns.join(", ")), &[])
             .await
             .map_err(|e| Error::target(&e).with_table(table.clone()))?;
     }
@@ -104,11 +108,12 @@ pub(crate) async fn apply(client: &Client, catalog: &mut Catalog, relation: &Rel
         let sets: Vec<String> = relation.columns.iter().filter(|c| !c.key).map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name))).collect();
         let action = if sets.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", sets.join(", ")) };
         let sql = format!(
-            "INSERT INTO {table} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM pg_temp.trempy_load ON CONFLICT ({}) DO {action}; DROP TABLE pg_temp.trempy_load",
+            "INSERT INTO {table} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM pg_temp.trempy_load ON CONFLICT ({}) DO {action}",
             keys.join(", "),
             cols = columns.join(", ")
         );
-        client.batch_execute(&sql).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
+        client.execute(&sql, &[]).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
+        client.execute("DROP TABLE pg_temp.trempy_load", &[]).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
     }
     Ok(LoadMark { copy_id: chunk.copy_id, table_index: chunk.table_index, attempt: chunk.attempt, seq: chunk.seq, merge })
 }
@@ -134,7 +139,7 @@ async fn prepare(client: &Client, catalog: &mut Catalog, relation: &Relation, ch
         false
     };
     if !created && (prepare.truncate || restart) {
-        client.batch_execute(&format!("TRUNCATE {table}")).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
+        client.execute(&format!("TRUNCATE {table}"), &[]).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
         return Ok(false);
     }
     if created {

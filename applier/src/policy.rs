@@ -2,8 +2,9 @@
 //!
 //! Two layers:
 //! * [`reaction`] classifies any error: transient (retry forever with back-off), target not ready
-//!   (halt in order, retry with a long back-off), bad input (dead-letter at once), or permanent
-//!   for the failing source transaction.
+//!   or rules not fitting (halt in order, retry with a long back-off), bad input (dead-letter at
+//!   once), or permanent for the failing source transaction (a refused row, a row the
+//!   transformations cannot compute).
 //! * [`ErrorPolicy::decide`] applies the task's `error_handling` settings to a permanent failure
 //!   of one source transaction, once the applier has pinpointed it: stop the task, retry, or
 //!   dead-letter after [`ErrorPolicy::max_attempts`] attempts.
@@ -23,7 +24,9 @@ pub(crate) enum Reaction {
     /// The message can never be applied by anyone (not a valid envelope): dead-letter it.
     DeadLetter,
     /// The target is not ready (missing table, schema or column, or a column of another type), the
-    /// applier is too old for the message (a newer envelope version), or the failing source transaction is
+    /// applier is too old for the message (a newer envelope version), the task's rules do not fit
+    /// a table any more, an update lacks unchanged TOASTed values the target does not have, or the
+    /// failing source transaction is
     /// larger than one message and cannot be dead-lettered: roll back, report loudly, and try again
     /// after a long delay, in order: the task waits rather than skipping a source transaction.
     Halt(Duration),
@@ -85,7 +88,9 @@ pub(crate) fn reaction(err: &Error, attempt: u32) -> Reaction {
             Some(code) if not_ready_sqlstate(code) => Reaction::Halt(halt_delay(attempt)),
             _ => Reaction::Permanent,
         },
-        ErrorKind::Transform | ErrorKind::Stream | ErrorKind::NewerEnvelope => Reaction::Halt(halt_delay(attempt)),
+        // A row the transformations cannot compute fails its source transaction only.
+        ErrorKind::Transform => Reaction::Permanent,
+        ErrorKind::Rules | ErrorKind::UnchangedToast | ErrorKind::Stream | ErrorKind::NewerEnvelope => Reaction::Halt(halt_delay(attempt)),
     }
 }
 
@@ -193,6 +198,20 @@ mod tests {
         assert_eq!(reaction(&sql("23505", None), 0), Reaction::Permanent);
         assert_eq!(reaction(&sql("42P01", None), 0), Reaction::Halt(Duration::from_secs(5)));
         assert_eq!(reaction(&sql("40P01", None), 1), Reaction::Retry(Duration::from_millis(500)));
+        assert_eq!(reaction(&Error::new(ErrorKind::Rules, "x"), 0), Reaction::Halt(Duration::from_secs(5)));
+        assert_eq!(reaction(&Error::new(ErrorKind::UnchangedToast, "x"), 0), Reaction::Halt(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_row_the_transformations_cannot_compute_follows_the_error_policy() {
+        let err = Error::new(ErrorKind::Transform, "overflow").with_operation(Operation::Insert);
+        assert_eq!(reaction(&err, 0), Reaction::Permanent);
+        assert_eq!(ErrorPolicy::default().decide(&err, 1), Decision::Retry(Duration::from_secs(1)));
+        assert_eq!(ErrorPolicy::default().decide(&err, 3), Decision::DeadLetter);
+        let stop = ErrorHandling { stop_if_insert_error: Some(true), stop_if_update_error: None, stop_if_delete_error: None, stop_if_upsert_error: None, stop_if_scd2_error: None };
+        assert_eq!(ErrorPolicy::from_settings(Some(&stop), 3).decide(&err, 1), Decision::Stop);
+        let update = Error::new(ErrorKind::Transform, "overflow").with_operation(Operation::Update);
+        assert_eq!(ErrorPolicy::from_settings(Some(&stop), 3).decide(&update, 1), Decision::Retry(Duration::from_secs(1)));
     }
 
     #[test]

@@ -146,6 +146,42 @@ pub(crate) async fn advance(tx: &tokio_postgres::Client, task: &str, from: &Posi
     }
 }
 
+/// Records `settings` as the settings in effect at the committed position `at`, which does not
+/// move (newer settings found behind a message the task's rules cannot handle: see
+/// `consume::lookahead`). Its own transaction; false if the position moved meanwhile.
+pub(crate) async fn adopt_settings(client: &tokio_postgres::Client, task: &str, at: &Position, settings: &str) -> Result<bool, Error> {
+    let updated = client
+        .execute(
+            "UPDATE trempy.applier_progress SET settings = $2::text::jsonb
+              WHERE task_name = $1 AND commit_lsn = $3::text::pg_lsn AND generation = $4 AND incarnation IS NOT DISTINCT FROM $5",
+            &[&task, &settings, &at.watermark.to_string(), &i32::try_from(at.stream.generation).unwrap_or(i32::MAX), &at.stream.incarnation],
+        )
+        .await?;
+    Ok(updated == 1)
+}
+
+/// Starts a newer generation of the task at once (its own transaction; false if the position
+/// moved meanwhile): an empty position, no load mark, counters reset, as the generation's first
+/// message would (see `consume::lookahead`).
+pub(crate) async fn start_generation(client: &tokio_postgres::Client, task: &str, at: &Position, generation: u32) -> Result<bool, Error> {
+    let updated = client
+        .execute(
+            "UPDATE trempy.applier_progress
+                SET generation = $2, commit_lsn = '0/0', transactions_applied = 0, changes_applied = 0, rows_loaded = 0,
+                    load_table = NULL, load_attempt = NULL, load_seq = NULL, load_merge = NULL, load_copy = NULL, applied_at = now()
+              WHERE task_name = $1 AND commit_lsn = $3::text::pg_lsn AND generation = $4 AND incarnation IS NOT DISTINCT FROM $5",
+            &[
+                &task,
+                &i32::try_from(generation).unwrap_or(i32::MAX),
+                &at.watermark.to_string(),
+                &i32::try_from(at.stream.generation).unwrap_or(i32::MAX),
+                &at.stream.incarnation,
+            ],
+        )
+        .await?;
+    Ok(updated == 1)
+}
+
 const STAGING_SETUP: &str = "
 CREATE TABLE IF NOT EXISTS trempy.applier_staging (
     task_name  text NOT NULL,

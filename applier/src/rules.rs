@@ -35,7 +35,7 @@ use trempy_protocol::transform::{Context, TablePlan};
 
 use crate::apply::Mode;
 use crate::catalog::{Catalog, qualified};
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Operation};
 use crate::scd2;
 
 /// One source relation, compiled.
@@ -115,19 +115,31 @@ impl Rules {
     }
 
     /// Rewrites one change into its target relation's shape, with the mode to apply it in.
-    pub(crate) fn map(&self, change: Change, mode: Mode, commit_time: &str) -> Result<Vec<(Change, Mode)>, Error> {
+    pub(crate) fn map(&self, mut change: Change, mode: Mode, commit_time: &str) -> Result<Vec<(Change, Mode)>, Error> {
         let id = match &change {
             Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } => *rel,
             Change::Truncate { .. } => return Ok(vec![(change, mode)]),
         };
         let m = self.mapped.get(&id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))?;
+        if let Change::Update { old: Some(old), new, unchanged, .. } = &mut change {
+            fill_unchanged(old, new, unchanged);
+        }
         if m.passthrough {
             return Ok(vec![(change, mode)]);
         }
         let table = || qualified(&m.plan.target_schema, &m.plan.target_table);
         let ctx = Context { now: commit_time };
+        let operation = match (&change, mode) {
+            (_, Mode::Scd2) => Operation::Scd2,
+            (Change::Insert { .. }, _) => Operation::Insert,
+            (Change::Update { .. }, _) => Operation::Update,
+            _ => Operation::Delete,
+        };
+        // A row the plan cannot compute fails its source transaction (the error policy decides).
         let transform = |row: Vec<Option<String>>, unchanged: &[usize]| {
-            m.plan.apply(row, unchanged, &ctx).map_err(|e| Error::new(ErrorKind::Transform, format!("cannot transform a row for {}: {e}", table())).with_table(table()))
+            m.plan
+                .apply(row, unchanged, &ctx)
+                .map_err(|e| Error::new(ErrorKind::Transform, format!("cannot transform a row for {}: {e}", table())).with_table(table()).with_operation(operation))
         };
         let passes = |row: &[Option<String>]| m.filter.as_ref().is_none_or(|f| f.matches(row));
         // a delete under a filter may find no row: not worth a warning in default mode
@@ -220,6 +232,20 @@ impl Rules {
     }
 }
 
+/// Under `REPLICA IDENTITY FULL` an update carries the whole old row, TOASTed values included:
+/// the columns the new row lacks (unchanged TOAST) are taken from it, so the change can be
+/// written whole (even as the insert of a row entering a filter). A TOASTed value is never NULL,
+/// so a NULL there means the old row does not carry the column (it is outside the identity).
+fn fill_unchanged(old: &[Option<String>], new: &mut [Option<String>], unchanged: &mut Vec<usize>) {
+    unchanged.retain(|&c| match (old.get(c), new.get_mut(c)) {
+        (Some(Some(value)), Some(slot)) => {
+            *slot = Some(value.clone());
+            false
+        }
+        _ => true,
+    });
+}
+
 /// True when the task has transformations for this source table (a modified column keeps its
 /// name and source index, so the plan's shape alone cannot tell).
 fn transformed(settings: Option<&TaskSettings>, source: &Relation) -> bool {
@@ -233,9 +259,20 @@ fn compile(settings: Option<&TaskSettings>, source: &Relation) -> Result<(Option
     let (filter, plan) = match settings {
         None => (None, TablePlan::identity(&source.schema, &source.table, &columns)),
         Some(settings) => settings.table_plan(&source.schema, &source.table, &columns).map_err(|problems| {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            let list: Vec<String> = problems.iter().map(|p| match rule_name(settings, &p.path) {
+                Some(name) => format!("{name}: {p}"),
+                None => p.to_string(),
+            }).collect();
             let table = qualified(&source.schema, &source.table);
-            Error::new(ErrorKind::Transform, format!("the task's filters and transformations do not fit {table} as it is now: {}", list.join("; "))).with_table(table)
+            Error::new(
+                ErrorKind::Rules,
+                format!(
+                    "the task's filters and transformations do not fit {table} as it is now (a column they use was dropped, renamed or changed at the source): {}. \
+                     Fix the task's settings at the source with trempy.update_task: the applier takes the new settings from behind this message and applies it under them",
+                    list.join("; ")
+                ),
+            )
+            .with_table(table)
         })?,
     };
     let mut target_columns: Vec<Column> = plan
@@ -263,6 +300,21 @@ fn compile(settings: Option<&TaskSettings>, source: &Relation) -> Result<(Option
     }
     let target = Relation { id: source.id, schema: plan.target_schema.clone(), table: plan.target_table.clone(), columns: target_columns };
     Ok((filter, plan, target))
+}
+
+/// The rule a settings path points into, by position, type and description: `filter 0
+/// (equals, "only active")`, `transformation 2 (modify_column_value, "upper name")`.
+fn rule_name(settings: &TaskSettings, path: &str) -> Option<String> {
+    let index = |prefix: &str| path.strip_prefix(prefix)?.split(']').next()?.parse::<usize>().ok();
+    if let Some(i) = index("filters[") {
+        let f = settings.filters.get(i)?;
+        Some(format!("filter {i} ({}, {:?})", f.settings.filter_type.name(), f.settings.description))
+    } else if let Some(i) = index("transformations[") {
+        let t = settings.transformations.get(i)?;
+        Some(format!("transformation {i} ({}, {:?})", t.settings.transformation_type.name(), t.settings.description))
+    } else {
+        None
+    }
 }
 
 /// `mode()` is `Scd2` only with settings.
@@ -349,6 +401,52 @@ mod tests {
         assert!(matches!(&out[0], (Change::Delete { .. }, Mode::Upsert)));
         let (data, rows) = r.load_data(7, "1\tann\tF\n2\tbob\tM\n".into(), 2, t).unwrap();
         assert_eq!((data.as_str(), rows), ("1\tANN\tF\n", 1));
+    }
+
+    #[test]
+    fn unchanged_toast_is_filled_from_a_full_old_row() {
+        let r = rules(&settings("default", RULES));
+        let t = "2026-01-01T00:00:00Z";
+        // REPLICA IDENTITY FULL: the old row carries the value; the row is written whole
+        let out = r.map(Change::Update { rel: 7, old: Some(v(&["1", "big", "M"])), new: v(&["1", "-", "F"]), unchanged: vec![1] }, Mode::Default, t).unwrap();
+        assert!(matches!(&out[0], (Change::Update { new, unchanged, .. }, Mode::Upsert) if new == &v(&["1", "BIG", "F"]) && unchanged.is_empty()));
+        // without it (or without the column in the old row) it stays unchanged: apply updates by key
+        let out = r.map(Change::Update { rel: 7, old: None, new: v(&["1", "-", "F"]), unchanged: vec![1] }, Mode::Default, t).unwrap();
+        assert!(matches!(&out[0], (Change::Update { unchanged, .. }, Mode::Upsert) if unchanged == &vec![1]));
+        let out = r.map(Change::Update { rel: 7, old: Some(v(&["0", "-", "-"])), new: v(&["1", "-", "F"]), unchanged: vec![1] }, Mode::Default, t).unwrap();
+        assert!(matches!(&out[0], (Change::Update { unchanged, .. }, Mode::Upsert) if unchanged == &vec![1]));
+        // a passthrough table is filled too
+        let p = rules(&settings("upsert", ""));
+        let out = p.map(Change::Update { rel: 7, old: Some(v(&["1", "big", "M"])), new: v(&["1", "-", "M"]), unchanged: vec![1] }, Mode::Upsert, t).unwrap();
+        assert!(matches!(&out[0], (Change::Update { new, unchanged, .. }, Mode::Upsert) if new == &v(&["1", "big", "M"]) && unchanged.is_empty()));
+    }
+
+    #[test]
+    fn a_row_the_plan_cannot_compute_is_a_transform_error_of_its_operation() {
+        let math = r#", "transformations": [{"table_info": {"schema_name": "public", "table_name": "emp"},
+            "settings": {"transformation_type": "modify_column_value", "description": "", "contract": {"operation": "math_expression", "column_name": "id", "expression": "value ^ 400"}, "priority": 1}}]"#;
+        let r = rules(&settings("upsert", math));
+        let big = "10".to_owned(); // 10^400 overflows double precision
+        let err = r.map(Change::Insert { rel: 7, new: v(&[&big, "a", "F"]) }, Mode::Upsert, "t").unwrap_err();
+        assert_eq!((err.kind(), err.operation()), (ErrorKind::Transform, Some(Operation::Insert)), "{}", err.message());
+        let err = r.map(Change::Update { rel: 7, old: None, new: v(&[&big, "a", "F"]), unchanged: vec![] }, Mode::Upsert, "t").unwrap_err();
+        assert_eq!((err.kind(), err.operation()), (ErrorKind::Transform, Some(Operation::Update)));
+        let err = r.map(Change::Insert { rel: 7, new: v(&[&big, "a", "F"]) }, Mode::Scd2, "t").unwrap_err();
+        assert_eq!(err.operation(), Some(Operation::Scd2));
+    }
+
+    #[test]
+    fn rules_that_no_longer_fit_name_themselves() {
+        let s = settings("upsert", RULES);
+        let mut gone = source();
+        gone.columns.truncate(2); // `gender` was dropped at the source
+        let err = compile(Some(&s), &gone).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Rules);
+        assert!(err.message().contains("filter 0 (equals, \"\"): filters[0].settings.column_name"), "{}", err.message());
+        assert!(err.message().contains("trempy.update_task"), "{}", err.message());
+        assert_eq!(rule_name(&s, "transformations[1].settings.contract"), Some("transformation 1 (modify_table_name, \"\")".to_owned()));
+        assert_eq!(rule_name(&s, "tables[0]"), None);
+        assert_eq!(rule_name(&s, "filters[9].x"), None);
     }
 
     #[test]

@@ -11,8 +11,11 @@
 //! * insert / update: if the current version holds the same values in every replicated column,
 //!   nothing happens (a no-op update creates no version). Otherwise the current version is closed
 //!   (`end` = commit time, `current` = false) and a new one opened (`start` = commit time). Columns
-//!   not sent (unchanged TOAST) are carried from the current version. A second change of the same
-//!   key in the same source transaction revises the version that transaction opened.
+//!   not sent (unchanged TOAST; under `REPLICA IDENTITY FULL` they are taken from the old row
+//!   instead, see [`crate::rules`]) are carried from the current version, which must exist: when
+//!   there is none (the row enters a filter, or its key changed) the task halts rather than open
+//!   a version with NULL in their place. A second change of the same key in the same source
+//!   transaction revises the version that transaction opened.
 //! * delete: the current version is closed; a version opened by the same source transaction is
 //!   removed instead (it was never visible at the source).
 //! * an update that changes the key closes the old key's version and opens one for the new key.
@@ -32,7 +35,20 @@ use crate::catalog::qualified;
 use crate::error::{Error, ErrorKind};
 
 /// A statement and its text parameters.
-pub(crate) type Statement = (String, Vec<Option<String>>);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Statement {
+    pub(crate) sql: String,
+    pub(crate) params: Vec<Option<String>>,
+    /// It must find a row (the probe for a current version to carry unchanged TOASTed values
+    /// from): finding none halts the task (`ErrorKind::UnchangedToast`).
+    pub(crate) require: bool,
+}
+
+impl Statement {
+    fn new(sql: String, params: Vec<Option<String>>) -> Self {
+        Self { sql, params, require: false }
+    }
+}
 
 /// The number of SCD2 columns at the end of a target relation.
 pub(crate) const COLUMNS: usize = 3;
@@ -52,10 +68,10 @@ struct Shape<'a> {
 impl<'a> Shape<'a> {
     fn of(rel: &'a Relation) -> Result<Self, Error> {
         let table = qualified(&rel.schema, &rel.table);
-        let width = rel.columns.len().checked_sub(COLUMNS).ok_or_else(|| Error::new(ErrorKind::Transform, format!("{table} lacks its SCD2 columns")).with_table(table.clone()))?;
+        let width = rel.columns.len().checked_sub(COLUMNS).ok_or_else(|| Error::new(ErrorKind::Rules, format!("{table} lacks its SCD2 columns")).with_table(table.clone()))?;
         let keys: Vec<usize> = key_indexes(rel)?.into_iter().filter(|&k| k < width).collect();
         if keys.is_empty() {
-            return Err(Error::new(ErrorKind::Transform, format!("{table} has no key for SCD2")).with_table(table));
+            return Err(Error::new(ErrorKind::Rules, format!("{table} has no key for SCD2 (the task's transformations removed every key column)")).with_table(table));
         }
         let name = |i: usize| quote_ident(&rel.columns[width + i].name);
         Ok(Shape { rel, table, width, keys, start: name(0), end: name(1), current: name(2) })
@@ -112,6 +128,11 @@ impl<'a> Shape<'a> {
         )
     }
 
+    /// Finds the current version of a key (a row when there is one).
+    fn current_sql(&self) -> String {
+        format!("{values} SELECT 1 FROM {table} AS x, u WHERE {km} AND x.{current}", values = self.values(&self.keys), table = self.table, km = self.key_match("x"), current = self.current)
+    }
+
     /// Closes the current version of a key.
     fn close_sql(&self) -> String {
         let (start, end, current) = (&self.start, &self.end, &self.current);
@@ -135,7 +156,7 @@ pub(crate) fn statements(rel: &Relation, change: Change, commit_time: &str) -> R
     let version = |present: Vec<usize>, row: &[Option<String>]| -> Statement {
         let mut params: Vec<Option<String>> = present.iter().map(|&i| row.get(i).cloned().flatten()).collect();
         params.push(Some(commit_time.to_owned()));
-        (shape.version_sql(&present), params)
+        Statement::new(shape.version_sql(&present), params)
     };
     Ok(match change {
         Change::Insert { new, .. } => vec![version((0..shape.width).collect(), &new)],
@@ -143,17 +164,22 @@ pub(crate) fn statements(rel: &Relation, change: Change, commit_time: &str) -> R
             if let Some(k) = shape.keys.iter().find(|k| unchanged.contains(k)) {
                 return Err(Error::new(ErrorKind::Envelope, format!("update of {} without a value for key column {k}", shape.table)));
             }
-            let mut out = Vec::with_capacity(2);
+            let mut out = Vec::with_capacity(3);
             if let Some(old) = old
                 && shape.keys.iter().any(|&k| old.get(k) != new.get(k))
             {
-                out.push((shape.close_sql(), shape.key_params(&old, commit_time)));
+                out.push(Statement::new(shape.close_sql(), shape.key_params(&old, commit_time)));
+            }
+            if !unchanged.is_empty() {
+                // The values not sent are carried from the current version: there must be one
+                // (never a version with NULL in their place).
+                out.push(Statement { sql: shape.current_sql(), params: shape.key_params(&new, commit_time), require: true });
             }
             let present = (0..shape.width).filter(|i| !unchanged.contains(i)).collect();
             out.push(version(present, &new));
             out
         }
-        Change::Delete { old, .. } => vec![(shape.close_sql(), shape.key_params(&old, commit_time))],
+        Change::Delete { old, .. } => vec![Statement::new(shape.close_sql(), shape.key_params(&old, commit_time))],
         Change::Truncate { .. } => vec![truncate(rel, commit_time)?],
     })
 }
@@ -165,7 +191,7 @@ pub(crate) fn truncate(rel: &Relation, commit_time: &str) -> Result<Statement, E
         "UPDATE {} SET {} = $1::text::timestamptz, {} = false WHERE {} AND {} < $1::text::timestamptz",
         shape.table, shape.end, shape.current, shape.current, shape.start
     );
-    Ok((sql, vec![Some(commit_time.to_owned())]))
+    Ok(Statement::new(sql, vec![Some(commit_time.to_owned())]))
 }
 
 #[cfg(test)]
@@ -200,7 +226,8 @@ mod tests {
     fn an_insert_opens_a_version_at_the_commit_time() {
         let out = statements(&rel(), Change::Insert { rel: 1, new: vec![s("1"), s("a"), None] }, "2026-01-01T00:00:00Z").unwrap();
         assert_eq!(out.len(), 1);
-        let (sql, params) = &out[0];
+        let Statement { sql, params, require } = &out[0];
+        assert!(!require);
         assert_eq!(params, &vec![s("1"), s("a"), None, s("2026-01-01T00:00:00Z")]);
         assert!(sql.starts_with("WITH u AS (SELECT $1::text::integer AS c0, $2::text::text AS c1, $3::text::text AS c2, $4::text::timestamptz AS t)"), "{sql}");
         assert!(sql.contains("ROW(x.\"name\", x.\"bio\") IS DISTINCT FROM ROW(u.c1, u.c2)"), "{sql}");
@@ -210,7 +237,14 @@ mod tests {
     #[test]
     fn unchanged_toast_is_carried_from_the_current_version() {
         let change = Change::Update { rel: 1, old: None, new: vec![s("1"), s("b"), None], unchanged: vec![2] };
-        let (sql, params) = &statements(&rel(), change, "t").unwrap()[0];
+        let out = statements(&rel(), change, "t").unwrap();
+        assert_eq!(out.len(), 2);
+        // first: the current version must exist (else the task halts rather than carry NULL)
+        assert!(out[0].require);
+        assert_eq!(out[0].params, vec![s("1"), s("t")]);
+        assert!(out[0].sql.ends_with("SELECT 1 FROM \"public\".\"emp\" AS x, u WHERE x.\"id\" = u.c0 AND x.\"scd_current\""), "{}", out[0].sql);
+        let Statement { sql, params, require } = &out[1];
+        assert!(!require);
         assert_eq!(params.len(), 3);
         assert!(sql.contains("SELECT u.c0, u.c1, cur.\"bio\", u.t, NULL, true FROM u LEFT JOIN cur"), "{sql}");
         assert!(sql.contains("ROW(x.\"name\") IS DISTINCT FROM ROW(u.c1)"), "{sql}");
@@ -221,10 +255,10 @@ mod tests {
         let change = Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("b"), s("c")], unchanged: vec![] };
         let out = statements(&rel(), change, "t").unwrap();
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].1, vec![s("1"), s("t")]);
-        assert!(out[0].0.contains("SET \"scd_end_date\" = u.t, \"scd_current\" = false"));
+        assert_eq!(out[0].params, vec![s("1"), s("t")]);
+        assert!(out[0].sql.contains("SET \"scd_end_date\" = u.t, \"scd_current\" = false"));
         let out = statements(&rel(), Change::Delete { rel: 1, old: vec![s("2"), None, None] }, "t").unwrap();
-        assert!(out[0].0.contains("DELETE FROM \"public\".\"emp\" AS x USING u WHERE x.\"id\" = u.c0 AND x.\"scd_current\" AND x.\"scd_start_date\" = u.t"));
+        assert!(out[0].sql.contains("DELETE FROM \"public\".\"emp\" AS x USING u WHERE x.\"id\" = u.c0 AND x.\"scd_current\" AND x.\"scd_start_date\" = u.t"));
     }
 
     #[test]

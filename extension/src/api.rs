@@ -67,6 +67,7 @@ fn create_task(name: &str, settings: JsonB) {
         if !table_problems.is_empty() {
             fail_settings(name, &table_problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings");
         }
+        warn_toast_under_filters(client, &parsed);
         // A slot or publication left by a rolled-back call is the helper's to drop.
         let claimed = !client
             .select("SELECT 1 FROM trempy.slot_claims WHERE slot_name = $1", None, &[names.slot().as_str().into()])
@@ -237,6 +238,7 @@ fn update_task(name: &str, settings: JsonB) {
         if !table_problems.is_empty() {
             fail_settings(name, &table_problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings");
         }
+        warn_toast_under_filters(client, &parsed);
     });
     if let Some(failure) = &failure
         && !reload
@@ -378,6 +380,41 @@ fn check_tables_and_rules(client: &SpiClient<'_>, settings: &TaskSettings) -> Ve
         }
     }
     problems
+}
+
+/// Warns about each filtered table that has TOASTable columns (storage other than plain) and no
+/// `REPLICA IDENTITY FULL`: an update that makes a row enter the filter does not carry its
+/// unchanged large values, so the applier halts on it when the row is not in the target yet
+/// (docs/rules.md, "Unchanged TOAST on filter entry").
+fn warn_toast_under_filters(client: &SpiClient<'_>, settings: &TaskSettings) {
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for filter in &settings.filters {
+        let table = (filter.table_info.schema_name.as_str(), filter.table_info.table_name.as_str());
+        if seen.contains(&table) {
+            continue;
+        }
+        seen.push(table);
+        let at_risk = client
+            .select(
+                "SELECT c.relreplident <> 'f' AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attstorage <> 'p')
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2",
+                Some(1),
+                &[table.0.into(), table.1.into()],
+            )
+            .ok()
+            .and_then(|t| if t.is_empty() { None } else { t.first().get::<bool>(1).ok().flatten() })
+            .unwrap_or(false);
+        if at_risk {
+            let qualified = format!("{}.{}", spi::quote_identifier(table.0), spi::quote_identifier(table.1));
+            warning!(
+                "table {qualified} has filters and columns that can be TOASTed, but not REPLICA IDENTITY FULL: an update that makes a row enter the filter \
+                 without changing its large values does not carry them, and the applier halts on it rather than write NULL. \
+                 Run ALTER TABLE {qualified} REPLICA IDENTITY FULL to have such updates carry the whole old row"
+            );
+        }
+    }
 }
 
 /// A source table's replicated columns, as the rules see them; `None` when it does not exist.

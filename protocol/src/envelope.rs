@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
 use crate::pgoutput::Value;
+use crate::typename;
 
 /// The envelope version this crate writes. Version 2 added `incarnation` and `load.copy_id`;
 /// [`Envelope::parse`] reads versions [`OLDEST_VERSION`] to [`VERSION`].
@@ -307,6 +308,9 @@ impl Envelope {
         if self.generation == 0 {
             return Err(malformed("generation: must be at least 1"));
         }
+        for (i, relation) in self.relations.iter().enumerate() {
+            check_relation(relation).map_err(|msg| malformed(format!("relations[{i}].{msg}")))?;
+        }
         let count = self.transactions.len();
         for (i, txn) in self.transactions.iter().enumerate() {
             if !txn.last && i + 1 != count {
@@ -343,6 +347,21 @@ impl Envelope {
             Change::Truncate { rels, .. } => rels.iter().try_for_each(|rel| width(*rel).map(|_| ())),
         }
     }
+}
+
+/// The names and types of a relation are what they claim to be (see [`crate::typename`]): the
+/// applier writes them into SQL.
+fn check_relation(relation: &Relation) -> std::result::Result<(), String> {
+    typename::check_identifier(&relation.schema).map_err(|m| format!("schema {m}"))?;
+    typename::check_identifier(&relation.table).map_err(|m| format!("table {m}"))?;
+    for (j, column) in relation.columns.iter().enumerate() {
+        typename::check_identifier(&column.name).map_err(|m| format!("columns[{j}].name {m}"))?;
+        typename::check_type(&column.type_name).map_err(|m| format!("columns[{j}].type {m}"))?;
+        if let Some(create_type) = &column.create_type {
+            typename::check_type(create_type).map_err(|m| format!("columns[{j}].create_type {m}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn malformed(message: impl Into<String>) -> Error {
@@ -753,6 +772,31 @@ mod tests {
             let err = Envelope::parse(body).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::MalformedEnvelope);
             assert!(err.message().contains(expected), "{}: {}", String::from_utf8_lossy(body), err.message());
+        }
+    }
+
+    #[test]
+    fn forged_type_names_and_identifiers_are_refused() {
+        let body = |column: &str, schema: &str| {
+            format!(
+                "{{\"version\":2,\"task\":\"t\",\"transactions\":[],\"relations\":[{{\"id\":1,\"schema\":{schema},\"table\":\"x\",\"columns\":[{column}]}}]}}"
+            )
+        };
+        let ok = body("{\"name\":\"id\",\"type\":\"numeric(12,2)\",\"type_oid\":1700,\"key\":true,\"create_type\":\"character varying(3)[]\"}", "\"s\"");
+        assert!(Envelope::parse(ok.as_bytes()).is_ok(), "{ok}");
+        for (bad, expected) in [
+            (
+                body("{\"name\":\"id\",\"type\":\"integer\",\"type_oid\":23,\"key\":true,\"create_type\":\"int); DROP TABLE public.canary; --\"}", "\"s\""),
+                "relations[0].columns[0].create_type is not a type name: unexpected ')' at position 4",
+            ),
+            (body("{\"name\":\"id\",\"type\":\"integer, pg_sleep(1)\",\"type_oid\":23,\"key\":true}", "\"s\""), "relations[0].columns[0].type is not a type name"),
+            (body("{\"name\":\"i\\u0000d\",\"type\":\"integer\",\"type_oid\":23,\"key\":true}", "\"s\""), "relations[0].columns[0].name contains a NUL"),
+            (body("{\"name\":\"id\",\"type\":\"integer\",\"type_oid\":23,\"key\":true}", "\"\""), "relations[0].schema is empty"),
+        ] {
+            let err = Envelope::parse(bad.as_bytes()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::MalformedEnvelope);
+            assert!(err.message().contains(expected), "{bad}: {}", err.message());
+            assert!(!err.message().contains("canary"), "{}", err.message());
         }
     }
 

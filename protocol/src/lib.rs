@@ -13,6 +13,7 @@
 //! * [`names`]: every object name derived from a task name.
 //! * [`feedback`]: the applier's reports back to the source.
 //! * [`redact`]: removes passwords from connection URLs and DSNs quoted in messages.
+//! * [`typename`]: checks type names and identifiers a message carries before anything uses them.
 //!
 //! This crate uses neither pgrx nor tokio, so that it builds and fuzzes fast.
 
@@ -29,6 +30,7 @@ pub mod pgoutput;
 pub mod redact;
 pub mod settings;
 pub mod transform;
+pub mod typename;
 
 pub use error::{Error, ErrorKind, Result};
 pub use lsn::Lsn;

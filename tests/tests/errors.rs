@@ -378,3 +378,123 @@ async fn missing_target_table_halts_and_is_never_dead_lettered() {
     assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await, 0);
     assert!(dead_letters(&task).await.is_empty());
 }
+
+/// A settings control message (version 1) of `task`, in effect for every later message.
+fn settings_message(task: &str, settings: &serde_json::Value) -> Vec<u8> {
+    serde_json::json!({"version": 1, "task": task, "settings": settings, "transactions": [], "relations": []}).to_string().into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_type_name_is_dead_lettered_and_never_executed() {
+    let (task, t, _applier) = applier_task("forged", "", &[]).await;
+    let target = target().await;
+    let canary = format!("public.{task}_canary");
+    let created = format!("{task}_new");
+    target.batch_execute(&format!("CREATE TABLE {canary} (id int); INSERT INTO {canary} VALUES (7)")).await.unwrap();
+    // The task creates missing tables, so a relation's types become DDL.
+    let mut settings = cdc_settings(&task, &[("public", &task), ("public", &created)]);
+    settings["task"]["create_table_if_not_exists"] = true.into();
+    let forged = serde_json::json!({
+        "version": 1, "task": task,
+        "transactions": [txn(0x20, vec![serde_json::json!({"op": "insert", "rel": 2, "new": ["1"]})])],
+        "relations": [{"id": 2, "schema": "public", "table": created, "columns": [
+            {"name": "id", "type": "integer", "type_oid": 23, "key": true,
+             "create_type": format!("int); DROP TABLE {canary}; --")}]}]
+    })
+    .to_string();
+    let before = envelope(&task, vec![txn(0x10, vec![insert(1, "before")])]);
+    let after = envelope(&task, vec![txn(0x30, vec![insert(2, "after")])]);
+    publish(&task, &[&settings_message(&task, &settings), &before, forged.as_bytes(), &after]).await;
+    // The stream goes on around it.
+    wait_rows(&target, &t, &[(1, "before"), (2, "after")]).await;
+
+    let dead = wait_for_dead_letters(&task, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].delivery.data, forged.as_bytes(), "the forged message is dead-lettered as it came");
+    assert_eq!(header(&dead[0], "x-trempy-error-class").as_deref(), Some("envelope"));
+    let reason = header(&dead[0], "x-trempy-reason").unwrap();
+    assert!(reason.contains("relations[0].columns[0].create_type is not a type name"), "{reason}");
+    // Nothing of it ran: the canary is intact and the table was not created.
+    assert_eq!(count(&target, &format!("SELECT count(*) FROM {canary} WHERE id = $1::text::int"), "7").await, 1);
+    assert_eq!(count(&target, "SELECT count(*) FROM pg_catalog.pg_class WHERE relname = $1", &created).await, 0);
+    assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1 AND error_class = 'envelope'", &task).await, 1);
+}
+
+/// A version-1 message of `task` on `public.<task>` with the given columns (name, type, key).
+fn message_with(task: &str, columns: &[(&str, &str, bool)], transactions: Vec<serde_json::Value>) -> Vec<u8> {
+    let columns: Vec<serde_json::Value> = columns.iter().map(|(n, t, k)| serde_json::json!({"name": n, "type": t, "type_oid": 0, "key": k})).collect();
+    serde_json::json!({"version": 1, "task": task, "transactions": transactions, "relations": [{"id": 1, "schema": "public", "table": task, "columns": columns}]})
+        .to_string()
+        .into_bytes()
+}
+
+/// An insert of `values` into relation 1.
+fn insert_row(values: &[&str]) -> serde_json::Value {
+    serde_json::json!({"op": "insert", "rel": 1, "new": values})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_transformations_cannot_compute_is_dead_lettered_and_later_rows_flow() {
+    let (task, t, _applier) = applier_task("overflow", ", n integer", &["--max-attempts", "2"]).await;
+    let target = target().await;
+    let mut settings = cdc_settings(&task, &[("public", &task)]);
+    settings["transformations"] = serde_json::json!([{"table_info": {"schema_name": "public", "table_name": task},
+        "settings": {"transformation_type": "modify_column_value", "description": "power", "contract": {"operation": "math_expression", "column_name": "n", "expression": "value ^ 400"}, "priority": 1}}]);
+    let columns = [("id", "integer", true), ("v", "text", false), ("n", "integer", false)];
+    // 10 ^ 400 overflows double precision: the middle transaction cannot be computed.
+    let first = message_with(
+        &task,
+        &columns,
+        vec![txn(0x10, vec![insert_row(&["1", "before", "1"])]), txn(0x20, vec![insert_row(&["2", "overflows", "10"])]), txn(0x30, vec![insert_row(&["3", "same message", "0"])])],
+    );
+    let later = message_with(&task, &columns, vec![txn(0x40, vec![insert_row(&["4", "later", "-1"])])]);
+    publish(&task, &[&settings_message(&task, &settings), &first, &later]).await;
+    wait_rows(&target, &t, &[(1, "before"), (3, "same message"), (4, "later")]).await;
+    let powers: Vec<i32> = target.query(&format!("SELECT n FROM {t} ORDER BY id"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(powers, vec![1, 0, 1]);
+
+    let dead = wait_for_dead_letters(&task, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(header(&dead[0], "x-trempy-error-class").as_deref(), Some("transform"));
+    assert_eq!(header(&dead[0], "x-trempy-commit-lsn").as_deref(), Some("0/20"));
+    assert_eq!(header(&dead[0], "x-trempy-operation").as_deref(), Some("insert"));
+    let reason = header(&dead[0], "x-trempy-reason").unwrap();
+    assert!(reason.contains("cannot transform a row for"), "{reason}");
+    assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1 AND commit_lsn = '0/20'", &task).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_that_stop_fitting_halt_naming_the_rule_until_newer_settings_behind_them_arrive() {
+    let (task, t, _applier) = applier_task("unfit", ", status text", &[]).await;
+    let target = target().await;
+    let mut filtered = cdc_settings(&task, &[("public", &task)]);
+    filtered["filters"] = serde_json::json!([{"table_info": {"schema_name": "public", "table_name": task},
+        "settings": {"filter_type": "equals", "description": "only active", "column_name": "status", "value": "active"}}]);
+    let before = message_with(
+        &task,
+        &[("id", "integer", true), ("v", "text", false), ("status", "text", false)],
+        vec![txn(0x10, vec![insert_row(&["1", "kept", "active"]), insert_row(&["2", "filtered out", "inactive"])])],
+    );
+    // `status` was dropped at the source: the filter no longer fits the table.
+    let dropped = [("id", "integer", true), ("v", "text", false)];
+    let unfit = message_with(&task, &dropped, vec![txn(0x20, vec![insert_row(&["3", "after the drop"])])]);
+    let queued = message_with(&task, &dropped, vec![txn(0x30, vec![insert_row(&["4", "queued behind"])])]);
+    publish(&task, &[&settings_message(&task, &filtered), &before, &unfit, &queued]).await;
+    let log = wait_for_applier_log(&task, &["apply halted", "filter 0 (equals, \"only active\")", "trempy.update_task"], Duration::from_secs(60)).await;
+    assert!(log.contains("filters[0].settings.column_name"), "the halt does not say which setting");
+    wait_rows(&target, &t, &[(1, "kept")]).await;
+    assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await, 0, "nothing may be dead-lettered");
+
+    // New settings (what update_task publishes) arrive behind the failing message: the applier
+    // reaches them, applies the failing message and everything after it in order.
+    let fixed = cdc_settings(&task, &[("public", &task)]);
+    let after = message_with(&task, &dropped, vec![txn(0x40, vec![insert_row(&["5", "after the fix"])])]);
+    publish(&task, &[&settings_message(&task, &fixed), &after]).await;
+    wait_rows(&target, &t, &[(1, "kept"), (3, "after the drop"), (4, "queued behind"), (5, "after the fix")]).await;
+    wait_for_applier_log(&task, &["newer task settings found in the queue behind the failing message"], Duration::from_secs(10)).await;
+    let watermark: String = target.query_one("SELECT commit_lsn::text FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    assert_eq!(watermark, "0/40");
+    let recorded: serde_json::Value = target.query_one("SELECT settings::text FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await.unwrap().get::<_, String>(0).parse().unwrap();
+    assert_eq!(recorded, fixed);
+    assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await, 0);
+}

@@ -297,3 +297,106 @@ async fn validate_settings_lists_every_problem() {
     let err = source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &bad.to_string()]).await.unwrap_err();
     assert!(err.as_db_error().unwrap().message().contains("filters[1].settings.column_name"), "{err:?}");
 }
+
+/// Waits until `trempy.status()` shows an applier reason containing every one of `needles`.
+async fn wait_for_reason(source: &tokio_postgres::Client, task: &str, needles: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let reason = status_text(source, task, "applier_reason").await.unwrap_or_default();
+        if needles.iter().all(|n| reason.contains(n)) {
+            return reason;
+        }
+        assert!(std::time::Instant::now() < deadline, "trempy.status() does not report {needles:?} (applier_reason {reason:?})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A filtered task (`status = 'active'`) over a table with a large, incompressible text column;
+/// row 1 (32 kB of md5 hex, stored out of line) is inserted outside the filter.
+async fn toast_task(prefix: &str, identity_full: bool) -> (String, String, tokio_postgres::Client, Applier, Value) {
+    let task = unique(prefix);
+    let table = format!("public.{task}");
+    let source = source().await;
+    source.batch_execute(&format!("CREATE TABLE {table} (id int PRIMARY KEY, status text, body text)")).await.unwrap();
+    if identity_full {
+        source.batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL")).await.unwrap();
+    }
+    let f = json!({"filter_type": "equals", "description": "only active", "column_name": "status", "value": "active"});
+    let settings = rules_settings(&task, ("public", &task), "default", &[f], &[]);
+    create_task_with(&source, &task, &settings).await;
+    let applier = Applier::start(&task);
+    wait_for_phase(&source, &task, "cdc", WAIT).await;
+    source
+        .batch_execute(&format!("INSERT INTO {table} SELECT 1, 'inactive', string_agg(md5(random()::text || g), '') FROM generate_series(1, 1000) g"))
+        .await
+        .unwrap();
+    let external: bool = source.query_one(&format!("SELECT pg_column_size(body) >= 30000 FROM {table}"), &[]).await.unwrap().get(0);
+    assert!(external, "the large value was compressed: the test would not exercise unchanged TOAST");
+    // The row enters the filter; its large value is unchanged, so pgoutput does not send it.
+    source.batch_execute(&format!("UPDATE {table} SET status = 'active' WHERE id = 1")).await.unwrap();
+    (task, table, source, applier, settings)
+}
+
+async fn source_md5(source: &tokio_postgres::Client, table: &str) -> String {
+    source.query_one(&format!("SELECT md5(body) FROM {table} WHERE id = 1"), &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn a_row_entering_the_filter_keeps_its_unchanged_toast_under_replica_identity_full() {
+    let (task, table, source, _applier, _) = toast_task("toast_full", true).await;
+    let md5 = source_md5(&source, &table).await;
+    wait_for_target_rows(&format!("SELECT id || ':' || status || ':' || coalesce(md5(body), 'NULL') FROM {table}"), &[&format!("1:active:{md5}")], WAIT).await;
+    drop_task(&source, &task).await;
+}
+
+#[tokio::test]
+async fn a_row_entering_the_filter_without_its_toast_halts_with_the_remedy_and_a_reload_converges() {
+    let (task, table, source, _applier, settings) = toast_task("toast_halt", false).await;
+    let reason = wait_for_reason(&source, &task, &["REPLICA IDENTITY FULL", "reload", &task]).await;
+    assert!(reason.contains("does not write NULL"), "{reason}");
+    let target = target().await;
+    let rows: i64 = target.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0, "a row without its large value was written");
+
+    // The remedy the halt names.
+    source.batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL")).await.unwrap();
+    update_task(&source, &task, &reload_settings(settings)).await;
+    let md5 = source_md5(&source, &table).await;
+    wait_for_target_rows(&format!("SELECT id || ':' || status || ':' || coalesce(md5(body), 'NULL') FROM {table}"), &[&format!("1:active:{md5}")], WAIT).await;
+    wait_converged(&[(&table, "id")], WAIT).await;
+    drop_task(&source, &task).await;
+}
+
+#[tokio::test]
+async fn a_rule_that_stops_fitting_halts_naming_it_and_update_task_unwedges_the_stream() {
+    let task = unique("unfit");
+    let table = format!("public.{task}");
+    let source = source().await;
+    source.batch_execute(&format!("CREATE TABLE {table} (id int PRIMARY KEY, v text, status text)")).await.unwrap();
+    let f = json!({"filter_type": "equals", "description": "only active", "column_name": "status", "value": "active"});
+    let settings = rules_settings(&task, ("public", &task), "upsert", &[f], &[]);
+    create_task_with(&source, &task, &settings).await;
+    let _applier = Applier::start(&task);
+    wait_for_phase(&source, &task, "cdc", WAIT).await;
+    source.batch_execute(&format!("INSERT INTO {table} VALUES (1, 'a', 'active'), (2, 'b', 'inactive')")).await.unwrap();
+    wait_for_target_rows(&format!("SELECT id::text FROM {table} ORDER BY id"), &["1"], WAIT).await;
+
+    // The filtered column goes at the source: the rule no longer fits.
+    source.batch_execute(&format!("ALTER TABLE {table} DROP COLUMN status; INSERT INTO {table} VALUES (3, 'c')")).await.unwrap();
+    let reason = wait_for_reason(&source, &task, &["filter 0 (equals, \"only active\")", "trempy.update_task"]).await;
+    assert!(reason.contains("filters[0].settings.column_name"), "{reason}");
+    source.batch_execute(&format!("INSERT INTO {table} VALUES (4, 'd')")).await.unwrap();
+    let target = target().await;
+    let ids = text_rows(&target, &format!("SELECT id::text FROM {table} ORDER BY id")).await;
+    assert_eq!(ids, ["1"], "nothing may be applied past the halt");
+
+    // The fix: the same task without the filter. Its settings are queued behind the halted
+    // message; the applier reaches them and applies everything in order.
+    let fixed = rules_settings(&task, ("public", &task), "upsert", &[], &[]);
+    update_task(&source, &task, &fixed).await;
+    source.batch_execute(&format!("INSERT INTO {table} VALUES (5, 'e')")).await.unwrap();
+    wait_for_target_rows(&format!("SELECT id || ':' || v || ':' || coalesce(status, '-') FROM {table} ORDER BY id"), &["1:a:active", "3:c:-", "4:d:-", "5:e:-"], WAIT).await;
+    let deadletters: i64 = target.query_one("SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    assert_eq!(deadletters, 0);
+    drop_task(&source, &task).await;
+}
