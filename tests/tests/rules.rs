@@ -400,3 +400,47 @@ async fn a_rule_that_stops_fitting_halts_naming_it_and_update_task_unwedges_the_
     assert_eq!(deadletters, 0);
     drop_task(&source, &task).await;
 }
+
+/// Runs `sql` on a fresh source connection and returns the WARNING notices it raised.
+async fn warnings_of(sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Vec<String> {
+    use futures_util::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(&env("TREMPY_SOURCE_DSN"), tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(notice) = message {
+                let _ = tx.send((notice.severity().to_owned(), notice.message().to_owned()));
+            }
+        }
+    });
+    client.execute(sql, params).await.unwrap();
+    drop(client);
+    let mut warnings = Vec::new();
+    while let Some((severity, message)) = rx.recv().await {
+        if severity == "WARNING" {
+            warnings.push(message);
+        }
+    }
+    warnings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_task_warns_when_a_filtered_table_can_toast_without_replica_identity_full() {
+    let task = unique("toastwarn");
+    let table = format!("public.{task}");
+    create_table_both(&format!("CREATE TABLE {table} (id int PRIMARY KEY, status text, body text)")).await;
+    let filter = json!({"filter_type": "equals", "description": "only active", "column_name": "status", "value": "active"});
+    let settings = rules_settings(&task, ("public", &task), "upsert", &[filter], &[]);
+    let source = source().await;
+    source.execute("CREATE EXTENSION IF NOT EXISTS trempy", &[]).await.unwrap();
+    let warned = warnings_of("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await;
+    println!("{warned:?}");
+    assert!(warned.iter().any(|w| w.contains("REPLICA IDENTITY FULL") && w.contains(&task)), "no warning: {warned:?}");
+
+    // With REPLICA IDENTITY FULL the same settings raise no such warning.
+    source.batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL")).await.unwrap();
+    let warned = warnings_of("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await;
+    assert!(!warned.iter().any(|w| w.contains("REPLICA IDENTITY FULL")), "warned anyway: {warned:?}");
+    drop_task(&source, &task).await;
+}
