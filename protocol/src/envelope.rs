@@ -14,11 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
 use crate::pgoutput::Value;
+use crate::schema::SchemaChange;
 use crate::typename;
 
 /// The envelope version this crate writes. Version 2 added `incarnation` and `load.copy_id`;
 /// [`Envelope::parse`] reads versions [`OLDEST_VERSION`] to [`VERSION`].
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The oldest envelope version [`Envelope::parse`] still reads.
 pub const OLDEST_VERSION: u32 = 1;
@@ -204,6 +205,9 @@ pub enum Change {
         /// TRUNCATE … RESTART IDENTITY at the source.
         restart_identity: bool,
     },
+    /// A schema change of a replicated table, where it happened in the transaction (version 3;
+    /// see [`crate::schema`]).
+    Schema(SchemaChange),
 }
 
 /// A source table as the changes see it.
@@ -345,8 +349,30 @@ impl Envelope {
             }
             Change::Delete { rel, old } => same_width(old, width(*rel)?, "old"),
             Change::Truncate { rels, .. } => rels.iter().try_for_each(|rel| width(*rel).map(|_| ())),
+            Change::Schema(schema) => check_schema_change(schema),
         }
     }
+}
+
+/// A schema change's names and types are what they claim to be, like a relation's, and its
+/// columns are in `attnum` order.
+fn check_schema_change(change: &SchemaChange) -> std::result::Result<(), String> {
+    for (which, shape) in [("old", &change.old), ("new", &change.new)] {
+        let Some(shape) = shape else { continue };
+        typename::check_identifier(&shape.schema).map_err(|m| format!("{which}.schema {m}"))?;
+        typename::check_identifier(&shape.table).map_err(|m| format!("{which}.table {m}"))?;
+        for (j, column) in shape.columns.iter().enumerate() {
+            typename::check_identifier(&column.name).map_err(|m| format!("{which}.columns[{j}].name {m}"))?;
+            typename::check_type(&column.type_name).map_err(|m| format!("{which}.columns[{j}].type {m}"))?;
+            if let Some(create_type) = &column.create_type {
+                typename::check_type(create_type).map_err(|m| format!("{which}.columns[{j}].create_type {m}"))?;
+            }
+        }
+        if shape.columns.windows(2).any(|w| w[0].attnum >= w[1].attnum) {
+            return Err(format!("{which}.columns are not in attnum order"));
+        }
+    }
+    Ok(())
 }
 
 /// The names and types of a relation are what they claim to be (see [`crate::typename`]): the
@@ -513,6 +539,17 @@ impl MessageBuilder {
             self.buf.extend_from_slice(rel.to_string().as_bytes());
         }
         let _ = write!(self.buf, "],\"cascade\":{cascade},\"restart_identity\":{restart_identity}}}");
+        Ok(())
+    }
+
+    /// Adds a schema change (not a row change: it names no relation of the message's
+    /// `relations`, and the changes after it come with the new description).
+    pub fn schema(&mut self, change: &SchemaChange) -> Result<()> {
+        let body = serde_json::to_vec(change).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("schema change: {e}")))?;
+        self.start_change("schema")?;
+        // `{"rel":…}` after `{"op":"schema"`: drop the opening brace, keep the closing one.
+        self.buf.push(b',');
+        self.buf.extend_from_slice(body.get(1..).unwrap_or_default());
         Ok(())
     }
 
@@ -741,8 +778,8 @@ mod tests {
         let env = Envelope::parse(b"{\"version\":1,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap();
         assert_eq!((env.generation, env.incarnation), (1, None));
         // a version this crate does not know is refused, naming it
-        let err = Envelope::parse(b"{\"version\":3,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap_err();
-        assert!(err.to_string().contains("envelope version 3, newer than"), "{err}");
+        let err = Envelope::parse(b"{\"version\":4,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap_err();
+        assert!(err.to_string().contains("envelope version 4, newer than"), "{err}");
     }
 
     #[test]
