@@ -103,10 +103,19 @@ fn create_task(name: &str, settings: JsonB) {
         client
             .update("INSERT INTO trempy.task_progress (task_name, slot_created_at) VALUES ($1, CASE WHEN $2 THEN pg_catalog.now() END)", None, &[name.into(), identity.is_some().into()])
             .unwrap_or_else(|err| internal(format!("could not record task \"{name}\": {err}")));
+        record_shapes(client, name);
         if let Some((claim, _)) = &created {
             forget_claim(client, *claim);
         }
     });
+}
+
+/// Records the shape of each of the task's tables, which the schema-change event trigger starts
+/// from (sql/ddl.sql).
+fn record_shapes(client: &mut SpiClient<'_>, name: &str) {
+    client
+        .update("SELECT trempy.record_shapes($1)", None, &[name.into()])
+        .unwrap_or_else(|err| internal(format!("could not record the shapes of task \"{name}\"'s tables: {err}")));
 }
 
 /// The first column of the first row of a read-only query, or `None`. Unlike `Spi::get_one`,
@@ -296,6 +305,7 @@ fn update_task(name: &str, settings: JsonB) {
                 ],
             )
             .unwrap_or_else(|err| internal(format!("could not update task \"{name}\": {err}")));
+        record_shapes(client, name);
         let reset = if reload {
             vec![
                 "DELETE FROM trempy.task_tables WHERE task_name = $1",
@@ -610,6 +620,9 @@ fn drop_task(name: &str) {
         client
             .update("DELETE FROM trempy.tasks WHERE task_name = $1", None, &[name.into()])
             .unwrap_or_else(|err| internal(format!("could not delete task \"{name}\": {err}")));
+        client
+            .update("SELECT trempy.forget_shapes()", None, &[])
+            .unwrap_or_else(|err| internal(format!("could not forget task \"{name}\"'s table shapes: {err}")));
     });
 }
 

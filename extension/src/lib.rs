@@ -21,6 +21,7 @@ mod worker;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../../sql/catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!("../../sql/ddl.sql", name = "ddl");
 extension_sql_file!("../../sql/status.sql", name = "status", finalize);
 
 /// Called when the library is loaded. Registers the settings always, and the launcher worker

@@ -13,6 +13,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::Handoff;
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, Message, OldTuple};
+use crate::schema::{self, SchemaChange};
 
 /// Counters of what an [`Assembler`] produced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,8 +40,9 @@ struct OpenTransaction {
 pub struct Assembler {
     stream: StreamId,
     handoff: Handoff,
-    /// The task's tables, (schema, table); `None` keeps every table the publication sends.
-    tables: Option<HashSet<(String, String)>>,
+    /// The task's tables, by OID (which stays across renames); `None` keeps every table the
+    /// publication sends.
+    tables: Option<HashSet<u32>>,
     /// Relations sent but not among `tables` (a publication can hold more tables than the
     /// task's settings for a moment: see `with_tables`).
     ignored: HashSet<u32>,
@@ -95,10 +97,11 @@ impl Assembler {
         self.last_commit_lsn
     }
 
-    /// Leaves out the changes of every table but these (schema, table). A call that added
-    /// tables to the task's publication and then rolled back leaves them in the publication.
+    /// Leaves out the changes (and schema changes) of every table but these (OIDs). A call that
+    /// added tables to the task's publication and then rolled back leaves them in the
+    /// publication; the event trigger describes schema changes of every task's tables.
     #[must_use]
-    pub fn with_tables(mut self, tables: impl IntoIterator<Item = (String, String)>) -> Self {
+    pub fn with_tables(mut self, tables: impl IntoIterator<Item = u32>) -> Self {
         self.tables = Some(tables.into_iter().collect());
         self
     }
@@ -154,8 +157,7 @@ impl Assembler {
             }
             Message::Relation(relation) => {
                 if let Some(tables) = &self.tables {
-                    let schema = if relation.namespace.is_empty() { "pg_catalog" } else { relation.namespace };
-                    if !tables.contains(&(schema.to_owned(), relation.name.to_owned())) {
+                    if !tables.contains(&relation.oid) {
                         self.ignored.insert(relation.oid);
                         return Ok(None);
                     }
@@ -194,6 +196,14 @@ impl Assembler {
                 Ok(self.change(|b| b.delete(delete.relation_oid, old))?)
             }
             Message::Truncate(truncate) => Ok(self.change(|b| b.truncate(&truncate.relation_oids, truncate.cascade, truncate.restart_identity))?),
+            Message::Logical(message) if message.transactional && message.prefix == schema::MESSAGE_PREFIX => {
+                let change = SchemaChange::parse(message.content)?;
+                let theirs = self.tables.as_ref().is_some_and(|tables| !tables.contains(&change.rel));
+                if theirs || self.skips(change.rel) {
+                    return Ok(None);
+                }
+                Ok(self.change(|b| b.schema(&change))?)
+            }
             Message::Origin(_) | Message::Type(_) | Message::Logical(_) => Ok(None),
         }
     }
@@ -377,7 +387,7 @@ mod tests {
 
     #[test]
     fn tables_outside_the_task_are_left_out_but_transactions_kept() {
-        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20).with_tables([("public".to_owned(), "other".to_owned())]);
+        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20).with_tables([43]);
         let mut out = Vec::new();
         for m in [Message::Relation(rel_msg(2)), begin(1), insert("a"), commit(1)] {
             out.extend(a.push::<Error>(m, &mut describe).unwrap());
@@ -388,12 +398,62 @@ mod tests {
         assert!(env.transactions[0].changes.is_empty());
         assert!(env.relations.is_empty());
         assert_eq!(a.counts().changes, 0);
-        // the same relation, once it is the task's, is kept
-        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20).with_tables([("public".to_owned(), "t".to_owned())]);
+        // the same relation, once it is the task's, is kept (whatever its name: renames keep OIDs)
+        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20).with_tables([42]);
         for m in [Message::Relation(rel_msg(2)), begin(1), insert("a"), commit(1)] {
             a.push::<Error>(m, &mut describe).unwrap();
         }
         assert_eq!(a.counts().changes, 1);
+    }
+
+    fn ddl(rel: u32, new_name: &str) -> Vec<u8> {
+        format!(
+            r#"{{"rel":{rel},"tag":"ALTER TABLE","old":{{"schema":"public","table":"t","columns":[{{"attnum":1,"name":"id","type":"text","type_oid":25,"key":true}}]}},
+                "new":{{"schema":"public","table":"{new_name}","columns":[{{"attnum":1,"name":"id","type":"text","type_oid":25,"key":true}},{{"attnum":2,"name":"v","type":"text","type_oid":25}}]}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn schema_changes_of_the_tasks_tables_travel_where_they_happened() {
+        let ours = ddl(42, "t2");
+        let theirs = ddl(43, "x");
+        let logical = |content: &'static [u8], transactional: bool, prefix: &'static str| {
+            Message::Logical(pgoutput::LogicalMessage { transactional, lsn: Lsn(1), prefix, content })
+        };
+        let ours: &'static [u8] = Box::leak(ours.into_boxed_slice());
+        let theirs: &'static [u8] = Box::leak(theirs.into_boxed_slice());
+        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20).with_tables([42]);
+        let mut out = Vec::new();
+        for m in [
+            Message::Relation(rel_msg(2)),
+            begin(1),
+            insert("a"),
+            logical(ours, true, schema::MESSAGE_PREFIX),
+            logical(theirs, true, schema::MESSAGE_PREFIX),
+            logical(b"{}", true, "someone.else"),
+            Message::Relation(rel_msg(2)),
+            insert("b"),
+            commit(1),
+        ] {
+            out.extend(a.push::<Error>(m, &mut describe).unwrap());
+        }
+        out.extend(a.finish().unwrap());
+        let txns: Vec<Transaction> = out.iter().flat_map(|b| Envelope::parse(b).unwrap().transactions).collect();
+        let ops: Vec<&str> = txns
+            .iter()
+            .flat_map(|t| t.changes.iter())
+            .map(|c| match c {
+                crate::envelope::Change::Insert { .. } => "insert",
+                crate::envelope::Change::Schema(s) if s.rel == 42 => "schema 42",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(ops, vec!["insert", "schema 42", "insert"]);
+        // A message the trigger did not write is an error, not something to skip silently.
+        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20).with_tables([42]);
+        a.push::<Error>(begin(1), &mut describe).unwrap();
+        assert!(a.push::<Error>(logical(b"{\"rel\":", true, schema::MESSAGE_PREFIX), &mut describe).is_err());
     }
 
     #[test]

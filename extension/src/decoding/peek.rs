@@ -22,8 +22,9 @@ use crate::worker::{confirm, each_row, send};
 pub(crate) struct Batch<'a> {
     pub(crate) names: &'a TaskNames,
     pub(crate) stream: &'a StreamId,
-    /// The task's tables (schema, table): the publication may hold more for a moment.
-    pub(crate) tables: Vec<(String, String)>,
+    /// The task's tables, by OID (stable across renames): the publication may hold more for a
+    /// moment, and the event trigger describes schema changes of every task's tables.
+    pub(crate) tables: Vec<u32>,
     /// Changes that tables' full loads already contain, to leave out.
     pub(crate) handoff: Handoff,
     /// Decode what committed before this position.
@@ -54,7 +55,7 @@ pub(crate) struct Published {
 pub(crate) fn publish_batch(client: &SpiClient<'_>, batch: Batch<'_>, publisher: &Publisher) -> Result<Published, Error> {
     let Batch { names, stream, tables, handoff, upto, batch_size, max_message_bytes, for_create, after } = batch;
     let mut cursor = client.try_open_cursor(
-        "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4)",
+        "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4, 'messages', 'true')",
         &[names.slot().as_str().into(), upto.to_string().as_str().into(), batch_size.into(), names.publication().as_str().into()],
     )?;
     let mut assembler = Assembler::new(stream, max_message_bytes).with_handoff(handoff).with_tables(tables).after(after);

@@ -345,6 +345,19 @@ fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
     }
 }
 
+/// The OIDs of the task's tables now (`trempy.task_relids`: renames keep them, the event
+/// trigger keeps the settings' names current).
+fn task_relids(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<Vec<u32>, Error> {
+    let rows = client.select("SELECT r::int8 FROM trempy.task_relids($1) r", None, &[task.names.task().into()])?;
+    let mut relids = Vec::new();
+    for row in rows {
+        if let Some(relid) = row.get::<i64>(1)?.and_then(|r| u32::try_from(r).ok()) {
+            relids.push(relid);
+        }
+    }
+    Ok(relids)
+}
+
 fn enabled(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<bool, Error> {
     let row = client.select("SELECT enabled FROM trempy.tasks WHERE task_id = $1", Some(1), &[task.task_id.into()])?;
     Ok(!row.is_empty() && row.first().get::<bool>(1)?.unwrap_or(false))
@@ -367,7 +380,7 @@ fn round(client: &mut pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publish
     let batch = peek::Batch {
         names: &task.names,
         stream: &task.stream,
-        tables: task.settings.tables.iter().map(|t| (t.schema_name.clone(), t.table_name.clone())).collect(),
+        tables: task_relids(client, task)?,
         handoff,
         upto: position.flushed,
         batch_size: gucs::batch_size(),

@@ -1,0 +1,278 @@
+-- Schema changes on the source (docs/architecture.md, "Schema changes"). An event trigger
+-- describes every DDL statement that changes a table some task replicates: the table's shape
+-- before (as recorded here) and after (read from the catalog in the DDL's own transaction), as a
+-- transactional logical message with prefix 'trempy.ddl'. The task workers decode it with the
+-- rest of the transaction, so the target sees it exactly where it happened.
+
+-- The type a target column created by TREMpy gets, when it is not the column's own type: a
+-- domain becomes its base type (through nested domains, with the domain's typmod), an enum
+-- becomes text, and arrays of either follow their element. NULL when the type itself is used.
+CREATE FUNCTION trempy.create_type(type_oid oid, type_modifier integer)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t record;
+    current_oid oid := type_oid;
+    modifier integer := type_modifier;
+    is_array boolean := false;
+    changed boolean := false;
+BEGIN
+    FOR i IN 1..32 LOOP
+        SELECT typtype, typbasetype, typtypmod, CASE WHEN typcategory = 'A' THEN typelem ELSE 0 END AS elem
+          INTO t FROM pg_type WHERE oid = current_oid;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+        IF t.typtype = 'e' THEN
+            RETURN CASE WHEN is_array THEN 'text[]' ELSE 'text' END;
+        ELSIF t.typtype = 'd' THEN
+            current_oid := t.typbasetype;
+            modifier := t.typtypmod;
+            changed := true;
+        ELSIF t.elem <> 0 AND NOT is_array THEN
+            is_array := true;
+            current_oid := t.elem;
+        ELSE
+            EXIT;
+        END IF;
+    END LOOP;
+    IF NOT changed THEN
+        RETURN NULL;
+    END IF;
+    RETURN format_type(current_oid, modifier) || CASE WHEN is_array THEN '[]' ELSE '' END;
+END
+$$;
+
+-- A table's shape: schema, name, and its replicated columns (not dropped, not generated) by
+-- attnum, with type, key (the primary key, else the replica identity index), NOT NULL and the
+-- created column type. The one description of a table: the worker's relation descriptions and
+-- full loads use it too (extension/src/catalog.rs). NULL when the table does not exist.
+CREATE FUNCTION trempy.table_shape(rel oid)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH k AS (SELECT i.indkey FROM pg_index i WHERE i.indrelid = rel AND (i.indisprimary OR i.indisreplident)
+                ORDER BY i.indisprimary DESC LIMIT 1)
+    SELECT jsonb_build_object(
+               'schema', n.nspname::text,
+               'table', c.relname::text,
+               'columns', coalesce((
+                   SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                              'attnum', a.attnum,
+                              'name', a.attname::text,
+                              'type', format_type(a.atttypid, a.atttypmod),
+                              'type_oid', a.atttypid::int8,
+                              'key', coalesce(a.attnum = ANY ((SELECT k.indkey FROM k)::int2[]), false),
+                              'not_null', a.attnotnull,
+                              'create_type', trempy.create_type(a.atttypid, a.atttypmod))) ORDER BY a.attnum)
+                     FROM pg_attribute a
+                    WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '[]'::jsonb))
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = rel
+$$;
+
+-- The last shape described of every table a task replicates (recorded by create_task and
+-- update_task, kept current by the event trigger). Tables not listed here are not watched.
+CREATE TABLE trempy.table_shapes (
+    relid       oid PRIMARY KEY,
+    shape       jsonb NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Every schema change seen on a replicated table, in the DDL's transaction (so a rolled-back
+-- statement leaves nothing). trempy.status() counts them per task.
+CREATE TABLE trempy.schema_changes (
+    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    relid     oid NOT NULL,
+    tag       text NOT NULL,
+    old_shape jsonb,
+    new_shape jsonb,
+    seen_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- The OIDs of a task's tables, resolved from its settings' names (kept current on renames),
+-- and of those dropped since (their last changes and their DROP may still be ahead in the
+-- stream).
+CREATE FUNCTION trempy.task_relids(task text)
+RETURNS SETOF oid
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid
+      FROM trempy.tasks t, jsonb_array_elements(t.settings -> 'tables') e
+      JOIN pg_namespace n ON n.nspname = e ->> 'schema_name'
+      JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = e ->> 'table_name'
+     WHERE t.task_name = task
+    UNION
+    SELECT sc.relid
+      FROM trempy.tasks t, jsonb_array_elements(t.settings -> 'tables') e, trempy.schema_changes sc
+     WHERE t.task_name = task AND sc.new_shape IS NULL
+       AND sc.old_shape ->> 'schema' = e ->> 'schema_name' AND sc.old_shape ->> 'table' = e ->> 'table_name'
+$$;
+
+-- Records the current shape of each table of the task (create_task, update_task), and forgets
+-- the shapes of tables no task replicates any more.
+CREATE FUNCTION trempy.record_shapes(task text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO trempy.table_shapes (relid, shape)
+    SELECT r, trempy.table_shape(r) FROM trempy.task_relids(task) r
+    ON CONFLICT (relid) DO UPDATE SET shape = EXCLUDED.shape, recorded_at = now();
+    SELECT trempy.forget_shapes();
+$$;
+
+CREATE FUNCTION trempy.forget_shapes()
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM trempy.table_shapes s
+     WHERE NOT EXISTS (SELECT 1 FROM trempy.tasks t WHERE s.relid IN (SELECT trempy.task_relids(t.task_name)));
+$$;
+
+-- Renames follow into the tasks' settings, in the DDL's transaction: the table's entry in
+-- `tables` and the `table_info` of its filters and transformations get the new schema and name,
+-- and a filter's `column_name` follows a renamed column. So a worker started later finds the
+-- table under its new name, and the settings it publishes name what the stream names.
+CREATE FUNCTION trempy.follow_renames(old_shape jsonb, new_shape jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    old_info jsonb := jsonb_build_object('schema_name', old_shape ->> 'schema', 'table_name', old_shape ->> 'table');
+    new_info jsonb := jsonb_build_object('schema_name', new_shape ->> 'schema', 'table_name', new_shape ->> 'table');
+    renamed jsonb;
+BEGIN
+    -- old column name -> new column name, for columns that kept their attnum
+    SELECT coalesce(jsonb_object_agg(o ->> 'name', n ->> 'name'), '{}'::jsonb) INTO renamed
+      FROM jsonb_array_elements(old_shape -> 'columns') o
+      JOIN jsonb_array_elements(new_shape -> 'columns') n ON (o -> 'attnum') = (n -> 'attnum')
+     WHERE o ->> 'name' <> n ->> 'name';
+    IF old_info = new_info AND renamed = '{}'::jsonb THEN
+        RETURN;
+    END IF;
+    UPDATE trempy.tasks t
+       SET settings = jsonb_set(jsonb_set(jsonb_set(t.settings,
+               '{tables}', (SELECT coalesce(jsonb_agg(CASE WHEN jsonb_build_object('schema_name', e -> 'schema_name', 'table_name', e -> 'table_name') = old_info
+                                                         THEN e || new_info ELSE e END ORDER BY i), '[]'::jsonb)
+                              FROM jsonb_array_elements(t.settings -> 'tables') WITH ORDINALITY AS x(e, i))),
+               '{filters}', (SELECT coalesce(jsonb_agg(CASE WHEN (e -> 'table_info') = old_info
+                                                          THEN jsonb_set(e, '{table_info}', new_info)
+                                                               || CASE WHEN renamed ? (e #>> '{settings,column_name}')
+                                                                       THEN jsonb_build_object('settings', (e -> 'settings') || jsonb_build_object('column_name', renamed -> (e #>> '{settings,column_name}')))
+                                                                       ELSE '{}'::jsonb END
+                                                          ELSE e END ORDER BY i), '[]'::jsonb)
+                               FROM jsonb_array_elements(coalesce(t.settings -> 'filters', '[]'::jsonb)) WITH ORDINALITY AS x(e, i))),
+               '{transformations}', (SELECT coalesce(jsonb_agg(CASE WHEN (e -> 'table_info') = old_info
+                                                                 THEN jsonb_set(e, '{table_info}', new_info) ELSE e END ORDER BY i), '[]'::jsonb)
+                                       FROM jsonb_array_elements(coalesce(t.settings -> 'transformations', '[]'::jsonb)) WITH ORDINALITY AS x(e, i))),
+           updated_at = now()
+     WHERE EXISTS (SELECT 1 FROM jsonb_array_elements(t.settings -> 'tables') e
+                    WHERE jsonb_build_object('schema_name', e -> 'schema_name', 'table_name', e -> 'table_name') = old_info);
+    UPDATE trempy.task_tables
+       SET schema_name = new_shape ->> 'schema', table_name = new_shape ->> 'table'
+     WHERE schema_name = old_shape ->> 'schema' AND table_name = old_shape ->> 'table'
+       AND (schema_name, table_name) IS DISTINCT FROM (new_shape ->> 'schema', new_shape ->> 'table');
+END
+$$;
+
+-- ddl_command_end: describes each changed replicated table. Runs as the extension's owner (it
+-- writes TREMpy's tables whoever runs the DDL), with a pinned search_path and no dynamic SQL.
+CREATE FUNCTION trempy.capture_ddl()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cmd record;
+    seen oid[] := '{}';
+    old_shape jsonb;
+    new_shape jsonb;
+    fills jsonb;
+    rewritten jsonb;
+    using_clause boolean := current_query() ~* '\mUSING\M';
+BEGIN
+    FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE classid = 'pg_catalog.pg_class'::regclass LOOP
+        CONTINUE WHEN cmd.objid = ANY (seen);
+        seen := seen || cmd.objid;
+        SELECT s.shape INTO old_shape FROM trempy.table_shapes s WHERE s.relid = cmd.objid FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        new_shape := trempy.table_shape(cmd.objid);
+        CONTINUE WHEN new_shape IS NULL OR new_shape = old_shape;
+        -- Added columns: the one value every existing row got (a non-volatile DEFAULT is kept as
+        -- the "missing value"), or values the target cannot derive (a volatile DEFAULT or an
+        -- identity column made the source rewrite the table, writing no row change).
+        SELECT coalesce(jsonb_agg(jsonb_build_object('attnum', a.attnum, 'value', (a.attmissingval::text::text[])[1]) ORDER BY a.attnum)
+                          FILTER (WHERE a.atthasmissing), '[]'::jsonb),
+               coalesce(jsonb_agg(a.attnum ORDER BY a.attnum)
+                          FILTER (WHERE NOT a.atthasmissing
+                                    AND (a.attidentity <> '' OR EXISTS (SELECT 1 FROM pg_attrdef d WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum))), '[]'::jsonb)
+          INTO fills, rewritten
+          FROM pg_attribute a
+         WHERE a.attrelid = cmd.objid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+           AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(old_shape -> 'columns') o WHERE (o ->> 'attnum')::int2 = a.attnum);
+        -- A type change with USING: the source computed the new values with an expression the
+        -- target cannot repeat. (The statement's text is checked: conservative, never lax.)
+        IF using_clause THEN
+            rewritten := rewritten || coalesce((
+                SELECT jsonb_agg(n -> 'attnum')
+                  FROM jsonb_array_elements(new_shape -> 'columns') n
+                  JOIN jsonb_array_elements(old_shape -> 'columns') o ON (o -> 'attnum') = (n -> 'attnum')
+                 WHERE (o ->> 'type') <> (n ->> 'type')), '[]'::jsonb);
+        END IF;
+        PERFORM pg_logical_emit_message(true, 'trempy.ddl',
+            jsonb_build_object('rel', cmd.objid::int8, 'tag', cmd.command_tag, 'old', old_shape, 'new', new_shape,
+                               'fills', fills, 'rewritten', rewritten)::text);
+        UPDATE trempy.table_shapes SET shape = new_shape, recorded_at = now() WHERE relid = cmd.objid;
+        INSERT INTO trempy.schema_changes (relid, tag, old_shape, new_shape) VALUES (cmd.objid, cmd.command_tag, old_shape, new_shape);
+        PERFORM trempy.follow_renames(old_shape, new_shape);
+    END LOOP;
+END
+$$;
+
+-- sql_drop: a dropped replicated table ends its stream (the applier stops applying it and
+-- keeps the target's rows).
+CREATE FUNCTION trempy.capture_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    obj record;
+    old_shape jsonb;
+BEGIN
+    FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects()
+                WHERE classid = 'pg_catalog.pg_class'::regclass AND objsubid = 0 AND object_type = 'table' LOOP
+        DELETE FROM trempy.table_shapes WHERE relid = obj.objid RETURNING shape INTO old_shape;
+        CONTINUE WHEN old_shape IS NULL;
+        PERFORM pg_logical_emit_message(true, 'trempy.ddl',
+            jsonb_build_object('rel', obj.objid::int8, 'tag', tg_tag, 'old', old_shape)::text);
+        INSERT INTO trempy.schema_changes (relid, tag, old_shape) VALUES (obj.objid, tg_tag, old_shape);
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER trempy_capture_ddl ON ddl_command_end EXECUTE FUNCTION trempy.capture_ddl();
+CREATE EVENT TRIGGER trempy_capture_drop ON sql_drop EXECUTE FUNCTION trempy.capture_drop();
+
+REVOKE ALL ON FUNCTION trempy.capture_ddl(), trempy.capture_drop(), trempy.follow_renames(jsonb, jsonb),
+    trempy.record_shapes(text), trempy.forget_shapes() FROM PUBLIC;
+
+-- The schema changes seen per task (the applier reports those it applied: trempy.status()).
+CREATE VIEW trempy.task_schema_changes AS
+SELECT t.task_name, sc.id, sc.relid,
+       coalesce(sc.new_shape ->> 'schema', sc.old_shape ->> 'schema') AS schema_name,
+       coalesce(sc.new_shape ->> 'table', sc.old_shape ->> 'table') AS table_name,
+       sc.tag, sc.old_shape, sc.new_shape, sc.seen_at
+  FROM trempy.schema_changes sc
+  JOIN trempy.tasks t ON sc.relid IN (SELECT trempy.task_relids(t.task_name));
+
+COMMENT ON VIEW trempy.task_schema_changes IS 'Schema changes seen on each task''s tables, oldest first by id.';
