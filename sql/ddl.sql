@@ -205,6 +205,12 @@ BEGIN
         SELECT s.shape INTO old_shape FROM trempy.table_shapes s WHERE s.relid = cmd.objid FOR UPDATE;
         CONTINUE WHEN NOT FOUND;
         new_shape := trempy.table_shape(cmd.objid);
+        -- Rows of a table attached as a partition were never inserted into the replicated root:
+        -- no change carries them. Say so where the DBA looks.
+        IF current_query() ~* '\mATTACH\s+PARTITION\M' THEN
+            RAISE WARNING 'TREMpy: the rows the attached partition already holds are not replicated to the target of %.%; reload the tasks that replicate it (trempy.update_task with "start_mode": "reload") or insert those rows again',
+                new_shape ->> 'schema', new_shape ->> 'table';
+        END IF;
         CONTINUE WHEN new_shape IS NULL OR new_shape = old_shape;
         -- Added columns: the one value every existing row got (a non-volatile DEFAULT is kept as
         -- the "missing value"), or values the target cannot derive (a volatile DEFAULT or an

@@ -441,6 +441,28 @@ fn source_columns(client: &SpiClient<'_>, schema: &str, table: &str) -> Option<V
     Some(relation.columns.into_iter().map(|c| ColumnDesc { name: c.name, type_name: c.type_name, key: c.key, not_null: c.not_null }).collect())
 }
 
+/// The partitioned table among the task's tables that `schema.table` is a partition of
+/// (directly or not), if any.
+fn listed_ancestor(client: &SpiClient<'_>, settings: &TaskSettings, schema: &str, table: &str) -> Option<String> {
+    let qualified = format!("{}.{}", spi::quote_identifier(schema), spi::quote_identifier(table));
+    let rows = client
+        .select(
+            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_partition_ancestors($1::text::regclass) a
+               JOIN pg_catalog.pg_class c ON c.oid = a.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE a.relid <> $1::text::regclass",
+            None,
+            &[qualified.as_str().into()],
+        )
+        .ok()?;
+    for row in rows {
+        let (Ok(Some(s)), Ok(Some(t))) = (row.get::<String>(1), row.get::<String>(2)) else { continue };
+        if settings.tables.iter().any(|listed| listed.schema_name == s && listed.table_name == t) {
+            return Some(format!("{}.{}", spi::quote_identifier(&s), spi::quote_identifier(&t)));
+        }
+    }
+    None
+}
+
 /// The checks that need the database: every table exists, is a permanent ordinary table, and
 /// has a key the target can upsert on (a primary key, or a replica identity index).
 fn check_tables(client: &SpiClient<'_>, settings: &TaskSettings) -> Vec<Problem> {
@@ -473,15 +495,18 @@ fn check_tables(client: &SpiClient<'_>, settings: &TaskSettings) -> Vec<Problem>
             problems.push(Problem::new(path, format!("table {qualified} does not exist")));
             continue;
         };
-        if kind != "r" {
+        if kind != "r" && kind != "p" {
             let what = match kind.as_str() {
-                "p" => "a partitioned table (not supported yet)",
                 "v" => "a view",
                 "m" => "a materialized view",
                 "f" => "a foreign table",
                 _ => "not an ordinary table",
             };
             problems.push(Problem::new(path, format!("{qualified} is {what}")));
+            continue;
+        }
+        if let Some(root) = listed_ancestor(client, settings, &table.schema_name, &table.table_name) {
+            problems.push(Problem::new(path, format!("{qualified} is a partition of {root}, which the task replicates already (with all its partitions)")));
             continue;
         }
         if persistence != "p" {

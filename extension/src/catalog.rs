@@ -5,7 +5,7 @@
 //! schema-change event trigger uses too: a relation description and a schema change's shape can
 //! never disagree.
 
-use pgrx::spi::SpiClient;
+use pgrx::spi::{self, SpiClient};
 use trempy_protocol::envelope::{Column, Relation};
 use trempy_protocol::schema::Shape;
 
@@ -24,4 +24,14 @@ pub(crate) fn describe_table(client: &SpiClient<'_>, relid: u32) -> Result<Relat
         .map(|c| Column { name: c.name, type_name: c.type_name, type_oid: c.type_oid, key: c.key, not_null: c.not_null, create_type: c.create_type })
         .collect();
     Ok(Relation { id: relid, schema: shape.schema, table: shape.table, columns })
+}
+
+/// What a full load reads all rows of a replicated table from: `ONLY schema.table` for an
+/// ordinary table (never the rows of tables that inherit from it), `schema.table` for a
+/// partitioned table (every partition's rows, as the root publishes them).
+pub(crate) fn row_source(client: &SpiClient<'_>, schema: &str, table: &str) -> Result<String, Error> {
+    let qualified = format!("{}.{}", spi::quote_identifier(schema), spi::quote_identifier(table));
+    let rows = client.select("SELECT c.relkind = 'p' FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass", Some(1), &[qualified.as_str().into()])?;
+    let partitioned = !rows.is_empty() && rows.first().get::<bool>(1)?.unwrap_or(false);
+    Ok(if partitioned { qualified } else { format!("ONLY {qualified}") })
 }

@@ -37,7 +37,9 @@ fn table_list(tables: &[(String, String)]) -> String {
 
 /// Creates the task's publication for exactly these tables.
 pub(crate) fn create_publication(client: &mut SpiClient<'_>, names: &TaskNames, tables: &[(String, String)]) -> Result<(), Error> {
-    let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", spi::quote_identifier(names.publication()), table_list(tables));
+    // A partitioned table publishes its partitions' changes as its own (one target table), and
+    // partitions created or attached later are in it without any change to the publication.
+    let sql = format!("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)", spi::quote_identifier(names.publication()), table_list(tables));
     client.update(sql.as_str(), None, &[]).map_err(|err| Error::new(ErrorKind::Catalog, format!("could not create publication \"{}\": {err}", names.publication())))?;
     Ok(())
 }
@@ -46,7 +48,7 @@ pub(crate) fn create_publication(client: &mut SpiClient<'_>, names: &TaskNames, 
 pub(crate) fn set_publication_tables(client: &mut SpiClient<'_>, names: &TaskNames, tables: &[(String, String)]) -> Result<(), Error> {
     let sql = format!("ALTER PUBLICATION {} SET TABLE {}", spi::quote_identifier(names.publication()), table_list(tables));
     client.update(sql.as_str(), None, &[]).map_err(|err| Error::new(ErrorKind::Catalog, format!("could not change publication \"{}\": {err}", names.publication())))?;
-    Ok(())
+    via_partition_root(client, names)
 }
 
 /// True when the task's publication includes the table.
@@ -63,6 +65,13 @@ pub(crate) fn publication_has(client: &SpiClient<'_>, names: &TaskNames, schema:
 /// Adds a table to the task's publication.
 pub(crate) fn add_publication_table(client: &mut SpiClient<'_>, names: &TaskNames, schema: &str, table: &str) -> Result<(), Error> {
     let sql = format!("ALTER PUBLICATION {} ADD TABLE {}.{}", spi::quote_identifier(names.publication()), spi::quote_identifier(schema), spi::quote_identifier(table));
+    client.update(sql.as_str(), None, &[]).map_err(|err| Error::new(ErrorKind::Catalog, format!("could not change publication \"{}\": {err}", names.publication())))?;
+    via_partition_root(client, names)
+}
+
+/// Publications made by an older TREMpy lack `publish_via_partition_root`.
+fn via_partition_root(client: &mut SpiClient<'_>, names: &TaskNames) -> Result<(), Error> {
+    let sql = format!("ALTER PUBLICATION {} SET (publish_via_partition_root = true)", spi::quote_identifier(names.publication()));
     client.update(sql.as_str(), None, &[]).map_err(|err| Error::new(ErrorKind::Catalog, format!("could not change publication \"{}\": {err}", names.publication())))?;
     Ok(())
 }

@@ -54,7 +54,7 @@ pub(crate) fn copy_table(stream: &StreamId, prepare: Prepare, for_cdc: bool, due
             return Err(Error::new(ErrorKind::Catalog, format!("table {}.{} has no columns to copy", due.schema, due.table)));
         }
         let columns: Vec<String> = relation.columns.iter().map(|c| spi::quote_identifier(&c.name).to_string()).collect();
-        let sql = format!("SELECT {} FROM ONLY {}.{}", columns.join(", "), spi::quote_identifier(&relation.schema), spi::quote_identifier(&relation.table));
+        let sql = format!("SELECT {} FROM {}", columns.join(", "), catalog::row_source(client, &relation.schema, &relation.table)?);
 
         // Output functions, as COPY TO uses them.
         let mut outputs: Vec<pg_sys::FmgrInfo> = Vec::with_capacity(relation.columns.len());

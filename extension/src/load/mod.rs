@@ -61,7 +61,7 @@ pub(crate) fn next(client: &mut SpiClient<'_>, task: &str, generation: u32, sett
         if recorded {
             continue;
         }
-        let estimate = estimate_rows(client, &qualified);
+        let estimate = crate::catalog::row_source(client, &table.schema_name, &table.table_name).ok().and_then(|source| estimate_rows(client, &source));
         client.update(
             "INSERT INTO trempy.task_tables (task_name, generation, position, schema_name, table_name, relid, rows_estimated)
              SELECT $1, $2, coalesce((SELECT max(position) + 1 FROM trempy.task_tables WHERE task_name = $1), 0), $3, $4, $5::regclass, $6",
@@ -97,8 +97,8 @@ pub(crate) fn next(client: &mut SpiClient<'_>, task: &str, generation: u32, sett
 }
 
 /// The planner's estimate of a table's rows (it accounts for tables never analyzed).
-fn estimate_rows(client: &SpiClient<'_>, qualified: &str) -> Option<i64> {
-    let plan = client.select(&format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM ONLY {qualified}"), Some(1), &[]).ok()?;
+fn estimate_rows(client: &SpiClient<'_>, source: &str) -> Option<i64> {
+    let plan = client.select(&format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {source}"), Some(1), &[]).ok()?;
     let text = plan.first().get::<pgrx::Json>(1).ok()??;
     text.0.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64().map(|rows| rows as i64)
 }
