@@ -78,7 +78,10 @@ CREATE TABLE trempy.task_progress (
     applier_rows_loaded    bigint,
     applier_dead_letters   bigint,
     applier_reported_at    timestamptz,
-    applier_received_at    timestamptz
+    applier_received_at    timestamptz,
+    -- Source schema changes the applier has applied on the target, and the last one
+    applier_schema_changes     bigint,
+    applier_last_schema_change text
 );
 
 -- The full load of each table of a task, in load order (priority, then list order). Each table

@@ -98,7 +98,10 @@ RETURNS TABLE (
     applier_dead_letters   bigint,
     applier_reported_at    timestamptz,
     incarnation            uuid,
-    generation             integer
+    generation             integer,
+    schema_changes_seen    bigint,
+    schema_changes_applied bigint,
+    last_schema_change     text
 )
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -142,7 +145,10 @@ AS $$
            p.applier_dead_letters,
            p.applier_reported_at,
            t.incarnation,
-           t.generation
+           t.generation,
+           (SELECT count(*) FROM trempy.task_schema_changes sc WHERE sc.task_name = t.task_name),
+           p.applier_schema_changes,
+           p.applier_last_schema_change
       FROM trempy.tasks t
       LEFT JOIN trempy.task_progress p ON p.task_name = t.task_name
       LEFT JOIN pg_replication_slots s
@@ -163,7 +169,7 @@ AS $$
      ORDER BY t.task_name
 $$;
 
-COMMENT ON FUNCTION trempy.status() IS 'One row per TREMpy task: state, worker, slot position and lag, publish counters, last error, full load phase, progress and ETA, and the applier''s latest report (state, reason, LSN applied, dead letters).';
+COMMENT ON FUNCTION trempy.status() IS 'One row per TREMpy task: state, worker, slot position and lag, publish counters, last error, full load phase, progress and ETA, and the applier''s latest report (state, reason, LSN applied, dead letters), schema changes seen and applied.';
 
 -- Managing tasks is for superusers (or roles they grant EXECUTE to); status is readable by all.
 REVOKE ALL ON FUNCTION trempy.create_task(text, jsonb) FROM PUBLIC;
