@@ -97,6 +97,9 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
             })
             .collect();
     }
+    if let Change::Schema(_) = change {
+        return Err(schema_here());
+    }
     if mode == Mode::Scd2 {
         let rel = relation(relations, change_rel(&change))?;
         return Ok(scd2::statements(rel, change, commit_time)?.into_iter().map(|statement| Op::Single { table: qualified(rel), statement }).collect());
@@ -140,12 +143,19 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
             let rels = rels.iter().map(|id| relation(relations, *id)).collect::<Result<Vec<_>, _>>()?;
             vec![Op::Truncate { rels, cascade, restart_identity }]
         }
+        Change::Schema(_) => return Err(schema_here()),
     })
+}
+
+/// Schema changes are applied by [`crate::schema_change`], never as row operations.
+fn schema_here() -> Error {
+    Error::new(ErrorKind::Conflict, "a schema change reached the row writer; it is applied by the session, not as a row change")
 }
 
 fn change_rel(change: &Change) -> u32 {
     match change {
         Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } => *rel,
+        Change::Schema(schema) => schema.rel,
         Change::Truncate { rels, .. } => rels.first().copied().unwrap_or_default(),
     }
 }
@@ -468,6 +478,12 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Forgets the prepared statements (after a schema change: the target tables changed).
+    /// Call after [`Writer::finish`].
+    pub(crate) fn forget_statements(&mut self) {
+        self.statements.clear();
     }
 
     /// Forgets the pending run and the statements in flight, after a failure (their results

@@ -38,7 +38,8 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 use tracing::{error, info, warn};
 use trempy_protocol::Lsn;
-use trempy_protocol::envelope::{Envelope, LoadChunk, Transaction};
+use trempy_protocol::envelope::{Change, Envelope, LoadChunk, Transaction};
+use trempy_protocol::schema::SchemaChange;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 use trempy_protocol::topology;
@@ -53,6 +54,7 @@ use crate::load::{self, Verdict};
 use crate::policy::{self, ErrorPolicy, Reaction};
 use crate::progress::{self, Applied, Position, Staged};
 use crate::report::Live;
+use crate::schema_change::{self, Management};
 use crate::{state, stream, target};
 
 /// How the applier runs.
@@ -126,7 +128,7 @@ pub(crate) async fn run(options: Options, mut shutdown: watch::Receiver<bool>) {
                 }
                 let halt = match err.kind() {
                     ErrorKind::Rules => Some(lookahead::Halt::Rules),
-                    ErrorKind::UnchangedToast => Some(lookahead::Halt::UnchangedToast),
+                    ErrorKind::UnchangedToast | ErrorKind::Schema => Some(lookahead::Halt::Reload),
                     _ => None,
                 };
                 if let Some(halt) = halt {
@@ -268,6 +270,7 @@ impl<'o> Session<'o> {
         errorlog::setup(&client).await?;
         state::setup(&client).await?;
         deadletter::setup(&client).await?;
+        schema_change::setup(&client).await?;
         if !carry.started {
             carry.failing = state::started(&client, task).await?;
             carry.started = true;
@@ -565,6 +568,12 @@ impl<'o> Session<'o> {
             return Err(self.out_of_order(&transaction, None));
         }
         if transaction.last {
+            if let Err(err) = self.check_schema_rules(&transaction) {
+                // Halt in order: nothing of this source transaction is applied yet; what came
+                // before it is committed, so that its message heads the queue for the look-ahead.
+                self.commit().await?;
+                return Err(err);
+            }
             self.begin().await?;
             self.apply(transaction).await
         } else {
@@ -591,8 +600,12 @@ impl<'o> Session<'o> {
     /// Applies the changes of a transaction (or chunk); the last chunk completes it.
     async fn apply(&mut self, transaction: Transaction) -> Result<(), Error> {
         self.pending.changes += transaction.changes.len() as u64;
-        let mode = rules::mode(self.settings.as_ref());
         for change in transaction.changes {
+            if let Change::Schema(schema) = change {
+                self.schema_change(schema, transaction.commit_lsn).await?;
+                continue;
+            }
+            let mode = rules::mode(self.settings.as_ref());
             for (change, mode) in self.rules.map(change, mode, &transaction.commit_time)? {
                 self.writer.apply(&self.client, self.rules.targets(), change, mode, &transaction.commit_time).await?;
             }
@@ -601,6 +614,76 @@ impl<'o> Session<'o> {
             self.pending.watermark = transaction.commit_lsn;
             self.pending.commit_time = Some(transaction.commit_time);
             self.pending.transactions += 1;
+        }
+        Ok(())
+    }
+
+    /// The settings document in effect (JSON text), as last received or recorded.
+    fn settings_text(&self) -> Option<&str> {
+        self.pending.settings.as_deref().or(self.committed.settings.as_deref())
+    }
+
+    /// Checks, before anything of it is applied, that the task's rules fit every schema change
+    /// of the transaction (renames followed): a rule that does not halts the task naming it.
+    fn check_schema_rules(&self, transaction: &Transaction) -> Result<(), Error> {
+        let mut text = self.settings_text().map(str::to_owned);
+        let mut settings = self.settings.clone();
+        for change in &transaction.changes {
+            let Change::Schema(change) = change else { continue };
+            let followed = schema_change::follow_renames(text.as_deref(), change)?;
+            let after = followed.as_ref().map(|(_, s)| s).or(settings.as_ref());
+            schema_change::target(change, settings.as_ref(), after).map_err(|e| e.with_lsn(transaction.commit_lsn))?;
+            if let Some((t, s)) = followed {
+                text = Some(t);
+                settings = Some(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows one source schema change on the target, where it sits in the stream (see
+    /// [`schema_change`]): the rules follow renames, the target table is reconciled (or the task
+    /// halts naming what to do), the change is recorded, and every cache of the session that
+    /// knew the old shape is dropped.
+    async fn schema_change(&mut self, change: SchemaChange, lsn: Lsn) -> Result<(), Error> {
+        self.begin().await?;
+        self.writer.finish(&self.client).await?;
+        let followed = schema_change::follow_renames(self.settings_text(), &change)?;
+        let after = followed.as_ref().map(|(_, s)| s).or(self.settings.as_ref());
+        let target = schema_change::target(&change, self.settings.as_ref(), after)?;
+        let management = if after.is_some_and(|s| s.prepare().create) { Management::Managed } else { Management::Unmanaged };
+        let scd2 = (rules::mode(after) == crate::apply::Mode::Scd2).then(|| after.map(TaskSettings::scd2_columns)).flatten();
+        let source = change.new.as_ref().or(change.old.as_ref()).map_or_else(|| (String::new(), format!("relation {}", change.rel)), |s| (s.schema.clone(), s.table.clone()));
+        let what = format!("{} at {lsn}", schema_change::display(&source));
+        let actual = schema_change::read(&self.client, &target.names()).await?;
+        let actions = schema_change::reconcile(&target, &actual, scd2.as_ref());
+        schema_change::execute(&self.client, &actions, management, &what).await.map_err(|e| e.with_table(schema_change::display(&source)).with_lsn(lsn))?;
+        let steps = schema_change::steps_text(&actions);
+        let record = schema_change::Record {
+            task: self.options.names.task(),
+            incarnation: self.pending.stream.incarnation.as_deref(),
+            commit_lsn: lsn,
+            source: &source,
+            target: target.new.as_ref().or(target.old.as_ref()),
+            steps: &steps,
+        };
+        schema_change::record(&self.client, &record).await?;
+        let run = actions.iter().filter(|a| matches!(a, schema_change::Action::Run(_))).count();
+        info!(task = self.task(), table = %schema_change::display(&source), lsn = %lsn, statements = run, steps = target.steps.len(), "source schema change followed on the target");
+        if let Some((text, settings)) = followed {
+            info!(task = self.task(), table = %schema_change::display(&source), "the task's rules follow the rename");
+            self.settings = Some(settings);
+            self.pending.settings = Some(text);
+        }
+        // Every cache that knew the old shape.
+        self.rules.forget(change.rel);
+        for (schema, table) in target.names() {
+            self.catalog.forget(&schema, &table);
+        }
+        self.writer.forget_statements();
+        if let Some(new) = &change.new {
+            let relation = schema_change::relation(change.rel, new);
+            self.rules.prepare(&self.client, &mut self.catalog, self.settings.as_ref(), &[relation], management == Management::Managed).await?;
         }
         Ok(())
     }

@@ -322,6 +322,7 @@ pub(crate) fn rows_written(envelope: &Envelope) -> Vec<String> {
                 }
                 Change::Delete { rel, old } => note(*rel, key_of(*rel, old)),
                 Change::Truncate { rels, .. } => rels.iter().for_each(|rel| note(*rel, "every row (TRUNCATE)".to_owned())),
+                Change::Schema(schema) => note(schema.rel, "its schema (a schema change)".to_owned()),
             }
         }
     }

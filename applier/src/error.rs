@@ -38,6 +38,11 @@ pub(crate) enum ErrorKind {
     /// An update lacks values the target needs and does not have (unchanged TOASTed columns of
     /// a row missing from the target): it halts in order, never writing NULL in their place.
     UnchangedToast,
+    /// A source schema change the target cannot follow by itself: what it did cannot be derived
+    /// on the target (a volatile `DEFAULT`, a `USING` conversion), the task does not manage its
+    /// target tables (the DBA runs the statements the reason names), or a statement of it failed.
+    /// It halts in order and is never dead-lettered; the next attempt reconciles again.
+    Schema,
 }
 
 impl ErrorKind {
@@ -54,6 +59,7 @@ impl ErrorKind {
             Self::Transform => "transform",
             Self::Rules => "rules",
             Self::UnchangedToast => "unchanged_toast",
+            Self::Schema => "schema",
             Self::Stream => "stream",
         }
     }

@@ -4,7 +4,7 @@
 //! The data path: [`consume`] receives messages in queue order and groups source transactions
 //! into target transactions; [`rules`] filters and transforms them into the target tables' shape;
 //! [`apply`] turns their changes into bulk SQL ([`scd2`] keeps history in `scd2` mode); [`load`] writes
-//! full-load chunks with COPY; [`catalog`] reads target column types and creates target tables; [`progress`] records
+//! full-load chunks with COPY; [`catalog`] reads target column types and creates target tables; [`schema_change`] follows source schema changes on the target in stream order; [`progress`] records
 //! the last applied source commit LSN in the same target transaction as the rows, and anything at
 //! or below it is skipped on redelivery; messages are acknowledged only after COMMIT. [`policy`]
 //! says what to do about each kind of [`error`]; source transactions that cannot be applied are
@@ -28,4 +28,5 @@ mod state;
 mod stream;
 mod rules;
 mod scd2;
+mod schema_change;
 mod target;

@@ -25,7 +25,8 @@ pub(crate) enum Reaction {
     DeadLetter,
     /// The target is not ready (missing table, schema or column, or a column of another type), the
     /// applier is too old for the message (a newer envelope version), the task's rules do not fit
-    /// a table any more, an update lacks unchanged TOASTed values the target does not have, or the
+    /// a table any more, an update lacks unchanged TOASTed values the target does not have, a source
+    /// schema change cannot be followed by the applier alone, or the
     /// failing source transaction is
     /// larger than one message and cannot be dead-lettered: roll back, report loudly, and try again
     /// after a long delay, in order: the task waits rather than skipping a source transaction.
@@ -90,7 +91,7 @@ pub(crate) fn reaction(err: &Error, attempt: u32) -> Reaction {
         },
         // A row the transformations cannot compute fails its source transaction only.
         ErrorKind::Transform => Reaction::Permanent,
-        ErrorKind::Rules | ErrorKind::UnchangedToast | ErrorKind::Stream | ErrorKind::NewerEnvelope => Reaction::Halt(halt_delay(attempt)),
+        ErrorKind::Rules | ErrorKind::UnchangedToast | ErrorKind::Schema | ErrorKind::Stream | ErrorKind::NewerEnvelope => Reaction::Halt(halt_delay(attempt)),
     }
 }
 
@@ -200,6 +201,14 @@ mod tests {
         assert_eq!(reaction(&sql("40P01", None), 1), Reaction::Retry(Duration::from_millis(500)));
         assert_eq!(reaction(&Error::new(ErrorKind::Rules, "x"), 0), Reaction::Halt(Duration::from_secs(5)));
         assert_eq!(reaction(&Error::new(ErrorKind::UnchangedToast, "x"), 0), Reaction::Halt(Duration::from_secs(5)));
+        assert_eq!(reaction(&Error::new(ErrorKind::Schema, "x"), 0), Reaction::Halt(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_schema_change_is_never_dead_lettered_nor_stopped() {
+        let err = Error::new(ErrorKind::Schema, "cannot derive").with_operation(Operation::Insert);
+        assert_eq!(reaction(&err, 0), Reaction::Halt(Duration::from_secs(5)));
+        assert_eq!(reaction(&err, 40), Reaction::Halt(Duration::from_secs(300)));
     }
 
     #[test]

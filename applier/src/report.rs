@@ -4,7 +4,7 @@
 //!
 //! A separate task with its own target connection and its own RabbitMQ connection: it reads what
 //! the applier recorded in the target (`trempy.applier_state`, `trempy.applier_progress`,
-//! `trempy.applier_deadletters`) once a second and publishes a [`Report`] when the state, reason
+//! `trempy.applier_deadletters`, `trempy.applier_schema_changes`) once a second and publishes a [`Report`] when the state, reason
 //! or watermark changed, and every [`EVERY`] otherwise. Reports are fire-and-forget (no
 //! publisher confirms, not mandatory); any failure here is logged at debug level and tried again
 //! later, and never touches applying. A halt (which the applier does not record in the target)
@@ -24,7 +24,7 @@ use trempy_protocol::names::TaskNames;
 use trempy_protocol::redact::redact;
 use trempy_protocol::topology;
 
-use crate::target;
+use crate::{schema_change, target};
 
 /// How often the target is read.
 const POLL: Duration = Duration::from_secs(1);
@@ -71,6 +71,9 @@ struct Recorded {
     changes_applied: u64,
     rows_loaded: u64,
     dead_letters: u64,
+    /// Schema changes applied for the current incarnation, and the last one.
+    schema_changes: u64,
+    last_schema_change: Option<String>,
 }
 
 /// The report for what is recorded, with a halt overriding the recorded state.
@@ -92,13 +95,15 @@ fn report(task: &str, recorded: Recorded, halted: Option<(String, i64)>, reporte
         rows_loaded: recorded.rows_loaded,
         dead_letters: recorded.dead_letters,
         reported_at_ms,
+        schema_changes_applied: (recorded.schema_changes > 0).then_some(recorded.schema_changes),
+        last_schema_change: recorded.last_schema_change,
     }
 }
 
 /// A report is due when what it says changed (counts aside), or [`EVERY`] passed.
 fn due(last: Option<&(Report, Instant)>, next: &Report) -> bool {
     let Some((last, at)) = last else { return true };
-    let key = |r: &Report| (r.state, r.reason.clone(), r.since_ms, r.watermark, r.generation);
+    let key = |r: &Report| (r.state, r.reason.clone(), r.since_ms, r.watermark, r.generation, r.schema_changes_applied);
     key(last) != key(next) || at.elapsed() >= EVERY
 }
 
@@ -171,6 +176,7 @@ async fn read(target: &mut Option<Client>, dsn: &str, task: &str) -> Result<Opti
     let Some(state) = ApplierState::from_name(&state) else { return Err(format!("unknown applier state {state:?}")) };
     let watermark: String = row.get(3);
     let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    let (schema_changes, last_schema_change) = schema_change::recorded(client, task).await.map_err(|e| e.to_string())?;
     Ok(Some(Recorded {
         state,
         reason: row.get(1),
@@ -181,6 +187,8 @@ async fn read(target: &mut Option<Client>, dsn: &str, task: &str) -> Result<Opti
         changes_applied: count(6),
         rows_loaded: count(7),
         dead_letters: count(8),
+        schema_changes,
+        last_schema_change,
     }))
 }
 
@@ -226,6 +234,8 @@ mod tests {
             changes_applied: 2,
             rows_loaded: 0,
             dead_letters: 0,
+            schema_changes: 0,
+            last_schema_change: None,
         }
     }
 

@@ -79,6 +79,12 @@ impl Rules {
         self.targets.clear();
     }
 
+    /// Forgets one source relation (its shape changed at the source: see
+    /// [`crate::schema_change`]); it is compiled again when next prepared.
+    pub(crate) fn forget(&mut self, id: u32) {
+        self.mapped.remove(&id);
+    }
+
     /// The target relations (ids are the source relations').
     pub(crate) fn targets(&self) -> &[Relation] {
         &self.targets
@@ -118,7 +124,7 @@ impl Rules {
     pub(crate) fn map(&self, mut change: Change, mode: Mode, commit_time: &str) -> Result<Vec<(Change, Mode)>, Error> {
         let id = match &change {
             Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } => *rel,
-            Change::Truncate { .. } => return Ok(vec![(change, mode)]),
+            Change::Truncate { .. } | Change::Schema(_) => return Ok(vec![(change, mode)]),
         };
         let m = self.mapped.get(&id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))?;
         if let Change::Update { old: Some(old), new, unchanged, .. } = &mut change {
@@ -193,7 +199,7 @@ impl Rules {
                 let (old, _) = transform(old, &[])?;
                 vec![(Change::Delete { rel, old }, delete_mode)]
             }
-            Change::Truncate { .. } => vec![(change, mode)],
+            Change::Truncate { .. } | Change::Schema(_) => vec![(change, mode)],
         })
     }
 
@@ -253,7 +259,7 @@ fn transformed(settings: Option<&TaskSettings>, source: &Relation) -> bool {
 }
 
 /// The filter, plan and target relation of one source relation.
-fn compile(settings: Option<&TaskSettings>, source: &Relation) -> Result<(Option<RowFilter>, TablePlan, Relation), Error> {
+pub(crate) fn compile(settings: Option<&TaskSettings>, source: &Relation) -> Result<(Option<RowFilter>, TablePlan, Relation), Error> {
     let columns: Vec<ColumnDesc> =
         source.columns.iter().map(|c| ColumnDesc { name: c.name.clone(), type_name: c.type_name.clone(), key: c.key, not_null: c.not_null }).collect();
     let (filter, plan) = match settings {

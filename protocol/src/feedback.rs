@@ -82,6 +82,13 @@ pub struct Report {
     pub dead_letters: u64,
     /// When the report was made, in milliseconds since the Unix epoch.
     pub reported_at_ms: i64,
+    /// Source schema changes applied on the target for this task incarnation (absent in reports
+    /// of appliers that predate schema changes, and while there are none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_changes_applied: Option<u64>,
+    /// The last one: `<commit LSN> <source table> -> <target table>: <steps>` (never row values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schema_change: Option<String>,
 }
 
 impl Report {
@@ -99,6 +106,11 @@ impl Report {
             && reason.chars().count() > MAX_REASON_CHARS
         {
             *reason = reason.chars().take(MAX_REASON_CHARS).collect();
+        }
+        if let Some(last) = &mut report.last_schema_change
+            && last.chars().count() > MAX_REASON_CHARS
+        {
+            *last = last.chars().take(MAX_REASON_CHARS).collect();
         }
         Ok(report)
     }
@@ -133,7 +145,22 @@ mod tests {
             rows_loaded: 0,
             dead_letters: 0,
             reported_at_ms: 1_700_000_001_000,
+            schema_changes_applied: None,
+            last_schema_change: None,
         }
+    }
+
+    #[test]
+    fn schema_change_fields_are_optional_both_ways() {
+        let old = String::from_utf8(report().to_json()).unwrap();
+        assert!(!old.contains("schema_change"), "{old}");
+        assert_eq!(Report::parse(old.as_bytes()).unwrap(), report());
+        let mut r = report();
+        r.schema_changes_applied = Some(2);
+        r.last_schema_change = Some("0/20 public.t -> public.t: ALTER TABLE \"public\".\"t\" ADD COLUMN \"c\" integer".into());
+        let json = String::from_utf8(r.to_json()).unwrap();
+        assert!(json.contains(r#""schema_changes_applied":2"#) && json.contains(r#""last_schema_change":"0/20 public.t"#), "{json}");
+        assert_eq!(Report::parse(json.as_bytes()).unwrap(), r);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod lsn;
 pub mod names;
 pub mod pgoutput;
 pub mod redact;
+pub mod renames;
 pub mod schema;
 pub mod settings;
 pub mod transform;

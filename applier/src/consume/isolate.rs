@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 use trempy_protocol::Lsn;
-use trempy_protocol::envelope::Envelope;
+use trempy_protocol::envelope::{Change, Envelope};
 
 use super::Session;
 use crate::deadletter::{self, Why};
@@ -140,6 +140,7 @@ impl Session<'_> {
                 continue;
             }
             let before = self.pending.clone();
+            let holds_schema_change = transaction.changes.iter().any(|c| matches!(c, Change::Schema(_)));
             self.client.batch_execute("SAVEPOINT trempy_transaction").await?;
             let mut applied = self.apply(transaction).await;
             if applied.is_ok() {
@@ -153,6 +154,18 @@ impl Session<'_> {
                     if !matches!(policy::reaction(&err, 0), Reaction::Permanent | Reaction::DeadLetter) {
                         return Err(err);
                     }
+                    if holds_schema_change {
+                        // Never dead-lettered nor skipped: the target would miss the schema change.
+                        let halt = Error::new(
+                            ErrorKind::Schema,
+                            format!("source transaction {lsn} holds a schema change, so it cannot be dead-lettered, and it failed: {err}; fix the cause on the target, the applier tries again"),
+                        );
+                        let halt = match err.sqlstate() {
+                            Some(code) => halt.with_sqlstate(code),
+                            None => halt,
+                        };
+                        return Err(halt.with_lsn(lsn));
+                    }
                     self.client.batch_execute("ROLLBACK TO SAVEPOINT trempy_transaction").await?;
                     self.pending = before;
                     failures.push((lsn, err));
@@ -164,6 +177,11 @@ impl Session<'_> {
 
     async fn rollback(&mut self) -> Result<(), Error> {
         self.writer.reset();
+        // A schema change rolled back with the rest: the settings, rules and caches as committed.
+        self.settings = self.committed.settings.as_deref().and_then(|text| trempy_protocol::settings::TaskSettings::parse(text).ok());
+        self.rules.clear();
+        self.catalog = crate::catalog::Catalog::default();
+        self.writer.forget_statements();
         if self.in_transaction {
             self.client.batch_execute("ROLLBACK").await?;
             self.in_transaction = false;

@@ -66,8 +66,9 @@ pub(super) enum Found {
 pub(super) enum Halt {
     /// The rules do not fit a table: newer settings fix it.
     Rules,
-    /// An update lacks unchanged TOAST values: only a `reload` (a newer generation) fixes it.
-    UnchangedToast,
+    /// Only a `reload` (a newer generation) fixes it: an update lacks unchanged TOAST values, or
+    /// a source schema change cannot be followed on the target.
+    Reload,
 }
 
 /// What a scan of the queue saw.
@@ -79,7 +80,7 @@ struct Seen {
     generation: Option<u32>,
 }
 
-/// Looks for settings (or, for [`Halt::UnchangedToast`], a reload) published behind the failing
+/// Looks for settings (or, for [`Halt::Reload`], a reload) published behind the failing
 /// message and adopts the newest (see the module documentation).
 pub(super) async fn newer_settings(options: &Options, halt: Halt) -> Result<Found, Error> {
     let task = options.names.task();
@@ -92,7 +93,7 @@ pub(super) async fn newer_settings(options: &Options, halt: Halt) -> Result<Foun
     // Closing returns every message read to the head of the queue, in order.
     let _ = connection.close(200, "look-ahead done".into()).await;
     let seen = seen?;
-    if halt == Halt::UnchangedToast {
+    if halt == Halt::Reload {
         let Some(generation) = seen.generation else { return Ok(Found::Nothing) };
         progress::clear_staged(&client, task).await?;
         if progress::start_generation(&client, task, &position, generation).await? {
