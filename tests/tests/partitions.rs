@@ -33,9 +33,14 @@ async fn a_partitioned_table_is_one_target_table_and_partitions_added_mid_stream
 
     create_task_with(&source, &task, &load_settings(&task, "full_load_and_cdc", &[("public", &task)])).await;
     let _applier = Applier::start(&task);
+    let target = target().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !target.query_one("SELECT to_regclass($1) IS NOT NULL", &[&root]).await.unwrap().get::<_, bool>(0) {
+        assert!(std::time::Instant::now() < deadline, "the applier did not create the target table");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let fp = wait_converged(&[(&root, "id, region")], WAIT).await;
     assert_eq!(fp[0].0, 1000, "the full load reads every partition through the root");
-    let target = target().await;
     let plain: String = target
         .query_one("SELECT c.relkind::text FROM pg_class c WHERE c.oid = $1::text::regclass", &[&root])
         .await

@@ -504,7 +504,7 @@ const REPORT_REFRESH: Duration = Duration::from_secs(30);
 /// A report is recorded when it says something new, or [`REPORT_REFRESH`] after the last one.
 fn worth_recording(last: Option<&(Report, std::time::Instant)>, next: &Report) -> bool {
     let Some((last, at)) = last else { return true };
-    let key = |r: &Report| (r.state, r.reason.clone(), r.since_ms, r.watermark, r.generation, r.dead_letters);
+    let key = |r: &Report| (r.state, r.reason.clone(), r.since_ms, r.watermark, r.generation, r.dead_letters, r.schema_changes_applied);
     key(last) != key(next) || at.elapsed() >= REPORT_REFRESH
 }
 
@@ -518,7 +518,9 @@ fn record_report(task: &Task, report: &Report) -> bool {
         "UPDATE trempy.task_progress
             SET applier_state = $2, applier_reason = $3, applier_since = to_timestamp($4), applier_lsn = $5::pg_lsn,
                 applier_generation = $6, applier_transactions = $7, applier_changes = $8, applier_rows_loaded = $9,
-                applier_dead_letters = $10, applier_reported_at = to_timestamp($11), applier_received_at = now()
+                applier_dead_letters = $10, applier_reported_at = to_timestamp($11), applier_received_at = now(),
+                applier_schema_changes = coalesce($12, applier_schema_changes),
+                applier_last_schema_change = coalesce($13, applier_last_schema_change)
           WHERE task_name = $1",
         &[
             task.names.task().into(),
@@ -532,6 +534,8 @@ fn record_report(task: &Task, report: &Report) -> bool {
             count(report.rows_loaded).into(),
             count(report.dead_letters).into(),
             (report.reported_at_ms as f64 / 1000.0).into(),
+            report.schema_changes_applied.map(count).into(),
+            report.last_schema_change.as_deref().into(),
         ],
     )
 }

@@ -1,0 +1,111 @@
+//! Schema changes under load: a writer inserts and updates without pause while the source table
+//! goes through one schema change after another (ADD COLUMN without and with a default, RENAME
+//! COLUMN, ALTER COLUMN TYPE, SET and DROP NOT NULL, DROP COLUMN, a new key, RENAME TABLE), and
+//! the target TREMpy manages ends with exactly the source's columns (names, types, order) and
+//! rows.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use trempy_e2e::*;
+
+const WAIT: Duration = Duration::from_secs(180);
+
+/// `name type` of each column in order, as the catalog says.
+async fn columns(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    text_rows(
+        client,
+        &format!(
+            "SELECT a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+               FROM pg_attribute a WHERE a.attrelid = '{table}'::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+        ),
+    )
+    .await
+}
+
+async fn key(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    text_rows(
+        client,
+        &format!(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+              WHERE i.indrelid = '{table}'::regclass AND i.indisprimary ORDER BY a.attname"
+        ),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_going_through_every_schema_change_under_writers_ends_equal_on_the_target() {
+    let task = unique("ddlflow");
+    let table = Arc::new(RwLock::new(format!("public.{task}")));
+    let t0 = table.read().unwrap().clone();
+    let source = source().await;
+    source
+        .batch_execute(&format!("CREATE TABLE {t0} (id int PRIMARY KEY, touched int NOT NULL DEFAULT 0, v text); INSERT INTO {t0} (id, v) SELECT g, 'loaded' FROM generate_series(1, 200) g"))
+        .await
+        .unwrap();
+    let mut settings = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
+    settings["task"]["cdc_settings"] = serde_json::json!({"mode": "upsert"});
+    create_task_with(&source, &task, &settings).await;
+    let _applier = Applier::start(&task);
+    wait_for_phase(&source, &task, "cdc", WAIT).await;
+
+    let current = Arc::clone(&table);
+    let writer = Writer::start(move |i| {
+        let t = current.read().unwrap().clone();
+        format!(
+            "BEGIN; INSERT INTO {t} (id) VALUES ({}) ON CONFLICT DO NOTHING; UPDATE {t} SET touched = touched + 1 WHERE id = {}; COMMIT;",
+            1000 + i,
+            1 + i % 300
+        )
+    });
+    let renamed = format!("public.{task}_renamed");
+    let steps = [
+        format!("ALTER TABLE {t0} ADD COLUMN c2 integer"),
+        format!("ALTER TABLE {t0} ADD COLUMN c3 integer DEFAULT 7"),
+        format!("ALTER TABLE {t0} RENAME COLUMN v TO v2"),
+        format!("ALTER TABLE {t0} ALTER COLUMN c3 TYPE bigint"),
+        format!("ALTER TABLE {t0} ALTER COLUMN c2 SET DEFAULT 0; UPDATE {t0} SET c2 = 0 WHERE c2 IS NULL; ALTER TABLE {t0} ALTER COLUMN c2 SET NOT NULL"),
+        format!("ALTER TABLE {t0} ALTER COLUMN c2 DROP NOT NULL"),
+        format!("ALTER TABLE {t0} DROP COLUMN c2"),
+        format!("ALTER TABLE {t0} ADD COLUMN k integer NOT NULL DEFAULT 1"),
+        format!("ALTER TABLE {t0} DROP CONSTRAINT {task}_pkey, ADD PRIMARY KEY (id, k)"),
+    ];
+    for step in &steps {
+        println!("{step}");
+        source.batch_execute(step).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await; // the writer commits in between
+    }
+    // RENAME TABLE: the writer follows the new name (a few of its transactions fail meanwhile).
+    {
+        let mut name = table.write().unwrap();
+        *name = renamed.clone();
+    }
+    source.batch_execute(&format!("ALTER TABLE {t0} RENAME TO {task}_renamed")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let committed = writer.stop().await;
+    println!("writer committed {committed} transactions");
+    assert!(committed > 20, "the writer barely ran: {committed}");
+
+    let target = target().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !target.query_one("SELECT to_regclass($1) IS NOT NULL", &[&renamed]).await.unwrap().get::<_, bool>(0) {
+        let reason = status_text(&source, &task, "applier_reason").await;
+        assert!(std::time::Instant::now() < deadline, "the target table was not renamed; the applier says {reason:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let fp = wait_converged(&[(&renamed, "id")], WAIT).await;
+    println!("{} rows", fp[0].0);
+    let (s, t) = (columns(&source, &renamed).await, columns(&target, &renamed).await);
+    println!("source {s:?}\ntarget {t:?}");
+    assert_eq!(t, s, "the target's columns differ from the source's");
+    assert_eq!(key(&target, &renamed).await, vec!["id".to_owned(), "k".to_owned()]);
+    let old_name: Option<String> = target.query_one("SELECT to_regclass($1)::text", &[&t0]).await.unwrap().get(0);
+    assert_eq!(old_name, None, "the target table kept its old name too");
+    let seen = status_text(&source, &task, "schema_changes_seen").await;
+    println!("schema changes seen: {seen:?}, applied: {:?}", status_text(&source, &task, "schema_changes_applied").await);
+    assert_eq!(seen.as_deref(), Some("10"));
+    drop_task(&source, &task).await;
+}
