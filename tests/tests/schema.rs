@@ -125,7 +125,7 @@ async fn each_step_on_a_managed_table() {
     stream.settings(&settings(&task, &task, "upsert", true)).await;
     let v1 = [(1, "id", "integer", true, true), (2, "name", "text", false, false), (3, "n", "integer", false, false), (4, "old_c", "text", false, false)];
     let r1 = rel(1001, &task, &[("id", "integer", true), ("name", "text", false), ("n", "integer", false), ("old_c", "text", false)]);
-    stream.tx(&[r1.clone()], vec![insert(1001, &[Some("1"), Some("a"), Some("1"), Some("x")]), insert(1001, &[Some("2"), Some("b"), Some("2"), Some("y")])]).await;
+    stream.tx(std::slice::from_ref(&r1), vec![insert(1001, &[Some("1"), Some("a"), Some("1"), Some("x")]), insert(1001, &[Some("2"), Some("b"), Some("2"), Some("y")])]).await;
     // a row of the old shape, then ADD COLUMN c integer DEFAULT 7 in the same source transaction
     let mut v2 = v1.to_vec();
     v2.push((5, "c", "integer", false, false));
@@ -193,7 +193,7 @@ async fn what_cannot_be_derived_halts_until_a_reload() {
         stream.settings(&settings(&task, &task, "upsert", true)).await;
         let v1 = [(1, "id", "integer", true, true), (2, "n", "integer", false, false)];
         let r1 = rel(1001, &task, &[("id", "integer", true), ("n", "integer", false)]);
-        let first = stream.tx(&[r1.clone()], vec![insert(1001, &[Some("1"), Some("1")])]).await;
+        let first = stream.tx(std::slice::from_ref(&r1), vec![insert(1001, &[Some("1"), Some("1")])]).await;
         let (v2, expected) = match rewritten_type {
             None => (vec![v1[0], v1[1], (3, "at", "timestamp without time zone", false, false)], "volatile DEFAULT"),
             Some(ty) => (vec![v1[0], (2, "n", ty, false, false)], "USING"),
@@ -257,7 +257,7 @@ async fn scd2_history_keeps_its_versions() {
     stream.settings(&settings(&task, &task, "scd2", true)).await;
     let v1 = [(1, "id", "integer", true, true), (2, "name", "text", false, false), (3, "gone", "text", false, false)];
     let r1 = rel(1001, &task, &[("id", "integer", true), ("name", "text", false), ("gone", "text", false)]);
-    stream.tx(&[r1.clone()], vec![insert(1001, &[Some("1"), Some("a"), Some("g")]), insert(1001, &[Some("2"), Some("b"), Some("g")])]).await;
+    stream.tx(std::slice::from_ref(&r1), vec![insert(1001, &[Some("1"), Some("a"), Some("g")]), insert(1001, &[Some("2"), Some("b"), Some("g")])]).await;
     stream.tx(&[r1], vec![json!({"op": "update", "rel": 1001, "new": ["1", "a2", "g"]})]).await;
     let v2 = [(1, "id", "integer", true, true), (2, "label", "text", false, false), (4, "c", "integer", false, false)];
     stream.tx(&[], vec![schema_change(1001, shape(&task, &v1), Some(shape(&task, &v2)), json!([{"attnum": 4, "value": "7"}]), json!([]))]).await;
