@@ -301,7 +301,7 @@ async fn rules_follow_renames() {
     let v2 = [(1, "id", "integer", true, true), (2, "label", "text", false, false), (3, "qty", "integer", false, false)];
     stream.tx(&[], vec![schema_change(1001, shape(&task, &v1), Some(shape(&renamed, &v2)), json!([]), json!([]))]).await;
     let r2 = rel(1001, &renamed, &[("id", "integer", true), ("label", "text", false), ("qty", "integer", false)]);
-    stream.tx(&[r2.clone()], vec![insert(1001, &[Some("3"), Some("c"), Some("5")]), insert(1001, &[Some("4"), Some("d"), Some("-5")])]).await;
+    stream.tx(std::slice::from_ref(&r2), vec![insert(1001, &[Some("3"), Some("c"), Some("5")]), insert(1001, &[Some("4"), Some("d"), Some("-5")])]).await;
     let rows = rows_sql(&renamed);
     wait_for_target_rows(&rows, &[r#"{"id": 1, "qty": 1, "label": "A"}"#, r#"{"id": 3, "qty": 5, "label": "C"}"#], WAIT).await;
     let target = target().await;
