@@ -575,7 +575,29 @@ impl<'o> Session<'o> {
                 return Err(err);
             }
             self.begin().await?;
-            self.apply(transaction).await
+            if !transaction.changes.iter().any(|c| matches!(c, Change::Schema(_))) {
+                return self.apply(transaction).await;
+            }
+            // A schema change that halts halts in order: this source transaction is rolled back
+            // to its start and what came before it is committed (sent and awaited first, so
+            // that none of it runs after the savepoint).
+            self.writer.finish(&self.client).await?;
+            self.client.batch_execute("SAVEPOINT trempy_schema_change").await?;
+            let before = self.pending.clone();
+            match self.apply(transaction).await {
+                Ok(()) => {
+                    self.client.batch_execute("RELEASE SAVEPOINT trempy_schema_change").await?;
+                    Ok(())
+                }
+                Err(err) if err.kind() == ErrorKind::Schema => {
+                    self.writer.reset();
+                    self.client.batch_execute("ROLLBACK TO SAVEPOINT trempy_schema_change").await?;
+                    self.pending = before;
+                    self.commit().await?;
+                    Err(err)
+                }
+                Err(err) => Err(err),
+            }
         } else {
             self.stage(envelope, transaction).await
         }

@@ -249,6 +249,21 @@ mod tests {
     }
 
     #[test]
+    fn schema_changes_are_reported_once_there_are_some() {
+        let r = report("t", recorded(ApplierState::Running), None, 5);
+        assert_eq!((r.schema_changes_applied, r.last_schema_change.as_deref()), (None, None));
+        let mut with = recorded(ApplierState::Running);
+        with.schema_changes = 2;
+        with.last_schema_change = Some("0/20 public.t -> public.t: ALTER TABLE \"public\".\"t\" DROP COLUMN \"c\"".into());
+        let r = report("t", with, None, 5);
+        assert_eq!(r.schema_changes_applied, Some(2));
+        assert!(r.last_schema_change.as_deref().is_some_and(|l| l.starts_with("0/20 public.t")));
+        // a new schema change makes a report due at once
+        let first = report("t", recorded(ApplierState::Running), None, 5);
+        assert!(due(Some(&(first, Instant::now())), &r));
+    }
+
+    #[test]
     fn live_keeps_the_first_halt_until_cleared() {
         let live = Live::default();
         assert!(live.halted().is_none());

@@ -105,10 +105,13 @@ impl Rules {
             let (filter, plan, mut target) = compile(settings, source)?;
             catalog.resolve(client, std::slice::from_mut(&mut target), create).await?;
             let passthrough = filter.is_none() && !transformed(settings, source) && mode(settings) != Mode::Scd2;
-            let index = match self.mapped.get(&source.id) {
-                Some(m) => {
-                    self.targets[m.target] = target;
-                    m.target
+            // The slot of this relation's target, also after it was forgotten (a relation
+            // is found in `targets` by its id: there must be one per id).
+            let slot = self.mapped.get(&source.id).map(|m| m.target).or_else(|| self.targets.iter().position(|t| t.id == source.id));
+            let index = match slot {
+                Some(i) => {
+                    self.targets[i] = target;
+                    i
                 }
                 None => {
                     self.targets.push(target);
