@@ -552,7 +552,7 @@ impl<'o> Session<'o> {
                 if transaction.seq > staged.next_seq {
                     return Err(self.out_of_order(&transaction, Some(staged)));
                 }
-                return if transaction.last { self.apply_staged(transaction).await } else { self.stage(envelope, transaction).await };
+                return if transaction.last { self.apply_staged(envelope, transaction).await } else { self.stage(envelope, transaction).await };
             }
             // The staged transaction was re-published from its start, or abandoned for an
             // earlier position: its chunks will all come again.
@@ -720,8 +720,10 @@ impl<'o> Session<'o> {
         Ok(())
     }
 
-    /// Applies a staged source transaction: its staged chunks in order, then its last chunk.
-    async fn apply_staged(&mut self, last: Transaction) -> Result<(), Error> {
+    /// Applies a staged source transaction: its staged chunks in order (each with the relation
+    /// descriptions of its own message), then its last chunk (with those of `envelope`: a chunk
+    /// after a schema change describes the relation with its new shape).
+    async fn apply_staged(&mut self, envelope: &Envelope, last: Transaction) -> Result<(), Error> {
         self.begin().await?;
         let cursor = format!(
             "DECLARE trempy_staged NO SCROLL CURSOR FOR SELECT body FROM trempy.applier_staging WHERE task_name = '{}' AND commit_lsn = '{}' ORDER BY seq",
@@ -752,6 +754,7 @@ impl<'o> Session<'o> {
         if expected != last.seq {
             return Err(Error::new(ErrorKind::Conflict, format!("{expected} chunks of {} are staged, the last one is chunk {}", last.commit_lsn, last.seq)));
         }
+        self.prepare_relations(envelope, true).await?;
         self.apply(last).await?;
         self.writer.flush(&self.client).await?;
         progress::clear_staged(&self.client, self.options.names.task()).await?;

@@ -15,7 +15,7 @@ use trempy_protocol::schema::{self, Existing, Step};
 
 /// Every transaction's changes in the task's queue, as one list, once `want` changes are there.
 /// (A consumer, as the applier would be: the queue has a single active consumer.)
-async fn queued_changes(task: &str, want: usize) -> Vec<Change> {
+async fn queued_changes(task: &str, want: usize) -> (Vec<Change>, Vec<Vec<String>>) {
     use futures_util::StreamExt;
     let (_connection, channel) = amqp_channel().await;
     let mut consumer = channel
@@ -29,14 +29,22 @@ async fn queued_changes(task: &str, want: usize) -> Vec<Change> {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut changes = Vec::new();
+    let mut described = Vec::new();
     while changes.len() < want {
         let left = deadline.saturating_duration_since(Instant::now());
         let delivery = tokio::time::timeout(left, consumer.next()).await;
         let Ok(Some(Ok(delivery))) = delivery else { panic!("only {} changes arrived: {changes:?}", changes.len()) };
         let envelope = Envelope::parse(&delivery.data).unwrap();
+        // Each row change with the column names its message describes its relation with.
+        for change in envelope.transactions.iter().flat_map(|t| t.changes.iter()) {
+            if let Change::Insert { rel, .. } = change {
+                let relation = envelope.relations.iter().find(|r| r.id == *rel).unwrap();
+                described.push(relation.columns.iter().map(|c| c.name.clone()).collect());
+            }
+        }
         changes.extend(envelope.transactions.into_iter().flat_map(|t| t.changes));
     }
-    changes
+    (changes, described)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +69,9 @@ async fn schema_changes_travel_in_stream_order_with_the_shapes_and_what_existing
     ] {
         source.batch_execute(&statement).await.unwrap();
     }
-    let changes = queued_changes(&task, 11).await;
+    let (changes, described) = queued_changes(&task, 11).await;
+    // Each insert is described with the shape it was made under.
+    assert_eq!(described, vec![vec!["id", "v"], vec!["id", "v", "c2"], vec!["id", "v2", "c2", "c3"]], "{described:?}");
     let steps: Vec<String> = changes
         .iter()
         .map(|change| match change {
