@@ -101,6 +101,9 @@ impl Session<'_> {
                 Err(first.clone())
             }
             Decision::DeadLetter => {
+                if !again.relations.is_empty() {
+                    self.prepare_relations(&again, !again.transactions.is_empty()).await?;
+                }
                 let again = self.apply_savepointed(again, &failures, attempts).await?;
                 if let Some((_, err)) = again.into_iter().next() {
                     // Something else failed this time: start over with this message.
@@ -177,11 +180,15 @@ impl Session<'_> {
 
     async fn rollback(&mut self) -> Result<(), Error> {
         self.writer.reset();
-        // A schema change rolled back with the rest: the settings, rules and caches as committed.
-        self.settings = self.committed.settings.as_deref().and_then(|text| trempy_protocol::settings::TaskSettings::parse(text).ok());
-        self.rules.clear();
-        self.catalog = crate::catalog::Catalog::default();
-        self.writer.forget_statements();
+        if self.schema_changed {
+            // A schema change rolled back with the rest: the settings, rules and caches as
+            // committed (the caller prepares the message's relations again).
+            self.settings = self.committed.settings.as_deref().and_then(|text| trempy_protocol::settings::TaskSettings::parse(text).ok());
+            self.rules.clear();
+            self.catalog = crate::catalog::Catalog::default();
+            self.writer.forget_statements();
+            self.schema_changed = false;
+        }
         if self.in_transaction {
             self.client.batch_execute("ROLLBACK").await?;
             self.in_transaction = false;
