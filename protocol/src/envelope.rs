@@ -359,15 +359,8 @@ impl Envelope {
 fn check_schema_change(change: &SchemaChange) -> std::result::Result<(), String> {
     for (which, shape) in [("old", &change.old), ("new", &change.new)] {
         let Some(shape) = shape else { continue };
-        typename::check_identifier(&shape.schema).map_err(|m| format!("{which}.schema {m}"))?;
-        typename::check_identifier(&shape.table).map_err(|m| format!("{which}.table {m}"))?;
-        for (j, column) in shape.columns.iter().enumerate() {
-            typename::check_identifier(&column.name).map_err(|m| format!("{which}.columns[{j}].name {m}"))?;
-            typename::check_type(&column.type_name).map_err(|m| format!("{which}.columns[{j}].type {m}"))?;
-            if let Some(create_type) = &column.create_type {
-                typename::check_type(create_type).map_err(|m| format!("{which}.columns[{j}].create_type {m}"))?;
-            }
-        }
+        let columns = shape.columns.iter().map(|c| (c.name.as_str(), c.type_name.as_str(), c.create_type.as_deref()));
+        check_names(&format!("{which}."), &shape.schema, &shape.table, columns)?;
         if shape.columns.windows(2).any(|w| w[0].attnum >= w[1].attnum) {
             return Err(format!("{which}.columns are not in attnum order"));
         }
@@ -378,13 +371,20 @@ fn check_schema_change(change: &SchemaChange) -> std::result::Result<(), String>
 /// The names and types of a relation are what they claim to be (see [`crate::typename`]): the
 /// applier writes them into SQL.
 fn check_relation(relation: &Relation) -> std::result::Result<(), String> {
-    typename::check_identifier(&relation.schema).map_err(|m| format!("schema {m}"))?;
-    typename::check_identifier(&relation.table).map_err(|m| format!("table {m}"))?;
-    for (j, column) in relation.columns.iter().enumerate() {
-        typename::check_identifier(&column.name).map_err(|m| format!("columns[{j}].name {m}"))?;
-        typename::check_type(&column.type_name).map_err(|m| format!("columns[{j}].type {m}"))?;
-        if let Some(create_type) = &column.create_type {
-            typename::check_type(create_type).map_err(|m| format!("columns[{j}].create_type {m}"))?;
+    let columns = relation.columns.iter().map(|c| (c.name.as_str(), c.type_name.as_str(), c.create_type.as_deref()));
+    check_names("", &relation.schema, &relation.table, columns)
+}
+
+/// Checks a table's schema and name, and each column's (name, type, created type); errors name
+/// the field under `prefix`.
+fn check_names<'a>(prefix: &str, schema: &str, table: &str, columns: impl Iterator<Item = (&'a str, &'a str, Option<&'a str>)>) -> std::result::Result<(), String> {
+    typename::check_identifier(schema).map_err(|m| format!("{prefix}schema {m}"))?;
+    typename::check_identifier(table).map_err(|m| format!("{prefix}table {m}"))?;
+    for (j, (name, type_name, create_type)) in columns.enumerate() {
+        typename::check_identifier(name).map_err(|m| format!("{prefix}columns[{j}].name {m}"))?;
+        typename::check_type(type_name).map_err(|m| format!("{prefix}columns[{j}].type {m}"))?;
+        if let Some(create_type) = create_type {
+            typename::check_type(create_type).map_err(|m| format!("{prefix}columns[{j}].create_type {m}"))?;
         }
     }
     Ok(())
