@@ -239,23 +239,34 @@ async fn a_decoding_worker_stopped_mid_table_copies_the_table_again_and_stays_ex
     let (tables, source, writer) = load_under_writes(&task).await;
     let _applier = Applier::start(&task);
     // as soon as some table has published rows but is not finished, stop the worker (SIGTERM);
-    // the launcher starts a new one, which copies that table again under a new snapshot
+    // the launcher starts a new one, which copies that table again under a new snapshot. A stop
+    // that lands after the copy committed interrupts nothing: then try the next table.
     let deadline = std::time::Instant::now() + CONVERGE;
     let interrupted = loop {
         let copying = source
             .query_opt(
                 "SELECT l.table_name, s.worker_pid FROM trempy.load_status() l JOIN trempy.status() s USING (task_name)
-                  WHERE l.task_name = $1 AND l.state = 'copying' AND l.rows_copied > 0",
+                  WHERE l.task_name = $1 AND l.state = 'copying' AND l.rows_copied > 0 AND l.attempt = 1",
                 &[&task],
             )
             .await
             .unwrap();
         if let Some(row) = copying {
-            let pid: Option<i32> = row.get(1);
+            let (table, pid): (String, Option<i32>) = (row.get(0), row.get(1));
             source.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
-            break row.get::<_, String>(0);
+            while source.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().get::<_, i64>(0) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let state: String = source
+                .query_one("SELECT state FROM trempy.load_status() WHERE task_name = $1 AND table_name = $2", &[&task, &table])
+                .await
+                .unwrap()
+                .get(0);
+            if state != "copied" {
+                break table;
+            }
         }
-        assert!(std::time::Instant::now() < deadline, "never saw a table being copied");
+        assert!(std::time::Instant::now() < deadline, "never stopped the worker while a table was being copied");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     wait_for_phase(&source, &task, "cdc", CONVERGE).await;
