@@ -459,7 +459,14 @@ impl<'o> Session<'o> {
         if let Some(settings) = envelope.settings.take() {
             self.take_settings(&settings).await?;
         }
+        // A message whose every transaction is applied already (a redelivery) prepares nothing:
+        // its relations may describe tables as they were before a schema change applied since,
+        // and preparing would create a table under a name the target has left behind.
+        let applied_already = envelope.load.is_none()
+            && !envelope.transactions.is_empty()
+            && envelope.transactions.iter().all(|t| t.commit_lsn <= self.pending.watermark && self.staged.is_none_or(|s| s.commit_lsn != t.commit_lsn));
         if !envelope.relations.is_empty()
+            && !applied_already
             && let Err(err) = self.prepare_relations(&envelope, !envelope.transactions.is_empty()).await
         {
             if err.kind() == ErrorKind::Rules {

@@ -123,8 +123,18 @@ async fn publish_confirmed(channel: &lapin::Channel, exchange: &str, routing_key
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_appliers_rabbitmq_user_cannot_put_a_message_into_a_change_queue() {
     let (task, _table, source) = table_task("inject", "id int PRIMARY KEY").await;
-    // The task's worker has declared the topology (and published its settings message).
+    // The task's worker declares the topology before it publishes its settings message.
     let (admin, admin_channel) = amqp_channel().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let probe = admin.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        if probe.queue_declare(format!("trempy_queue_{task}").as_str().into(), passive, FieldTable::default()).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker never declared the task's queue");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let queue = format!("trempy_queue_{task}");
     let count = || async {
         admin_channel
