@@ -182,8 +182,48 @@ BEGIN
 END
 $$;
 
+-- The values a DDL statement gave existing rows in columns the target cannot derive (a volatile
+-- DEFAULT, an identity column, ALTER COLUMN ... TYPE ... USING): read in the statement's own
+-- transaction, where they are final, and emitted as transactional logical messages with prefix
+-- 'trempy.backfill' (protocol/src/schema.rs, Backfill) right after the statement's 'trempy.ddl'
+-- message: each row's key and its values, in the types' text forms under pinned output settings,
+-- in batches of `batch` rows; the last batch (maybe empty) says so. Names are quoted with %I and
+-- the relation by its regclass: nothing of them is executed.
+CREATE FUNCTION trempy.emit_backfill(rel oid, key text[], columns text[], batch integer)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET DateStyle = 'ISO, MDY'
+SET IntervalStyle = 'postgres'
+SET extra_float_digits = 3
+SET bytea_output = 'hex'
+SET TimeZone = 'UTC'
+SET xmloption = 'content'
+AS $$
+DECLARE
+    source text := CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = rel) = 'p' THEN '' ELSE 'ONLY ' END || rel::regclass::text;
+    exprs text := (SELECT string_agg(format('%I::text', name), ', ' ORDER BY o) FROM unnest(key || columns) WITH ORDINALITY AS u(name, o));
+    r record;
+    buffer jsonb[] := '{}';
+    total bigint := 0;
+BEGIN
+    FOR r IN EXECUTE format('SELECT jsonb_build_array(%s) AS v FROM %s', exprs, source) LOOP
+        buffer := array_append(buffer, r.v);
+        total := total + 1;
+        IF cardinality(buffer) >= batch THEN
+            PERFORM pg_logical_emit_message(true, 'trempy.backfill',
+                jsonb_build_object('rel', rel::int8, 'key', to_jsonb(key), 'columns', to_jsonb(columns), 'rows', to_jsonb(buffer), 'last', false)::text);
+            buffer := '{}';
+        END IF;
+    END LOOP;
+    PERFORM pg_logical_emit_message(true, 'trempy.backfill',
+        jsonb_build_object('rel', rel::int8, 'key', to_jsonb(key), 'columns', to_jsonb(columns), 'rows', to_jsonb(buffer), 'last', true)::text);
+    RETURN total;
+END
+$$;
+
 -- ddl_command_end: describes each changed replicated table. Runs as the extension's owner (it
--- writes TREMpy's tables whoever runs the DDL), with a pinned search_path and no dynamic SQL.
+-- writes TREMpy's tables whoever runs the DDL), with a pinned search_path and no dynamic SQL (trempy.emit_backfill reads the table).
 CREATE FUNCTION trempy.capture_ddl()
 RETURNS event_trigger
 LANGUAGE plpgsql
@@ -197,6 +237,8 @@ DECLARE
     new_shape jsonb;
     fills jsonb;
     rewritten jsonb;
+    backfilled jsonb;
+    key_names text[];
     using_clause boolean := current_query() ~* '\mUSING\M';
 BEGIN
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE classid = 'pg_catalog.pg_class'::regclass LOOP
@@ -233,9 +275,26 @@ BEGIN
                   JOIN jsonb_array_elements(old_shape -> 'columns') o ON (o -> 'attnum') = (n -> 'attnum')
                  WHERE (o ->> 'type') <> (n ->> 'type')), '[]'::jsonb);
         END IF;
+        -- Rewritten values are sent row by row when the rows can be found on the target by a
+        -- key the statement did not rewrite.
+        SELECT array_agg(n ->> 'name' ORDER BY (n ->> 'attnum')::int2) INTO key_names
+          FROM jsonb_array_elements(new_shape -> 'columns') n WHERE (n ->> 'key')::boolean;
+        backfilled := '[]'::jsonb;
+        IF rewritten <> '[]'::jsonb AND key_names IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(new_shape -> 'columns') n
+                            WHERE (n ->> 'key')::boolean AND rewritten @> jsonb_build_array(n -> 'attnum')) THEN
+            backfilled := rewritten;
+            rewritten := '[]'::jsonb;
+        END IF;
         PERFORM pg_logical_emit_message(true, 'trempy.ddl',
             jsonb_build_object('rel', cmd.objid::int8, 'tag', cmd.command_tag, 'old', old_shape, 'new', new_shape,
-                               'fills', fills, 'rewritten', rewritten)::text);
+                               'fills', fills, 'rewritten', rewritten, 'backfilled', backfilled)::text);
+        IF backfilled <> '[]'::jsonb THEN
+            PERFORM trempy.emit_backfill(cmd.objid, key_names,
+                (SELECT array_agg(n ->> 'name' ORDER BY (n ->> 'attnum')::int2) FROM jsonb_array_elements(new_shape -> 'columns') n
+                  WHERE backfilled @> jsonb_build_array(n -> 'attnum')),
+                5000);
+        END IF;
         UPDATE trempy.table_shapes SET shape = new_shape, recorded_at = now() WHERE relid = cmd.objid;
         INSERT INTO trempy.schema_changes (relid, tag, old_shape, new_shape) VALUES (cmd.objid, cmd.command_tag, old_shape, new_shape);
         PERFORM trempy.follow_renames(old_shape, new_shape);
@@ -269,7 +328,7 @@ $$;
 CREATE EVENT TRIGGER trempy_capture_ddl ON ddl_command_end EXECUTE FUNCTION trempy.capture_ddl();
 CREATE EVENT TRIGGER trempy_capture_drop ON sql_drop EXECUTE FUNCTION trempy.capture_drop();
 
-REVOKE ALL ON FUNCTION trempy.capture_ddl(), trempy.capture_drop(), trempy.follow_renames(jsonb, jsonb),
+REVOKE ALL ON FUNCTION trempy.capture_ddl(), trempy.capture_drop(), trempy.follow_renames(jsonb, jsonb), trempy.emit_backfill(oid, text[], text[], integer),
     trempy.record_shapes(text), trempy.forget_shapes() FROM PUBLIC;
 
 -- The schema changes seen per task (the applier reports those it applied: trempy.status()).

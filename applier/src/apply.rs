@@ -97,7 +97,7 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
             })
             .collect();
     }
-    if let Change::Schema(_) = change {
+    if let Change::Schema(_) | Change::Backfill(_) = change {
         return Err(schema_here());
     }
     if mode == Mode::Scd2 {
@@ -143,19 +143,21 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
             let rels = rels.iter().map(|id| relation(relations, *id)).collect::<Result<Vec<_>, _>>()?;
             vec![Op::Truncate { rels, cascade, restart_identity }]
         }
-        Change::Schema(_) => return Err(schema_here()),
+        Change::Schema(_) | Change::Backfill(_) => return Err(schema_here()),
     })
 }
 
-/// Schema changes are applied by [`crate::schema_change`], never as row operations.
+/// Schema changes and their backfills are applied by [`crate::schema_change`], never as row
+/// operations.
 fn schema_here() -> Error {
-    Error::new(ErrorKind::Conflict, "a schema change reached the row writer; it is applied by the session, not as a row change")
+    Error::new(ErrorKind::Conflict, "a schema change or backfill reached the row writer; it is applied by the session, not as a row change")
 }
 
 fn change_rel(change: &Change) -> u32 {
     match change {
         Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } => *rel,
         Change::Schema(schema) => schema.rel,
+        Change::Backfill(backfill) => backfill.rel,
         Change::Truncate { rels, .. } => rels.first().copied().unwrap_or_default(),
     }
 }

@@ -26,6 +26,7 @@
 mod isolate;
 mod lookahead;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,10 +37,10 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::watch;
 use tokio_postgres::Client;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use trempy_protocol::Lsn;
 use trempy_protocol::envelope::{Change, Envelope, LoadChunk, Transaction};
-use trempy_protocol::schema::SchemaChange;
+use trempy_protocol::schema::{Backfill, SchemaChange};
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 use trempy_protocol::topology;
@@ -251,6 +252,9 @@ struct Session<'o> {
     /// A schema change was applied in the open target transaction (its settings, rules and
     /// caches are reset if that transaction is rolled back).
     schema_changed: bool,
+    /// Per source relation, how the backfills after its last schema change reach the target
+    /// (they follow that change in the same source transaction).
+    backfills: HashMap<u32, schema_change::BackfillPlan>,
 }
 
 #[derive(Default)]
@@ -315,6 +319,7 @@ impl<'o> Session<'o> {
             high,
             retry_in: None,
             schema_changed: false,
+            backfills: HashMap::new(),
         })
     }
 
@@ -654,9 +659,16 @@ impl<'o> Session<'o> {
     async fn apply(&mut self, transaction: Transaction) -> Result<(), Error> {
         self.pending.changes += transaction.changes.len() as u64;
         for change in transaction.changes {
-            if let Change::Schema(schema) = change {
-                self.schema_change(schema, transaction.commit_lsn).await?;
-                continue;
+            match change {
+                Change::Schema(schema) => {
+                    self.schema_change(schema, transaction.commit_lsn).await?;
+                    continue;
+                }
+                Change::Backfill(backfill) => {
+                    self.backfill(&backfill, transaction.commit_lsn).await?;
+                    continue;
+                }
+                _ => {}
             }
             let mode = rules::mode(self.settings.as_ref());
             for (change, mode) in self.rules.map(change, mode, &transaction.commit_time)? {
@@ -722,6 +734,10 @@ impl<'o> Session<'o> {
             steps: &steps,
         };
         schema_change::record(&self.client, &record).await?;
+        match target.backfill.clone() {
+            Some(plan) => self.backfills.insert(change.rel, plan),
+            None => self.backfills.remove(&change.rel),
+        };
         let run = actions.iter().filter(|a| matches!(a, schema_change::Action::Run(_))).count();
         info!(task = self.task(), table = %schema_change::display(&source), lsn = %lsn, statements = run, steps = target.steps.len(), "source schema change followed on the target");
         if let Some((text, settings)) = followed {
@@ -738,6 +754,22 @@ impl<'o> Session<'o> {
         if let Some(new) = &change.new {
             let relation = schema_change::relation(change.rel, new);
             self.rules.prepare(&self.client, &mut self.catalog, self.settings.as_ref(), &[relation], management == Management::Managed).await?;
+        }
+        Ok(())
+    }
+
+    /// One batch of the values a schema change gave existing rows (see
+    /// [`schema_change::BackfillPlan`]).
+    async fn backfill(&mut self, backfill: &Backfill, lsn: Lsn) -> Result<(), Error> {
+        let Some(plan) = self.backfills.get(&backfill.rel).cloned() else {
+            return Err(Error::new(ErrorKind::Schema, format!("a backfill of relation {} at {lsn} follows no schema change the target followed", backfill.rel)).with_lsn(lsn));
+        };
+        self.begin().await?;
+        self.writer.finish(&self.client).await?;
+        let set = plan.apply(&self.client, backfill).await.map_err(|e| e.with_lsn(lsn))?;
+        debug!(task = self.task(), rel = backfill.rel, lsn = %lsn, rows = backfill.rows.len(), set, last = backfill.last, "backfill applied");
+        if backfill.last {
+            self.backfills.remove(&backfill.rel);
         }
         Ok(())
     }

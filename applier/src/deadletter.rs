@@ -323,6 +323,7 @@ pub(crate) fn rows_written(envelope: &Envelope) -> Vec<String> {
                 Change::Delete { rel, old } => note(*rel, key_of(*rel, old)),
                 Change::Truncate { rels, .. } => rels.iter().for_each(|rel| note(*rel, "every row (TRUNCATE)".to_owned())),
                 Change::Schema(schema) => note(schema.rel, "its schema (a schema change)".to_owned()),
+                Change::Backfill(backfill) => note(backfill.rel, format!("{} rows' rewritten columns (a backfill)", backfill.rows.len())),
             }
         }
     }

@@ -127,7 +127,7 @@ impl Rules {
     pub(crate) fn map(&self, mut change: Change, mode: Mode, commit_time: &str) -> Result<Vec<(Change, Mode)>, Error> {
         let id = match &change {
             Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } => *rel,
-            Change::Truncate { .. } | Change::Schema(_) => return Ok(vec![(change, mode)]),
+            Change::Truncate { .. } | Change::Schema(_) | Change::Backfill(_) => return Ok(vec![(change, mode)]),
         };
         let m = self.mapped.get(&id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))?;
         if let Change::Update { old: Some(old), new, unchanged, .. } = &mut change {
@@ -202,7 +202,7 @@ impl Rules {
                 let (old, _) = transform(old, &[])?;
                 vec![(Change::Delete { rel, old }, delete_mode)]
             }
-            Change::Truncate { .. } | Change::Schema(_) => vec![(change, mode)],
+            Change::Truncate { .. } | Change::Schema(_) | Change::Backfill(_) => vec![(change, mode)],
         })
     }
 

@@ -181,7 +181,7 @@ pub(crate) fn statements(rel: &Relation, change: Change, commit_time: &str) -> R
         }
         Change::Delete { old, .. } => vec![Statement::new(shape.close_sql(), shape.key_params(&old, commit_time))],
         Change::Truncate { .. } => vec![truncate(rel, commit_time)?],
-        Change::Schema(_) => return Err(Error::new(ErrorKind::Conflict, "a schema change reached the SCD2 writer; it is applied by the session")),
+        Change::Schema(_) | Change::Backfill(_) => return Err(Error::new(ErrorKind::Conflict, "a schema change or backfill reached the SCD2 writer; it is applied by the session")),
     })
 }
 

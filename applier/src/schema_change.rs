@@ -18,8 +18,11 @@
 //!    or the DBA got there first) is skipped, the others become single statements with quoted
 //!    identifiers and checked type names. A value is never written into SQL text: the value every
 //!    existing row got in an added column travels as a parameter, cast from text to the checked
-//!    type. What cannot be derived on the target (a volatile `DEFAULT`, an `ALTER COLUMN … TYPE …
-//!    USING`) is [`Action::Cannot`].
+//!    type. Values the source computed row by row (a volatile `DEFAULT`, an identity column, an
+//!    `ALTER COLUMN … TYPE … USING`) follow the change as [`Backfill`]s when the table has a key:
+//!    the column is added (or converted, emptied) and each row gets its value by key
+//!    ([`BackfillPlan`]), then its NOT NULL. Without a key, or into a column the rules transform,
+//!    they cannot be derived: [`Action::Cannot`].
 //! 4. **Execution** ([`execute`]): when the task manages its target tables
 //!    (`create_table_if_not_exists`), the statements run one at a time through the extended
 //!    protocol; anything that cannot be derived halts in order ([`ErrorKind::Schema`]) with the
@@ -31,7 +34,8 @@
 //! SCD2: the history keeps its versions. An added column is NULL in every version, and only the
 //! current versions get the value existing rows got at the source; `SET NOT NULL` is not applied to
 //! a history column (closed versions may hold NULL); renames, drops and type changes apply to the
-//! history table; the SCD2 columns are never dropped.
+//! history table (a `USING` conversion casts the closed versions' values and backfills the current
+//! ones); the SCD2 columns are never dropped.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -41,7 +45,7 @@ use tokio_postgres::Client;
 use trempy_protocol::Lsn;
 use trempy_protocol::envelope::{Column, Relation};
 use trempy_protocol::renames;
-use trempy_protocol::schema::{self, Existing, SchemaChange, Shape, ShapeColumn, Step};
+use trempy_protocol::schema::{self, Backfill, Conversion, Existing, SchemaChange, Shape, ShapeColumn, Step};
 use trempy_protocol::settings::{Scd2Columns, TaskSettings};
 use trempy_protocol::typename;
 
@@ -148,6 +152,8 @@ pub(crate) struct Target {
     pub(crate) new: Option<Name>,
     /// The steps the target table takes, in target names.
     pub(crate) steps: Vec<Step>,
+    /// How the change's backfills reach the target table, when it has backfilled columns.
+    pub(crate) backfill: Option<BackfillPlan>,
 }
 
 impl Target {
@@ -171,8 +177,9 @@ impl Synthetic {
 }
 
 /// A compiled source shape: the target relation and, per target column, its source `attnum`.
-fn target_shape(rel: u32, source: &Shape, settings: Option<&TaskSettings>, synthetic: &mut Synthetic) -> Result<Shape, Error> {
+fn target_shape(rel: u32, source: &Shape, settings: Option<&TaskSettings>, synthetic: &mut Synthetic) -> Result<(Shape, Vec<i16>), Error> {
     let (_, plan, target) = rules::compile(settings, &relation(rel, source))?;
+    let verbatim = (0..target.columns.len()).filter_map(|i| plan.copied_verbatim(i)).filter_map(|s| source.columns.get(s)).map(|c| c.attnum).collect();
     let columns = target
         .columns
         .iter()
@@ -190,7 +197,7 @@ fn target_shape(rel: u32, source: &Shape, settings: Option<&TaskSettings>, synth
             }
         })
         .collect();
-    Ok(Shape { schema: target.schema, table: target.table, columns })
+    Ok((Shape { schema: target.schema, table: target.table, columns }, verbatim))
 }
 
 /// The target table's steps: the old shape compiled under the settings `before` the change, the
@@ -199,12 +206,12 @@ fn target_shape(rel: u32, source: &Shape, settings: Option<&TaskSettings>, synth
 /// (every column is then reconciled by name).
 pub(crate) fn target(change: &SchemaChange, before: Option<&TaskSettings>, after: Option<&TaskSettings>) -> Result<Target, Error> {
     let mut synthetic = Synthetic(HashMap::new());
-    let old = change.old.as_ref().and_then(|shape| target_shape(change.rel, shape, before, &mut synthetic).ok());
+    let old = change.old.as_ref().and_then(|shape| target_shape(change.rel, shape, before, &mut synthetic).ok()).map(|(shape, _)| shape);
     let old_name = old.as_ref().map(|s| (s.schema.clone(), s.table.clone())).or_else(|| change.old.as_ref().map(|s| (s.schema.clone(), s.table.clone())));
     let Some(source_new) = &change.new else {
-        return Ok(Target { old: old_name, new: None, steps: vec![Step::DropTable] });
+        return Ok(Target { old: old_name, new: None, steps: vec![Step::DropTable], backfill: None });
     };
-    let new = target_shape(change.rel, source_new, after, &mut synthetic)?;
+    let (new, verbatim) = target_shape(change.rel, source_new, after, &mut synthetic)?;
     // An added column's fill is the target's only when the rules copy the column unchanged.
     let mut rewritten = change.rewritten.clone();
     let mut fills = Vec::new();
@@ -216,9 +223,125 @@ pub(crate) fn target(change: &SchemaChange, before: Option<&TaskSettings>, after
             _ => {}
         }
     }
+    // Backfilled values reach the target when the rules copy their columns, and the key that
+    // finds the rows, unchanged; otherwise they cannot be derived there.
+    let copied = |attnum: i16| verbatim.contains(&attnum).then(|| new.columns.iter().find(|c| c.attnum == attnum)).flatten();
+    let source_key: Vec<&ShapeColumn> = source_new.columns.iter().filter(|c| c.key).collect();
+    let key: Option<Vec<BackfillColumn>> = source_key.iter().map(|s| copied(s.attnum).map(|t| BackfillColumn::new(s, t))).collect();
+    let scd2 = (rules::mode(after) == crate::apply::Mode::Scd2).then(|| after.map(TaskSettings::scd2_columns)).flatten();
+    let mut backfilled = Vec::new();
+    let mut columns = Vec::new();
+    for &attnum in &change.backfilled {
+        let source = source_new.columns.iter().find(|c| c.attnum == attnum);
+        match (source, copied(attnum), &key) {
+            (Some(s), Some(t), Some(_)) => {
+                backfilled.push(attnum);
+                columns.push(BackfillColumn::new(s, t));
+            }
+            _ if new.columns.iter().any(|c| c.attnum == attnum) => rewritten.push(attnum),
+            _ => {} // not replicated to the target
+        }
+    }
+    let not_null = if scd2.is_some() { Vec::new() } else { columns.iter().filter(|c| c.not_null).map(|c| c.target.clone()).collect() };
     let new_name = (new.schema.clone(), new.table.clone());
-    let target_change = SchemaChange { rel: change.rel, tag: change.tag.clone(), old, new: Some(new), fills, rewritten };
-    Ok(Target { old: old_name, new: Some(new_name), steps: schema::diff(&target_change) })
+    let backfill = match key {
+        Some(key) if !columns.is_empty() => Some(BackfillPlan { table: new_name.clone(), key, columns, current: scd2.map(|s| s.current), not_null }),
+        _ => None,
+    };
+    let target_change = SchemaChange { rel: change.rel, tag: change.tag.clone(), old, new: Some(new), fills, rewritten, backfilled };
+    Ok(Target { old: old_name, new: Some(new_name), steps: schema::diff(&target_change), backfill })
+}
+
+/// One column of a backfill: its source name, and its target name and type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BackfillColumn {
+    source: String,
+    target: String,
+    target_type: String,
+    not_null: bool,
+}
+
+impl BackfillColumn {
+    fn new(source: &ShapeColumn, target: &ShapeColumn) -> Self {
+        Self { source: source.name.clone(), target: target.name.clone(), target_type: target.target_type().to_owned(), not_null: target.not_null }
+    }
+}
+
+/// How the [`Backfill`]s after a schema change reach the target table: each row is found by its
+/// key and its backfilled columns set (only the current version in SCD2 mode); after the last
+/// batch the columns take their NOT NULL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BackfillPlan {
+    table: Name,
+    key: Vec<BackfillColumn>,
+    columns: Vec<BackfillColumn>,
+    /// The SCD2 "current version" column, in SCD2 mode.
+    current: Option<String>,
+    /// Target columns to make NOT NULL after the last batch.
+    not_null: Vec<String>,
+}
+
+impl BackfillPlan {
+    /// The statement that applies one batch: one `text[]` parameter per key column, then per
+    /// column, in the plan's order. Names are quoted, types checked.
+    fn statement(&self) -> Result<String, Error> {
+        let mut aliases = Vec::new();
+        let mut params = Vec::new();
+        for (i, _) in self.key.iter().chain(self.columns.iter()).enumerate() {
+            aliases.push(format!("v{i}"));
+            params.push(format!("pg_catalog.unnest(${}::text[])", i + 1));
+        }
+        let cast = |c: &BackfillColumn| typename::check_type(&c.target_type).map(|()| c.target_type.clone()).map_err(|m| Error::new(ErrorKind::Schema, format!("backfill of column {}: the type {m}", c.target)));
+        let mut set = Vec::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            set.push(format!("{} = v.v{}::{}", quote_ident(&c.target), self.key.len() + i, cast(c)?));
+        }
+        let mut matches = Vec::new();
+        for (i, c) in self.key.iter().enumerate() {
+            matches.push(format!("t.{} = v.v{i}::{}", quote_ident(&c.target), cast(c)?));
+        }
+        if let Some(current) = &self.current {
+            matches.push(format!("t.{}", quote_ident(current)));
+        }
+        Ok(format!(
+            "UPDATE {} AS t SET {} FROM ROWS FROM ({}) AS v({}) WHERE {}",
+            qualified(&self.table.0, &self.table.1),
+            set.join(", "),
+            params.join(", "),
+            aliases.join(", "),
+            matches.join(" AND ")
+        ))
+    }
+
+    /// Applies one batch in the open transaction; returns the rows it set. After the last one,
+    /// the columns take their NOT NULL.
+    pub(crate) async fn apply(&self, client: &Client, backfill: &Backfill) -> Result<u64, Error> {
+        let halt = |what: String| Error::new(ErrorKind::Schema, format!("backfill of {}: {what}", display(&self.table)));
+        let position = |names: &[String], name: &str, offset: usize| names.iter().position(|n| n == name).map(|i| i + offset);
+        let mut indexes = Vec::new();
+        for c in &self.key {
+            indexes.push(position(&backfill.key, &c.source, 0).ok_or_else(|| halt(format!("the source sent no key column {}", c.source)))?);
+        }
+        for c in &self.columns {
+            indexes.push(position(&backfill.columns, &c.source, backfill.key.len()).ok_or_else(|| halt(format!("the source sent no column {}", c.source)))?);
+        }
+        let exists: bool = client.query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&qualified(&self.table.0, &self.table.1)]).await?.get(0);
+        let mut set = 0;
+        if exists && !backfill.rows.is_empty() {
+            let arrays: Vec<Vec<Option<&str>>> = indexes.iter().map(|&i| backfill.rows.iter().map(|r| r.get(i).and_then(|v| v.as_deref())).collect()).collect();
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+            set = client.execute(self.statement()?.as_str(), &params).await.map_err(|e| {
+                let err = Error::target(&e);
+                if matches!(policy::reaction(&err, 0), Reaction::Retry(_)) { err } else { halt(format!("{err}")) }
+            })?;
+        }
+        if exists && backfill.last {
+            for column in &self.not_null {
+                client.execute(format!("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL", qualified(&self.table.0, &self.table.1), quote_ident(column)).as_str(), &[]).await?;
+            }
+        }
+        Ok(set)
+    }
 }
 
 /// A target table as it is now.
@@ -358,7 +481,7 @@ pub(crate) fn reconcile(target: &Target, actual: &HashMap<Name, Actual>, scd2: O
                     out.push(Action::Already(format!("column {column} is not there")));
                 }
             }
-            Step::AlterType { column, derivable } => {
+            Step::AlterType { column, conversion } => {
                 let ty = match checked(column.target_type(), &column.name) {
                     Ok(ty) => ty,
                     Err(cannot) => {
@@ -366,16 +489,30 @@ pub(crate) fn reconcile(target: &Target, actual: &HashMap<Name, Actual>, scd2: O
                         continue;
                     }
                 };
-                match sim.column(&column.name).map(|c| c.1.clone()) {
+                match sim.column(&column.name).cloned() {
                     None => out.push(Action::Cannot(format!("column {} changed type at the source, but the target table {} does not have it", column.name, display(&current)))),
-                    Some(now) if now == ty => out.push(Action::Already(format!("column {} is {ty}", column.name))),
-                    Some(_) if *derivable => {
+                    Some((_, now, _)) if now == ty => out.push(Action::Already(format!("column {} is {ty}", column.name))),
+                    // SCD2: closed versions keep their values, cast; the current ones are backfilled.
+                    Some(_) if *conversion == Conversion::Cast || (*conversion == Conversion::Backfilled && scd2.is_some()) => {
                         let c = quote_ident(&column.name);
                         out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ALTER COLUMN {c} TYPE {ty} USING {c}::{ty}"))));
                         sim.columns.iter_mut().filter(|x| x.0 == column.name).for_each(|x| x.1.clone_from(&ty));
                     }
+                    // The values follow in backfills: the column is emptied (and nullable) until then.
+                    Some((_, _, not_null)) if *conversion == Conversion::Backfilled => {
+                        let c = quote_ident(&column.name);
+                        if not_null {
+                            out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ALTER COLUMN {c} DROP NOT NULL"))));
+                        }
+                        out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ALTER COLUMN {c} TYPE {ty} USING NULL"))));
+                        sim.columns.iter_mut().filter(|x| x.0 == column.name).for_each(|x| {
+                            x.1.clone_from(&ty);
+                            x.2 = false;
+                        });
+                    }
                     Some(_) => out.push(Action::Cannot(format!(
-                        "column {} was converted to {ty} at the source with ALTER COLUMN … TYPE … USING an expression, whose values the target cannot derive",
+                        "column {} was converted to {ty} at the source with ALTER COLUMN … TYPE … USING an expression: the source sends the new values only for a table \
+                         with a key (not part of it), and the target takes them only into a column its rules copy unchanged",
                         column.name
                     ))),
                 }
@@ -396,12 +533,19 @@ pub(crate) fn reconcile(target: &Target, actual: &HashMap<Name, Actual>, scd2: O
                 match fill {
                     Existing::Unknown => {
                         out.push(Action::Cannot(format!(
-                            "column {} was added at the source with a volatile DEFAULT: each existing row got its own value, which the target cannot derive",
+                            "column {} was added at the source with a volatile DEFAULT (or as an identity column): each existing row got its own value, which the source \
+                             sends only for a table with a key and the target takes only into a column its rules copy unchanged",
                             column.name
                         )));
                         continue;
                     }
                     Existing::Null => out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ADD COLUMN {c} {ty}")))),
+                    // The values follow in backfills, which then set NOT NULL.
+                    Existing::Backfilled => {
+                        out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ADD COLUMN {c} {ty}"))));
+                        sim.columns.push((column.name.clone(), ty, false));
+                        continue;
+                    }
                     Existing::Value(value) => {
                         out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ADD COLUMN {c} {ty}"))));
                         let only_current = scd2.map(|s| format!(" WHERE {}", quote_ident(&s.current))).unwrap_or_default();
@@ -647,7 +791,7 @@ mod tests {
     }
 
     fn change(old: Shape, new: Option<Shape>) -> SchemaChange {
-        SchemaChange { rel: 7, tag: "ALTER TABLE".into(), old: Some(old), new, fills: vec![], rewritten: vec![] }
+        SchemaChange { rel: 7, tag: "ALTER TABLE".into(), old: Some(old), new, fills: vec![], rewritten: vec![], backfilled: vec![] }
     }
 
     fn settings(mode: &str, managed: bool, rules: &str) -> TaskSettings {
@@ -849,6 +993,68 @@ mod tests {
                 r#"ALTER TABLE "public"."emp" ADD PRIMARY KEY ("name", "scd_start_date")"#,
             ]
         );
+    }
+
+    /// `n` converted with USING, `at` added with a volatile DEFAULT and NOT NULL: both backfilled.
+    fn backfilled_change() -> SchemaChange {
+        let mut new = shape("emp", vec![col(1, "id", "integer"), col(2, "name", "text"), col(3, "n", "bigint"), col(4, "at", "timestamp with time zone")]);
+        new.columns[3].not_null = true;
+        let mut c = change(emp(), Some(new));
+        c.backfilled = vec![3, 4];
+        c
+    }
+
+    #[test]
+    fn rewritten_values_sent_as_backfills_are_set_row_by_row_by_key_then_not_null() {
+        let s = settings("upsert", true, "");
+        let c = backfilled_change();
+        let mut now = emp_now();
+        now.columns[2].2 = true; // n NOT NULL on the target
+        let actions = plan(&c, &s, now);
+        assert_eq!(
+            sql(&actions),
+            [
+                r#"ALTER TABLE "public"."emp" ALTER COLUMN "n" DROP NOT NULL"#,
+                r#"ALTER TABLE "public"."emp" ALTER COLUMN "n" TYPE bigint USING NULL"#,
+                r#"ALTER TABLE "public"."emp" ADD COLUMN "at" timestamp with time zone"#,
+            ]
+        );
+        assert!(halt(&actions, Management::Managed, "x").is_none());
+        let backfill = target(&c, Some(&s), Some(&s)).unwrap().backfill.unwrap();
+        assert_eq!(
+            backfill.statement().unwrap(),
+            r#"UPDATE "public"."emp" AS t SET "n" = v.v1::bigint, "at" = v.v2::timestamp with time zone FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS v(v0, v1, v2) WHERE t."id" = v.v0::integer"#
+        );
+        assert_eq!(backfill.not_null, ["at"]);
+    }
+
+    #[test]
+    fn scd2_backfills_only_current_versions_and_casts_the_history() {
+        let s = settings("scd2", true, "");
+        let c = backfilled_change();
+        let now = actual(
+            &[("id", "integer", true), ("name", "text", false), ("n", "integer", false), ("scd_start_date", "timestamp with time zone", true), ("scd_end_date", "timestamp with time zone", false), ("scd_current", "boolean", true)],
+            &["id", "scd_start_date"],
+        );
+        assert_eq!(
+            sql(&plan(&c, &s, now)),
+            [r#"ALTER TABLE "public"."emp" ALTER COLUMN "n" TYPE bigint USING "n"::bigint"#, r#"ALTER TABLE "public"."emp" ADD COLUMN "at" timestamp with time zone"#]
+        );
+        let backfill = target(&c, Some(&s), Some(&s)).unwrap().backfill.unwrap();
+        assert!(backfill.statement().unwrap().ends_with(r#"WHERE t."id" = v.v0::integer AND t."scd_current""#), "{}", backfill.statement().unwrap());
+        assert!(backfill.not_null.is_empty(), "closed versions hold NULL");
+    }
+
+    #[test]
+    fn a_backfill_through_a_transformation_cannot_be_derived_and_halts() {
+        let mask = r#", "transformations": [{"table_info": {"schema_name": "public", "table_name": "emp"},
+            "settings": {"transformation_type": "modify_column_value", "description": "mask", "contract": {"operation": "uppercase", "column_name": "code"}, "priority": 1}}]"#;
+        let s = settings("upsert", true, mask);
+        let mut c = change(emp(), Some(shape("emp", vec![col(1, "id", "integer"), col(2, "name", "text"), col(3, "n", "integer"), col(4, "code", "text")])));
+        c.backfilled = vec![4];
+        assert!(target(&c, Some(&s), Some(&s)).unwrap().backfill.is_none());
+        let actions = plan(&c, &s, emp_now());
+        assert!(actions.iter().any(|a| matches!(a, Action::Cannot(w) if w.contains("column code"))), "{actions:?}");
     }
 
     #[test]

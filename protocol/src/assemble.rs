@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::Handoff;
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, Message, OldTuple};
-use crate::schema::{self, SchemaChange};
+use crate::schema::{self, Backfill, SchemaChange};
 
 /// Counters of what an [`Assembler`] produced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -203,6 +203,14 @@ impl Assembler {
                     return Ok(None);
                 }
                 Ok(self.change(|b| b.schema(&change))?)
+            }
+            Message::Logical(message) if message.transactional && message.prefix == schema::BACKFILL_PREFIX => {
+                let backfill = Backfill::parse(message.content)?;
+                let theirs = self.tables.as_ref().is_some_and(|tables| !tables.contains(&backfill.rel));
+                if theirs || self.skips(backfill.rel) {
+                    return Ok(None);
+                }
+                Ok(self.change(|b| b.backfill(&backfill))?)
             }
             Message::Origin(_) | Message::Type(_) | Message::Logical(_) => Ok(None),
         }
@@ -431,6 +439,8 @@ mod tests {
             insert("a"),
             logical(ours, true, schema::MESSAGE_PREFIX),
             logical(theirs, true, schema::MESSAGE_PREFIX),
+            logical(br#"{"rel":42,"key":["id"],"columns":["v"],"rows":[["a","1"]],"last":true}"#, true, schema::BACKFILL_PREFIX),
+            logical(br#"{"rel":43,"key":["id"],"columns":["v"],"rows":[["a","1"]],"last":true}"#, true, schema::BACKFILL_PREFIX),
             logical(b"{}", true, "someone.else"),
             Message::Relation(rel_msg(2)),
             insert("b"),
@@ -446,14 +456,16 @@ mod tests {
             .map(|c| match c {
                 crate::envelope::Change::Insert { .. } => "insert",
                 crate::envelope::Change::Schema(s) if s.rel == 42 => "schema 42",
+                crate::envelope::Change::Backfill(b) if b.rel == 42 => "backfill 42",
                 _ => "other",
             })
             .collect();
-        assert_eq!(ops, vec!["insert", "schema 42", "insert"]);
+        assert_eq!(ops, vec!["insert", "schema 42", "backfill 42", "insert"]);
         // A message the trigger did not write is an error, not something to skip silently.
         let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20).with_tables([42]);
         a.push::<Error>(begin(1), &mut describe).unwrap();
         assert!(a.push::<Error>(logical(b"{\"rel\":", true, schema::MESSAGE_PREFIX), &mut describe).is_err());
+        assert!(a.push::<Error>(logical(br#"{"rel":42,"key":["id"],"columns":["v"],"rows":[["a"]],"last":true}"#, true, schema::BACKFILL_PREFIX), &mut describe).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
 use crate::pgoutput::Value;
-use crate::schema::SchemaChange;
+use crate::schema::{Backfill, SchemaChange};
 use crate::typename;
 
 /// The envelope version this crate writes. Version 2 added `incarnation` and `load.copy_id`;
@@ -208,6 +208,9 @@ pub enum Change {
     /// A schema change of a replicated table, where it happened in the transaction (version 3;
     /// see [`crate::schema`]).
     Schema(SchemaChange),
+    /// The values a schema change gave existing rows, right after it (version 3; see
+    /// [`crate::schema::Backfill`]).
+    Backfill(Backfill),
 }
 
 /// A source table as the changes see it.
@@ -350,6 +353,7 @@ impl Envelope {
             Change::Delete { rel, old } => same_width(old, width(*rel)?, "old"),
             Change::Truncate { rels, .. } => rels.iter().try_for_each(|rel| width(*rel).map(|_| ())),
             Change::Schema(schema) => check_schema_change(schema),
+            Change::Backfill(backfill) => backfill.check(),
         }
     }
 }
@@ -361,7 +365,7 @@ fn check_schema_change(change: &SchemaChange) -> std::result::Result<(), String>
         let Some(shape) = shape else { continue };
         let columns = shape.columns.iter().map(|c| (c.name.as_str(), c.type_name.as_str(), c.create_type.as_deref()));
         check_names(&format!("{which}."), &shape.schema, &shape.table, columns)?;
-        if shape.columns.windows(2).any(|w| w[0].attnum >= w[1].attnum) {
+        if !shape.in_attnum_order() {
             return Err(format!("{which}.columns are not in attnum order"));
         }
     }
@@ -548,6 +552,15 @@ impl MessageBuilder {
         let body = serde_json::to_vec(change).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("schema change: {e}")))?;
         self.start_change("schema")?;
         // `{"rel":…}` after `{"op":"schema"`: drop the opening brace, keep the closing one.
+        self.buf.push(b',');
+        self.buf.extend_from_slice(body.get(1..).unwrap_or_default());
+        Ok(())
+    }
+
+    /// Adds a backfill (like a schema change, it names no relation of `relations`).
+    pub fn backfill(&mut self, backfill: &Backfill) -> Result<()> {
+        let body = serde_json::to_vec(backfill).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("backfill: {e}")))?;
+        self.start_change("backfill")?;
         self.buf.push(b',');
         self.buf.extend_from_slice(body.get(1..).unwrap_or_default());
         Ok(())

@@ -18,6 +18,9 @@ use crate::error::{Error, ErrorKind, Result};
 /// Logical-message prefix of the event trigger's messages.
 pub const MESSAGE_PREFIX: &str = "trempy.ddl";
 
+/// Logical-message prefix of the event trigger's [`Backfill`]s.
+pub const BACKFILL_PREFIX: &str = "trempy.backfill";
+
 /// A table's shape at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +31,13 @@ pub struct Shape {
     pub table: String,
     /// Replicated columns (not dropped, not generated), in `attnum` order.
     pub columns: Vec<ShapeColumn>,
+}
+
+impl Shape {
+    /// Its columns are in strictly increasing `attnum` order, as the catalog lists them.
+    pub fn in_attnum_order(&self) -> bool {
+        self.columns.windows(2).all(|w| w[0].attnum < w[1].attnum)
+    }
 }
 
 /// One column of a [`Shape`].
@@ -96,6 +106,53 @@ pub struct SchemaChange {
     /// The source rewrote them without any row change in the WAL.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rewritten: Vec<i16>,
+    /// Columns the source rewrote (as in `rewritten`) whose new values follow, row by row, in
+    /// [`Backfill`]s right after this change in the same transaction: the table has a key, so
+    /// each row can be found on the target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backfilled: Vec<i16>,
+}
+
+/// The values a statement gave the existing rows of a table in columns the target cannot derive
+/// (a volatile `DEFAULT`, an identity column, a `USING` conversion), read by the event trigger
+/// in the statement's own transaction and emitted after its [`SchemaChange`] in batches
+/// (`trempy.emit_backfill` in `sql/ddl.sql`). Each row is the row's key, then its values in `columns`; all in the
+/// types' text form (`null` for SQL NULL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backfill {
+    /// The table's OID at the source.
+    pub rel: u32,
+    /// Key column names (source, new shape).
+    pub key: Vec<String>,
+    /// Backfilled column names (source, new shape).
+    pub columns: Vec<String>,
+    /// Key values, then column values, per row.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// True on the statement's last batch for this table: the columns hold their values in
+    /// every row then (and may take their NOT NULL).
+    pub last: bool,
+}
+
+impl Backfill {
+    /// Reads the event trigger's message content (JSON), checking it.
+    pub fn parse(content: &[u8]) -> Result<Self> {
+        let backfill: Self = serde_json::from_slice(content).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("backfill message: {e}")))?;
+        backfill.check().map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("backfill message: {e}")))?;
+        Ok(backfill)
+    }
+
+    /// Every row holds a key and a value per column, and some column is named.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.key.is_empty() || self.columns.is_empty() {
+            return Err("a backfill names no key or no column".to_owned());
+        }
+        let width = self.key.len() + self.columns.len();
+        match self.rows.iter().position(|r| r.len() != width) {
+            Some(i) => Err(format!("rows[{i}] has {} values for {width} columns", self.rows[i].len())),
+            None => Ok(()),
+        }
+    }
 }
 
 impl SchemaChange {
@@ -103,7 +160,7 @@ impl SchemaChange {
     pub fn parse(content: &[u8]) -> Result<Self> {
         let change: Self = serde_json::from_slice(content).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("schema change message: {e}")))?;
         for shape in change.old.iter().chain(change.new.iter()) {
-            if shape.columns.windows(2).any(|w| w[0].attnum >= w[1].attnum) {
+            if !shape.in_attnum_order() {
                 return Err(Error::new(ErrorKind::MalformedEnvelope, "schema change message: columns are not in attnum order"));
             }
         }
@@ -144,8 +201,8 @@ pub enum Step {
     AlterType {
         /// The column (new name and type).
         column: ShapeColumn,
-        /// False when the source converted with a `USING` expression the target cannot repeat.
-        derivable: bool,
+        /// How the target gets the converted values.
+        conversion: Conversion,
     },
     /// `SET NOT NULL` (true) or `DROP NOT NULL` (false).
     NotNull {
@@ -171,7 +228,22 @@ pub enum Existing {
     Null,
     /// One value, in the type's text form.
     Value(String),
-    /// Each row its own value, computed at the source (a volatile default): not derivable.
+    /// Each row its own value, computed at the source (a volatile default, an identity
+    /// column): sent row by row in [`Backfill`]s after the change.
+    Backfilled,
+    /// Each row its own value, computed at the source, and not sent (the table has no key to
+    /// find the rows by): not derivable.
+    Unknown,
+}
+
+/// How a target follows an `ALTER COLUMN … TYPE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conversion {
+    /// The target casts its values to the new type, as the source did (no `USING`).
+    Cast,
+    /// The source converted with a `USING` expression; the new values follow in [`Backfill`]s.
+    Backfilled,
+    /// The source converted with a `USING` expression and the values are not sent (no key).
     Unknown,
 }
 
@@ -207,12 +279,21 @@ pub fn diff(change: &SchemaChange) -> Vec<Step> {
         if let Some(was) = before(column.attnum)
             && (was.type_name != column.type_name || was.target_type() != column.target_type())
         {
-            steps.push(Step::AlterType { column: column.clone(), derivable: !change.rewritten.contains(&column.attnum) });
+            let conversion = if change.backfilled.contains(&column.attnum) {
+                Conversion::Backfilled
+            } else if change.rewritten.contains(&column.attnum) {
+                Conversion::Unknown
+            } else {
+                Conversion::Cast
+            };
+            steps.push(Step::AlterType { column: column.clone(), conversion });
         }
     }
     for column in &new.columns {
         if before(column.attnum).is_none() {
-            let fill = if change.rewritten.contains(&column.attnum) {
+            let fill = if change.backfilled.contains(&column.attnum) {
+                Existing::Backfilled
+            } else if change.rewritten.contains(&column.attnum) {
                 Existing::Unknown
             } else {
                 match change.fills.iter().find(|f| f.attnum == column.attnum) {
@@ -250,7 +331,7 @@ mod tests {
     }
 
     fn change(old: Option<Shape>, new: Option<Shape>) -> SchemaChange {
-        SchemaChange { rel: 1, tag: "ALTER TABLE".to_owned(), old, new, fills: Vec::new(), rewritten: Vec::new() }
+        SchemaChange { rel: 1, tag: "ALTER TABLE".to_owned(), old, new, fills: Vec::new(), rewritten: Vec::new(), backfilled: Vec::new() }
     }
 
     #[test]
@@ -277,6 +358,12 @@ mod tests {
         let mut c = change(Some(old), Some(new));
         c.fills = vec![Fill { attnum: 2, value: Some("7".into()) }];
         c.rewritten = vec![3];
+        c.backfilled = vec![5];
+        let mut new_columns = c.new.as_ref().map(|n| n.columns.clone()).unwrap_or_default();
+        new_columns.push(col(5, "f", "uuid"));
+        if let Some(n) = c.new.as_mut() {
+            n.columns.clone_from(&new_columns);
+        }
         let steps = diff(&c);
         assert_eq!(
             steps,
@@ -284,6 +371,7 @@ mod tests {
                 Step::AddColumn { column: col(2, "c", "integer"), fill: Existing::Value("7".into()) },
                 Step::AddColumn { column: col(3, "d", "timestamp"), fill: Existing::Unknown },
                 Step::AddColumn { column: col(4, "e", "text"), fill: Existing::Null },
+                Step::AddColumn { column: col(5, "f", "uuid"), fill: Existing::Backfilled },
             ]
         );
     }
@@ -304,7 +392,7 @@ mod tests {
             diff(&c),
             vec![
                 Step::RenameTable { from: ("public".into(), "t".into()), to: ("other".into(), "t2".into()) },
-                Step::AlterType { column: new_cols[0].clone(), derivable: false },
+                Step::AlterType { column: new_cols[0].clone(), conversion: Conversion::Unknown },
                 Step::NotNull { name: "n".into(), not_null: true },
                 Step::Key { columns: vec!["id".into(), "n".into()] },
             ]
@@ -352,5 +440,21 @@ mod tests {
         assert!(SchemaChange::parse(unordered).is_err());
         let ok = br#"{"rel":1,"tag":"ALTER TABLE","new":{"schema":"s","table":"t","columns":[{"attnum":1,"name":"a","type":"text","type_oid":25}]},"fills":[{"attnum":1,"value":null}]}"#;
         assert!(SchemaChange::parse(ok).is_ok());
+    }
+
+    #[test]
+    fn a_backfill_holds_a_key_and_a_value_per_column_in_every_row() {
+        let ok = br#"{"rel":1,"key":["id"],"columns":["c"],"rows":[["1","x"],["2",null]],"last":true}"#;
+        let backfill = Backfill::parse(ok).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(backfill.rows[1], vec![Some("2".to_owned()), None]);
+        for bad in [
+            &br#"{"rel":1,"key":["id"],"columns":["c"],"rows":[["1"]],"last":true}"#[..],
+            br#"{"rel":1,"key":[],"columns":["c"],"rows":[],"last":true}"#,
+            br#"{"rel":1,"key":["id"],"columns":[],"rows":[],"last":true}"#,
+            br#"{"rel":1,"key":["id"],"columns":["c"],"rows":[],"last":true,"extra":0}"#,
+            br#"{"rel":-1,"key":["id"],"columns":["c"],"rows":[],"last":true}"#,
+        ] {
+            assert!(Backfill::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

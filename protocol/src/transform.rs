@@ -824,6 +824,14 @@ impl TablePlan {
         TablePlan { target_schema, target_table, columns, source_columns, values, inputs, identity, uses_now }
     }
 
+    /// The source column target column `index` copies unchanged (no transformation computes it).
+    pub fn copied_verbatim(&self, index: usize) -> Option<usize> {
+        match self.values.get(index) {
+            Some(Node::Source(i)) => Some(*i),
+            _ => None,
+        }
+    }
+
     /// Transforms one source row (PostgreSQL text values, `None` = NULL). `unchanged` lists the
     /// source columns whose value was not sent (unchanged TOAST); a target column computed from
     /// any of them is itself unchanged: its value in the result is `None` and its index is in

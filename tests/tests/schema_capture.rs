@@ -1,7 +1,8 @@
 //! Schema changes on the source are captured in stream order: the event trigger's messages
 //! travel inside their transactions, between the row changes before and after them, with the
-//! table's shape before and after (by attnum) and what existing rows hold in added columns. Read
-//! straight from the task's queue, without an applier.
+//! table's shape before and after (by attnum) and what existing rows hold in added columns (one
+//! value, or each row's own value by key, as a backfill). Read straight from the task's queue,
+//! without an applier.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -69,21 +70,27 @@ async fn schema_changes_travel_in_stream_order_with_the_shapes_and_what_existing
     ] {
         source.batch_execute(&statement).await.unwrap();
     }
-    let (changes, described) = queued_changes(&task, 11).await;
+    let (changes, described) = queued_changes(&task, 13).await;
     // Each insert is described with the shape it was made under.
     assert_eq!(described, vec![vec!["id", "v"], vec!["id", "v", "c2"], vec!["id", "v2", "c2", "c3"]], "{described:?}");
     let steps: Vec<String> = changes
         .iter()
         .map(|change| match change {
             Change::Insert { new, .. } => format!("insert {}", new[0].as_deref().unwrap_or("-")),
+            // The values the statement computed per row, by key, in the statement's transaction.
+            Change::Backfill(b) => {
+                let rows: Vec<String> = b.rows.iter().map(|r| format!("{}={}", r[0].as_deref().unwrap_or("-"), r[1].is_some())).collect();
+                format!("backfill {:?} by {:?}: {} last {}", b.columns, b.key, rows.join(" "), b.last)
+            }
             Change::Schema(s) => schema::diff(s)
                 .iter()
                 .map(|step| match step {
                     Step::AddColumn { column, fill: Existing::Value(v) } => format!("add {} = {v}", column.name),
                     Step::AddColumn { column, fill: Existing::Unknown } => format!("add {} unknown", column.name),
+                    Step::AddColumn { column, fill: Existing::Backfilled } => format!("add {} backfilled", column.name),
                     Step::AddColumn { column, fill: Existing::Null } => format!("add {} null", column.name),
                     Step::RenameColumn { from, to } => format!("rename column {from} to {to}"),
-                    Step::AlterType { column, derivable } => format!("type {} {} derivable {derivable}", column.name, column.type_name),
+                    Step::AlterType { column, conversion } => format!("type {} {} {conversion:?}", column.name, column.type_name),
                     Step::RenameTable { to, .. } => format!("rename table to {}", to.1),
                     Step::DropColumn { name } => format!("drop {name}"),
                     Step::DropTable => "drop table".to_owned(),
@@ -101,10 +108,12 @@ async fn schema_changes_travel_in_stream_order_with_the_shapes_and_what_existing
             "insert 1".to_owned(),
             "add c2 = 7".to_owned(),
             "insert 2".to_owned(),
-            "add c3 unknown".to_owned(),
+            "add c3 backfilled".to_owned(),
+            r#"backfill ["c3"] by ["id"]: 1=true 2=true last true"#.to_owned(),
             "rename column v to v2".to_owned(),
-            "type c2 bigint derivable true".to_owned(),
-            "type c2 numeric derivable false".to_owned(),
+            "type c2 bigint Cast".to_owned(),
+            "type c2 numeric Backfilled".to_owned(),
+            r#"backfill ["c2"] by ["id"]: 1=true 2=true last true"#.to_owned(),
             format!("rename table to {renamed}"),
             "insert 3".to_owned(),
             "drop c3".to_owned(),

@@ -1,6 +1,7 @@
 //! Schema changes under load: a writer inserts and updates without pause while the source table
 //! goes through one schema change after another (ADD COLUMN without and with a default, RENAME
-//! COLUMN, ALTER COLUMN TYPE, SET and DROP NOT NULL, DROP COLUMN, a new key, RENAME TABLE), and
+//! COLUMN, ALTER COLUMN TYPE, ADD COLUMN with a volatile DEFAULT and as an identity, ALTER COLUMN
+//! TYPE … USING, SET and DROP NOT NULL, DROP COLUMN, a new key, RENAME TABLE), and
 //! the target TREMpy manages ends with exactly the source's columns (names, types, order) and
 //! rows.
 
@@ -79,6 +80,10 @@ async fn every_schema_change_under_writers(mode: &str) {
         format!("ALTER TABLE {t0} ADD COLUMN c3 integer DEFAULT 7"),
         format!("ALTER TABLE {t0} RENAME COLUMN v TO v2"),
         format!("ALTER TABLE {t0} ALTER COLUMN c3 TYPE bigint"),
+        // values the source computes row by row travel as backfills
+        format!("ALTER TABLE {t0} ADD COLUMN r double precision NOT NULL DEFAULT random()"),
+        format!("ALTER TABLE {t0} ADD COLUMN serial_no bigint GENERATED ALWAYS AS IDENTITY"),
+        format!("ALTER TABLE {t0} ALTER COLUMN c3 TYPE numeric(12,1) USING c3 * 1.5 + id"),
         format!("ALTER TABLE {t0} ALTER COLUMN c2 SET DEFAULT 0; UPDATE {t0} SET c2 = 0 WHERE c2 IS NULL; ALTER TABLE {t0} ALTER COLUMN c2 SET NOT NULL"),
         format!("ALTER TABLE {t0} ALTER COLUMN c2 DROP NOT NULL"),
         format!("ALTER TABLE {t0} DROP COLUMN c2"),
@@ -125,7 +130,7 @@ async fn every_schema_change_under_writers(mode: &str) {
     }
     let (s, t) = if mode == "scd2" {
         // The current versions, without the SCD2 columns, equal the source's rows.
-        let cols = "id, touched, v2, c3, k";
+        let cols = "id, touched, v2, c3, r, serial_no, k";
         let current = format!("SELECT {cols} FROM {renamed} WHERE scd_current ORDER BY id");
         let deadline = std::time::Instant::now() + WAIT;
         loop {
@@ -160,6 +165,6 @@ async fn every_schema_change_under_writers(mode: &str) {
     assert_eq!(old_name, None, "the target table kept its old name too");
     let seen = status_text(&source, &task, "schema_changes_seen").await;
     println!("schema changes seen: {seen:?}, applied: {:?}", status_text(&source, &task, "schema_changes_applied").await);
-    assert_eq!(seen.as_deref(), Some("10"));
+    assert_eq!(seen.as_deref(), Some("13"));
     drop_task(&source, &task).await;
 }
