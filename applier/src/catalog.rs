@@ -131,6 +131,7 @@ pub(crate) async fn create_table(client: &Client, relation: &Relation, recreate:
         client.execute(&format!("DROP TABLE IF EXISTS {table}"), &[]).await.map_err(fail)?;
     }
     client.execute(&create, &[]).await.map_err(fail)?;
+    tracing::info!(table = %table, source_relation = relation.id, recreated = recreate, "target table created");
     Ok(())
 }
 

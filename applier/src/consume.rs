@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 use tracing::{debug, error, info, warn};
 use trempy_protocol::Lsn;
-use trempy_protocol::envelope::{Change, Envelope, LoadChunk, Transaction};
+use trempy_protocol::envelope::{Change, Envelope, LoadChunk, Relation, Transaction};
 use trempy_protocol::schema::{Backfill, SchemaChange};
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
@@ -470,9 +470,23 @@ impl<'o> Session<'o> {
         let applied_already = envelope.load.is_none()
             && !envelope.transactions.is_empty()
             && envelope.transactions.iter().all(|t| t.commit_lsn <= self.pending.watermark && self.staged.is_none_or(|s| s.commit_lsn != t.commit_lsn));
+        debug!(
+            task = self.task(),
+            first = ?envelope.transactions.first().map(|t| (t.commit_lsn, t.seq, t.last)),
+            last = ?envelope.transactions.last().map(|t| (t.commit_lsn, t.seq, t.last)),
+            transactions = envelope.transactions.len(),
+            watermark = %self.pending.watermark,
+            relations = ?envelope.relations.iter().map(|r| r.table.as_str()).collect::<Vec<_>>(),
+            applied_already,
+            "message"
+        );
+        // A message that goes on with a staged transaction creates no target table here: the
+        // staged chunks may hold a rename its relations are described after; they are prepared
+        // again, creating what is missing, once the staged chunks are applied (apply_staged).
+        let continues = envelope.transactions.first().is_some_and(|t| t.seq > 0);
         if !envelope.relations.is_empty()
             && !applied_already
-            && let Err(err) = self.prepare_relations(&envelope, !envelope.transactions.is_empty()).await
+            && let Err(err) = self.prepare_relations(&envelope, !envelope.transactions.is_empty() && !continues).await
         {
             if err.kind() == ErrorKind::Rules {
                 // Halt in order: what came before this message is committed and acknowledged
@@ -515,6 +529,18 @@ impl<'o> Session<'o> {
     /// Compiles the task's rules for the message's relations and resolves their target tables
     /// (creating missing ones when the task says so and `create_allowed`).
     async fn prepare_relations(&mut self, envelope: &Envelope, create_allowed: bool) -> Result<(), Error> {
+        let changes: Vec<&SchemaChange> = envelope
+            .transactions
+            .iter()
+            .flat_map(|t| t.changes.iter())
+            .filter_map(|c| if let Change::Schema(s) = c { Some(s) } else { None })
+            .collect();
+        self.prepare_relations_around(&envelope.relations, &changes, create_allowed).await
+    }
+
+    /// [`Session::prepare_relations`] of `relations`, described in a message holding the schema
+    /// changes `changed`.
+    async fn prepare_relations_around(&mut self, relations: &[Relation], changed: &[&SchemaChange], create_allowed: bool) -> Result<(), Error> {
         let create = create_allowed && self.settings.as_ref().is_some_and(|s| s.prepare().create);
         if create {
             self.begin().await?;
@@ -523,19 +549,17 @@ impl<'o> Session<'o> {
         // which the rules fit only once the change's renames are followed: a rules error for it
         // is left to the schema change, which checks the rules against the new shape and
         // prepares the relation again.
-        let changed: Vec<u32> = envelope
-            .transactions
-            .iter()
-            .flat_map(|t| t.changes.iter())
-            .filter_map(|c| if let Change::Schema(s) = c { Some(s.rel) } else { None })
-            .collect();
+        // Nor is its target table created here under a name the change gives it (a rename
+        // followed by changes in the same message): the change renames the old one.
         if changed.is_empty() {
-            return self.rules.prepare(&self.client, &mut self.catalog, self.settings.as_ref(), &envelope.relations, create).await;
+            return self.rules.prepare(&self.client, &mut self.catalog, self.settings.as_ref(), relations, create).await;
         }
-        for relation in &envelope.relations {
-            let prepared = self.rules.prepare(&self.client, &mut self.catalog, self.settings.as_ref(), std::slice::from_ref(relation), create).await;
+        for relation in relations {
+            let change = changed.iter().find(|c| c.rel == relation.id);
+            let renamed = change.is_some_and(|c| c.old.as_ref().is_none_or(|old| (old.schema.as_str(), old.table.as_str()) != (relation.schema.as_str(), relation.table.as_str())));
+            let prepared = self.rules.prepare(&self.client, &mut self.catalog, self.settings.as_ref(), std::slice::from_ref(relation), create && !renamed).await;
             match prepared {
-                Err(err) if err.kind() == ErrorKind::Rules && changed.contains(&relation.id) => {}
+                Err(err) if err.kind() == ErrorKind::Rules && change.is_some() => {}
                 other => other?,
             }
         }
@@ -818,7 +842,10 @@ impl<'o> Session<'o> {
         if expected != last.seq {
             return Err(Error::new(ErrorKind::Conflict, format!("{expected} chunks of {} are staged, the last one is chunk {}", last.commit_lsn, last.seq)));
         }
-        self.prepare_relations(envelope, true).await?;
+        // The last chunk's message, around the schema changes of the last chunk (the message's
+        // other transactions were taken out of it).
+        let changed: Vec<&SchemaChange> = last.changes.iter().filter_map(|c| if let Change::Schema(s) = c { Some(s) } else { None }).collect();
+        self.prepare_relations_around(&envelope.relations, &changed, true).await?;
         self.apply(last).await?;
         self.writer.flush(&self.client).await?;
         progress::clear_staged(&self.client, self.options.names.task()).await?;

@@ -103,6 +103,7 @@ impl Rules {
                 continue;
             }
             let (filter, plan, mut target) = compile(settings, source)?;
+            tracing::debug!(rel = source.id, source = %qualified(&source.schema, &source.table), target = %qualified(&target.schema, &target.table), create, "relation prepared");
             catalog.resolve(client, std::slice::from_mut(&mut target), create).await?;
             let passthrough = filter.is_none() && !transformed(settings, source) && mode(settings) != Mode::Scd2;
             // The slot of this relation's target, also after it was forgotten (a relation
@@ -258,16 +259,26 @@ fn fill_unchanged(old: &[Option<String>], new: &mut [Option<String>], unchanged:
 /// True when the task has transformations for this source table (a modified column keeps its
 /// name and source index, so the plan's shape alone cannot tell).
 fn transformed(settings: Option<&TaskSettings>, source: &Relation) -> bool {
-    settings.is_some_and(|s| s.transformations.iter().any(|t| t.table_info.schema_name == source.schema && t.table_info.table_name == source.table))
+    let (schema, table) = rules_name(settings, source);
+    settings.is_some_and(|s| s.transformations.iter().any(|t| t.table_info.schema_name == schema && t.table_info.table_name == table))
+}
+
+/// The name the task's rules know a source relation by: the settings' name for its OID (it may
+/// have been renamed since this change was made: see [`TableRef::relid`]), else its own.
+///
+/// [`TableRef::relid`]: trempy_protocol::settings::TableRef::relid
+fn rules_name<'a>(settings: Option<&'a TaskSettings>, source: &'a Relation) -> (&'a str, &'a str) {
+    settings.and_then(|s| s.table_of(source.id)).unwrap_or((source.schema.as_str(), source.table.as_str()))
 }
 
 /// The filter, plan and target relation of one source relation.
 pub(crate) fn compile(settings: Option<&TaskSettings>, source: &Relation) -> Result<(Option<RowFilter>, TablePlan, Relation), Error> {
     let columns: Vec<ColumnDesc> =
         source.columns.iter().map(|c| ColumnDesc { name: c.name.clone(), type_name: c.type_name.clone(), key: c.key, not_null: c.not_null }).collect();
-    let (filter, plan) = match settings {
+    let (rules_schema, rules_table) = rules_name(settings, source);
+    let (filter, mut plan) = match settings {
         None => (None, TablePlan::identity(&source.schema, &source.table, &columns)),
-        Some(settings) => settings.table_plan(&source.schema, &source.table, &columns).map_err(|problems| {
+        Some(settings) => settings.table_plan(rules_schema, rules_table, &columns).map_err(|problems| {
             let list: Vec<String> = problems.iter().map(|p| match rule_name(settings, &p.path) {
                 Some(name) => format!("{name}: {p}"),
                 None => p.to_string(),
@@ -284,6 +295,12 @@ pub(crate) fn compile(settings: Option<&TaskSettings>, source: &Relation) -> Res
             .with_table(table)
         })?,
     };
+    // A relation known by another name in the settings (renamed since): its target is still its
+    // own name, unless the rules name one; the rename's schema change renames it there.
+    if (plan.target_schema.as_str(), plan.target_table.as_str()) == (rules_schema, rules_table) {
+        plan.target_schema.clone_from(&source.schema);
+        plan.target_table.clone_from(&source.table);
+    }
     let mut target_columns: Vec<Column> = plan
         .columns
         .iter()
@@ -367,6 +384,27 @@ mod tests {
 
     fn v(values: &[&str]) -> Vec<Option<String>> {
         values.iter().map(|s| if *s == "-" { None } else { Some((*s).to_owned()) }).collect()
+    }
+
+    #[test]
+    fn rules_bind_to_a_relation_by_its_oid_when_the_settings_know_it_under_a_newer_name() {
+        // the settings name the table `staff` (renamed since); the stream still says `emp`
+        let mask = r#", "transformations": [{"table_info": {"schema_name": "public", "table_name": "staff"},
+            "settings": {"transformation_type": "modify_column_value", "description": "", "contract": {"operation": "uppercase", "column_name": "name"}, "priority": 1}}]"#;
+        let json = format!(
+            r#"{{ "task": {{"task_name": "t", "replication_type": "cdc", "cdc_settings": {{"mode": "upsert"}}}},
+                "tables": [{{"schema_name": "public", "table_name": "staff", "priority": 0, "relid": 7}}] {mask} }}"#
+        );
+        let s = TaskSettings::parse(&json).unwrap();
+        assert!(transformed(Some(&s), &source()));
+        let (_, plan, target) = compile(Some(&s), &source()).unwrap();
+        assert_eq!((target.schema.as_str(), target.table.as_str()), ("public", "emp"), "the target keeps the name until the rename arrives");
+        let (row, _) = plan.apply(v(&["1", "ann", "F"]), &[], &Context { now: "2026-01-01 00:00:00+00" }).unwrap();
+        assert_eq!(row, v(&["1", "ANN", "F"]));
+        // another OID: not bound, so not transformed
+        let mut other = source();
+        other.id = 8;
+        assert!(!transformed(Some(&s), &other));
     }
 
     #[test]

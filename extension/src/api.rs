@@ -207,6 +207,13 @@ fn validated(name: &str, settings: &JsonB) -> TaskSettings {
             None,
         );
     }
+    if let Some(i) = parsed.tables.iter().position(|t| t.relid.is_some()) {
+        fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid settings for task \"{name}\": tables[{i}].relid: set by TREMpy when it publishes the settings; leave it out"),
+            None,
+        );
+    }
     let unsupported = parsed.unsupported();
     if !unsupported.is_empty() {
         fail_settings(name, &unsupported, PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, "unsupported settings");

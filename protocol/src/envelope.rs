@@ -283,9 +283,18 @@ impl Envelope {
         Ok(envelope)
     }
 
-    /// A message of the same stream holding only `transaction` (with every relation of this
-    /// one): what the applier stages and dead-letters.
+    /// A message of the same stream holding only `transaction`, with the descriptions of the
+    /// relations its changes refer to: what the applier stages and dead-letters.
     pub fn single(&self, transaction: Transaction) -> Self {
+        let used: BTreeSet<u32> = transaction
+            .changes
+            .iter()
+            .flat_map(|c| match c {
+                Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } => vec![*rel],
+                Change::Truncate { rels, .. } => rels.clone(),
+                Change::Schema(_) | Change::Backfill(_) => Vec::new(),
+            })
+            .collect();
         Self {
             version: self.version,
             task: self.task.clone(),
@@ -293,7 +302,9 @@ impl Envelope {
             generation: self.generation,
             settings: None,
             transactions: vec![transaction],
-            relations: self.relations.clone(),
+            // Only the relations its changes refer to: another one may be described in a shape
+            // the transaction never saw (before a rename the message also holds).
+            relations: self.relations.iter().filter(|r| used.contains(&r.id)).cloned().collect(),
             load: None,
         }
     }
@@ -758,6 +769,26 @@ mod tests {
         // serde's own serialization parses to the same value
         let again = Envelope::parse(&serde_json::to_vec(&env).unwrap()).unwrap();
         assert_eq!(again, env);
+    }
+
+    #[test]
+    fn a_single_transaction_carries_only_the_relations_it_changes() {
+        let mut env = Envelope {
+            version: VERSION,
+            task: "t".into(),
+            incarnation: Some(INCARNATION.into()),
+            generation: 1,
+            settings: None,
+            transactions: Vec::new(),
+            relations: vec![relation(), Relation { id: 99, ..relation() }],
+            load: None,
+        };
+        let transaction = |changes| Transaction { changes, xid: 1, commit_lsn: Lsn(16), prev_commit_lsn: None, commit_time: "2026-01-01T00:00:00.000000Z".into(), seq: 0, last: true };
+        env.transactions.clear();
+        let one = env.single(transaction(vec![Change::Insert { rel: 16384, new: vec![Some("1".into()), None] }]));
+        assert_eq!(one.relations.iter().map(|r| r.id).collect::<Vec<_>>(), [16384]);
+        // a chunk with no row change (e.g. the start of a large transaction) describes nothing
+        assert!(env.single(transaction(Vec::new())).relations.is_empty());
     }
 
     #[test]

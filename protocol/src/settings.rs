@@ -228,12 +228,25 @@ pub struct TableRef {
     pub table_name: String,
     /// 0 (highest) to 4 (lowest).
     pub priority: u8,
+    /// The table's OID at the source, added by the decoding worker when it publishes the
+    /// settings (never by users): the settings name each table as it is *now*, while the
+    /// stream behind them may still carry changes made under an older name, before a rename
+    /// whose schema change is further on. Rules bind to the table by this id, so they keep
+    /// applying to those changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relid: Option<u32>,
 }
 
 /// Highest allowed `priority` number (LOWEST).
 pub const MAX_PRIORITY: u8 = 4;
 
 impl TaskSettings {
+    /// The (schema, table) the settings name the source relation `relid` by, when they know its
+    /// OID ([`TableRef::relid`]).
+    pub fn table_of(&self, relid: u32) -> Option<(&str, &str)> {
+        self.tables.iter().find(|t| t.relid == Some(relid)).map(|t| (t.schema_name.as_str(), t.table_name.as_str()))
+    }
+
     /// Parses settings from JSON text and checks everything that needs no database.
     ///
     /// A document that does not match the schema yields the first such problem (with its path);

@@ -168,3 +168,46 @@ async fn every_schema_change_under_writers(mode: &str) {
     assert_eq!(seen.as_deref(), Some("13"));
     drop_task(&source, &task).await;
 }
+
+/// A table renamed while its worker was stopped: the worker then publishes the task's settings
+/// as they are now (naming the new table), ahead of the changes made under the old name and of
+/// the rename itself. The rules bind to the table by its OID, so the masking applies to every
+/// change, before the rename and after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_renamed_while_its_worker_is_stopped_keeps_its_masking_on_changes_made_before() {
+    let task = unique("renstop");
+    let (t, renamed) = (format!("public.{task}"), format!("public.{task}_renamed"));
+    let source = source().await;
+    source.batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY, email text); INSERT INTO {t} VALUES (1, 'loaded@x')")).await.unwrap();
+    let mut settings = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
+    settings["transformations"] = serde_json::json!([{"table_info": {"schema_name": "public", "table_name": task}, "settings":
+        {"transformation_type": "modify_column_value", "description": "mask", "contract": {"operation": "uppercase", "column_name": "email"}, "priority": 1}}]);
+    create_task_with(&source, &task, &settings).await;
+    let _applier = Applier::start(&task);
+    wait_for_phase(&source, &task, "cdc", WAIT).await;
+
+    source.execute("SELECT trempy.stop_task($1)", &[&task]).await.unwrap();
+    wait_for_state(&source, &task, "stopped", WAIT).await;
+    source
+        .batch_execute(&format!(
+            "INSERT INTO {t} VALUES (2, 'before@x'); ALTER TABLE {t} RENAME TO {task}_renamed; INSERT INTO {renamed} VALUES (3, 'after@x')"
+        ))
+        .await
+        .unwrap();
+    source.execute("SELECT trempy.start_task($1)", &[&task]).await.unwrap();
+
+    let target = target().await;
+    let want = vec!["1 LOADED@X".to_owned(), "2 BEFORE@X".to_owned(), "3 AFTER@X".to_owned()];
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let exists: bool = target.query_one("SELECT to_regclass($1) IS NOT NULL", &[&renamed]).await.unwrap().get(0);
+        let have = if exists { text_rows(&target, &format!("SELECT id || ' ' || email FROM {renamed} ORDER BY id")).await } else { Vec::new() };
+        if have == want {
+            break;
+        }
+        let reason = status_text(&source, &task, "applier_reason").await;
+        assert!(std::time::Instant::now() < deadline, "target {have:?}, want {want:?}; the applier says {reason:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop_task(&source, &task).await;
+}

@@ -128,7 +128,14 @@ fn claim(task_id: i32) -> Option<Task> {
     Spi::connect(|client| {
         let row = client
             .select(
-                "SELECT t.task_name, t.settings::text, t.enabled AND t.failure IS NULL, pg_catalog.pg_try_advisory_lock($1, t.task_id), t.generation,
+                // The settings as published: each table with its OID (TableRef::relid).
+                "SELECT t.task_name,
+                        jsonb_set(t.settings, '{tables}', coalesce((
+                            SELECT jsonb_agg(e || coalesce((SELECT jsonb_build_object('relid', c.oid::int8)
+                                                              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                                             WHERE n.nspname = e ->> 'schema_name' AND c.relname = e ->> 'table_name'), '{}'::jsonb) ORDER BY x.i)
+                              FROM jsonb_array_elements(t.settings -> 'tables') WITH ORDINALITY AS x(e, i)), '[]'::jsonb))::text,
+                        t.enabled AND t.failure IS NULL, pg_catalog.pg_try_advisory_lock($1, t.task_id), t.generation,
                         t.incarnation::text, t.slot_system_id, t.slot_timeline
                    FROM trempy.tasks t WHERE t.task_id = $2",
                 Some(1),
