@@ -222,6 +222,20 @@ BEGIN
 END
 $$;
 
+-- Whether a table (a partition) holds any row. Its name is quoted by its regclass.
+CREATE FUNCTION trempy.holds_rows(rel oid)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found boolean;
+BEGIN
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s)', rel::regclass) INTO found;
+    RETURN found;
+END
+$$;
+
 -- ddl_command_end: describes each changed replicated table. Runs as the extension's owner (it
 -- writes TREMpy's tables whoever runs the DDL), with a pinned search_path and no dynamic SQL (trempy.emit_backfill reads the table).
 CREATE FUNCTION trempy.capture_ddl()
@@ -239,6 +253,7 @@ DECLARE
     rewritten jsonb;
     backfilled jsonb;
     key_names text[];
+    unreplicated jsonb;
     using_clause boolean := current_query() ~* '\mUSING\M';
 BEGIN
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE classid = 'pg_catalog.pg_class'::regclass LOOP
@@ -248,12 +263,21 @@ BEGIN
         CONTINUE WHEN NOT FOUND;
         new_shape := trempy.table_shape(cmd.objid);
         -- Rows of a table attached as a partition were never inserted into the replicated root:
-        -- no change carries them. Say so where the DBA looks.
-        IF current_query() ~* '\mATTACH\s+PARTITION\M' THEN
-            RAISE WARNING 'TREMpy: the rows the attached partition already holds are not replicated to the target of %.%; reload the tasks that replicate it (trempy.update_task with "start_mode": "reload") or insert those rows again',
-                new_shape ->> 'schema', new_shape ->> 'table';
+        -- no change carries them. The partitions this transaction attached (their pg_inherits
+        -- rows are its own) that hold rows travel in the message: the applier halts, naming them
+        -- and the remedy, instead of going on without their rows.
+        SELECT coalesce(jsonb_agg(format('%I.%I', pn.nspname, pc.relname) ORDER BY pc.oid), '[]'::jsonb) INTO unreplicated
+          FROM pg_inherits i
+          CROSS JOIN LATERAL pg_partition_tree(i.inhrelid) leaf
+          JOIN pg_class pc ON pc.oid = leaf.relid
+          JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+         WHERE i.inhparent = cmd.objid AND i.xmin::text = pg_current_xact_id()::xid::text AND leaf.isleaf
+           AND trempy.holds_rows(leaf.relid);
+        IF unreplicated <> '[]'::jsonb THEN
+            RAISE WARNING 'TREMpy: the rows that % already held are not replicated to the target of %.%: the tasks that replicate it halt here until they are reloaded (trempy.update_task with "start_mode": "reload")',
+                unreplicated, new_shape ->> 'schema', new_shape ->> 'table';
         END IF;
-        CONTINUE WHEN new_shape IS NULL OR new_shape = old_shape;
+        CONTINUE WHEN new_shape IS NULL OR (new_shape = old_shape AND unreplicated = '[]'::jsonb);
         -- Added columns: the one value every existing row got (a non-volatile DEFAULT is kept as
         -- the "missing value"), or values the target cannot derive (a volatile DEFAULT or an
         -- identity column made the source rewrite the table, writing no row change).
@@ -288,7 +312,7 @@ BEGIN
         END IF;
         PERFORM pg_logical_emit_message(true, 'trempy.ddl',
             jsonb_build_object('rel', cmd.objid::int8, 'tag', cmd.command_tag, 'old', old_shape, 'new', new_shape,
-                               'fills', fills, 'rewritten', rewritten, 'backfilled', backfilled)::text);
+                               'fills', fills, 'rewritten', rewritten, 'backfilled', backfilled, 'unreplicated', unreplicated)::text);
         IF backfilled <> '[]'::jsonb THEN
             PERFORM trempy.emit_backfill(cmd.objid, key_names,
                 (SELECT array_agg(n ->> 'name' ORDER BY (n ->> 'attnum')::int2) FROM jsonb_array_elements(new_shape -> 'columns') n
@@ -328,7 +352,7 @@ $$;
 CREATE EVENT TRIGGER trempy_capture_ddl ON ddl_command_end EXECUTE FUNCTION trempy.capture_ddl();
 CREATE EVENT TRIGGER trempy_capture_drop ON sql_drop EXECUTE FUNCTION trempy.capture_drop();
 
-REVOKE ALL ON FUNCTION trempy.capture_ddl(), trempy.capture_drop(), trempy.follow_renames(jsonb, jsonb), trempy.emit_backfill(oid, text[], text[], integer),
+REVOKE ALL ON FUNCTION trempy.capture_ddl(), trempy.capture_drop(), trempy.follow_renames(jsonb, jsonb), trempy.emit_backfill(oid, text[], text[], integer), trempy.holds_rows(oid),
     trempy.record_shapes(text), trempy.forget_shapes() FROM PUBLIC;
 
 -- The schema changes seen per task (the applier reports those it applied: trempy.status()).

@@ -248,7 +248,7 @@ pub(crate) fn target(change: &SchemaChange, before: Option<&TaskSettings>, after
         Some(key) if !columns.is_empty() => Some(BackfillPlan { table: new_name.clone(), key, columns, current: scd2.map(|s| s.current), not_null }),
         _ => None,
     };
-    let target_change = SchemaChange { rel: change.rel, tag: change.tag.clone(), old, new: Some(new), fills, rewritten, backfilled };
+    let target_change = SchemaChange { rel: change.rel, tag: change.tag.clone(), old, new: Some(new), fills, rewritten, backfilled, unreplicated: change.unreplicated.clone() };
     Ok(Target { old: old_name, new: Some(new_name), steps: schema::diff(&target_change), backfill })
 }
 
@@ -436,6 +436,14 @@ pub(crate) fn reconcile(target: &Target, actual: &HashMap<Name, Actual>, scd2: O
             name = Some(to.clone());
             continue;
         }
+        if let Step::Unreplicated { partitions } = step {
+            out.push(Action::Cannot(format!(
+                "{} attached as partition{} of the source table while holding rows, which never passed through the stream",
+                partitions.join(", "),
+                if partitions.len() == 1 { "" } else { "s" }
+            )));
+            continue;
+        }
         if let Step::DropTable = step {
             out.push(Action::Already(format!("source table dropped: target table {} kept, no longer applied", display(&current))));
             continue;
@@ -591,7 +599,7 @@ pub(crate) fn reconcile(target: &Target, actual: &HashMap<Name, Actual>, scd2: O
                     sim.unique.push(columns.clone());
                 }
             }
-            Step::RenameTable { .. } | Step::DropTable => {}
+            Step::RenameTable { .. } | Step::DropTable | Step::Unreplicated { .. } => {}
         }
     }
     out
@@ -791,7 +799,7 @@ mod tests {
     }
 
     fn change(old: Shape, new: Option<Shape>) -> SchemaChange {
-        SchemaChange { rel: 7, tag: "ALTER TABLE".into(), old: Some(old), new, fills: vec![], rewritten: vec![], backfilled: vec![] }
+        SchemaChange { rel: 7, tag: "ALTER TABLE".into(), old: Some(old), new, fills: vec![], rewritten: vec![], backfilled: vec![], unreplicated: vec![] }
     }
 
     fn settings(mode: &str, managed: bool, rules: &str) -> TaskSettings {
@@ -1055,6 +1063,21 @@ mod tests {
         assert!(target(&c, Some(&s), Some(&s)).unwrap().backfill.is_none());
         let actions = plan(&c, &s, emp_now());
         assert!(actions.iter().any(|a| matches!(a, Action::Cannot(w) if w.contains("column code"))), "{actions:?}");
+    }
+
+    #[test]
+    fn a_partition_attached_holding_rows_halts_naming_it_and_the_reload() {
+        let s = settings("upsert", true, "");
+        let mut c = change(emp(), Some(emp()));
+        c.unreplicated = vec!["public.emp_2026".into()];
+        let actions = plan(&c, &s, emp_now());
+        let err = halt(&actions, Management::Managed, "public.emp at 0/10").unwrap();
+        for needle in ["public.emp_2026 attached as partition", "never passed through the stream", "\"start_mode\": \"reload\""] {
+            assert!(err.message().contains(needle), "{needle}: {}", err.message());
+        }
+        // also when the target table is not there yet
+        let t = target(&c, Some(&s), Some(&s)).unwrap();
+        assert!(halt(&reconcile(&t, &HashMap::new(), None), Management::Managed, "x").is_some());
     }
 
     #[test]

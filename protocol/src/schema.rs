@@ -111,6 +111,10 @@ pub struct SchemaChange {
     /// each row can be found on the target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backfilled: Vec<i16>,
+    /// Partitions (leaves, `schema.table` quoted) the statement attached to this partitioned
+    /// table while they held rows: those rows never passed through the stream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreplicated: Vec<String>,
 }
 
 /// The values a statement gave the existing rows of a table in columns the target cannot derive
@@ -219,6 +223,11 @@ pub enum Step {
     },
     /// The table was dropped at the source.
     DropTable,
+    /// Partitions were attached holding rows the stream never carried (`schema.table`, quoted).
+    Unreplicated {
+        /// The partitions.
+        partitions: Vec<String>,
+    },
 }
 
 /// What rows that existed before an `ADD COLUMN` hold in the new column.
@@ -315,6 +324,9 @@ pub fn diff(change: &SchemaChange) -> Vec<Step> {
     if change.old.is_some() && key(old) != key(new) {
         steps.push(Step::Key { columns: new.columns.iter().filter(|c| c.key).map(|c| c.name.clone()).collect() });
     }
+    if !change.unreplicated.is_empty() {
+        steps.push(Step::Unreplicated { partitions: change.unreplicated.clone() });
+    }
     steps
 }
 
@@ -331,7 +343,7 @@ mod tests {
     }
 
     fn change(old: Option<Shape>, new: Option<Shape>) -> SchemaChange {
-        SchemaChange { rel: 1, tag: "ALTER TABLE".to_owned(), old, new, fills: Vec::new(), rewritten: Vec::new(), backfilled: Vec::new() }
+        SchemaChange { rel: 1, tag: "ALTER TABLE".to_owned(), old, new, fills: Vec::new(), rewritten: Vec::new(), backfilled: Vec::new(), unreplicated: Vec::new() }
     }
 
     #[test]

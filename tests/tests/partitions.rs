@@ -1,6 +1,6 @@
 //! A partitioned table is replicated through its root: one target table with every partition's
 //! rows, in the full load and in CDC, including partitions created after the task started and
-//! rows that move between partitions.
+//! rows that move between partitions; a partition attached holding rows halts until a reload.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -63,5 +63,33 @@ async fn a_partitioned_table_is_one_target_table_and_partitions_added_mid_stream
     assert_eq!(fp[0].0, 1000 + 200 - 51);
     let asia: i64 = target.query_one(&format!("SELECT count(*) FROM {root} WHERE region = 'asia'"), &[]).await.unwrap().get(0);
     assert_eq!(asia, 300);
+
+    // A table attached as a partition while holding rows: those rows never passed through the
+    // stream. The applier halts there, naming the partition and the reload; a reload converges.
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE public.{task}_af (id int, region text, v text, PRIMARY KEY (id, region));
+             INSERT INTO public.{task}_af SELECT g, 'af', 'held before attach' FROM generate_series(2001, 2050) g;
+             ALTER TABLE {root} ATTACH PARTITION public.{task}_af FOR VALUES IN ('af');
+             INSERT INTO {root} VALUES (3000, 'eu', 'after attach');"
+        ))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let reason = status_text(&source, &task, "applier_reason").await.unwrap_or_default();
+        if reason.contains(&format!("{task}_af attached as partition")) {
+            assert!(reason.contains("\"start_mode\": \"reload\""), "{reason}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no halt at the attach; the applier says {reason:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut settings = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
+    settings["task"]["start_mode"] = "reload".into();
+    settings["task"]["full_load_settings"] = serde_json::json!({"truncate_before_insert": true});
+    source.execute("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
+    let fp = wait_converged(&[(&root, "id, region")], WAIT).await;
+    assert_eq!(fp[0].0, 1000 + 200 - 51 + 50 + 1);
     drop_task(&source, &task).await;
 }
