@@ -759,7 +759,8 @@ impl<'o> Session<'o> {
         };
         schema_change::record(&self.client, &record).await?;
         match target.backfill.clone() {
-            Some(plan) => self.backfills.insert(change.rel, plan),
+            // An unmanaged target's DDL is the DBA's: its NOT NULL too.
+            Some(plan) => self.backfills.insert(change.rel, if management == Management::Managed { plan } else { plan.without_ddl() }),
             None => self.backfills.remove(&change.rel),
         };
         let run = actions.iter().filter(|a| matches!(a, schema_change::Action::Run(_))).count();

@@ -282,6 +282,13 @@ pub(crate) struct BackfillPlan {
 }
 
 impl BackfillPlan {
+    /// The plan without its DDL (the NOT NULL after the last batch), for a target the task does
+    /// not manage.
+    pub(crate) fn without_ddl(mut self) -> Self {
+        self.not_null.clear();
+        self
+    }
+
     /// The statement that applies one batch: one `text[]` parameter per key column, then per
     /// column, in the plan's order. Names are quoted, types checked.
     fn statement(&self) -> Result<String, Error> {

@@ -106,6 +106,12 @@ impl Assembler {
         self
     }
 
+    /// A schema change or backfill of `rel` belongs in the stream: the table is the task's, and
+    /// not left out like its row changes.
+    fn carries(&self, rel: u32) -> bool {
+        self.tables.as_ref().is_none_or(|tables| tables.contains(&rel)) && !self.skips(rel)
+    }
+
     fn skips(&self, rel: u32) -> bool {
         self.ignored.contains(&rel) || (!self.handoff.is_empty() && self.open.as_ref().is_some_and(|open| self.handoff.skips(rel, open.xid)))
     }
@@ -198,16 +204,14 @@ impl Assembler {
             Message::Truncate(truncate) => Ok(self.change(|b| b.truncate(&truncate.relation_oids, truncate.cascade, truncate.restart_identity))?),
             Message::Logical(message) if message.transactional && message.prefix == schema::MESSAGE_PREFIX => {
                 let change = SchemaChange::parse(message.content)?;
-                let theirs = self.tables.as_ref().is_some_and(|tables| !tables.contains(&change.rel));
-                if theirs || self.skips(change.rel) {
+                if !self.carries(change.rel) {
                     return Ok(None);
                 }
                 Ok(self.change(|b| b.schema(&change))?)
             }
             Message::Logical(message) if message.transactional && message.prefix == schema::BACKFILL_PREFIX => {
                 let backfill = Backfill::parse(message.content)?;
-                let theirs = self.tables.as_ref().is_some_and(|tables| !tables.contains(&backfill.rel));
-                if theirs || self.skips(backfill.rel) {
+                if !self.carries(backfill.rel) {
                     return Ok(None);
                 }
                 Ok(self.change(|b| b.backfill(&backfill))?)

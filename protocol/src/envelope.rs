@@ -560,18 +560,19 @@ impl MessageBuilder {
     /// Adds a schema change (not a row change: it names no relation of the message's
     /// `relations`, and the changes after it come with the new description).
     pub fn schema(&mut self, change: &SchemaChange) -> Result<()> {
-        let body = serde_json::to_vec(change).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("schema change: {e}")))?;
-        self.start_change("schema")?;
-        // `{"rel":…}` after `{"op":"schema"`: drop the opening brace, keep the closing one.
-        self.buf.push(b',');
-        self.buf.extend_from_slice(body.get(1..).unwrap_or_default());
-        Ok(())
+        self.object_change("schema", change)
     }
 
     /// Adds a backfill (like a schema change, it names no relation of `relations`).
     pub fn backfill(&mut self, backfill: &Backfill) -> Result<()> {
-        let body = serde_json::to_vec(backfill).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("backfill: {e}")))?;
-        self.start_change("backfill")?;
+        self.object_change("backfill", backfill)
+    }
+
+    /// Adds a change `{"op": op, …}` whose other fields are `value`'s (a JSON object).
+    fn object_change(&mut self, op: &str, value: &impl Serialize) -> Result<()> {
+        let body = serde_json::to_vec(value).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("{op}: {e}")))?;
+        self.start_change(op)?;
+        // `{"rel":…}` after `{"op":"…"`: drop the opening brace, keep the closing one.
         self.buf.push(b',');
         self.buf.extend_from_slice(body.get(1..).unwrap_or_default());
         Ok(())
