@@ -92,6 +92,7 @@ CREATE TABLE trempy.schema_changes (
     new_shape jsonb,
     seen_at   timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX schema_changes_relid ON trempy.schema_changes (relid);
 
 -- The OIDs of a task's tables, resolved from its settings' names (kept current on renames),
 -- and of those dropped since (their last changes and their DROP may still be ahead in the
@@ -99,6 +100,7 @@ CREATE TABLE trempy.schema_changes (
 CREATE FUNCTION trempy.task_relids(task text)
 RETURNS SETOF oid
 LANGUAGE sql STABLE
+ROWS 10
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT c.oid
@@ -189,7 +191,10 @@ $$;
 -- message: each row's key and its values, in the types' text forms under pinned output settings,
 -- in batches of `batch` rows; the last batch (maybe empty) says so. Names are quoted with %I and
 -- the relation by its regclass: nothing of them is executed.
-CREATE FUNCTION trempy.emit_backfill(rel oid, key text[], columns text[], batch integer)
+--
+-- A partition attached holding rows sends its rows the same way: `source` is the partition read
+-- (`rel` stays the replicated root), `columns` every other column, and `inserts` marks them new.
+CREATE FUNCTION trempy.emit_backfill(rel oid, key text[], columns text[], batch integer, source oid DEFAULT NULL, inserts boolean DEFAULT false)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -201,23 +206,24 @@ SET TimeZone = 'UTC'
 SET xmloption = 'content'
 AS $$
 DECLARE
-    source text := CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = rel) = 'p' THEN '' ELSE 'ONLY ' END || rel::regclass::text;
+    read_from text := CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = coalesce(source, rel)) = 'p' THEN '' ELSE 'ONLY ' END
+                      || coalesce(source, rel)::regclass::text;
     exprs text := (SELECT string_agg(format('%I::text', name), ', ' ORDER BY o) FROM unnest(key || columns) WITH ORDINALITY AS u(name, o));
     r record;
     buffer jsonb[] := '{}';
     total bigint := 0;
 BEGIN
-    FOR r IN EXECUTE format('SELECT jsonb_build_array(%s) AS v FROM %s', exprs, source) LOOP
+    FOR r IN EXECUTE format('SELECT jsonb_build_array(%s) AS v FROM %s', exprs, read_from) LOOP
         buffer := array_append(buffer, r.v);
         total := total + 1;
         IF cardinality(buffer) >= batch THEN
             PERFORM pg_logical_emit_message(true, 'trempy.backfill',
-                jsonb_build_object('rel', rel::int8, 'key', to_jsonb(key), 'columns', to_jsonb(columns), 'rows', to_jsonb(buffer), 'last', false)::text);
+                jsonb_build_object('rel', rel::int8, 'key', to_jsonb(key), 'columns', to_jsonb(columns), 'rows', to_jsonb(buffer), 'last', false, 'insert', inserts)::text);
             buffer := '{}';
         END IF;
     END LOOP;
     PERFORM pg_logical_emit_message(true, 'trempy.backfill',
-        jsonb_build_object('rel', rel::int8, 'key', to_jsonb(key), 'columns', to_jsonb(columns), 'rows', to_jsonb(buffer), 'last', true)::text);
+        jsonb_build_object('rel', rel::int8, 'key', to_jsonb(key), 'columns', to_jsonb(columns), 'rows', to_jsonb(buffer), 'last', true, 'insert', inserts)::text);
     RETURN total;
 END
 $$;
@@ -254,6 +260,8 @@ DECLARE
     backfilled jsonb;
     key_names text[];
     unreplicated jsonb;
+    attached jsonb;
+    attached_leaf jsonb;
     using_clause boolean := current_query() ~* '\mUSING\M';
 BEGIN
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE classid = 'pg_catalog.pg_class'::regclass LOOP
@@ -264,20 +272,26 @@ BEGIN
         new_shape := trempy.table_shape(cmd.objid);
         -- Rows of a table attached as a partition were never inserted into the replicated root:
         -- no change carries them. The partitions this transaction attached (their pg_inherits
-        -- rows are its own) that hold rows travel in the message: the applier halts, naming them
-        -- and the remedy, instead of going on without their rows.
-        SELECT coalesce(jsonb_agg(format('%I.%I', pn.nspname, pc.relname) ORDER BY pc.oid), '[]'::jsonb) INTO unreplicated
+        -- rows are its own) that hold rows send them, when the table has a key, as inserting
+        -- backfills; without a key they travel by name only (`unreplicated`) and the applier
+        -- halts, naming them and the remedy, instead of going on without their rows.
+        SELECT array_agg(n ->> 'name' ORDER BY (n ->> 'attnum')::int2) INTO key_names
+          FROM jsonb_array_elements(new_shape -> 'columns') n WHERE (n ->> 'key')::boolean;
+        SELECT coalesce(jsonb_agg(jsonb_build_object('oid', pc.oid::int8, 'name', format('%I.%I', pn.nspname, pc.relname)) ORDER BY pc.oid), '[]'::jsonb) INTO attached
           FROM pg_inherits i
           CROSS JOIN LATERAL pg_partition_tree(i.inhrelid) leaf
           JOIN pg_class pc ON pc.oid = leaf.relid
           JOIN pg_namespace pn ON pn.oid = pc.relnamespace
          WHERE i.inhparent = cmd.objid AND i.xmin::text = pg_current_xact_id()::xid::text AND leaf.isleaf
            AND trempy.holds_rows(leaf.relid);
-        IF unreplicated <> '[]'::jsonb THEN
-            RAISE WARNING 'TREMpy: the rows that % already held are not replicated to the target of %.%: the tasks that replicate it halt here until they are reloaded (trempy.update_task with "start_mode": "reload")',
+        unreplicated := '[]'::jsonb;
+        IF attached <> '[]'::jsonb AND key_names IS NULL THEN
+            SELECT jsonb_agg(a -> 'name') INTO unreplicated FROM jsonb_array_elements(attached) a;
+            attached := '[]'::jsonb;
+            RAISE WARNING 'TREMpy: the rows that % already held are not replicated to the target of %.%, which has no key: the tasks that replicate it halt here until they are reloaded (trempy.update_task with "start_mode": "reload")',
                 unreplicated, new_shape ->> 'schema', new_shape ->> 'table';
         END IF;
-        CONTINUE WHEN new_shape IS NULL OR (new_shape = old_shape AND unreplicated = '[]'::jsonb);
+        CONTINUE WHEN new_shape IS NULL OR (new_shape = old_shape AND unreplicated = '[]'::jsonb AND attached = '[]'::jsonb);
         -- Added columns: the one value every existing row got (a non-volatile DEFAULT is kept as
         -- the "missing value"), or values the target cannot derive (a volatile DEFAULT or an
         -- identity column made the source rewrite the table, writing no row change).
@@ -301,8 +315,6 @@ BEGIN
         END IF;
         -- Rewritten values are sent row by row when the rows can be found on the target by a
         -- key the statement did not rewrite.
-        SELECT array_agg(n ->> 'name' ORDER BY (n ->> 'attnum')::int2) INTO key_names
-          FROM jsonb_array_elements(new_shape -> 'columns') n WHERE (n ->> 'key')::boolean;
         backfilled := '[]'::jsonb;
         IF rewritten <> '[]'::jsonb AND key_names IS NOT NULL
            AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(new_shape -> 'columns') n
@@ -312,13 +324,20 @@ BEGIN
         END IF;
         PERFORM pg_logical_emit_message(true, 'trempy.ddl',
             jsonb_build_object('rel', cmd.objid::int8, 'tag', cmd.command_tag, 'old', old_shape, 'new', new_shape,
-                               'fills', fills, 'rewritten', rewritten, 'backfilled', backfilled, 'unreplicated', unreplicated)::text);
+                               'fills', fills, 'rewritten', rewritten, 'backfilled', backfilled, 'unreplicated', unreplicated,
+                               'attached', (SELECT coalesce(jsonb_agg(a -> 'name'), '[]'::jsonb) FROM jsonb_array_elements(attached) a))::text);
         IF backfilled <> '[]'::jsonb THEN
             PERFORM trempy.emit_backfill(cmd.objid, key_names,
                 (SELECT array_agg(n ->> 'name' ORDER BY (n ->> 'attnum')::int2) FROM jsonb_array_elements(new_shape -> 'columns') n
                   WHERE backfilled @> jsonb_build_array(n -> 'attnum')),
                 5000);
         END IF;
+        FOR attached_leaf IN SELECT a FROM jsonb_array_elements(attached) a LOOP
+            PERFORM trempy.emit_backfill(cmd.objid, key_names,
+                (SELECT coalesce(array_agg(n ->> 'name' ORDER BY (n ->> 'attnum')::int2), '{}') FROM jsonb_array_elements(new_shape -> 'columns') n
+                  WHERE NOT (n ->> 'key')::boolean),
+                5000, (attached_leaf ->> 'oid')::oid, true);
+        END LOOP;
         UPDATE trempy.table_shapes SET shape = new_shape, recorded_at = now() WHERE relid = cmd.objid;
         INSERT INTO trempy.schema_changes (relid, tag, old_shape, new_shape) VALUES (cmd.objid, cmd.command_tag, old_shape, new_shape);
         PERFORM trempy.follow_renames(old_shape, new_shape);
@@ -352,16 +371,19 @@ $$;
 CREATE EVENT TRIGGER trempy_capture_ddl ON ddl_command_end EXECUTE FUNCTION trempy.capture_ddl();
 CREATE EVENT TRIGGER trempy_capture_drop ON sql_drop EXECUTE FUNCTION trempy.capture_drop();
 
-REVOKE ALL ON FUNCTION trempy.capture_ddl(), trempy.capture_drop(), trempy.follow_renames(jsonb, jsonb), trempy.emit_backfill(oid, text[], text[], integer), trempy.holds_rows(oid),
+REVOKE ALL ON FUNCTION trempy.capture_ddl(), trempy.capture_drop(), trempy.follow_renames(jsonb, jsonb), trempy.emit_backfill(oid, text[], text[], integer, oid, boolean), trempy.holds_rows(oid),
     trempy.record_shapes(text), trempy.forget_shapes() FROM PUBLIC;
 
 -- The schema changes seen per task (the applier reports those it applied: trempy.status()).
+-- (The task's tables are resolved once per task: status() and this view stay fast with many
+-- tasks and schema changes.)
 CREATE VIEW trempy.task_schema_changes AS
 SELECT t.task_name, sc.id, sc.relid,
        coalesce(sc.new_shape ->> 'schema', sc.old_shape ->> 'schema') AS schema_name,
        coalesce(sc.new_shape ->> 'table', sc.old_shape ->> 'table') AS table_name,
        sc.tag, sc.old_shape, sc.new_shape, sc.seen_at
-  FROM trempy.schema_changes sc
-  JOIN trempy.tasks t ON sc.relid IN (SELECT trempy.task_relids(t.task_name));
+  FROM trempy.tasks t
+  CROSS JOIN LATERAL (SELECT ARRAY(SELECT trempy.task_relids(t.task_name)) AS relids) r
+  JOIN trempy.schema_changes sc ON sc.relid = ANY (r.relids);
 
 COMMENT ON VIEW trempy.task_schema_changes IS 'Schema changes seen on each task''s tables, oldest first by id.';

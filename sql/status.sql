@@ -35,6 +35,9 @@ RETURNS TABLE (
 )
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+-- Monitoring reads a few rows: JIT compilation (the planner's estimates of set-returning
+-- functions pass its thresholds) would cost far more than the query, worst on a busy server.
+SET jit = off
 AS $$
     SELECT tt.task_name, tt.position, tt.schema_name, tt.table_name, tt.state, tt.attempt, r.copied, tt.rows_estimated,
            CASE WHEN tt.state = 'copied' THEN 100
@@ -105,6 +108,9 @@ RETURNS TABLE (
 )
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+-- Monitoring reads a few rows: JIT compilation (the planner's estimates of set-returning
+-- functions pass its thresholds) would cost far more than the query, worst on a busy server.
+SET jit = off
 AS $$
     SELECT t.task_name,
            CASE
@@ -146,7 +152,7 @@ AS $$
            p.applier_reported_at,
            t.incarnation,
            t.generation,
-           (SELECT count(*) FROM trempy.task_schema_changes sc WHERE sc.task_name = t.task_name),
+           (SELECT count(*) FROM trempy.schema_changes sc WHERE sc.relid = ANY (ARRAY(SELECT trempy.task_relids(t.task_name)))),
            p.applier_schema_changes,
            p.applier_last_schema_change
       FROM trempy.tasks t

@@ -253,7 +253,7 @@ struct Session<'o> {
     /// caches are reset if that transaction is rolled back).
     schema_changed: bool,
     /// Per source relation, how the backfills after its last schema change reach the target
-    /// (they follow that change in the same source transaction).
+    /// (they follow that change in the same source transaction; the next change replaces it).
     backfills: HashMap<u32, schema_change::BackfillPlan>,
 }
 
@@ -793,9 +793,6 @@ impl<'o> Session<'o> {
         self.writer.finish(&self.client).await?;
         let set = plan.apply(&self.client, backfill).await.map_err(|e| e.with_lsn(lsn))?;
         debug!(task = self.task(), rel = backfill.rel, lsn = %lsn, rows = backfill.rows.len(), set, last = backfill.last, "backfill applied");
-        if backfill.last {
-            self.backfills.remove(&backfill.rel);
-        }
         Ok(())
     }
 

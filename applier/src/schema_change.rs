@@ -176,9 +176,10 @@ impl Synthetic {
     }
 }
 
-/// A compiled source shape: the target relation and, per target column, its source `attnum`.
-fn target_shape(rel: u32, source: &Shape, settings: Option<&TaskSettings>, synthetic: &mut Synthetic) -> Result<(Shape, Vec<i16>), Error> {
-    let (_, plan, target) = rules::compile(settings, &relation(rel, source))?;
+/// A compiled source shape: the target relation and, per target column, its source `attnum`;
+/// with the source columns the rules copy unchanged, and whether a filter applies.
+fn target_shape(rel: u32, source: &Shape, settings: Option<&TaskSettings>, synthetic: &mut Synthetic) -> Result<(Shape, Vec<i16>, bool), Error> {
+    let (filter, plan, target) = rules::compile(settings, &relation(rel, source))?;
     let verbatim = (0..target.columns.len()).filter_map(|i| plan.copied_verbatim(i)).filter_map(|s| source.columns.get(s)).map(|c| c.attnum).collect();
     let columns = target
         .columns
@@ -197,7 +198,7 @@ fn target_shape(rel: u32, source: &Shape, settings: Option<&TaskSettings>, synth
             }
         })
         .collect();
-    Ok((Shape { schema: target.schema, table: target.table, columns }, verbatim))
+    Ok((Shape { schema: target.schema, table: target.table, columns }, verbatim, filter.is_some()))
 }
 
 /// The target table's steps: the old shape compiled under the settings `before` the change, the
@@ -206,12 +207,12 @@ fn target_shape(rel: u32, source: &Shape, settings: Option<&TaskSettings>, synth
 /// (every column is then reconciled by name).
 pub(crate) fn target(change: &SchemaChange, before: Option<&TaskSettings>, after: Option<&TaskSettings>) -> Result<Target, Error> {
     let mut synthetic = Synthetic(HashMap::new());
-    let old = change.old.as_ref().and_then(|shape| target_shape(change.rel, shape, before, &mut synthetic).ok()).map(|(shape, _)| shape);
+    let old = change.old.as_ref().and_then(|shape| target_shape(change.rel, shape, before, &mut synthetic).ok()).map(|(shape, _, _)| shape);
     let old_name = old.as_ref().map(|s| (s.schema.clone(), s.table.clone())).or_else(|| change.old.as_ref().map(|s| (s.schema.clone(), s.table.clone())));
     let Some(source_new) = &change.new else {
         return Ok(Target { old: old_name, new: None, steps: vec![Step::DropTable], backfill: None });
     };
-    let (new, verbatim) = target_shape(change.rel, source_new, after, &mut synthetic)?;
+    let (new, verbatim, filtered) = target_shape(change.rel, source_new, after, &mut synthetic)?;
     // An added column's fill is the target's only when the rules copy the column unchanged.
     let mut rewritten = change.rewritten.clone();
     let mut fills = Vec::new();
@@ -244,11 +245,27 @@ pub(crate) fn target(change: &SchemaChange, before: Option<&TaskSettings>, after
     }
     let not_null = if scd2.is_some() { Vec::new() } else { columns.iter().filter(|c| c.not_null).map(|c| c.target.clone()).collect() };
     let new_name = (new.schema.clone(), new.table.clone());
-    let backfill = match key {
-        Some(key) if !columns.is_empty() => Some(BackfillPlan { table: new_name.clone(), key, columns, current: scd2.map(|s| s.current), not_null }),
-        _ => None,
+    let mut unreplicated = change.unreplicated.clone();
+    let backfill = if change.attached.is_empty() {
+        match key {
+            Some(key) if !columns.is_empty() => Some(BackfillPlan { table: new_name.clone(), key, columns, current: scd2.map(|s| s.current), not_null, insert: false }),
+            _ => None,
+        }
+    } else {
+        // Rows of attached partitions are inserted as they are: only into a target that takes
+        // every column unchanged, unfiltered, outside SCD2 (else the task halts on them).
+        let every: Option<Vec<BackfillColumn>> = source_new.columns.iter().filter(|c| !c.key).map(|s| copied(s.attnum).map(|t| BackfillColumn::new(s, t))).collect();
+        match (key, every) {
+            (Some(key), Some(columns)) if !filtered && scd2.is_none() && new.columns.len() == source_new.columns.len() => {
+                Some(BackfillPlan { table: new_name.clone(), key, columns, current: None, not_null: Vec::new(), insert: true })
+            }
+            _ => {
+                unreplicated.extend(change.attached.iter().cloned());
+                None
+            }
+        }
     };
-    let target_change = SchemaChange { rel: change.rel, tag: change.tag.clone(), old, new: Some(new), fills, rewritten, backfilled, unreplicated: change.unreplicated.clone() };
+    let target_change = SchemaChange { rel: change.rel, tag: change.tag.clone(), old, new: Some(new), fills, rewritten, backfilled, unreplicated, attached: Vec::new() };
     Ok(Target { old: old_name, new: Some(new_name), steps: schema::diff(&target_change), backfill })
 }
 
@@ -279,6 +296,8 @@ pub(crate) struct BackfillPlan {
     current: Option<String>,
     /// Target columns to make NOT NULL after the last batch.
     not_null: Vec<String>,
+    /// The rows are new (an attached partition's): inserted, or set where the key exists.
+    insert: bool,
 }
 
 impl BackfillPlan {
@@ -299,6 +318,26 @@ impl BackfillPlan {
             params.push(format!("pg_catalog.unnest(${}::text[])", i + 1));
         }
         let cast = |c: &BackfillColumn| typename::check_type(&c.target_type).map(|()| c.target_type.clone()).map_err(|m| Error::new(ErrorKind::Schema, format!("backfill of column {}: the type {m}", c.target)));
+        let table = qualified(&self.table.0, &self.table.1);
+        if self.insert {
+            let mut names = Vec::new();
+            let mut values = Vec::new();
+            for (i, c) in self.key.iter().chain(self.columns.iter()).enumerate() {
+                names.push(quote_ident(&c.target));
+                values.push(format!("v.v{i}::{}", cast(c)?));
+            }
+            let key: Vec<String> = self.key.iter().map(|c| quote_ident(&c.target)).collect();
+            let update: Vec<String> = self.columns.iter().map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.target))).collect();
+            let action = if update.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", update.join(", ")) };
+            return Ok(format!(
+                "INSERT INTO {table} ({}) SELECT {} FROM ROWS FROM ({}) AS v({}) ON CONFLICT ({}) DO {action}",
+                names.join(", "),
+                values.join(", "),
+                params.join(", "),
+                aliases.join(", "),
+                key.join(", ")
+            ));
+        }
         let mut set = Vec::new();
         for (i, c) in self.columns.iter().enumerate() {
             set.push(format!("{} = v.v{}::{}", quote_ident(&c.target), self.key.len() + i, cast(c)?));
@@ -311,8 +350,7 @@ impl BackfillPlan {
             matches.push(format!("t.{}", quote_ident(current)));
         }
         Ok(format!(
-            "UPDATE {} AS t SET {} FROM ROWS FROM ({}) AS v({}) WHERE {}",
-            qualified(&self.table.0, &self.table.1),
+            "UPDATE {table} AS t SET {} FROM ROWS FROM ({}) AS v({}) WHERE {}",
             set.join(", "),
             params.join(", "),
             aliases.join(", "),
@@ -806,7 +844,7 @@ mod tests {
     }
 
     fn change(old: Shape, new: Option<Shape>) -> SchemaChange {
-        SchemaChange { rel: 7, tag: "ALTER TABLE".into(), old: Some(old), new, fills: vec![], rewritten: vec![], backfilled: vec![], unreplicated: vec![] }
+        SchemaChange { rel: 7, tag: "ALTER TABLE".into(), old: Some(old), new, fills: vec![], rewritten: vec![], backfilled: vec![], unreplicated: vec![], attached: vec![] }
     }
 
     fn settings(mode: &str, managed: bool, rules: &str) -> TaskSettings {
@@ -1085,6 +1123,25 @@ mod tests {
         // also when the target table is not there yet
         let t = target(&c, Some(&s), Some(&s)).unwrap();
         assert!(halt(&reconcile(&t, &HashMap::new(), None), Management::Managed, "x").is_some());
+    }
+
+    #[test]
+    fn rows_of_a_partition_attached_holding_them_are_inserted_unless_the_rules_change_them() {
+        let s = settings("upsert", true, "");
+        let mut c = change(emp(), Some(emp()));
+        c.attached = vec!["public.emp_2026".into()];
+        let t = target(&c, Some(&s), Some(&s)).unwrap();
+        assert!(t.steps.is_empty(), "{:?}", t.steps);
+        assert_eq!(
+            t.backfill.unwrap().statement().unwrap(),
+            r#"INSERT INTO "public"."emp" ("id", "name", "n") SELECT v.v0::integer, v.v1::text, v.v2::integer FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS v(v0, v1, v2) ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name", "n" = EXCLUDED."n""#
+        );
+        // under a filter (or SCD2) they cannot be inserted as they are: the task halts on them
+        for s in [settings("upsert", true, RULES), settings("scd2", true, "")] {
+            let t = target(&c, Some(&s), Some(&s)).unwrap();
+            assert!(t.backfill.is_none());
+            assert_eq!(t.steps, vec![Step::Unreplicated { partitions: vec!["public.emp_2026".into()] }]);
+        }
     }
 
     #[test]

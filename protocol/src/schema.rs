@@ -115,6 +115,10 @@ pub struct SchemaChange {
     /// table while they held rows: those rows never passed through the stream.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreplicated: Vec<String>,
+    /// Partitions (leaves, `schema.table` quoted) the statement attached while they held rows,
+    /// whose rows follow as inserting [`Backfill`]s (the table has a key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attached: Vec<String>,
 }
 
 /// The values a statement gave the existing rows of a table in columns the target cannot derive
@@ -136,6 +140,10 @@ pub struct Backfill {
     /// True on the statement's last batch for this table: the columns hold their values in
     /// every row then (and may take their NOT NULL).
     pub last: bool,
+    /// The rows are new to the table (a partition attached holding them): inserted, or their
+    /// columns set where the key is there already. `columns` are then every other column.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insert: bool,
 }
 
 impl Backfill {
@@ -148,7 +156,7 @@ impl Backfill {
 
     /// Every row holds a key and a value per column, and some column is named.
     pub fn check(&self) -> std::result::Result<(), String> {
-        if self.key.is_empty() || self.columns.is_empty() {
+        if self.key.is_empty() || (self.columns.is_empty() && !self.insert) {
             return Err("a backfill names no key or no column".to_owned());
         }
         let width = self.key.len() + self.columns.len();
@@ -343,7 +351,7 @@ mod tests {
     }
 
     fn change(old: Option<Shape>, new: Option<Shape>) -> SchemaChange {
-        SchemaChange { rel: 1, tag: "ALTER TABLE".to_owned(), old, new, fills: Vec::new(), rewritten: Vec::new(), backfilled: Vec::new(), unreplicated: Vec::new() }
+        SchemaChange { rel: 1, tag: "ALTER TABLE".to_owned(), old, new, fills: Vec::new(), rewritten: Vec::new(), backfilled: Vec::new(), unreplicated: Vec::new(), attached: Vec::new() }
     }
 
     #[test]

@@ -247,7 +247,7 @@ async fn a_decoding_worker_stopped_mid_table_copies_the_table_again_and_stays_ex
     let (interrupted, attempt_stopped) = loop {
         let rows = source
             .query(
-                "SELECT l.table_name, l.state, l.attempt, l.rows_copied, s.worker_pid FROM trempy.load_status() l JOIN trempy.status() s USING (task_name)
+                "SELECT l.table_name, l.state, l.attempt, l.rows_copied, trempy.worker_pid(t.task_id) FROM trempy.load_status() l JOIN trempy.tasks t USING (task_name)
                   WHERE l.task_name = $1 ORDER BY l.position",
                 &[&task],
             )
