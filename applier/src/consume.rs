@@ -529,12 +529,7 @@ impl<'o> Session<'o> {
     /// Compiles the task's rules for the message's relations and resolves their target tables
     /// (creating missing ones when the task says so and `create_allowed`).
     async fn prepare_relations(&mut self, envelope: &Envelope, create_allowed: bool) -> Result<(), Error> {
-        let changes: Vec<&SchemaChange> = envelope
-            .transactions
-            .iter()
-            .flat_map(|t| t.changes.iter())
-            .filter_map(|c| if let Change::Schema(s) = c { Some(s) } else { None })
-            .collect();
+        let changes = schema_changes(envelope.transactions.iter().flat_map(|t| t.changes.iter()));
         self.prepare_relations_around(&envelope.relations, &changes, create_allowed).await
     }
 
@@ -685,7 +680,7 @@ impl<'o> Session<'o> {
         for change in transaction.changes {
             match change {
                 Change::Schema(schema) => {
-                    self.schema_change(schema, transaction.commit_lsn).await?;
+                    self.schema_change(*schema, transaction.commit_lsn).await?;
                     continue;
                 }
                 Change::Backfill(backfill) => {
@@ -742,7 +737,7 @@ impl<'o> Session<'o> {
         let after = followed.as_ref().map(|(_, s)| s).or(self.settings.as_ref());
         let target = schema_change::target(&change, self.settings.as_ref(), after)?;
         let management = if after.is_some_and(|s| s.prepare().create) { Management::Managed } else { Management::Unmanaged };
-        let scd2 = (rules::mode(after) == crate::apply::Mode::Scd2).then(|| after.map(TaskSettings::scd2_columns)).flatten();
+        let scd2 = rules::scd2_columns(after);
         let source = change.new.as_ref().or(change.old.as_ref()).map_or_else(|| (String::new(), format!("relation {}", change.rel)), |s| (s.schema.clone(), s.table.clone()));
         let what = format!("{} at {lsn}", schema_change::display(&source));
         let actual = schema_change::read(&self.client, &target.names()).await?;
@@ -791,7 +786,7 @@ impl<'o> Session<'o> {
         };
         self.begin().await?;
         self.writer.finish(&self.client).await?;
-        let set = plan.apply(&self.client, backfill).await.map_err(|e| e.with_lsn(lsn))?;
+        let set = plan.apply(&self.client, &mut self.catalog, backfill).await.map_err(|e| e.with_lsn(lsn))?;
         debug!(task = self.task(), rel = backfill.rel, lsn = %lsn, rows = backfill.rows.len(), set, last = backfill.last, "backfill applied");
         Ok(())
     }
@@ -842,7 +837,7 @@ impl<'o> Session<'o> {
         }
         // The last chunk's message, around the schema changes of the last chunk (the message's
         // other transactions were taken out of it).
-        let changed: Vec<&SchemaChange> = last.changes.iter().filter_map(|c| if let Change::Schema(s) = c { Some(s) } else { None }).collect();
+        let changed = schema_changes(last.changes.iter());
         self.prepare_relations_around(&envelope.relations, &changed, true).await?;
         self.apply(last).await?;
         self.writer.flush(&self.client).await?;
@@ -926,6 +921,11 @@ async fn sleep_opt(wait: Option<Duration>) {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// The schema changes among `changes`.
+fn schema_changes<'a>(changes: impl Iterator<Item = &'a Change>) -> Vec<&'a SchemaChange> {
+    changes.filter_map(|c| if let Change::Schema(s) = c { Some(s.as_ref()) } else { None }).collect()
 }
 
 #[cfg(test)]

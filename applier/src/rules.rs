@@ -30,7 +30,7 @@ use tokio_postgres::Client;
 use trempy_protocol::copytext;
 use trempy_protocol::envelope::{Change, Column, Relation};
 use trempy_protocol::filter::RowFilter;
-use trempy_protocol::settings::{CdcMode, ColumnDesc, TaskSettings};
+use trempy_protocol::settings::{CdcMode, ColumnDesc, Scd2Columns, TaskSettings};
 use trempy_protocol::transform::{Context, TablePlan};
 
 use crate::apply::Mode;
@@ -66,6 +66,11 @@ pub(crate) fn mode(settings: Option<&TaskSettings>) -> Mode {
         Some(CdcMode::Scd2) => Mode::Scd2,
         Some(CdcMode::Upsert) | None => Mode::Upsert,
     }
+}
+
+/// The SCD2 column names, in `scd2` mode.
+pub(crate) fn scd2_columns(settings: Option<&TaskSettings>) -> Option<Scd2Columns> {
+    (mode(settings) == Mode::Scd2).then(|| settings.map(TaskSettings::scd2_columns)).flatten()
 }
 
 fn same_shape(a: &Relation, b: &Relation) -> bool {

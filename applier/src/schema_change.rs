@@ -50,7 +50,7 @@ use trempy_protocol::settings::{Scd2Columns, TaskSettings};
 use trempy_protocol::typename;
 
 use crate::apply::quote_ident;
-use crate::catalog::qualified;
+use crate::catalog::{Catalog, qualified};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{self, Reaction};
 use crate::rules;
@@ -229,7 +229,7 @@ pub(crate) fn target(change: &SchemaChange, before: Option<&TaskSettings>, after
     let copied = |attnum: i16| verbatim.contains(&attnum).then(|| new.columns.iter().find(|c| c.attnum == attnum)).flatten();
     let source_key: Vec<&ShapeColumn> = source_new.columns.iter().filter(|c| c.key).collect();
     let key: Option<Vec<BackfillColumn>> = source_key.iter().map(|s| copied(s.attnum).map(|t| BackfillColumn::new(s, t))).collect();
-    let scd2 = (rules::mode(after) == crate::apply::Mode::Scd2).then(|| after.map(TaskSettings::scd2_columns)).flatten();
+    let scd2 = rules::scd2_columns(after);
     let mut backfilled = Vec::new();
     let mut columns = Vec::new();
     for &attnum in &change.backfilled {
@@ -359,8 +359,9 @@ impl BackfillPlan {
     }
 
     /// Applies one batch in the open transaction; returns the rows it set. After the last one,
-    /// the columns take their NOT NULL.
-    pub(crate) async fn apply(&self, client: &Client, backfill: &Backfill) -> Result<u64, Error> {
+    /// the columns take their NOT NULL. A target table that is not there (the session's
+    /// `catalog` knows) gets nothing.
+    pub(crate) async fn apply(&self, client: &Client, catalog: &mut Catalog, backfill: &Backfill) -> Result<u64, Error> {
         let halt = |what: String| Error::new(ErrorKind::Schema, format!("backfill of {}: {what}", display(&self.table)));
         let position = |names: &[String], name: &str, offset: usize| names.iter().position(|n| n == name).map(|i| i + offset);
         let mut indexes = Vec::new();
@@ -370,19 +371,20 @@ impl BackfillPlan {
         for c in &self.columns {
             indexes.push(position(&backfill.columns, &c.source, backfill.key.len()).ok_or_else(|| halt(format!("the source sent no column {}", c.source)))?);
         }
-        let exists: bool = client.query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&qualified(&self.table.0, &self.table.1)]).await?.get(0);
+        if catalog.columns(client, &self.table.0, &self.table.1).await?.is_none() {
+            return Ok(0);
+        }
+        let table = display(&self.table);
         let mut set = 0;
-        if exists && !backfill.rows.is_empty() {
+        if !backfill.rows.is_empty() {
             let arrays: Vec<Vec<Option<&str>>> = indexes.iter().map(|&i| backfill.rows.iter().map(|r| r.get(i).and_then(|v| v.as_deref())).collect()).collect();
             let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-            set = client.execute(self.statement()?.as_str(), &params).await.map_err(|e| {
-                let err = Error::target(&e);
-                if matches!(policy::reaction(&err, 0), Reaction::Retry(_)) { err } else { halt(format!("{err}")) }
-            })?;
+            set = client.execute(self.statement()?.as_str(), &params).await.map_err(|e| halt_on_target(&e, |err| format!("backfill of {table}: {err}")))?;
         }
-        if exists && backfill.last {
+        if backfill.last {
             for column in &self.not_null {
-                client.execute(format!("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL", qualified(&self.table.0, &self.table.1), quote_ident(column)).as_str(), &[]).await?;
+                let sql = format!("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL", qualified(&self.table.0, &self.table.1), quote_ident(column));
+                client.execute(sql.as_str(), &[]).await.map_err(|e| halt_on_target(&e, |err| format!("backfill of {table}: `{sql}` failed on the target: {err}")))?;
             }
         }
         Ok(set)
@@ -729,23 +731,25 @@ pub(crate) async fn execute(client: &Client, actions: &[Action], management: Man
                 Some(value) => client.execute(statement.sql.as_str(), &[value]).await,
                 None => client.execute(statement.sql.as_str(), &[]).await,
             };
-            if let Err(e) = result {
-                let err = Error::target(&e);
-                if matches!(policy::reaction(&err, 0), Reaction::Retry(_)) {
-                    return Err(err);
-                }
-                let mut halt = Error::new(
-                    ErrorKind::Schema,
-                    format!("source schema change of {what}: `{}` failed on the target: {err}; fix the target table, the applier tries again", statement.sql),
-                );
-                if let Some(code) = err.sqlstate() {
-                    halt = halt.with_sqlstate(code);
-                }
-                return Err(halt);
-            }
+            result.map_err(|e| halt_on_target(&e, |err| format!("source schema change of {what}: `{}` failed on the target: {err}; fix the target table, the applier tries again", statement.sql)))?;
         }
     }
     Ok(())
+}
+
+/// A statement of a schema change (or of its backfill) the target refused: a transient error is
+/// retried as it is, any other halts the task ([`ErrorKind::Schema`], with its SQLSTATE) with the
+/// message `halt` writes around it.
+fn halt_on_target(e: &tokio_postgres::Error, halt: impl FnOnce(&Error) -> String) -> Error {
+    let err = Error::target(e);
+    if matches!(policy::reaction(&err, 0), Reaction::Retry(_)) {
+        return err;
+    }
+    let stopped = Error::new(ErrorKind::Schema, halt(&err));
+    match err.sqlstate() {
+        Some(code) => stopped.with_sqlstate(code),
+        None => stopped,
+    }
 }
 
 /// The halt, if the actions need one (pure: see [`execute`]).

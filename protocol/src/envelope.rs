@@ -207,7 +207,8 @@ pub enum Change {
     },
     /// A schema change of a replicated table, where it happened in the transaction (version 3;
     /// see [`crate::schema`]).
-    Schema(SchemaChange),
+    /// Boxed: rare, and many times the size of a row change.
+    Schema(Box<SchemaChange>),
     /// The values a schema change gave existing rows, right after it (version 3; see
     /// [`crate::schema::Backfill`]).
     Backfill(Backfill),

@@ -439,7 +439,7 @@ mod tests {
         builder.close_transaction(&header);
         let body = builder.finish(|_| None).unwrap_or_else(|e| panic!("{e}"));
         let envelope = Envelope::parse(&body).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(envelope.transactions[0].changes, vec![Change::Schema(c)]);
+        assert_eq!(envelope.transactions[0].changes, vec![Change::Schema(Box::new(c))]);
     }
 
     #[test]

@@ -44,6 +44,7 @@ async fn create_task_rejects_each_kind_of_invalid_settings_naming_the_field() {
         (task.as_str(), with(&["tables"], json!([{"schema_name": "public", "table_name": good_table}])), "tables[0]: missing field `priority`"),
         (task.as_str(), with(&["tables"], json!([{"schema_name": "public", "table_name": good_table, "priority": 9}])), "tables[0].priority: 9 is out of range"),
         (task.as_str(), with(&["tables"], json!([])), "tables: at least one table is required"),
+        (task.as_str(), with(&["tables"], json!([{"schema_name": "public", "table_name": good_table, "priority": 0, "relid": 1}])), "tables[0].relid: set by TREMpy"),
         (task.as_str(), with(&["tables"], table("no_such_table")), "tables[0]: table public.no_such_table does not exist"),
         (task.as_str(), with(&["tables"], table(&format!("{task}_nopk"))), "has no primary key"),
         (task.as_str(), with(&["tables"], table(&format!("{task}_nothing"))), "has REPLICA IDENTITY NOTHING"),
