@@ -28,6 +28,7 @@ use tracing::warn;
 use trempy_protocol::envelope::{Change, Relation};
 
 use crate::error::{Error, ErrorKind, Operation};
+use crate::keyless::{self, Missing};
 use crate::scd2;
 
 /// Rows after which a run is executed even if the next change would fit it.
@@ -72,6 +73,9 @@ enum Op<'a> {
     Truncate { rels: Vec<&'a Relation>, cascade: bool, restart_identity: bool },
     /// `scd2` mode: one statement per change.
     Single { table: String, statement: scd2::Statement },
+    /// A table without a key: one statement per update or delete, matching the whole old row
+    /// ([`crate::keyless`]). `report`: warn when it finds no row (`default` mode).
+    Match { table: String, statement: keyless::Statement, operation: Operation, report: bool },
 }
 
 pub(crate) fn key_indexes(rel: &Relation) -> Result<Vec<usize>, Error> {
@@ -103,6 +107,12 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
     if mode == Mode::Scd2 {
         let rel = relation(relations, change_rel(&change))?;
         return Ok(scd2::statements(rel, change, commit_time)?.into_iter().map(|statement| Op::Single { table: qualified(rel), statement }).collect());
+    }
+    if !matches!(change, Change::Truncate { .. }) {
+        let rel = relation(relations, change_rel(&change))?;
+        if rel.columns.iter().all(|c| !c.key) {
+            return keyless_plan(rel, change, mode);
+        }
     }
     Ok(match change {
         Change::Insert { rel, new } => {
@@ -144,6 +154,40 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
             vec![Op::Truncate { rels, cascade, restart_identity }]
         }
         Change::Schema(_) | Change::Backfill(_) => return Err(schema_here()),
+    })
+}
+
+/// The operations of a change to a table without a key: inserts join plain insert runs (in
+/// every mode: there is no key to conflict on); an update or delete matches the whole old row,
+/// which `REPLICA IDENTITY FULL` sends (an insert-only table's source refuses them).
+fn keyless_plan(rel: &Relation, change: Change, mode: Mode) -> Result<Vec<Op<'_>>, Error> {
+    let table = qualified(rel);
+    let no_old = |what: &str| {
+        Error::new(
+            ErrorKind::Envelope,
+            format!(
+                "{what} of {table}, which has no key, came without the old row, so no target row can be matched: \
+                 give the source table a primary key, or run ALTER TABLE … REPLICA IDENTITY FULL on it, then reload the task"
+            ),
+        )
+        .with_table(table.clone())
+    };
+    Ok(match change {
+        Change::Insert { new, .. } => vec![Op::Insert { rel, row: new }],
+        Change::Update { old, new, unchanged, .. } => {
+            let old = old.ok_or_else(|| no_old("an update"))?;
+            if !unchanged.is_empty() {
+                return Err(no_old("an update lacking unchanged large (TOASTed) values"));
+            }
+            let missing = if mode == Mode::Default { Missing::Skip } else { Missing::Insert };
+            let statement = keyless::update(rel, &table, &old, new, missing)?;
+            vec![Op::Match { table, statement, operation: Operation::Update, report: missing == Missing::Skip }]
+        }
+        Change::Delete { old, .. } => {
+            let statement = keyless::delete(rel, &table, &old)?;
+            vec![Op::Match { table, statement, operation: Operation::Delete, report: mode == Mode::Default }]
+        }
+        Change::Truncate { .. } | Change::Schema(_) | Change::Backfill(_) => return Err(schema_here()),
     })
 }
 
@@ -331,6 +375,20 @@ impl Run {
                 };
                 Ok(Some((run, std::mem::take(&mut statement.params))))
             }
+            Op::Match { table, statement, operation, report } => {
+                let run = Run {
+                    sql: std::mem::take(&mut statement.sql),
+                    kind: RunKind::Single,
+                    table: std::mem::take(table),
+                    operation: *operation,
+                    key_positions: Vec::new(),
+                    rows: Vec::new(),
+                    report: *report,
+                    alone: true,
+                    require: false,
+                };
+                Ok(Some((run, std::mem::take(&mut statement.params))))
+            }
             Op::Truncate { .. } => Ok(None),
         }
     }
@@ -463,7 +521,7 @@ impl Writer {
                 return Err(missing_toast(&table, sent - affected, sent).with_operation(operation));
             }
             if report && affected < sent {
-                let what = if kind == RunKind::Update { "updates" } else { "deletes" };
+                let what = if kind == RunKind::Update || operation == Operation::Update { "updates" } else { "deletes" };
                 warn!(table = %table, sent, affected, "default mode: {} of {sent} {what} found no target row", sent - affected);
             }
             Ok(())

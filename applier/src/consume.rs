@@ -56,6 +56,7 @@ use crate::policy::{self, ErrorPolicy, Reaction};
 use crate::progress::{self, Applied, Position, Staged};
 use crate::report::Live;
 use crate::schema_change::{self, Management};
+use crate::sequence;
 use crate::{state, stream, target};
 
 /// How the applier runs.
@@ -463,6 +464,12 @@ impl<'o> Session<'o> {
         self.gapped = false;
         if let Some(settings) = envelope.settings.take() {
             self.take_settings(&settings).await?;
+        }
+        if let Some(values) = envelope.sequences.take() {
+            self.begin().await?;
+            self.writer.finish(&self.client).await?;
+            let create = self.settings.as_ref().is_some_and(|s| s.prepare().create);
+            sequence::apply(&self.client, &values, &self.rules, create).await?;
         }
         // A message whose every transaction is applied already (a redelivery) prepares nothing:
         // its relations may describe tables as they were before a schema change applied since,

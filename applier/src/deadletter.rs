@@ -512,7 +512,7 @@ mod tests {
             Change::Truncate { rels: vec![2], cascade: false, restart_identity: false },
         ];
         let transaction = Transaction { changes, xid: 1, commit_lsn: Lsn(0x20), prev_commit_lsn: None, commit_time: String::new(), seq: 0, last: true };
-        let envelope = Envelope { version: 1, task: "t".into(), incarnation: None, generation: 1, settings: None, transactions: vec![transaction], relations, load: None };
+        let envelope = Envelope { version: 1, task: "t".into(), incarnation: None, generation: 1, settings: None, transactions: vec![transaction], relations, load: None, sequences: None };
         assert_eq!(
             rows_written(&envelope),
             vec![

@@ -150,6 +150,18 @@ async fn prepare(client: &Client, catalog: &mut Catalog, relation: &Relation, ch
         .await
         .map_err(|e| Error::target(&e).with_table(table.clone()))?
         .get::<_, bool>(0);
+    if has_rows && relation.columns.iter().all(|c| !c.key) {
+        // Without a key there is nothing to merge on: appending would duplicate every row
+        // the table already holds.
+        return Err(Error::new(
+            ErrorKind::TargetSql,
+            format!(
+                "target table {table} already holds rows and has no key to merge the loaded rows on (appending them would duplicate rows): \
+                 empty it, or set task.full_load_settings.truncate_before_insert (or recreate_table_if_exists), then reload the task"
+            ),
+        )
+        .with_table(table));
+    }
     Ok(has_rows)
 }
 

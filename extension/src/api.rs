@@ -63,10 +63,7 @@ fn create_task(name: &str, settings: JsonB) {
                 Some("Use trempy.update_task to change its settings (start_mode \"continue\" keeps its position, \"reload\" starts over).".to_owned()),
             );
         }
-        let table_problems = check_tables_and_rules(client, &parsed);
-        if !table_problems.is_empty() {
-            fail_settings(name, &table_problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings");
-        }
+        check_tables_and_rules(client, &parsed).enforce(name);
         warn_toast_under_filters(client, &parsed);
         // A slot or publication left by a rolled-back call is the helper's to drop.
         let claimed = !client
@@ -250,10 +247,7 @@ fn update_task(name: &str, settings: JsonB) {
         )
     });
     Spi::connect(|client| {
-        let table_problems = check_tables_and_rules(client, &parsed);
-        if !table_problems.is_empty() {
-            fail_settings(name, &table_problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings");
-        }
+        check_tables_and_rules(client, &parsed).enforce(name);
         warn_toast_under_filters(client, &parsed);
     });
     if let Some(failure) = &failure
@@ -364,17 +358,53 @@ fn validate_settings(settings: JsonB) -> TableIterator<'static, (name!(path, Str
         Err(problems) => problems,
         Ok(parsed) => {
             let mut problems = parsed.unsupported();
-            problems.extend(Spi::connect(|client| check_tables_and_rules(client, &parsed)));
+            problems.extend(Spi::connect(|client| check_tables_and_rules(client, &parsed).problems));
             problems
         }
     };
     TableIterator::new(problems.into_iter().map(|p| (p.path, p.message)))
 }
 
+/// What the database says of a settings document: the problems that refuse it, and the
+/// warnings a DBA must see when it is accepted.
+struct Checked {
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl Checked {
+    /// Refuses the settings when there is a problem; else says each warning.
+    fn enforce(self, name: &str) {
+        if !self.problems.is_empty() {
+            fail_settings(name, &self.problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings");
+        }
+        for warning in self.warnings {
+            warning!("{warning}");
+        }
+    }
+}
+
 /// [`check_tables`], then (for the tables that passed) the filters and transformations against
 /// the source catalog, and what each target table needs in the task's mode.
-fn check_tables_and_rules(client: &SpiClient<'_>, settings: &TaskSettings) -> Vec<Problem> {
-    let mut problems = check_tables(client, settings);
+fn check_tables_and_rules(client: &SpiClient<'_>, settings: &TaskSettings) -> Checked {
+    let mut warnings = Vec::new();
+    let mut problems = check_tables(client, settings, &mut warnings);
+    for (i, sequence) in settings.sequences.iter().enumerate() {
+        let kind = client
+            .select(
+                "SELECT c.relkind::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                Some(1),
+                &[sequence.schema_name.as_str().into(), sequence.sequence_name.as_str().into()],
+            )
+            .ok()
+            .and_then(|t| if t.is_empty() { None } else { t.first().get::<String>(1).ok().flatten() });
+        let qualified = format!("{}.{}", spi::quote_identifier(&sequence.schema_name), spi::quote_identifier(&sequence.sequence_name));
+        match kind.as_deref() {
+            Some("S") => {}
+            Some(_) => problems.push(Problem::new(format!("sequences[{i}]"), format!("{qualified} is not a sequence"))),
+            None => problems.push(Problem::new(format!("sequences[{i}]"), format!("sequence {qualified} does not exist"))),
+        }
+    }
     let catalog = |schema: &str, table: &str| source_columns(client, schema, table);
     problems.extend(settings.check_rules(&catalog));
     let scd2 = (settings.cdc_mode() == CdcMode::Scd2).then(|| settings.scd2_columns());
@@ -382,8 +412,24 @@ fn check_tables_and_rules(client: &SpiClient<'_>, settings: &TaskSettings) -> Ve
         let Some(columns) = catalog(&table.schema_name, &table.table_name) else { continue };
         let Ok((_, plan)) = settings.table_plan(&table.schema_name, &table.table_name, &columns) else { continue };
         let target = format!("{}.{}", plan.target_schema, plan.target_table);
+        let full = replica_identity(client, &table.schema_name, &table.table_name).as_deref() == Some("f");
         if !plan.columns.iter().any(|c| c.key) {
-            problems.push(Problem::new(format!("tables[{i}]"), format!("target table {target} has no key after the transformations; keep or add a primary key column")));
+            if scd2.is_some() {
+                problems.push(Problem::new(
+                    format!("tables[{i}]"),
+                    format!("target table {target} has no key, and SCD2 keeps the history of each row by its key: add a primary key to the source table (or REPLICA IDENTITY USING INDEX on a unique index), and keep its columns in the transformations"),
+                ));
+            } else if columns.iter().any(|c| c.key) && !full {
+                problems.push(Problem::new(
+                    format!("tables[{i}]"),
+                    format!("target table {target} has no key after the transformations, and the source's updates and deletes carry only the key: keep the key columns, or run ALTER TABLE … REPLICA IDENTITY FULL on the source table (they then match the whole old row)"),
+                ));
+            } else if full && plan.reads_the_clock() {
+                problems.push(Problem::new(
+                    format!("tables[{i}]"),
+                    format!("target table {target} has no key, so updates and deletes find their row by its whole old value, which a transformation that reads the time (now) changes: drop that transformation, or give the table a key"),
+                ));
+            }
         }
         if let Some(names) = &scd2 {
             for name in [&names.start, &names.end, &names.current] {
@@ -396,7 +442,19 @@ fn check_tables_and_rules(client: &SpiClient<'_>, settings: &TaskSettings) -> Ve
             }
         }
     }
-    problems
+    Checked { problems, warnings }
+}
+
+/// A table's `relreplident` (`d`, `n`, `f` or `i`); `None` when it does not exist.
+fn replica_identity(client: &SpiClient<'_>, schema: &str, table: &str) -> Option<String> {
+    client
+        .select(
+            "SELECT c.relreplident::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+            Some(1),
+            &[schema.into(), table.into()],
+        )
+        .ok()
+        .and_then(|t| if t.is_empty() { None } else { t.first().get::<String>(1).ok().flatten() })
 }
 
 /// Warns about each filtered table that has TOASTable columns (storage other than plain) and no
@@ -470,10 +528,35 @@ fn listed_ancestor(client: &SpiClient<'_>, settings: &TaskSettings, schema: &str
     None
 }
 
-/// The checks that need the database: every table exists, is a permanent ordinary table, and
-/// has a key the target can upsert on (a primary key, or a replica identity index).
-fn check_tables(client: &SpiClient<'_>, settings: &TaskSettings) -> Vec<Problem> {
+/// What a table without a key is replicated as, for a WARNING; `None` when it has a key (a
+/// primary key, or a replica identity index) or is `REPLICA IDENTITY FULL` (its updates and
+/// deletes match the whole old row on the target).
+fn keyless_warning(qualified: &str, identity: &str, has_pk: bool, has_ri_index: bool) -> Option<String> {
+    let keyed = match identity {
+        "d" => has_pk,
+        "i" => has_ri_index,
+        "f" => true,
+        _ => false,
+    };
+    (!keyed).then(|| {
+        let why = if identity == "n" { "has REPLICA IDENTITY NOTHING" } else { "has no primary key and no replica identity index" };
+        format!(
+            "{qualified} {why}: TREMpy replicates it insert-only, and while the task's publication includes it PostgreSQL refuses UPDATE and DELETE on it \
+             (\"cannot update table … because it does not have a replica identity\"). To replicate updates and deletes, add a primary key, \
+             or run ALTER TABLE {qualified} REPLICA IDENTITY FULL (they then match the whole old row on the target)"
+        )
+    })
+}
+
+/// The checks that need the database: every table exists and is a permanent ordinary table.
+/// A table without a key is accepted (insert-only, or matched by its whole old row under
+/// `REPLICA IDENTITY FULL`); `warnings` says what that means for the insert-only ones.
+fn check_tables(client: &SpiClient<'_>, settings: &TaskSettings, warnings: &mut Vec<String>) -> Vec<Problem> {
     let mut problems = Vec::new();
+    let extension_schema = client
+        .select("SELECT n.nspname::text FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'trempy'", Some(1), &[])
+        .ok()
+        .and_then(|t| if t.is_empty() { None } else { t.first().get::<String>(1).ok().flatten() });
     for (i, table) in settings.tables.iter().enumerate() {
         let path = format!("tables[{i}]");
         let qualified = format!("{}.{}", spi::quote_identifier(&table.schema_name), spi::quote_identifier(&table.table_name));
@@ -520,20 +603,13 @@ fn check_tables(client: &SpiClient<'_>, settings: &TaskSettings) -> Vec<Problem>
             problems.push(Problem::new(path, format!("{qualified} is unlogged or temporary; its changes are not in the WAL and cannot be replicated")));
             continue;
         }
-        let usable = match identity.as_str() {
-            "d" | "f" => has_pk,
-            "i" => has_ri_index,
-            _ => false,
-        };
-        if !usable {
-            let why = match identity.as_str() {
-                "n" => "has REPLICA IDENTITY NOTHING".to_owned(),
-                "f" => "has REPLICA IDENTITY FULL but no primary key".to_owned(),
-                _ => "has no primary key".to_owned(),
-            };
-            problems.push(Problem::new(
-                path,
-                format!("{qualified} {why}; TREMpy needs a key to apply updates and deletes: add a primary key or set REPLICA IDENTITY USING INDEX on a unique index"),
+        if let Some(warning) = keyless_warning(&qualified, &identity, has_pk, has_ri_index) {
+            warnings.push(warning);
+        }
+        if extension_schema.as_deref() == Some(table.schema_name.as_str()) {
+            warnings.push(format!(
+                "{qualified} lives in the schema of the trempy extension, among TREMpy's own tables: DROP EXTENSION trempy CASCADE would drop it. \
+                 Move it (ALTER TABLE {qualified} SET SCHEMA public), and keep the trempy schema out of the search_path of the roles that create tables"
             ));
         }
     }

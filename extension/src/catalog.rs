@@ -12,7 +12,7 @@ use trempy_protocol::schema::Shape;
 use crate::error::{Error, ErrorKind};
 
 /// Describes a table from the catalog: its replicated columns (not dropped, not generated, in
-/// order), their types, NOT NULL, and the key (the primary key, else the replica identity index).
+/// order), their types, NOT NULL, and the key (the replica identity index, else the primary key).
 pub(crate) fn describe_table(client: &SpiClient<'_>, relid: u32) -> Result<Relation, Error> {
     let rows = client.select("SELECT trempy.table_shape($1::oid)::text", Some(1), &[i64::from(relid).into()])?;
     let text = if rows.is_empty() { None } else { rows.first().get::<String>(1)? };

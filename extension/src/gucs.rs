@@ -14,6 +14,7 @@ static AMQP_PASSWORD_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 static MAX_MESSAGE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
+static SEQUENCE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(10);
 
 /// Registers the settings. Called from `_PG_init`.
 pub(crate) fn init() {
@@ -50,6 +51,16 @@ pub(crate) fn init() {
         10_000_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"trempy.sequence_interval",
+        c"Seconds between two reads of a streaming task's sequences; their values are published to the target when they changed.",
+        c"Also read at the end of a full load. A target promoted at a cutover hands out values past every replicated one once the last read after the source's last write has arrived.",
+        &SEQUENCE_INTERVAL_S,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"trempy.poll_interval",
@@ -95,6 +106,11 @@ pub(crate) fn batch_size() -> i32 {
 /// `trempy.poll_interval`.
 pub(crate) fn poll_interval() -> std::time::Duration {
     std::time::Duration::from_millis(u64::try_from(POLL_INTERVAL_MS.get()).unwrap_or(100))
+}
+
+/// `trempy.sequence_interval`.
+pub(crate) fn sequence_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(u64::try_from(SEQUENCE_INTERVAL_S.get().max(1)).unwrap_or(10))
 }
 
 /// `trempy.max_message_size`, in bytes.

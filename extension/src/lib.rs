@@ -5,7 +5,7 @@
 //! Layout: [`api`] (SQL functions), [`gucs`] (settings), [`worker`] (launcher and task workers:
 //! everything that runs on a worker's main thread), [`load`] (the full load: snapshot copies
 //! published in chunks), [`decoding`] (slot, publication, peek and advance over SPI),
-//! [`catalog`] (table descriptions), [`publish`] (the AMQP thread: no Postgres API may be called there).
+//! [`catalog`] (table descriptions), [`sequences`] (sequence values for the target), [`publish`] (the AMQP thread: no Postgres API may be called there).
 
 use pgrx::prelude::*;
 
@@ -16,6 +16,7 @@ mod error;
 mod gucs;
 mod load;
 mod publish;
+mod sequences;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

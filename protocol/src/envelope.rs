@@ -15,11 +15,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
 use crate::pgoutput::Value;
 use crate::schema::{Backfill, SchemaChange};
+use crate::sequence::SequenceValue;
 use crate::typename;
 
-/// The envelope version this crate writes. Version 2 added `incarnation` and `load.copy_id`;
-/// [`Envelope::parse`] reads versions [`OLDEST_VERSION`] to [`VERSION`].
-pub const VERSION: u32 = 3;
+/// The envelope version this crate writes. Version 2 added `incarnation` and `load.copy_id`,
+/// version 4 `sequences`; [`Envelope::parse`] reads versions [`OLDEST_VERSION`] to [`VERSION`].
+pub const VERSION: u32 = 4;
 
 /// The oldest envelope version [`Envelope::parse`] still reads.
 pub const OLDEST_VERSION: u32 = 1;
@@ -87,6 +88,10 @@ pub struct Envelope {
     /// A chunk of a table's full load (then `transactions` is empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadChunk>,
+    /// A control message: the task's sequences as the source has them
+    /// ([`crate::sequence`]); then `transactions` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequences: Option<Vec<SequenceValue>>,
 }
 
 fn first_generation() -> u32 {
@@ -307,6 +312,7 @@ impl Envelope {
             // the transaction never saw (before a rename the message also holds).
             relations: self.relations.iter().filter(|r| used.contains(&r.id)).cloned().collect(),
             load: None,
+            sequences: None,
         }
     }
 
@@ -326,6 +332,16 @@ impl Envelope {
         }
         if self.generation == 0 {
             return Err(malformed("generation: must be at least 1"));
+        }
+        if let Some(sequences) = &self.sequences {
+            if !self.transactions.is_empty() || self.load.is_some() {
+                return Err(malformed("a sequences message carries transactions or a load chunk"));
+            }
+            for (i, value) in sequences.iter().enumerate() {
+                if let Some(problem) = value.problem() {
+                    return Err(malformed(format!("sequences[{i}]: {problem}")));
+                }
+            }
         }
         for (i, relation) in self.relations.iter().enumerate() {
             check_relation(relation).map_err(|msg| malformed(format!("relations[{i}].{msg}")))?;
@@ -647,6 +663,23 @@ pub fn settings_message(stream: &StreamId, settings: &serde_json::Value) -> Resu
         transactions: Vec::new(),
         relations: Vec::new(),
         load: None,
+        sequences: None,
+    };
+    serde_json::to_vec(&envelope).map_err(|err| Error::new(ErrorKind::MalformedEnvelope, err.to_string()))
+}
+
+/// A control message carrying the task's sequence values.
+pub fn sequences_message(stream: &StreamId, values: &[SequenceValue]) -> Result<Vec<u8>> {
+    let envelope = Envelope {
+        version: VERSION,
+        task: stream.task.clone(),
+        incarnation: Some(stream.incarnation.clone()),
+        generation: stream.generation,
+        settings: None,
+        transactions: Vec::new(),
+        relations: Vec::new(),
+        load: None,
+        sequences: Some(values.to_vec()),
     };
     serde_json::to_vec(&envelope).map_err(|err| Error::new(ErrorKind::MalformedEnvelope, err.to_string()))
 }
@@ -784,6 +817,7 @@ mod tests {
             transactions: Vec::new(),
             relations: vec![relation(), Relation { id: 99, ..relation() }],
             load: None,
+            sequences: None,
         };
         let transaction = |changes| Transaction { changes, xid: 1, commit_lsn: Lsn(16), prev_commit_lsn: None, commit_time: "2026-01-01T00:00:00.000000Z".into(), seq: 0, last: true };
         env.transactions.clear();
@@ -824,8 +858,14 @@ mod tests {
         let env = Envelope::parse(b"{\"version\":1,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap();
         assert_eq!((env.generation, env.incarnation), (1, None));
         // a version this crate does not know is refused, naming it
-        let err = Envelope::parse(b"{\"version\":4,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap_err();
-        assert!(err.to_string().contains("envelope version 4, newer than"), "{err}");
+        let err = Envelope::parse(b"{\"version\":5,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap_err();
+        assert!(err.to_string().contains("envelope version 5, newer than"), "{err}");
+        // sequence values, checked
+        let value = SequenceValue { schema: "public".into(), name: "s".into(), type_name: "bigint".into(), increment: 1, last_value: 7, owner: None };
+        let env = Envelope::parse(&sequences_message(&stream(2), std::slice::from_ref(&value)).unwrap()).unwrap();
+        assert_eq!(env.sequences, Some(vec![value.clone()]));
+        let bad = sequences_message(&stream(2), &[SequenceValue { type_name: "text".into(), ..value }]).unwrap();
+        assert!(Envelope::parse(&bad).unwrap_err().to_string().contains("sequences[0]: sequence public.s has type"));
     }
 
     #[test]

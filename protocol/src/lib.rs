@@ -30,6 +30,7 @@ pub mod pgoutput;
 pub mod redact;
 pub mod renames;
 pub mod schema;
+pub mod sequence;
 pub mod settings;
 pub mod transform;
 pub mod typename;

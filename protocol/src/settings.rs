@@ -55,6 +55,20 @@ pub struct TaskSettings {
     /// Transformations ([`crate::transform`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transformations: Vec<TransformRule>,
+    /// Sequences whose values the target gets ([`crate::sequence`]), besides those owned by
+    /// the tables' identity and serial columns (always included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sequences: Vec<SequenceRef>,
+}
+
+/// One entry of `sequences`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceRef {
+    /// Schema, unquoted, as in the catalog.
+    pub schema_name: String,
+    /// Sequence, unquoted, as in the catalog.
+    pub sequence_name: String,
 }
 
 /// `table_info` of a filter or a transformation: the source table it applies to.
@@ -295,6 +309,17 @@ impl TaskSettings {
             }
             if let Some(first) = self.tables[..i].iter().position(|t| t.schema_name == table.schema_name && t.table_name == table.table_name) {
                 problems.push(Problem::new(format!("tables[{i}]"), format!("duplicate of tables[{first}]")));
+            }
+        }
+        for (i, sequence) in self.sequences.iter().enumerate() {
+            if sequence.schema_name.is_empty() {
+                problems.push(Problem::new(format!("sequences[{i}].schema_name"), "must not be empty"));
+            }
+            if sequence.sequence_name.is_empty() {
+                problems.push(Problem::new(format!("sequences[{i}].sequence_name"), "must not be empty"));
+            }
+            if let Some(first) = self.sequences[..i].iter().position(|s| s == sequence) {
+                problems.push(Problem::new(format!("sequences[{i}]"), format!("duplicate of sequences[{first}]")));
             }
         }
         problems.extend(self.rule_table_problems());

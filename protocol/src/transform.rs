@@ -824,6 +824,12 @@ impl TablePlan {
         TablePlan { target_schema, target_table, columns, source_columns, values, inputs, identity, uses_now }
     }
 
+    /// A value depends on the change's time (`now`): the same source row gives another target
+    /// row later.
+    pub fn reads_the_clock(&self) -> bool {
+        self.uses_now
+    }
+
     /// The source column target column `index` copies unchanged (no transformation computes it).
     pub fn copied_verbatim(&self, index: usize) -> Option<usize> {
         match self.values.get(index) {

@@ -32,6 +32,7 @@ use crate::decoding::{peek, slot};
 use crate::load::{self, Next};
 use crate::error::{Error, ErrorKind, Reaction, reaction};
 use crate::gucs;
+use crate::sequences::Sequences;
 use crate::publish::{Broker, Publisher};
 
 enum Round {
@@ -189,6 +190,8 @@ fn run(task: &Task, publisher: &Publisher) {
     let mut wait = Duration::ZERO;
     let mut settings_published = false;
     let mut recorded_report: Option<(Report, std::time::Instant)> = None;
+    let mut sequences = Sequences::new();
+    let mut sequences_owed = false;
     while BackgroundWorker::wait_latch(Some(wait)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, outside a transaction.
@@ -200,6 +203,23 @@ fn run(task: &Task, publisher: &Publisher) {
             && record_report(task, &report)
         {
             recorded_report = Some((report, std::time::Instant::now()));
+        }
+        // Sequences: at the end of the full load (which a full_load task waits for), and at the
+        // interval once the task streams.
+        if sequences_owed || (settings_published && task.settings.streams() && (task.loaded.get() || !task.settings.copies())) {
+            match sequences.publish(task.names.task(), &task.stream, publisher, sequences_owed) {
+                Ok(()) if sequences_owed && !task.settings.streams() => return,
+                Ok(()) => sequences_owed = false,
+                Err(err) => {
+                    warning!("trempy task \"{}\": could not publish its sequences: {err}; trying again", task.names.task());
+                    record_error(task, &err);
+                    error_active = true;
+                    if sequences_owed {
+                        wait = Duration::from_secs(1);
+                        continue;
+                    }
+                }
+            }
         }
         let outcome = if settings_published { step(task, publisher) } else { publish_settings(task, publisher).map(|()| Round::Idle) };
         if outcome.is_ok() && !settings_published {
@@ -234,9 +254,8 @@ fn run(task: &Task, publisher: &Publisher) {
                 failures = 0;
                 wait = Duration::ZERO;
                 log!("trempy task \"{}\": full load complete", task.names.task());
-                if !task.settings.streams() {
-                    return;
-                }
+                // The sequences go next (a full_load task ends once they are published).
+                sequences_owed = true;
             }
             Ok(Round::Failed(failure)) => {
                 record_failure(task, &failure);
