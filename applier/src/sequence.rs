@@ -66,9 +66,9 @@ pub(crate) async fn apply(client: &Client, values: &[SequenceValue], rules: &Rul
                 name.clone()
             }
         };
-        let current: Option<i64> = client.query_one("SELECT pg_catalog.pg_sequence_last_value($1::regclass)", &[&target]).await.map_err(|e| fail(&e))?.get(0);
+        let current: Option<i64> = client.query_one("SELECT pg_catalog.pg_sequence_last_value($1::text::regclass)", &[&target]).await.map_err(|e| fail(&e))?.get(0);
         if value.ahead_of(current) {
-            client.execute("SELECT pg_catalog.setval($1::regclass, $2, true)", &[&target, &value.last_value]).await.map_err(|e| fail(&e))?;
+            client.execute("SELECT pg_catalog.setval($1::text::regclass, $2, true)", &[&target, &value.last_value]).await.map_err(|e| fail(&e))?;
             moved += 1;
         }
     }
