@@ -3,7 +3,7 @@
 set -euo pipefail
 : "${TREMPY_AMQP_URL:?set TREMPY_AMQP_URL}"
 cat >> "$PGDATA/postgresql.auto.conf" <<CONF
-trempy.database = '${POSTGRES_DB}'
+trempy.databases = '"${POSTGRES_DB}"'
 trempy.amqp_url = '${TREMPY_AMQP_URL}'
 CONF
 chmod 600 "$PGDATA/postgresql.auto.conf"

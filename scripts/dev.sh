@@ -291,7 +291,7 @@ max_worker_processes = 48
 track_commit_timestamp = on
 max_slot_wal_keep_size = '4GB'
 fsync = on
-trempy.database = 'source'
+trempy.databases = 'source'
 trempy.amqp_url = 'amqp://trempy_source@127.0.0.1:$AMQP_PORT/%2f'
 trempy.amqp_password_file = '$SOURCE_AMQP_PASSWORD_FILE'
 EOF

@@ -637,15 +637,25 @@ fn ensure_runnable_here() {
             Some("Every value travels as UTF-8 text. Convert the database to UTF-8 (dump, create it WITH ENCODING 'UTF8', restore) to replicate it.".to_owned()),
         );
     }
-    let database = gucs::database();
+    let (databases, _) = gucs::databases();
     let here = read_one::<String>("SELECT pg_catalog.current_database()::text", &[]).unwrap_or_default();
-    if here != database {
+    if !databases.contains(&here) {
+        let listed = if databases.is_empty() { "none".to_owned() } else { databases.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", ") };
         fail(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("tasks run in database \"{database}\" (trempy.database), not in \"{here}\""),
-            Some("Create the extension and the task in that database, or set trempy.database and restart PostgreSQL.".to_owned()),
+            format!("database \"{here}\" is not in trempy.databases (which lists {listed}), so no worker would run this task"),
+            Some(format!(
+                "Add it: ALTER SYSTEM SET trempy.databases = '{}'; SELECT pg_reload_conf();",
+                databases.iter().chain(std::iter::once(&here)).map(|d| list_item(d).replace('\'', "''")).collect::<Vec<_>>().join(", ")
+            )),
         );
     }
+}
+
+/// A database name as an item of `trempy.databases` (quoted unless it is a plain lower-case name).
+fn list_item(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_') && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain { name.to_owned() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
 }
 
 fn set_enabled(name: &str, enabled: bool) {

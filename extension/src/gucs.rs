@@ -8,7 +8,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 use crate::publish::Broker;
 
-static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static AMQP_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static AMQP_PASSWORD_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
@@ -19,11 +19,11 @@ static SEQUENCE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(10);
 /// Registers the settings. Called from `_PG_init`.
 pub(crate) fn init() {
     GucRegistry::define_string_guc(
-        c"trempy.database",
-        c"Database in which TREMpy's launcher reads trempy.tasks.",
-        c"The extension must be created in this database; tasks are created there too.",
-        &DATABASE,
-        GucContext::Postmaster,
+        c"trempy.databases",
+        c"Databases whose tasks TREMpy runs, separated by commas (like search_path): one launcher each.",
+        c"Create the extension, and the tasks, in any of them. Listed databases are served from the next reload; an unlisted one's launcher and task workers stop. Before DROP DATABASE, take it out of the list and reload (or use WITH (FORCE)).",
+        &DATABASES,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -88,9 +88,9 @@ fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
     setting.get().and_then(|s| s.into_string().ok()).filter(|s| !s.is_empty())
 }
 
-/// `trempy.database`.
-pub(crate) fn database() -> String {
-    string(&DATABASE).unwrap_or_else(|| "postgres".to_owned())
+/// `trempy.databases`, parsed; the second element names a malformed item.
+pub(crate) fn databases() -> (Vec<String>, Option<String>) {
+    trempy_protocol::databases::parse(&string(&DATABASES).unwrap_or_default())
 }
 
 /// `trempy.amqp_url` and `trempy.amqp_password_file`, if the URL is set. Never log them.

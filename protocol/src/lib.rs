@@ -20,6 +20,7 @@
 mod error;
 pub mod assemble;
 pub mod copytext;
+pub mod databases;
 pub mod envelope;
 pub mod feedback;
 pub mod filter;

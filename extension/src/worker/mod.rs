@@ -1,6 +1,6 @@
-//! Background workers: the [`launcher`] (one per cluster, started at server start) and one
-//! [`task`] worker per running task. Everything here runs on a worker's main thread, the only
-//! thread allowed to call PostgreSQL.
+//! Background workers: the supervisor and one launcher per database of `trempy.databases`
+//! ([`launcher`]), and one [`task`] worker per running task. Everything here runs on a worker's
+//! main thread, the only thread allowed to call PostgreSQL.
 
 pub(crate) mod launcher;
 pub(crate) mod setup;
@@ -21,6 +21,22 @@ use crate::publish::{Offer, Publisher};
 /// First key of the session advisory lock a task worker holds while it runs; the second key is
 /// the task's `task_id`. `trempy.status()` and `drop_task` find the worker through it.
 pub(crate) const LOCK_CLASS: i32 = 1_414_680_400;
+
+thread_local! {
+    /// The database this worker serves (launchers and task workers).
+    static DATABASE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records the database this worker serves, for [`still_served`].
+pub(crate) fn set_database(database: &str) {
+    DATABASE.with(|d| *d.borrow_mut() = Some(database.to_owned()));
+}
+
+/// Whether `trempy.databases` still lists this worker's database (read after a reload: a worker
+/// of a database taken out of the list stops).
+pub(crate) fn still_served() -> bool {
+    DATABASE.with(|d| d.borrow().as_ref().is_none_or(|database| crate::gucs::databases().0.contains(database)))
+}
 
 /// True once PostgreSQL asked this process to shut down (SIGTERM). Unlike pgrx's
 /// `sigterm_received()`, reading it does not consume the request.

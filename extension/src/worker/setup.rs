@@ -87,8 +87,12 @@ const HEADER: usize = 8;
 pub(crate) fn run(request: &Request) -> Result<Option<SlotIdentity>, String> {
     let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
     let size = HEADER + body.len() + OUTCOME_ROOM;
-    // create_task and update_task only run in trempy.database (api::ensure_runnable_here).
-    let database = crate::gucs::database();
+    // The helper works in the caller's database (one of trempy.databases: api::ensure_runnable_here).
+    // SAFETY: the caller is in a transaction; the name is palloc'd in its memory context.
+    let database = unsafe {
+        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if name.is_null() { return Err("this session's database has no name".to_owned()) } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() }
+    };
     // SAFETY: a segment of `size` bytes, written within its bounds on this thread; detached
     // below (and by the transaction's resource owner on error).
     unsafe {

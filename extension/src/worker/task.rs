@@ -76,6 +76,7 @@ pub extern "C-unwind" fn trempy_task_main(arg: pg_sys::Datum) {
     // makes PostgreSQL's next interrupt check end the process, as a backend's does.
     unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    super::set_database(&database);
     if let Err(err) = super::pin_output_settings() {
         warning!("trempy task {task_id}: could not pin the output settings: {err}");
         return;
@@ -196,6 +197,10 @@ fn run(task: &Task, publisher: &Publisher) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            if !super::still_served() {
+                log!("trempy task \"{}\": its database left trempy.databases; stopping", task.names.task());
+                return;
+            }
             publisher.configure(gucs::broker());
         }
         if let Some(report) = publisher.latest_report()
