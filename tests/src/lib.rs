@@ -87,6 +87,28 @@ pub async fn create_task_with(source: &Client, task: &str, settings: &serde_json
     source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
 }
 
+/// Creates a task from `settings`, returning the WARNING/NOTICE texts `create_task` raised.
+pub async fn create_task_notices(task: &str, settings: &serde_json::Value) -> Vec<String> {
+    let (client, mut connection) = tokio_postgres::connect(&env("TREMPY_SOURCE_DSN"), tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notice(notice) = message {
+                let _ = tx.send(notice.message().to_owned());
+            }
+        }
+    });
+    client.execute("CREATE EXTENSION IF NOT EXISTS trempy", &[]).await.unwrap();
+    client.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
+    drop(client);
+    let mut notices = Vec::new();
+    while let Some(n) = rx.recv().await {
+        notices.push(n);
+    }
+    notices
+}
+
 /// Waits until the task's phase (`full_load`, `cdc`, `finished`) is `wanted`.
 pub async fn wait_for_phase(source: &Client, task: &str, wanted: &str, timeout: Duration) {
     wait_for_status(source, task, "phase", wanted, timeout).await;

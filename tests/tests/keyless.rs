@@ -12,28 +12,6 @@ use trempy_e2e::*;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Creates a task from `settings`, returning the WARNING/NOTICE texts `create_task` raised.
-async fn create_task_noticed(task: &str, settings: &serde_json::Value) -> Vec<String> {
-    let (client, mut connection) = tokio_postgres::connect(&env("TREMPY_SOURCE_DSN"), tokio_postgres::NoTls).await.unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
-            if let tokio_postgres::AsyncMessage::Notice(notice) = message {
-                let _ = tx.send(notice.message().to_owned());
-            }
-        }
-    });
-    client.execute("CREATE EXTENSION IF NOT EXISTS trempy", &[]).await.unwrap();
-    client.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
-    drop(client);
-    let mut notices = Vec::new();
-    while let Some(n) = rx.recv().await {
-        notices.push(n);
-    }
-    notices
-}
-
 fn mode_settings(task: &str, table: &str, mode: &str) -> serde_json::Value {
     let mut settings = load_settings(task, "full_load_and_cdc", &[("public", table)]);
     settings["task"]["cdc_settings"]["mode"] = serde_json::json!(mode);
@@ -60,7 +38,7 @@ async fn identical_rows_under_replica_identity_full_change_one_target_row_at_a_t
             ))
             .await
             .unwrap();
-        let notices = create_task_noticed(&task, &mode_settings(&task, &task, mode)).await;
+        let notices = create_task_notices(&task, &mode_settings(&task, &task, mode)).await;
         assert!(!notices.iter().any(|n| n.contains("insert-only")), "a FULL identity table is not insert-only: {notices:?}");
         let _applier = Applier::start(&task);
         wait_converged(&[(&table, "t::text")], WAIT).await;
@@ -99,7 +77,7 @@ async fn an_insert_only_table_without_a_key_replicates_its_inserts_and_its_updat
         .batch_execute(&format!("CREATE TABLE {table} (at timestamptz, event text, payload jsonb); INSERT INTO {table} SELECT now(), 'loaded', '{{}}' FROM generate_series(1, 500);"))
         .await
         .unwrap();
-    let notices = create_task_noticed(&task, &mode_settings(&task, &task, "upsert")).await;
+    let notices = create_task_notices(&task, &mode_settings(&task, &task, "upsert")).await;
     assert!(
         notices.iter().any(|n| n.contains("insert-only") && n.contains("REPLICA IDENTITY FULL") && n.contains(&table)),
         "create_task warns that the table is insert-only, naming the fix: {notices:?}"
@@ -137,7 +115,7 @@ async fn a_replica_identity_index_is_the_key_also_beside_a_primary_key() {
             .await
             .unwrap();
         // upsert mode conflicts on the target's key, which must be the index's columns
-        let notices = create_task_noticed(&task, &mode_settings(&task, &task, "upsert")).await;
+        let notices = create_task_notices(&task, &mode_settings(&task, &task, "upsert")).await;
         assert!(!notices.iter().any(|n| n.contains("insert-only")), "{notices:?}");
         let _applier = Applier::start(&task);
         wait_converged(&[(&table, "code")], WAIT).await;
@@ -181,7 +159,7 @@ async fn pgbench_schema_and_workload_replicate_exactly_with_a_keyless_history_ta
         let tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"];
         let mut settings = load_settings(&task, "full_load_and_cdc", &tables.iter().map(|t| (schema.as_str(), *t)).collect::<Vec<_>>());
         settings["task"]["cdc_settings"]["mode"] = serde_json::json!("default");
-        let notices = create_task_noticed(&task, &settings).await;
+        let notices = create_task_notices(&task, &settings).await;
         assert_eq!(notices.iter().any(|n| n.contains("insert-only") && n.contains("pgbench_history")), !full, "{notices:?}");
         let _applier = Applier::start(&task);
         let run = pgbench(&["-c", "4", "-j", "2", "-T", &seconds, "-n"]).output().await.unwrap();

@@ -34,6 +34,8 @@ async fn create_task_rejects_each_kind_of_invalid_settings_naming_the_field() {
     let table = |name: &str| json!([{"schema_name": "public", "table_name": name, "priority": 0}]);
     let mut scd2_names_differ = with(&["task", "cdc_settings"], json!({"mode": "scd2", "scd2_settings": {"start_date_column_name": "b"}}));
     scd2_names_differ["task"]["scd2_settings"] = json!({"start_date_column_name": "a"});
+    let mut scd2_keyless = with(&["task", "cdc_settings"], json!({"mode": "scd2"}));
+    scd2_keyless["tables"] = table(&format!("{task}_nopk"));
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
         (task.as_str(), with(&["task", "colour"], json!("red")), "task.colour: unknown field `colour`"),
         (task.as_str(), with(&["task", "replication_type"], json!("stream")), "task.replication_type: unknown variant `stream`"),
@@ -46,8 +48,11 @@ async fn create_task_rejects_each_kind_of_invalid_settings_naming_the_field() {
         (task.as_str(), with(&["tables"], json!([])), "tables: at least one table is required"),
         (task.as_str(), with(&["tables"], json!([{"schema_name": "public", "table_name": good_table, "priority": 0, "relid": 1}])), "tables[0].relid: set by TREMpy"),
         (task.as_str(), with(&["tables"], table("no_such_table")), "tables[0]: table public.no_such_table does not exist"),
-        (task.as_str(), with(&["tables"], table(&format!("{task}_nopk"))), "has no primary key"),
-        (task.as_str(), with(&["tables"], table(&format!("{task}_nothing"))), "has REPLICA IDENTITY NOTHING"),
+        // a table without a key is accepted (insert-only, or matched by its whole old row), but
+        // not for SCD2, which keeps each row's history by its key
+        (task.as_str(), scd2_keyless, "SCD2 keeps the history of each row by its key"),
+        (task.as_str(), with(&["sequences"], json!([{"schema_name": "public", "sequence_name": good_table}])), "is not a sequence"),
+        (task.as_str(), with(&["sequences"], json!([{"schema_name": "", "sequence_name": "s"}])), "sequences[0].schema_name: must not be empty"),
         (task.as_str(), with(&["tables"], table(&format!("{task}_view"))), "is a view"),
         (task.as_str(), with(&["tables"], table(&format!("{task}_unlogged"))), "is unlogged or temporary"),
         (task.as_str(), with(&["task", "full_load_settings"], json!({"truncate_before_insert": "yes"})), "task.full_load_settings.truncate_before_insert: invalid type"),
@@ -130,4 +135,25 @@ async fn a_malformed_amqp_url_never_shows_its_password_in_last_error() {
     // and the task goes on once the URL is right again
     wait_converged(&[(&table, "id")], std::time::Duration::from_secs(120)).await;
     drop_task(&source, &task).await;
+}
+
+/// The stack's login role creates unqualified tables in `public`, never among TREMpy's own
+/// tables in the extension's schema (a role named `trempy` found it first through "$user");
+/// and create_task warns about a task table that lives in the extension's schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_tables_stay_out_of_the_extension_schema() {
+    let (plain, inside) = (unique("plain"), unique("inside"));
+    let source = source().await;
+    source.batch_execute("CREATE EXTENSION IF NOT EXISTS trempy").await.unwrap();
+    source.batch_execute(&format!("CREATE TABLE {plain} (id int PRIMARY KEY)")).await.unwrap();
+    let schema: String = source.query_one("SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = $1::text::regclass", &[&plain]).await.unwrap().get(0);
+    assert_eq!(schema, "public", "an unqualified CREATE TABLE of the stack's role lands in public");
+    source.batch_execute(&format!("CREATE TABLE trempy.{inside} (id int PRIMARY KEY)")).await.unwrap();
+    let notices = create_task_notices(&inside, &cdc_settings(&inside, &[("trempy", &inside)])).await;
+    assert!(
+        notices.iter().any(|n| n.contains(&format!("trempy.{inside} lives in the schema of the trempy extension")) && n.contains("SET SCHEMA")),
+        "{notices:?}"
+    );
+    drop_task(&source, &inside).await;
+    source.batch_execute(&format!("DROP TABLE public.{plain}, trempy.{inside}")).await.unwrap();
 }
