@@ -841,6 +841,10 @@ cmd_test() {
     CARGO_TARGET_DIR=$(target_dir)
     cd "$REPO_ROOT"
     log=$(mktemp)
+    log "format and lints (cargo fmt --check, clippy -D warnings)"
+    cargo fmt --all --check
+    cargo fmt --manifest-path fuzz/Cargo.toml --check
+    PGRX_PG_CONFIG_PATH=$PG_CONFIG cargo clippy --release --workspace --all-targets -- -D warnings
     log "unit tests"
     cargo test --release -p trempy-protocol -p trempy-applier 2>&1 | tee -a "$log"
     # The extension's pure logic (plain #[test]s; nothing in them calls PostgreSQL).

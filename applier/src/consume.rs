@@ -244,6 +244,8 @@ struct Session<'o> {
     committed_any: bool,
     /// The stream has a gap before the messages now arriving (logged once).
     gapped: bool,
+    /// Sequences skipped because the target has none for them (warned once each).
+    sequences_warned: std::collections::HashSet<String>,
     stats: Stats,
     carry: Carry,
     /// Highest source commit LSN seen in this session.
@@ -315,6 +317,7 @@ impl<'o> Session<'o> {
             since: None,
             committed_any: false,
             gapped: false,
+            sequences_warned: std::collections::HashSet::new(),
             stats: Stats::default(),
             carry,
             high,
@@ -468,8 +471,17 @@ impl<'o> Session<'o> {
         if let Some(values) = envelope.sequences.take() {
             self.begin().await?;
             self.writer.finish(&self.client).await?;
-            let create = self.settings.as_ref().is_some_and(|s| s.prepare().create);
-            sequence::apply(&self.client, &values, &self.rules, create).await?;
+            let settings = self.settings.as_ref();
+            let missing = |value: &trempy_protocol::sequence::SequenceValue| {
+                if settings.is_some_and(|s| s.prepare().create) {
+                    sequence::Missing::Create
+                } else if settings.is_some_and(|s| s.sequences.iter().any(|l| l.schema_name == value.schema && l.sequence_name == value.name)) {
+                    sequence::Missing::Halt
+                } else {
+                    sequence::Missing::Skip
+                }
+            };
+            sequence::apply(&self.client, &values, missing, &mut self.sequences_warned).await?;
         }
         // A message whose every transaction is applied already (a redelivery) prepares nothing:
         // its relations may describe tables as they were before a schema change applied since,

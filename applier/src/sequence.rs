@@ -3,34 +3,58 @@
 //! hands out values past every replicated one.
 //!
 //! The target sequence of a source sequence owned by a column (identity or serial) is the one
-//! owned by that column's target (the target table the task's rules give the source table, the
-//! column of the same name), else the sequence of the same schema and name. A missing one is
-//! created when the task creates target tables (`task.create_table_if_not_exists`), and then
-//! becomes the default of the owning target column if that column has none; otherwise the task
-//! halts naming it, like a missing target table.
+//! owned by that column's target (where the worker says the task's transformations put the
+//! column), else the sequence of the same schema and name. A missing one is created when the
+//! task creates target tables (`task.create_table_if_not_exists`), and becomes the default of the
+//! owning target column once that column exists without one. Otherwise a sequence the task
+//! lists halts the task naming it, like a missing target table, and an identity or serial
+//! column's sequence is skipped with one warning (its target column draws from none).
+
+use std::collections::HashSet;
 
 use tokio_postgres::Client;
-use tracing::debug;
+use tracing::{debug, warn};
 use trempy_protocol::sequence::SequenceValue;
 
 use crate::catalog::qualified;
 use crate::error::{Error, ErrorKind};
-use crate::rules::Rules;
 
-/// The target table and column that own the target of `value`, if the source sequence is owned.
-fn owner_target(value: &SequenceValue, rules: &Rules) -> Option<(String, String)> {
+/// The target table and column that own the target of `value`, if the source sequence is owned:
+/// where the worker says the task's transformations put the owning column, else the same names.
+fn owner_target(value: &SequenceValue) -> Option<(String, String)> {
     let owner = value.owner.as_ref()?;
-    let table = rules.target(owner.relid).map_or_else(|| qualified(&owner.schema, &owner.table), |t| qualified(&t.schema, &t.table));
-    Some((table, owner.column.clone()))
+    Some(match &owner.target {
+        Some([schema, table, column]) => (qualified(schema, table), column.clone()),
+        None => (qualified(&owner.schema, &owner.table), owner.column.clone()),
+    })
+}
+
+/// What to do with the values of a sequence the target lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Missing {
+    /// Create it (the task creates target tables).
+    Create,
+    /// Halt naming it: the task lists it (`sequences`).
+    Halt,
+    /// Skip it with a warning: an identity or serial column's sequence, whose target column
+    /// draws from none (the DBA's choice).
+    Skip,
 }
 
 /// Sets each target sequence forward to its source value; returns how many moved.
-pub(crate) async fn apply(client: &Client, values: &[SequenceValue], rules: &Rules, create: bool) -> Result<usize, Error> {
+/// `missing` says what a sequence the target lacks gets; `warned` holds the sequences skipped
+/// so far (one warning each).
+pub(crate) async fn apply(
+    client: &Client,
+    values: &[SequenceValue],
+    missing: impl Fn(&SequenceValue) -> Missing,
+    warned: &mut HashSet<String>,
+) -> Result<usize, Error> {
     let mut moved = 0;
     for value in values {
         let name = qualified(&value.schema, &value.name);
         let fail = |e: &tokio_postgres::Error| Error::target(e).with_table(name.clone());
-        let owner = owner_target(value, rules);
+        let owner = owner_target(value);
         let owned: Option<String> = match &owner {
             Some((table, column)) => client
                 .query_one(
@@ -52,16 +76,33 @@ pub(crate) async fn apply(client: &Client, values: &[SequenceValue], rules: &Rul
                     .await
                     .map_err(|e| fail(&e))?
                     .get(0);
+                let what = missing(value);
                 if !exists {
-                    if !create {
-                        return Err(Error::new(
-                            ErrorKind::TargetSql,
-                            format!("target sequence {name} does not exist (the source's values for it have nowhere to go): create it, or set task.create_table_if_not_exists"),
-                        )
-                        .with_sqlstate("42P01")
-                        .with_table(name));
+                    match what {
+                        Missing::Create => create_sequence(client, value, &name).await?,
+                        Missing::Halt => {
+                            return Err(Error::new(
+                                ErrorKind::TargetSql,
+                                format!("target sequence {name} does not exist (the task lists it in sequences): create it, or set task.create_table_if_not_exists"),
+                            )
+                            .with_sqlstate("42P01")
+                            .with_table(name));
+                        }
+                        Missing::Skip => {
+                            if warned.insert(name.clone()) {
+                                let column = owner.as_ref().map_or_else(String::new, |(t, c)| format!(" (owned by {t}.{})", crate::apply::quote_ident(c)));
+                                warn!(sequence = %name, "the target has no sequence for {name}{column}, whose column there draws from none: its values are not carried (create it, or give the target column an identity)");
+                            }
+                            continue;
+                        }
                     }
-                    create_sequence(client, value, &name, owner.as_ref()).await?;
+                }
+                // A sequence TREMpy creates becomes the default of the owning target column,
+                // once that column exists (in CDC the table may come later than the values).
+                if what == Missing::Create
+                    && let Some((table, column)) = &owner
+                {
+                    attach_default(client, &name, table, column).await?;
                 }
                 name.clone()
             }
@@ -76,27 +117,35 @@ pub(crate) async fn apply(client: &Client, values: &[SequenceValue], rules: &Rul
     Ok(moved)
 }
 
-/// Creates the target sequence, and makes it the default of the owning target column when that
-/// column has no default and is no identity column.
-async fn create_sequence(client: &Client, value: &SequenceValue, name: &str, owner: Option<&(String, String)>) -> Result<(), Error> {
+/// Creates the target sequence (and its schema).
+async fn create_sequence(client: &Client, value: &SequenceValue, name: &str) -> Result<(), Error> {
     let fail = |e: tokio_postgres::Error| Error::target(&e).with_table(name.to_owned());
     client.execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", crate::apply::quote_ident(&value.schema)), &[]).await.map_err(fail)?;
     // type_name is one of bigint, integer, smallint (checked when the message was parsed)
     client.execute(&format!("CREATE SEQUENCE IF NOT EXISTS {name} AS {} INCREMENT BY {}", value.type_name, value.increment), &[]).await.map_err(fail)?;
-    let Some((table, column)) = owner else { return Ok(()) };
+    Ok(())
+}
+
+/// Makes the sequence the default of the target column when that column exists and has no
+/// default and is no identity column.
+async fn attach_default(client: &Client, name: &str, table: &str, column: &str) -> Result<(), Error> {
+    let fail = |e: tokio_postgres::Error| Error::target(&e).with_table(name.to_owned());
     let bare: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                              WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped
                                AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '')",
-            &[table, column],
+            &[&table, &column],
         )
         .await
         .map_err(fail)?
         .get(0);
     if bare {
         let column = crate::apply::quote_ident(column);
-        client.execute(&format!("ALTER TABLE {table} ALTER COLUMN {column} SET DEFAULT pg_catalog.nextval('{}'::regclass)", name.replace('\'', "''")), &[]).await.map_err(fail)?;
+        client
+            .execute(&format!("ALTER TABLE {table} ALTER COLUMN {column} SET DEFAULT pg_catalog.nextval('{}'::regclass)", name.replace('\'', "''")), &[])
+            .await
+            .map_err(fail)?;
         client.execute(&format!("ALTER SEQUENCE {name} OWNED BY {table}.{column}"), &[]).await.map_err(fail)?;
     }
     Ok(())

@@ -396,8 +396,8 @@ fn check_tables_and_rules(client: &SpiClient<'_>, settings: &TaskSettings) -> Ch
                 Some(1),
                 &[sequence.schema_name.as_str().into(), sequence.sequence_name.as_str().into()],
             )
-            .ok()
-            .and_then(|t| if t.is_empty() { None } else { t.first().get::<String>(1).ok().flatten() });
+            .and_then(|t| if t.is_empty() { Ok(None) } else { t.first().get::<String>(1) })
+            .unwrap_or_else(|err| internal(format!("could not read the catalog: {err}")));
         let qualified = format!("{}.{}", spi::quote_identifier(&sequence.schema_name), spi::quote_identifier(&sequence.sequence_name));
         match kind.as_deref() {
             Some("S") => {}
@@ -453,8 +453,8 @@ fn replica_identity(client: &SpiClient<'_>, schema: &str, table: &str) -> Option
             Some(1),
             &[schema.into(), table.into()],
         )
-        .ok()
-        .and_then(|t| if t.is_empty() { None } else { t.first().get::<String>(1).ok().flatten() })
+        .and_then(|t| if t.is_empty() { Ok(None) } else { t.first().get::<String>(1) })
+        .unwrap_or_else(|err| internal(format!("could not read the catalog: {err}")))
 }
 
 /// Warns about each filtered table that has TOASTable columns (storage other than plain) and no
@@ -503,7 +503,7 @@ fn source_columns(client: &SpiClient<'_>, schema: &str, table: &str) -> Option<V
         .ok()
         .and_then(|t| if t.is_empty() { None } else { t.first().get::<i64>(1).ok().flatten() })?;
     let relation = describe_table(client, u32::try_from(oid).ok()?).ok()?;
-    Some(relation.columns.into_iter().map(|c| ColumnDesc { name: c.name, type_name: c.type_name, key: c.key, not_null: c.not_null }).collect())
+    Some(crate::catalog::rule_columns(relation))
 }
 
 /// The partitioned table among the task's tables that `schema.table` is a partition of

@@ -7,6 +7,7 @@
 
 use pgrx::spi::{self, SpiClient};
 use trempy_protocol::envelope::{Column, Relation};
+use trempy_protocol::settings::ColumnDesc;
 use trempy_protocol::schema::Shape;
 
 use crate::error::{Error, ErrorKind};
@@ -24,6 +25,11 @@ pub(crate) fn describe_table(client: &SpiClient<'_>, relid: u32) -> Result<Relat
         .map(|c| Column { name: c.name, type_name: c.type_name, type_oid: c.type_oid, key: c.key, not_null: c.not_null, create_type: c.create_type })
         .collect();
     Ok(Relation { id: relid, schema: shape.schema, table: shape.table, columns })
+}
+
+/// A table's replicated columns as the task's rules see them.
+pub(crate) fn rule_columns(relation: Relation) -> Vec<ColumnDesc> {
+    relation.columns.into_iter().map(|c| ColumnDesc { name: c.name, type_name: c.type_name, key: c.key, not_null: c.not_null }).collect()
 }
 
 /// What a full load reads all rows of a replicated table from: `ONLY schema.table` for an

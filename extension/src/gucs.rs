@@ -88,9 +88,26 @@ fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
     setting.get().and_then(|s| s.into_string().ok()).filter(|s| !s.is_empty())
 }
 
-/// `trempy.databases`, parsed; the second element names a malformed item.
+/// `trempy.databases`, parsed, with the database of the setting it replaced
+/// (`trempy.database`, still honoured); the second element names a malformed item.
 pub(crate) fn databases() -> (Vec<String>, Option<String>) {
-    trempy_protocol::databases::parse(&string(&DATABASES).unwrap_or_default())
+    let (mut databases, problem) = trempy_protocol::databases::parse(&string(&DATABASES).unwrap_or_default());
+    if let Some(legacy) = legacy_database()
+        && !databases.contains(&legacy)
+    {
+        databases.push(legacy);
+    }
+    (databases, problem)
+}
+
+/// `trempy.database`, the single database of earlier versions, when a configuration still sets
+/// it (PostgreSQL keeps it as a placeholder).
+pub(crate) fn legacy_database() -> Option<String> {
+    // SAFETY: reads a setting by name on the calling (main) thread; the string is copied at once.
+    unsafe {
+        let value = pgrx::pg_sys::GetConfigOption(c"trempy.database".as_ptr(), true, false);
+        if value.is_null() { None } else { std::ffi::CStr::from_ptr(value).to_str().ok().map(str::to_owned).filter(|s| !s.is_empty()) }
+    }
 }
 
 /// `trempy.amqp_url` and `trempy.amqp_password_file`, if the URL is set. Never log them.

@@ -4,8 +4,8 @@
 //! ignored, unquoted names folded to lower case, double-quoted names taken as written (`""` for
 //! a quote); empty items and repeats are dropped.
 
-/// Parses the setting; a malformed item (an unterminated quote) ends the list, and is named in
-/// the second element.
+/// Parses the setting; a malformed item (an unterminated quote, text after a quoted name) ends
+/// the list, and is named in the second element.
 pub fn parse(setting: &str) -> (Vec<String>, Option<String>) {
     let mut names: Vec<String> = Vec::new();
     let mut chars = setting.chars().peekable();
@@ -33,8 +33,11 @@ pub fn parse(setting: &str) -> (Vec<String>, Option<String>) {
             if !closed {
                 return (names, Some(format!("unterminated quoted name \"{name}")));
             }
-            while chars.peek().is_some_and(|c| *c != ',') {
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
                 chars.next();
+            }
+            if chars.peek().is_some_and(|c| *c != ',') {
+                return (names, Some(format!("text after the quoted name \"{name}\"")));
             }
         } else {
             while let Some(c) = chars.peek().copied() {
@@ -44,7 +47,8 @@ pub fn parse(setting: &str) -> (Vec<String>, Option<String>) {
                 name.push(c);
                 chars.next();
             }
-            name = name.trim().to_lowercase();
+            // like PostgreSQL's identifiers: only ASCII letters are folded
+            name = name.trim().to_ascii_lowercase();
         }
         if !name.is_empty() && !names.contains(&name) {
             names.push(name);
@@ -77,5 +81,9 @@ mod tests {
         let (names, problem) = parse("ok, \"broken");
         assert_eq!(names, ["ok"]);
         assert!(problem.is_some_and(|p| p.contains("unterminated")));
+        let (names, problem) = parse("ok, \"a\"x, later");
+        assert_eq!(names, ["ok"]);
+        assert!(problem.is_some_and(|p| p.contains("text after the quoted name \"a\"")));
+        assert_eq!(parse("ÄÖ, Db").0, ["ÄÖ", "db"], "only ASCII letters fold");
     }
 }

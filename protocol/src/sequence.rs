@@ -42,6 +42,11 @@ pub struct SequenceOwner {
     pub table: String,
     /// The column.
     pub column: String,
+    /// Where the task's transformations put that column on the target (schema, table, column),
+    /// worked out by the worker from the source catalog and the settings; absent when the
+    /// transformations leave the column out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<[String; 3]>,
 }
 
 impl SequenceValue {
@@ -107,9 +112,10 @@ mod tests {
 
     #[test]
     fn the_wire_form() {
-        let text = r#"{"schema":"public","name":"orders_id_seq","type":"bigint","increment":1,"last_value":42,"owner":{"relid":16384,"schema":"public","table":"orders","column":"id"}}"#;
+        let text = r#"{"schema":"public","name":"orders_id_seq","type":"bigint","increment":1,"last_value":42,"owner":{"relid":16384,"schema":"public","table":"orders","column":"id","target":["sales","orders_v2","id"]}}"#;
         let v: SequenceValue = serde_json::from_str(text).unwrap();
         assert_eq!(v.owner.as_ref().unwrap().column, "id");
+        assert_eq!(v.owner.as_ref().unwrap().target.as_ref().unwrap()[1], "orders_v2");
         assert_eq!(serde_json::to_string(&v).unwrap(), text);
     }
 }

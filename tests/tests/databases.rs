@@ -31,6 +31,21 @@ async fn wait_same(source: &Client, table: &str) -> i64 {
     }
 }
 
+/// A session in `database` once new sessions see it `listed` in trempy.databases (the
+/// postmaster applies a reload a moment after pg_reload_conf() returns).
+async fn connect_listed(database: &str, listed: bool) -> Client {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let client = connect(&dsn_of(database)).await;
+        let setting: String = client.query_one("SHOW trempy.databases", &[]).await.unwrap().get(0);
+        if setting.split(',').any(|d| d.trim() == database) == listed {
+            return client;
+        }
+        assert!(Instant::now() < deadline, "trempy.databases never became {setting:?} with {database} listed: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn set_databases(source: &Client, value: Option<&str>) {
     match value {
         Some(value) => source.batch_execute(&format!("ALTER SYSTEM SET trempy.databases = '{value}'")).await.unwrap(),
@@ -61,9 +76,8 @@ async fn two_databases_of_one_cluster_replicate_at_the_same_time() {
     assert!(db.detail().is_some_and(|h| h.contains("ALTER SYSTEM SET trempy.databases") && h.contains(&database)), "{:?}", db.detail());
 
     set_databases(&source, Some(&format!("source, {database}"))).await;
-    // the setting reaches the backends at their next command
     drop(second);
-    let second = connect(&dsn_of(&database)).await;
+    let second = connect_listed(&database, true).await;
     create_task_with(&source, &task_a, &load_settings(&task_a, "full_load_and_cdc", &[("public", &task_a)])).await;
     second.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task_b, &settings_b.to_string()]).await.unwrap();
     let (_applier_a, _applier_b) = (Applier::start(&task_a), Applier::start(&task_b));
@@ -89,7 +103,7 @@ async fn two_databases_of_one_cluster_replicate_at_the_same_time() {
 
     // each database's workers, and only its own tasks, in its own trempy.status()
     let in_second: Vec<String> = second.query("SELECT task_name FROM trempy.status()", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
-    assert_eq!(in_second, [task_b.clone()]);
+    assert_eq!(in_second, std::slice::from_ref(&task_b));
     let worker: Option<i32> = second.query_one("SELECT worker_pid FROM trempy.status()", &[]).await.unwrap().get(0);
     assert!(worker.is_some(), "the second database's task has its worker");
     let launchers: i64 = source
@@ -99,20 +113,22 @@ async fn two_databases_of_one_cluster_replicate_at_the_same_time() {
         .get(0);
     assert_eq!(launchers, 2, "one launcher per listed database");
 
-    second.execute("SELECT trempy.drop_task($1)", &[&task_b]).await.unwrap();
+    // taken out of the list, the database's launcher and its task's worker stop
     drop_task(&source, &task_a).await;
     drop(second);
     set_databases(&source, None).await;
-    // the database's launcher leaves with it from the list
     let deadline = Instant::now() + WAIT;
     loop {
         let left: i64 = source.query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type LIKE 'trempy%'", &[&database]).await.unwrap().get(0);
         if left == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the second database's launcher did not stop when it left trempy.databases");
+        assert!(Instant::now() < deadline, "the second database's launcher and task worker did not stop when it left trempy.databases");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let second = connect_listed(&database, false).await;
+    second.execute("SELECT trempy.drop_task($1)", &[&task_b]).await.unwrap();
+    drop(second);
     // (our own sessions may take a moment to close)
     source.batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)")).await.unwrap();
 }

@@ -52,12 +52,20 @@ pub extern "C-unwind" fn trempy_supervisor_main(_arg: pg_sys::Datum) {
     log!("trempy supervisor started");
     let mut served: HashMap<String, Served> = HashMap::new();
     let mut reported: Option<String> = None;
+    let mut legacy_reported: Option<String> = None;
     while BackgroundWorker::wait_latch(Some(TICK)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let (databases, problem) = gucs::databases();
+        let legacy = gucs::legacy_database();
+        if legacy != legacy_reported {
+            if let Some(legacy) = &legacy {
+                warning!("trempy supervisor: trempy.database is replaced by trempy.databases; serving \"{legacy}\" too: move it into trempy.databases");
+            }
+            legacy_reported = legacy;
+        }
         if problem != reported {
             if let Some(problem) = &problem {
                 warning!("trempy supervisor: trempy.databases: {problem}; serving only the databases before it");

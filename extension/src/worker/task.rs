@@ -160,7 +160,7 @@ fn claim(task_id: i32) -> Option<Task> {
         }
         let other_system = match recorded {
             (Some(system), Some(timeline)) => {
-                let (here_system, here_timeline) = slot::here(&client).ok()?;
+                let (here_system, here_timeline) = slot::here(client).ok()?;
                 (system != here_system || timeline != here_timeline)
                     .then(|| format!("system {system} timeline {timeline}, and this server is system {here_system} timeline {here_timeline}"))
             }
@@ -183,7 +183,7 @@ fn claim(task_id: i32) -> Option<Task> {
 fn run(task: &Task, publisher: &Publisher) {
     if let Some(detail) = &task.other_system {
         // Before anything is published: this server is not the one the slot was made on.
-        record_failure(task, &Failure::SlotOtherSystem(detail.clone()));
+        record_failure(task, &Failure::OtherSystem(detail.clone()));
         return;
     }
     let mut failures = 0_u32;
@@ -212,8 +212,20 @@ fn run(task: &Task, publisher: &Publisher) {
         // Sequences: at the end of the full load (which a full_load task waits for), and at the
         // interval once the task streams.
         if sequences_owed || (settings_published && task.settings.streams() && (task.loaded.get() || !task.settings.copies())) {
-            match sequences.publish(task.names.task(), &task.stream, publisher, sequences_owed) {
-                Ok(()) if sequences_owed && !task.settings.streams() => return,
+            match sequences.publish(task.names.task(), &task.settings, &task.stream, publisher, sequences_owed) {
+                Ok(()) if sequences_owed && !task.settings.streams() => {
+                    // A full load runs once: the task is done, not waiting. Only now, so that a
+                    // worker that died before publishing the sequences is started again.
+                    if let Err(err) = in_transaction(|| {
+                        Spi::connect_mut(|client| {
+                            client.update("UPDATE trempy.tasks SET enabled = false WHERE task_id = $1", None, &[task.task_id.into()])?;
+                            Ok(())
+                        })
+                    }) {
+                        warning!("trempy task \"{}\": could not mark the finished full load: {err}", task.names.task());
+                    }
+                    return;
+                }
                 Ok(()) => sequences_owed = false,
                 Err(err) => {
                     warning!("trempy task \"{}\": could not publish its sequences: {err}; trying again", task.names.task());
@@ -351,10 +363,6 @@ fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
                         None,
                         &[task.names.task().into(), phase.into()],
                     )?;
-                    if !task.settings.streams() {
-                        // A full load runs once: the task is done, not waiting.
-                        client.update("UPDATE trempy.tasks SET enabled = false WHERE task_id = $1", None, &[task.task_id.into()])?;
-                    }
                     Ok(Some(Err(Round::Loaded)))
                 }
             }
@@ -450,20 +458,21 @@ fn last_commit_lsn(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<Opt
     row.first().get::<String>(1)?.map(|text| Lsn::parse(&text)).transpose().map_err(Error::from)
 }
 
-/// Why a task cannot go on without the DBA (`trempy.tasks.failure`).
+/// Why a task cannot go on without the DBA (`trempy.tasks.failure`): its slot is missing,
+/// invalidated, or was made on another system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Failure {
-    SlotMissing,
-    SlotInvalidated,
-    SlotOtherSystem(String),
+    Missing,
+    Invalidated,
+    OtherSystem(String),
 }
 
 impl Failure {
     fn code(&self) -> &'static str {
         match self {
-            Self::SlotMissing => "slot_missing",
-            Self::SlotInvalidated => "slot_invalidated",
-            Self::SlotOtherSystem(_) => "slot_other_system",
+            Self::Missing => "slot_missing",
+            Self::Invalidated => "slot_invalidated",
+            Self::OtherSystem(_) => "slot_other_system",
         }
     }
 
@@ -472,9 +481,9 @@ impl Failure {
         let name = task.names.task();
         let slot = task.names.slot();
         let cause = match self {
-            Self::SlotMissing => format!("replication slot \"{slot}\" no longer exists (it was dropped, or this server was restored, upgraded or failed over)"),
-            Self::SlotInvalidated => format!("replication slot \"{slot}\" was invalidated: it fell further behind than max_slot_wal_keep_size and PostgreSQL removed WAL it needed"),
-            Self::SlotOtherSystem(detail) => format!("replication slot \"{slot}\" was created on another server or timeline ({detail}): a promoted standby or a restored copy"),
+            Self::Missing => format!("replication slot \"{slot}\" no longer exists (it was dropped, or this server was restored, upgraded or failed over)"),
+            Self::Invalidated => format!("replication slot \"{slot}\" was invalidated: it fell further behind than max_slot_wal_keep_size and PostgreSQL removed WAL it needed"),
+            Self::OtherSystem(detail) => format!("replication slot \"{slot}\" was created on another server or timeline ({detail}): a promoted standby or a restored copy"),
         };
         format!(
             "{cause}. Changes committed since the task last published may not have been captured, so the task stopped instead of going on from a new slot. \
@@ -490,8 +499,8 @@ impl Failure {
 fn check_slot(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<Result<slot::Position, Round>, Error> {
     Ok(match slot::find(client, &task.names)? {
         slot::Found::Usable(position) => Ok(position),
-        slot::Found::Missing => Err(Round::Failed(Failure::SlotMissing)),
-        slot::Found::Invalidated => Err(Round::Failed(Failure::SlotInvalidated)),
+        slot::Found::Missing => Err(Round::Failed(Failure::Missing)),
+        slot::Found::Invalidated => Err(Round::Failed(Failure::Invalidated)),
         slot::Found::Claimed => Err(Round::Idle),
     })
 }
