@@ -62,32 +62,71 @@ pub(crate) enum Mode {
 /// One row operation, ready to join a run.
 #[derive(Debug)]
 enum Op<'a> {
-    Upsert { rel: &'a Relation, present: Vec<usize>, row: Vec<Option<String>>, source: Operation },
+    Upsert {
+        rel: &'a Relation,
+        present: Vec<usize>,
+        row: Vec<Option<String>>,
+        source: Operation,
+    },
     /// `default` mode.
-    Insert { rel: &'a Relation, row: Vec<Option<String>> },
+    Insert {
+        rel: &'a Relation,
+        row: Vec<Option<String>>,
+    },
     /// `default` mode: `key` holds the old key values (the row's own unless the key changed).
     /// `require`: every row must be found (an update lacking unchanged TOASTed values, which an
     /// insert could not supply), else the task halts.
-    Update { rel: &'a Relation, key: Vec<Option<String>>, present: Vec<usize>, row: Vec<Option<String>>, key_changed: bool, require: bool },
-    Delete { rel: &'a Relation, row: Vec<Option<String>>, report: bool, source: Operation },
-    Truncate { rels: Vec<&'a Relation>, cascade: bool, restart_identity: bool },
+    Update {
+        rel: &'a Relation,
+        key: Vec<Option<String>>,
+        present: Vec<usize>,
+        row: Vec<Option<String>>,
+        key_changed: bool,
+        require: bool,
+    },
+    Delete {
+        rel: &'a Relation,
+        row: Vec<Option<String>>,
+        report: bool,
+        source: Operation,
+    },
+    Truncate {
+        rels: Vec<&'a Relation>,
+        cascade: bool,
+        restart_identity: bool,
+    },
     /// `scd2` mode: one statement per change.
-    Single { table: String, statement: scd2::Statement },
+    Single {
+        table: String,
+        statement: scd2::Statement,
+    },
     /// A table without a key: one statement per update or delete, matching the whole old row
     /// ([`crate::keyless`]). `report`: warn when it finds no row (`default` mode).
-    Match { table: String, statement: keyless::Statement, operation: Operation, report: bool },
+    Match {
+        table: String,
+        statement: keyless::Statement,
+        operation: Operation,
+        report: bool,
+    },
 }
 
 pub(crate) fn key_indexes(rel: &Relation) -> Result<Vec<usize>, Error> {
     let keys: Vec<usize> = rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
     if keys.is_empty() {
-        return Err(Error::new(ErrorKind::TargetSql, format!("table {} has no key columns in the stream", qualified(rel))).with_table(qualified(rel)));
+        return Err(Error::new(
+            ErrorKind::TargetSql,
+            format!("table {} has no key columns in the stream", qualified(rel)),
+        )
+        .with_table(qualified(rel)));
     }
     Ok(keys)
 }
 
 fn relation(relations: &[Relation], id: u32) -> Result<&Relation, Error> {
-    relations.iter().find(|r| r.id == id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))
+    relations
+        .iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))
 }
 
 /// The operations a change turns into (taking its values, not copying them).
@@ -106,7 +145,10 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
     }
     if mode == Mode::Scd2 {
         let rel = relation(relations, change_rel(&change))?;
-        return Ok(scd2::statements(rel, change, commit_time)?.into_iter().map(|statement| Op::Single { table: qualified(rel), statement }).collect());
+        return Ok(scd2::statements(rel, change, commit_time)?
+            .into_iter()
+            .map(|statement| Op::Single { table: qualified(rel), statement })
+            .collect());
     }
     if !matches!(change, Change::Truncate { .. }) {
         let rel = relation(relations, change_rel(&change))?;
@@ -128,7 +170,10 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
             let keys = key_indexes(rel)?;
             let present: Vec<usize> = (0..rel.columns.len()).filter(|i| !unchanged.contains(i)).collect();
             if let Some(k) = keys.iter().find(|k| !present.contains(k)) {
-                return Err(Error::new(ErrorKind::Envelope, format!("update of {} without a value for key column {k}", qualified(rel))));
+                return Err(Error::new(
+                    ErrorKind::Envelope,
+                    format!("update of {} without a value for key column {k}", qualified(rel)),
+                ));
             }
             let key_changed = old.as_ref().is_some_and(|old| keys.iter().any(|&k| old.get(k) != new.get(k)));
             // An update lacking unchanged TOASTed values is never an upsert: inserting the row
@@ -137,7 +182,14 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
             if mode == Mode::Default || !unchanged.is_empty() {
                 let source = if key_changed { old.as_ref() } else { Some(&new) };
                 let key = keys.iter().map(|&k| source.and_then(|r| r.get(k).cloned().flatten())).collect();
-                return Ok(vec![Op::Update { rel, key, present, row: new, key_changed, require: mode != Mode::Default }]);
+                return Ok(vec![Op::Update {
+                    rel,
+                    key,
+                    present,
+                    row: new,
+                    key_changed,
+                    require: mode != Mode::Default,
+                }]);
             }
             let mut ops = Vec::with_capacity(2);
             if let Some(old) = old
@@ -148,7 +200,12 @@ fn plan<'r>(relations: &'r [Relation], change: Change, mode: Mode, commit_time: 
             ops.push(Op::Upsert { rel, present, row: new, source: Operation::Update });
             ops
         }
-        Change::Delete { rel, old } => vec![Op::Delete { rel: relation(relations, rel)?, row: old, report: mode == Mode::Default, source: Operation::Delete }],
+        Change::Delete { rel, old } => vec![Op::Delete {
+            rel: relation(relations, rel)?,
+            row: old,
+            report: mode == Mode::Default,
+            source: Operation::Delete,
+        }],
         Change::Truncate { rels, cascade, restart_identity } => {
             let rels = rels.iter().map(|id| relation(relations, *id)).collect::<Result<Vec<_>, _>>()?;
             vec![Op::Truncate { rels, cascade, restart_identity }]
@@ -194,7 +251,10 @@ fn keyless_plan(rel: &Relation, change: Change, mode: Mode) -> Result<Vec<Op<'_>
 /// Schema changes and their backfills are applied by [`crate::schema_change`], never as row
 /// operations.
 fn schema_here() -> Error {
-    Error::new(ErrorKind::Conflict, "a schema change or backfill reached the row writer; it is applied by the session, not as a row change")
+    Error::new(
+        ErrorKind::Conflict,
+        "a schema change or backfill reached the row writer; it is applied by the session, not as a row change",
+    )
 }
 
 fn change_rel(change: &Change) -> u32 {
@@ -209,7 +269,8 @@ fn change_rel(change: &Change) -> u32 {
 fn upsert_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
     let keys = key_indexes(rel)?;
     let cols: Vec<String> = present.iter().map(|&i| quote_ident(&rel.columns[i].name)).collect();
-    let casts: Vec<String> = present.iter().enumerate().map(|(p, &i)| format!("u.c{p}::{}", rel.columns[i].type_name)).collect();
+    let casts: Vec<String> =
+        present.iter().enumerate().map(|(p, &i)| format!("u.c{p}::{}", rel.columns[i].type_name)).collect();
     let conflict: Vec<String> = keys.iter().map(|&i| quote_ident(&rel.columns[i].name)).collect();
     let sets: Vec<String> = present
         .iter()
@@ -243,7 +304,13 @@ fn unnested(width: usize) -> String {
 fn insert_sql(rel: &Relation) -> String {
     let cols: Vec<String> = rel.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let casts: Vec<String> = rel.columns.iter().enumerate().map(|(p, c)| format!("u.c{p}::{}", c.type_name)).collect();
-    format!("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}", qualified(rel), cols.join(", "), casts.join(", "), unnested(rel.columns.len()))
+    format!(
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}",
+        qualified(rel),
+        cols.join(", "),
+        casts.join(", "),
+        unnested(rel.columns.len())
+    )
 }
 
 /// `default` mode: an update by key. The first parameters are the (old) key values, then one per
@@ -254,7 +321,9 @@ fn update_sql(rel: &Relation, present: &[usize]) -> Result<String, Error> {
     let sets: Vec<String> = present
         .iter()
         .enumerate()
-        .map(|(p, &i)| format!("{} = u.c{}::{}", quote_ident(&rel.columns[i].name), keys.len() + p, rel.columns[i].type_name))
+        .map(|(p, &i)| {
+            format!("{} = u.c{}::{}", quote_ident(&rel.columns[i].name), keys.len() + p, rel.columns[i].type_name)
+        })
         .collect();
     let conditions: Vec<String> = keys
         .iter()
@@ -319,13 +388,34 @@ impl Run {
         match op {
             Op::Upsert { rel, present, row, source } => {
                 let keys = key_indexes(rel)?;
-                let key_positions = present.iter().enumerate().filter(|(_, i)| keys.contains(i)).map(|(p, _)| p).collect();
+                let key_positions =
+                    present.iter().enumerate().filter(|(_, i)| keys.contains(i)).map(|(p, _)| p).collect();
                 let values = present.iter().map(|&i| take(row, i)).collect();
-                let run = Run { sql: upsert_sql(rel, present)?, kind: RunKind::Upsert, table: qualified(rel), operation: *source, key_positions, rows: Vec::new(), report: false, alone: false, require: false };
+                let run = Run {
+                    sql: upsert_sql(rel, present)?,
+                    kind: RunKind::Upsert,
+                    table: qualified(rel),
+                    operation: *source,
+                    key_positions,
+                    rows: Vec::new(),
+                    report: false,
+                    alone: false,
+                    require: false,
+                };
                 Ok(Some((run, values)))
             }
             Op::Insert { rel, row } => {
-                let run = Run { sql: insert_sql(rel), kind: RunKind::Insert, table: qualified(rel), operation: Operation::Insert, key_positions: Vec::new(), rows: Vec::new(), report: false, alone: false, require: false };
+                let run = Run {
+                    sql: insert_sql(rel),
+                    kind: RunKind::Insert,
+                    table: qualified(rel),
+                    operation: Operation::Insert,
+                    key_positions: Vec::new(),
+                    rows: Vec::new(),
+                    report: false,
+                    alone: false,
+                    require: false,
+                };
                 Ok(Some((run, std::mem::take(row))))
             }
             Op::Update { rel, key, present, row, key_changed, require } => {
@@ -401,7 +491,11 @@ impl Run {
         // Upserts keep only the last image of each key (borrowed keys: no copies).
         let keep: Vec<bool> = if matches!(self.kind, RunKind::Upsert | RunKind::Update) {
             let mut seen = HashSet::with_capacity(rows.len());
-            let mut keep: Vec<bool> = rows.iter().rev().map(|row| seen.insert(self.key_positions.iter().map(|&p| row[p].as_deref()).collect::<Vec<_>>())).collect();
+            let mut keep: Vec<bool> = rows
+                .iter()
+                .rev()
+                .map(|row| seen.insert(self.key_positions.iter().map(|&p| row[p].as_deref()).collect::<Vec<_>>()))
+                .collect();
             keep.reverse();
             keep
         } else {
@@ -455,11 +549,24 @@ impl Writer {
     /// Applies one change (possibly by adding it to the pending run).
     /// `relations` describe the target tables (see [`crate::rules`]); `commit_time` is the source
     /// commit time of the change's transaction (SCD2 versions start and end at it).
-    pub(crate) async fn apply(&mut self, client: &Arc<Client>, relations: &[Relation], change: Change, mode: Mode, commit_time: &str) -> Result<(), Error> {
+    pub(crate) async fn apply(
+        &mut self,
+        client: &Arc<Client>,
+        relations: &[Relation],
+        change: Change,
+        mode: Mode,
+        commit_time: &str,
+    ) -> Result<(), Error> {
         for mut op in plan(relations, change, mode, commit_time)? {
             match Run::for_op(&mut op)? {
                 Some((run, values)) => {
-                    let fits = self.run.as_ref().is_some_and(|r| r.sql == run.sql && r.require == run.require && !r.alone && !run.alone && r.rows.len() < MAX_RUN_ROWS);
+                    let fits = self.run.as_ref().is_some_and(|r| {
+                        r.sql == run.sql
+                            && r.require == run.require
+                            && !r.alone
+                            && !run.alone
+                            && r.rows.len() < MAX_RUN_ROWS
+                    });
                     let operation = run.operation;
                     if !fits {
                         self.flush(client).await?;
@@ -481,7 +588,9 @@ impl Writer {
                         if cascade {
                             sql.push_str(" CASCADE");
                         }
-                        client.execute(&sql, &[]).await.map_err(|e| Error::target(&e).with_table(names.join(", ")).with_operation(Operation::Truncate))?;
+                        client.execute(&sql, &[]).await.map_err(|e| {
+                            Error::target(&e).with_table(names.join(", ")).with_operation(Operation::Truncate)
+                        })?;
                     }
                 }
             }
@@ -499,13 +608,20 @@ impl Writer {
         let statement = match self.statements.get(&run.sql) {
             Some(s) => s.clone(),
             None => {
-                let s = client.prepare(&run.sql).await.map_err(|e| Error::target(&e).with_table(run.table.clone()).with_operation(run.operation))?;
+                let s = client
+                    .prepare(&run.sql)
+                    .await
+                    .map_err(|e| Error::target(&e).with_table(run.table.clone()).with_operation(run.operation))?;
                 self.statements.insert(run.sql.clone(), s.clone());
                 s
             }
         };
         let (kind, report, require) = (run.kind, run.report, run.require);
-        let columns = if kind == RunKind::Single { run.rows.pop().unwrap_or_default().into_iter().map(|v| vec![v]).collect() } else { run.parameters() };
+        let columns = if kind == RunKind::Single {
+            run.rows.pop().unwrap_or_default().into_iter().map(|v| vec![v]).collect()
+        } else {
+            run.parameters()
+        };
         let sent = columns.first().map_or(0, Vec::len) as u64;
         let (client, table, operation) = (Arc::clone(client), run.table, run.operation);
         let mut execution: InFlight = Box::pin(async move {
@@ -521,7 +637,8 @@ impl Writer {
                 return Err(missing_toast(&table, sent - affected, sent).with_operation(operation));
             }
             if report && affected < sent {
-                let what = if kind == RunKind::Update || operation == Operation::Update { "updates" } else { "deletes" };
+                let what =
+                    if kind == RunKind::Update || operation == Operation::Update { "updates" } else { "deletes" };
                 warn!(table = %table, sent, affected, "default mode: {} of {sent} {what} found no target row", sent - affected);
             }
             Ok(())
@@ -578,7 +695,13 @@ mod tests {
             columns: vec![
                 Column { name: "id".into(), type_name: "integer".into(), type_oid: 23, key: true, ..Column::default() },
                 Column { name: "Name".into(), type_name: "text".into(), type_oid: 25, key: false, ..Column::default() },
-                Column { name: "tags".into(), type_name: "\"My Schema\".mood[]".into(), type_oid: 1, key: false, ..Column::default() },
+                Column {
+                    name: "tags".into(),
+                    type_name: "\"My Schema\".mood[]".into(),
+                    type_oid: 1,
+                    key: false,
+                    ..Column::default()
+                },
             ],
         }
     }
@@ -607,12 +730,22 @@ mod tests {
 
     #[test]
     fn key_change_deletes_the_old_row_first() {
-        let change = Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("x"), None], unchanged: vec![] };
+        let change = Change::Update {
+            rel: 1,
+            old: Some(vec![s("1"), None, None]),
+            new: vec![s("2"), s("x"), None],
+            unchanged: vec![],
+        };
         let e = [rel()];
         let ops = plan(&e, change, Mode::Upsert, "").unwrap();
         assert!(matches!(&ops[0], Op::Delete { row, .. } if row[0] == s("1")));
         assert!(matches!(&ops[1], Op::Upsert { present, .. } if present == &vec![0, 1, 2]));
-        let same_key = Change::Update { rel: 1, old: Some(vec![s("2"), None, None]), new: vec![s("2"), s("y"), s("{}")], unchanged: vec![] };
+        let same_key = Change::Update {
+            rel: 1,
+            old: Some(vec![s("2"), None, None]),
+            new: vec![s("2"), s("y"), s("{}")],
+            unchanged: vec![],
+        };
         assert_eq!(plan(&e, same_key, Mode::Upsert, "").unwrap().len(), 1);
     }
 
@@ -629,7 +762,12 @@ mod tests {
              WHERE t.\"id\" = u.c0::integer"
         );
         let e = [rel()];
-        let change = Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("x"), None], unchanged: vec![2] };
+        let change = Change::Update {
+            rel: 1,
+            old: Some(vec![s("1"), None, None]),
+            new: vec![s("2"), s("x"), None],
+            unchanged: vec![2],
+        };
         let mut ops = plan(&e, change, Mode::Default, "").unwrap();
         assert!(matches!(&ops[0], Op::Update { key, key_changed: true, .. } if key == &vec![s("1")]));
         let (run, values) = Run::for_op(&mut ops[0]).unwrap().unwrap();
@@ -648,13 +786,20 @@ mod tests {
         let change = Change::Update { rel: 1, old: None, new: vec![s("1"), s("x"), None], unchanged: vec![2] };
         let mut ops = plan(&e, change, Mode::Upsert, "").unwrap();
         assert_eq!(ops.len(), 1);
-        assert!(matches!(&ops[0], Op::Update { present, require: true, key_changed: false, .. } if present == &vec![0, 1]));
+        assert!(
+            matches!(&ops[0], Op::Update { present, require: true, key_changed: false, .. } if present == &vec![0, 1])
+        );
         let (run, values) = Run::for_op(&mut ops[0]).unwrap().unwrap();
         assert!(run.require && !run.report);
         assert_eq!(values, vec![s("1"), s("1"), s("x")]);
         assert!(run.sql.starts_with("UPDATE "), "{}", run.sql);
         // a key change too: the row is updated under its old key, the unchanged value stays
-        let change = Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("x"), None], unchanged: vec![2] };
+        let change = Change::Update {
+            rel: 1,
+            old: Some(vec![s("1"), None, None]),
+            new: vec![s("2"), s("x"), None],
+            unchanged: vec![2],
+        };
         let ops = plan(&e, change, Mode::Upsert, "").unwrap();
         assert!(matches!(&ops[..], [Op::Update { key, require: true, key_changed: true, .. }] if key == &vec![s("1")]));
         // default mode keeps reporting a missing row as a warning
@@ -662,13 +807,20 @@ mod tests {
         assert!(matches!(&plan(&e, change, Mode::Default, "").unwrap()[..], [Op::Update { require: false, .. }]));
         let err = missing_toast("\"public\".\"t\"", 1, 3);
         assert_eq!(err.kind(), ErrorKind::UnchangedToast);
-        assert!(err.message().contains("REPLICA IDENTITY FULL") && err.message().contains("reload") && err.message().contains("1 of 3"), "{}", err.message());
+        assert!(
+            err.message().contains("REPLICA IDENTITY FULL")
+                && err.message().contains("reload")
+                && err.message().contains("1 of 3"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]
     fn upsert_runs_keep_the_last_image_per_key() {
         let r = rel();
-        let mut op = Op::Upsert { rel: &r, present: vec![0, 1, 2], row: vec![s("1"), s("a"), None], source: Operation::Insert };
+        let mut op =
+            Op::Upsert { rel: &r, present: vec![0, 1, 2], row: vec![s("1"), s("a"), None], source: Operation::Insert };
         let (mut run, first) = Run::for_op(&mut op).unwrap().unwrap();
         run.rows.push(first);
         run.rows.push(vec![s("2"), s("b"), None]);

@@ -30,7 +30,12 @@ impl Catalog {
     }
 
     /// The target's column types of a table, `None` when the table does not exist.
-    pub(crate) async fn columns(&mut self, client: &Client, schema: &str, table: &str) -> Result<Option<&HashMap<String, String>>, Error> {
+    pub(crate) async fn columns(
+        &mut self,
+        client: &Client,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<&HashMap<String, String>>, Error> {
         let key = (schema.to_owned(), table.to_owned());
         if !self.tables.contains_key(&key) {
             let rows = client
@@ -43,7 +48,8 @@ impl Catalog {
                 .await
                 .map_err(|e| Error::target(&e))?;
             let exists = !rows.is_empty();
-            let columns: HashMap<String, String> = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+            let columns: HashMap<String, String> =
+                rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
             self.tables.insert(key.clone(), exists.then_some(columns));
         }
         Ok(self.tables.get(&key).and_then(Option::as_ref))
@@ -52,7 +58,12 @@ impl Catalog {
     /// Rewrites each relation's column types to the target's (columns the target lacks keep the
     /// source type: the statement then fails and names the column). When `create` is set, a
     /// missing target table is created first.
-    pub(crate) async fn resolve(&mut self, client: &Client, relations: &mut [Relation], create: bool) -> Result<(), Error> {
+    pub(crate) async fn resolve(
+        &mut self,
+        client: &Client,
+        relations: &mut [Relation],
+        create: bool,
+    ) -> Result<(), Error> {
         for relation in relations {
             if create && self.columns(client, &relation.schema, &relation.table).await?.is_none() {
                 create_table(client, relation, false).await?;
@@ -75,8 +86,10 @@ impl Catalog {
 /// so that nothing but a type name is ever written into the DDL.
 fn column_type(column: &trempy_protocol::envelope::Column, table: &str) -> Result<String, Error> {
     let ty = column.create_type.as_deref().unwrap_or(&column.type_name);
-    typename::check_type(ty)
-        .map_err(|m| Error::new(ErrorKind::Envelope, format!("the type of column {} of {table} {m}", quote_ident(&column.name))).with_table(table.to_owned()))?;
+    typename::check_type(ty).map_err(|m| {
+        Error::new(ErrorKind::Envelope, format!("the type of column {} of {table} {m}", quote_ident(&column.name)))
+            .with_table(table.to_owned())
+    })?;
     Ok(ty.to_owned())
 }
 
@@ -110,9 +123,15 @@ async fn resolve_types(client: &Client, relation: &Relation) -> Result<(), Error
             .map_err(|e| Error::target(&e).with_table(table.clone()))?
             .get(0);
         if !known {
-            return Err(Error::new(ErrorKind::TargetSql, format!("cannot create {table}: type {ty} of column {} does not exist in the target", quote_ident(&c.name)))
-                .with_sqlstate("42704")
-                .with_table(table));
+            return Err(Error::new(
+                ErrorKind::TargetSql,
+                format!(
+                    "cannot create {table}: type {ty} of column {} does not exist in the target",
+                    quote_ident(&c.name)
+                ),
+            )
+            .with_sqlstate("42704")
+            .with_table(table));
         }
     }
     Ok(())
@@ -126,7 +145,10 @@ pub(crate) async fn create_table(client: &Client, relation: &Relation, recreate:
     let create = create_table_sql(relation, !recreate)?;
     resolve_types(client, relation).await?;
     let fail = |e: tokio_postgres::Error| Error::target(&e).with_table(table.clone());
-    client.execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&relation.schema)), &[]).await.map_err(fail)?;
+    client
+        .execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&relation.schema)), &[])
+        .await
+        .map_err(fail)?;
     if recreate {
         client.execute(&format!("DROP TABLE IF EXISTS {table}"), &[]).await.map_err(fail)?;
     }
@@ -151,9 +173,24 @@ mod tests {
             columns: vec![
                 Column { name: "id".into(), type_name: "bigint".into(), key: true, ..Column::default() },
                 Column { name: "Line No".into(), type_name: "integer".into(), key: true, ..Column::default() },
-                Column { name: "amount".into(), type_name: "numeric(12,2)".into(), not_null: true, ..Column::default() },
-                Column { name: "mood".into(), type_name: "\"Sales \"\"EU\"\"\".mood".into(), create_type: Some("text".into()), ..Column::default() },
-                Column { name: "code".into(), type_name: "public.code_domain[]".into(), create_type: Some("character varying(3)[]".into()), ..Column::default() },
+                Column {
+                    name: "amount".into(),
+                    type_name: "numeric(12,2)".into(),
+                    not_null: true,
+                    ..Column::default()
+                },
+                Column {
+                    name: "mood".into(),
+                    type_name: "\"Sales \"\"EU\"\"\".mood".into(),
+                    create_type: Some("text".into()),
+                    ..Column::default()
+                },
+                Column {
+                    name: "code".into(),
+                    type_name: "public.code_domain[]".into(),
+                    create_type: Some("character varying(3)[]".into()),
+                    ..Column::default()
+                },
             ],
         };
         assert_eq!(
@@ -169,7 +206,13 @@ mod tests {
             id: 1,
             schema: "public".into(),
             table: "t".into(),
-            columns: vec![Column { name: "id".into(), type_name: "integer".into(), key: true, create_type: Some("int); DROP TABLE public.canary; --".into()), ..Column::default() }],
+            columns: vec![Column {
+                name: "id".into(),
+                type_name: "integer".into(),
+                key: true,
+                create_type: Some("int); DROP TABLE public.canary; --".into()),
+                ..Column::default()
+            }],
         };
         let err = create_table_sql(&relation, true).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Envelope);

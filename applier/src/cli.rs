@@ -178,7 +178,10 @@ struct StatusArgs {
 /// Runs the command line.
 pub fn main(cli: Cli) -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -208,11 +211,17 @@ async fn run(args: RunArgs) -> ExitCode {
     let error_handling = match &args.settings_file {
         None => None,
         Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|json| {
-            TaskSettings::parse(&json).map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+            TaskSettings::parse(&json)
+                .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
         }) {
             Ok(settings) if settings.task.task_name == args.task => settings.error_handling,
             Ok(settings) => {
-                tracing::error!("--settings-file {}: the settings are those of task {:?}, not {:?}", path.display(), settings.task.task_name, args.task);
+                tracing::error!(
+                    "--settings-file {}: the settings are those of task {:?}, not {:?}",
+                    path.display(),
+                    settings.task.task_name,
+                    args.task
+                );
                 return ExitCode::from(2);
             }
             Err(err) => {
@@ -246,7 +255,13 @@ async fn run(args: RunArgs) -> ExitCode {
         tracing::info!("shutting down");
         let _ = stop.send(true);
     });
-    let reports = tokio::spawn(report::run(options.names.clone(), options.amqp_url.clone(), options.target_dsn.clone(), options.live.clone(), shutdown.clone()));
+    let reports = tokio::spawn(report::run(
+        options.names.clone(),
+        options.amqp_url.clone(),
+        options.target_dsn.clone(),
+        options.live.clone(),
+        shutdown.clone(),
+    ));
     consume::run(options, shutdown).await;
     let _ = reports.await;
     ExitCode::SUCCESS
@@ -286,11 +301,22 @@ async fn status(args: StatusArgs) -> ExitCode {
         .await;
     match rows {
         Ok(rows) => {
-            println!("task\tstate\tsince\tattempts\treason\tcommit_lsn\tsource_commit_time\ttransactions_applied\tchanges_applied\tapplied_at");
+            println!(
+                "task\tstate\tsince\tattempts\treason\tcommit_lsn\tsource_commit_time\ttransactions_applied\tchanges_applied\tapplied_at"
+            );
             for row in rows {
                 let text = |i: usize| row.get::<_, String>(i);
                 let (attempts, txns, changes): (i32, i64, i64) = (row.get(3), row.get(7), row.get(8));
-                println!("{}\t{}\t{}\t{attempts}\t{}\t{}\t{}\t{txns}\t{changes}\t{}", text(0), text(1), text(2), text(4), text(5), text(6), text(9));
+                println!(
+                    "{}\t{}\t{}\t{attempts}\t{}\t{}\t{}\t{txns}\t{changes}\t{}",
+                    text(0),
+                    text(1),
+                    text(2),
+                    text(4),
+                    text(5),
+                    text(6),
+                    text(9)
+                );
             }
             ExitCode::SUCCESS
         }
@@ -303,7 +329,8 @@ async fn status(args: StatusArgs) -> ExitCode {
 
 /// Connects to the target for a one-shot command and creates the error tables if needed.
 async fn connect(target_dsn: &str, task: &str) -> Result<(Arc<tokio_postgres::Client>, TaskNames), error::Error> {
-    let names = TaskNames::new(task).map_err(|e| error::Error::new(error::ErrorKind::Conflict, format!("--task: {}", e.message())))?;
+    let names = TaskNames::new(task)
+        .map_err(|e| error::Error::new(error::ErrorKind::Conflict, format!("--task: {}", e.message())))?;
     let (client, _driver) = target::connect(target_dsn).await?;
     errorlog::setup(&client).await?;
     state::setup(&client).await?;
@@ -331,7 +358,11 @@ async fn resume(args: TaskArgs) -> ExitCode {
     let result = async {
         let (client, names) = connect(&args.target_dsn, &args.task).await?;
         let resumed = state::resume(&client, names.task()).await?;
-        Ok(vec![if resumed { format!("task {} resumed", names.task()) } else { format!("task {} was not stopped", names.task()) }])
+        Ok(vec![if resumed {
+            format!("task {} resumed", names.task())
+        } else {
+            format!("task {} was not stopped", names.task())
+        }])
     }
     .await;
     print_lines(result)
@@ -348,24 +379,30 @@ async fn errors(args: ErrorsArgs) -> ExitCode {
 
 async fn dlq(command: DlqCommand) -> ExitCode {
     let result = match command {
-        DlqCommand::List(args) => async {
-            let (client, names) = connect(&args.target_dsn, &args.task).await?;
-            deadletter::list(&client, names.task()).await
+        DlqCommand::List(args) => {
+            async {
+                let (client, names) = connect(&args.target_dsn, &args.task).await?;
+                deadletter::list(&client, names.task()).await
+            }
+            .await
         }
-        .await,
-        DlqCommand::Show(args) => async {
-            let (client, names) = connect(&args.task.target_dsn, &args.task.task).await?;
-            deadletter::show(&client, names.task(), args.id, args.body).await
+        DlqCommand::Show(args) => {
+            async {
+                let (client, names) = connect(&args.task.target_dsn, &args.task.task).await?;
+                deadletter::show(&client, names.task(), args.id, args.body).await
+            }
+            .await
         }
-        .await,
         DlqCommand::Replay(args) => replay(args).await,
-        DlqCommand::Discard(args) => async {
-            let (client, names) = connect(&args.task.target_dsn, &args.task.task).await?;
-            let n = deadletter::discard(&client, names.task(), selection(&args)).await?;
-            let removed = deadletter::sweep(&client, &args.broker.url()?, &names).await?;
-            Ok(vec![format!("discarded {n}; removed {removed} resolved copies from {}", names.dlx_queue())])
+        DlqCommand::Discard(args) => {
+            async {
+                let (client, names) = connect(&args.task.target_dsn, &args.task.task).await?;
+                let n = deadletter::discard(&client, names.task(), selection(&args)).await?;
+                let removed = deadletter::sweep(&client, &args.broker.url()?, &names).await?;
+                Ok(vec![format!("discarded {n}; removed {removed} resolved copies from {}", names.dlx_queue())])
+            }
+            .await
         }
-        .await,
     };
     print_lines(result)
 }
@@ -385,12 +422,21 @@ async fn replay(args: ReplayArgs) -> Result<Vec<String>, error::Error> {
     for (id, outcome) in deadletter::replay(&client, task, selection(&args), force).await? {
         match outcome {
             Ok(Outcome::Replayed) => lines.push(format!("{id}\treplayed")),
-            Ok(Outcome::AlreadyResolved) => lines.push(format!("{id}\tnot dead (replayed or discarded before): nothing done")),
+            Ok(Outcome::AlreadyResolved) => {
+                lines.push(format!("{id}\tnot dead (replayed or discarded before): nothing done"))
+            }
             Ok(Outcome::Refused { reason, rows }) => {
-                lines.push(format!("{id}\trefused: {reason}. Replaying it would write these rows (source table: key):"));
+                lines
+                    .push(format!("{id}\trefused: {reason}. Replaying it would write these rows (source table: key):"));
                 lines.extend(rows.into_iter().map(|row| format!("  {row}")));
-                lines.push("  Check them on the target; replay with --force to apply its row images anyway, or discard it.".to_owned());
-                failed = Some(error::Error::new(error::ErrorKind::Conflict, format!("dead letter {id} not replayed without --force")));
+                lines.push(
+                    "  Check them on the target; replay with --force to apply its row images anyway, or discard it."
+                        .to_owned(),
+                );
+                failed = Some(error::Error::new(
+                    error::ErrorKind::Conflict,
+                    format!("dead letter {id} not replayed without --force"),
+                ));
             }
             Err(err) => {
                 let _ = errorlog::record(&client, task, &err, None, None, Action::ReplayFailed).await;

@@ -40,13 +40,12 @@ use tokio_postgres::Client;
 use tracing::{debug, error, info, warn};
 use trempy_protocol::Lsn;
 use trempy_protocol::envelope::{Change, Envelope, LoadChunk, Relation, Transaction};
-use trempy_protocol::schema::{Backfill, SchemaChange};
 use trempy_protocol::names::TaskNames;
+use trempy_protocol::schema::{Backfill, SchemaChange};
 use trempy_protocol::settings::TaskSettings;
 use trempy_protocol::topology;
 
 use crate::apply::Writer;
-use crate::rules::{self, Rules};
 use crate::catalog::Catalog;
 use crate::deadletter::{self, Why};
 use crate::error::{Error, ErrorKind};
@@ -55,6 +54,7 @@ use crate::load::{self, Verdict};
 use crate::policy::{self, ErrorPolicy, Reaction};
 use crate::progress::{self, Applied, Position, Staged};
 use crate::report::Live;
+use crate::rules::{self, Rules};
 use crate::schema_change::{self, Management};
 use crate::sequence;
 use crate::{state, stream, target};
@@ -141,10 +141,15 @@ pub(crate) async fn run(options: Options, mut shutdown: watch::Receiver<bool>) {
                             continue;
                         }
                         Ok(lookahead::Found::Nothing) => {}
-                        Err(e) => warn!(task = options.names.task(), error = %e, "could not look ahead in the queue for newer settings"),
+                        Err(e) => {
+                            warn!(task = options.names.task(), error = %e, "could not look ahead in the queue for newer settings")
+                        }
                     }
                 }
-                if matches!(policy::reaction(&err, attempt), Reaction::Permanent | Reaction::DeadLetter) && carry.isolate_until.is_none() && high > committed {
+                if matches!(policy::reaction(&err, attempt), Reaction::Permanent | Reaction::DeadLetter)
+                    && carry.isolate_until.is_none()
+                    && high > committed
+                {
                     warn!(task = options.names.task(), error = %err, up_to = %high, "a source transaction failed permanently; applying one transaction at a time to find it");
                     carry.isolate_until = Some(high);
                     attempt = 0;
@@ -179,7 +184,13 @@ async fn wait_for_resume(options: &Options, shutdown: &mut watch::Receiver<bool>
 
 /// Reports an error and waits as the policy says (or `retry_in`, when the error policy chose
 /// the delay); false if shutdown came first.
-async fn pause(options: &Options, err: &Error, attempt: u32, retry_in: Option<Duration>, shutdown: &mut watch::Receiver<bool>) -> bool {
+async fn pause(
+    options: &Options,
+    err: &Error,
+    attempt: u32,
+    retry_in: Option<Duration>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
     let task = options.names.task();
     let table = err.table().unwrap_or("-");
     let lsn = err.lsn().map(|l| l.to_string()).unwrap_or_else(|| "-".into());
@@ -285,15 +296,23 @@ impl<'o> Session<'o> {
             carry.failing = state::started(&client, task).await?;
             carry.started = true;
         }
-        let connection = Connection::connect(&options.amqp_url, ConnectionProperties::default().with_connection_name(format!("trempy-applier {task}").into()))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
+        let connection = Connection::connect(
+            &options.amqp_url,
+            ConnectionProperties::default().with_connection_name(format!("trempy-applier {task}").into()),
+        )
+        .await
+        .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
         let channel = connection.create_channel().await?;
         topology::declare_consumer_queues(&channel, &options.names).await?;
         let dead_letters = deadletter::confirm_channel(&connection).await?;
         channel.basic_qos(options.prefetch, BasicQosOptions { global: false }).await?;
         let consumer = channel
-            .basic_consume(options.names.queue().as_str().into(), format!("trempy-applier-{task}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                options.names.queue().as_str().into(),
+                format!("trempy-applier-{task}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         info!(task, watermark = %committed.watermark, generation = committed.stream.generation, incarnation = committed.stream.incarnation.as_deref().unwrap_or("-"), queue = %options.names.queue(), "applier connected");
         let pending = Applied::continuing(&committed);
@@ -378,7 +397,9 @@ impl<'o> Session<'o> {
     }
 
     fn commit_due(&self) -> bool {
-        self.ackable.is_some() && (self.pending.changes >= self.options.batch_changes || self.since.is_some_and(|s| s.elapsed() >= self.options.batch_delay))
+        self.ackable.is_some()
+            && (self.pending.changes >= self.options.batch_changes
+                || self.since.is_some_and(|s| s.elapsed() >= self.options.batch_delay))
     }
 
     async fn handle(&mut self, delivery: Delivery) -> Result<(), Error> {
@@ -390,14 +411,18 @@ impl<'o> Session<'o> {
                 let reason = format!("message of task {:?} in the queue of task {:?}", envelope.task, self.task());
                 return self.dead_letter(delivery, &reason).await;
             }
-            Err(err) if err.kind() == trempy_protocol::ErrorKind::NewerEnvelope && message_task(&delivery.data).as_deref() == Some(self.task()) => {
+            Err(err)
+                if err.kind() == trempy_protocol::ErrorKind::NewerEnvelope
+                    && message_task(&delivery.data).as_deref() == Some(self.task()) =>
+            {
                 // Written by a newer TREMpy: halt in order (never skip it) until upgraded. What
                 // came before it is committed and acknowledged; it stays in the queue.
                 self.commit().await?;
                 return Err(Error::new(ErrorKind::NewerEnvelope, err.message()));
             }
             Err(err) if err.kind() == trempy_protocol::ErrorKind::NewerEnvelope => {
-                let reason = format!("message of another task in the queue of task {:?}: {}", self.task(), err.message());
+                let reason =
+                    format!("message of another task in the queue of task {:?}: {}", self.task(), err.message());
                 return self.dead_letter(delivery, &reason).await;
             }
             Err(err) => return self.dead_letter(delivery, err.message()).await,
@@ -419,7 +444,11 @@ impl<'o> Session<'o> {
                 return Ok(());
             }
             stream::Verdict::NewGeneration => {
-                info!(task = self.task(), generation = envelope.generation, "the task was reloaded at the source; starting over");
+                info!(
+                    task = self.task(),
+                    generation = envelope.generation,
+                    "the task was reloaded at the source; starting over"
+                );
                 self.start_over(envelope.incarnation.as_deref(), envelope.generation).await?;
             }
             stream::Verdict::NewIncarnation => {
@@ -475,7 +504,9 @@ impl<'o> Session<'o> {
             let missing = |value: &trempy_protocol::sequence::SequenceValue| {
                 if settings.is_some_and(|s| s.prepare().create) {
                     sequence::Missing::Create
-                } else if settings.is_some_and(|s| s.sequences.iter().any(|l| l.schema_name == value.schema && l.sequence_name == value.name)) {
+                } else if settings.is_some_and(|s| {
+                    s.sequences.iter().any(|l| l.schema_name == value.schema && l.sequence_name == value.name)
+                }) {
                     sequence::Missing::Halt
                 } else {
                     sequence::Missing::Skip
@@ -488,7 +519,9 @@ impl<'o> Session<'o> {
         // and preparing would create a table under a name the target has left behind.
         let applied_already = envelope.load.is_none()
             && !envelope.transactions.is_empty()
-            && envelope.transactions.iter().all(|t| t.commit_lsn <= self.pending.watermark && self.staged.is_none_or(|s| s.commit_lsn != t.commit_lsn));
+            && envelope.transactions.iter().all(|t| {
+                t.commit_lsn <= self.pending.watermark && self.staged.is_none_or(|s| s.commit_lsn != t.commit_lsn)
+            });
         debug!(
             task = self.task(),
             first = ?envelope.transactions.first().map(|t| (t.commit_lsn, t.seq, t.last)),
@@ -554,7 +587,12 @@ impl<'o> Session<'o> {
 
     /// [`Session::prepare_relations`] of `relations`, described in a message holding the schema
     /// changes `changed`.
-    async fn prepare_relations_around(&mut self, relations: &[Relation], changed: &[&SchemaChange], create_allowed: bool) -> Result<(), Error> {
+    async fn prepare_relations_around(
+        &mut self,
+        relations: &[Relation],
+        changed: &[&SchemaChange],
+        create_allowed: bool,
+    ) -> Result<(), Error> {
         let create = create_allowed && self.settings.as_ref().is_some_and(|s| s.prepare().create);
         if create {
             self.begin().await?;
@@ -566,12 +604,28 @@ impl<'o> Session<'o> {
         // Nor is its target table created here under a name the change gives it (a rename
         // followed by changes in the same message): the change renames the old one.
         if changed.is_empty() {
-            return self.rules.prepare(&self.client, &mut self.catalog, self.settings.as_ref(), relations, create).await;
+            return self
+                .rules
+                .prepare(&self.client, &mut self.catalog, self.settings.as_ref(), relations, create)
+                .await;
         }
         for relation in relations {
             let change = changed.iter().find(|c| c.rel == relation.id);
-            let renamed = change.is_some_and(|c| c.old.as_ref().is_none_or(|old| (old.schema.as_str(), old.table.as_str()) != (relation.schema.as_str(), relation.table.as_str())));
-            let prepared = self.rules.prepare(&self.client, &mut self.catalog, self.settings.as_ref(), std::slice::from_ref(relation), create && !renamed).await;
+            let renamed = change.is_some_and(|c| {
+                c.old.as_ref().is_none_or(|old| {
+                    (old.schema.as_str(), old.table.as_str()) != (relation.schema.as_str(), relation.table.as_str())
+                })
+            });
+            let prepared = self
+                .rules
+                .prepare(
+                    &self.client,
+                    &mut self.catalog,
+                    self.settings.as_ref(),
+                    std::slice::from_ref(relation),
+                    create && !renamed,
+                )
+                .await;
             match prepared {
                 Err(err) if err.kind() == ErrorKind::Rules && change.is_some() => {}
                 other => other?,
@@ -585,10 +639,16 @@ impl<'o> Session<'o> {
         let text = settings.to_string();
         let parsed = TaskSettings::parse(&text).map_err(|problems| {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            Error::new(ErrorKind::Conflict, format!("this applier does not understand the task's settings ({}); upgrade it", list.join("; ")))
+            Error::new(
+                ErrorKind::Conflict,
+                format!("this applier does not understand the task's settings ({}); upgrade it", list.join("; ")),
+            )
         })?;
         self.begin().await?;
-        self.set_error_policy(ErrorPolicy::from_settings(parsed.error_handling.as_ref(), self.carry.policy.max_attempts));
+        self.set_error_policy(ErrorPolicy::from_settings(
+            parsed.error_handling.as_ref(),
+            self.carry.policy.max_attempts,
+        ));
         self.settings = Some(parsed);
         self.rules.clear();
         self.pending.settings = Some(text);
@@ -597,15 +657,20 @@ impl<'o> Session<'o> {
 
     /// One chunk of a table's full load.
     async fn load_chunk(&mut self, mut chunk: LoadChunk) -> Result<(), Error> {
-        let verdict = load::verdict(self.pending.load, &chunk).map_err(|m| Error::new(ErrorKind::Conflict, format!("{m}; not applying or acknowledging it")))?;
+        let verdict = load::verdict(self.pending.load, &chunk)
+            .map_err(|m| Error::new(ErrorKind::Conflict, format!("{m}; not applying or acknowledging it")))?;
         if verdict == Verdict::Skip {
             return Ok(());
         }
-        let relation = self.rules.target(chunk.rel).cloned().ok_or_else(|| Error::new(ErrorKind::Envelope, format!("load relation {} is not described", chunk.rel)))?;
+        let relation =
+            self.rules.target(chunk.rel).cloned().ok_or_else(|| {
+                Error::new(ErrorKind::Envelope, format!("load relation {} is not described", chunk.rel))
+            })?;
         self.begin().await?;
         self.writer.finish(&self.client).await?;
         let rows = chunk.rows;
-        let (data, kept) = self.rules.load_data(chunk.rel, std::mem::take(&mut chunk.data), chunk.rows, &chunk.snapshot_time)?;
+        let (data, kept) =
+            self.rules.load_data(chunk.rel, std::mem::take(&mut chunk.data), chunk.rows, &chunk.snapshot_time)?;
         chunk.data = data;
         chunk.rows = kept;
         let mark = load::apply(&self.client, &mut self.catalog, &relation, chunk, verdict, self.pending.load).await?;
@@ -626,7 +691,11 @@ impl<'o> Session<'o> {
                 if transaction.seq > staged.next_seq {
                     return Err(self.out_of_order(&transaction, Some(staged)));
                 }
-                return if transaction.last { self.apply_staged(envelope, transaction).await } else { self.stage(envelope, transaction).await };
+                return if transaction.last {
+                    self.apply_staged(envelope, transaction).await
+                } else {
+                    self.stage(envelope, transaction).await
+                };
             }
             // The staged transaction was re-published from its start, or abandoned for an
             // earlier position: its chunks will all come again.
@@ -678,10 +747,14 @@ impl<'o> Session<'o> {
     }
 
     fn out_of_order(&self, transaction: &Transaction, staged: Option<Staged>) -> Error {
-        let expected = staged.map_or_else(|| "chunk 0".to_owned(), |s| format!("chunk {} of {}", s.next_seq, s.commit_lsn));
+        let expected =
+            staged.map_or_else(|| "chunk 0".to_owned(), |s| format!("chunk {} of {}", s.next_seq, s.commit_lsn));
         Error::new(
             ErrorKind::Conflict,
-            format!("chunk {} of source transaction {} arrived where {expected} was expected; not applying or acknowledging it", transaction.seq, transaction.commit_lsn),
+            format!(
+                "chunk {} of source transaction {} arrived where {expected} was expected; not applying or acknowledging it",
+                transaction.seq, transaction.commit_lsn
+            ),
         )
     }
 
@@ -755,13 +828,19 @@ impl<'o> Session<'o> {
         let followed = schema_change::follow_renames(self.settings_text(), &change)?;
         let after = followed.as_ref().map(|(_, s)| s).or(self.settings.as_ref());
         let target = schema_change::target(&change, self.settings.as_ref(), after)?;
-        let management = if after.is_some_and(|s| s.prepare().create) { Management::Managed } else { Management::Unmanaged };
+        let management =
+            if after.is_some_and(|s| s.prepare().create) { Management::Managed } else { Management::Unmanaged };
         let scd2 = rules::scd2_columns(after);
-        let source = change.new.as_ref().or(change.old.as_ref()).map_or_else(|| (String::new(), format!("relation {}", change.rel)), |s| (s.schema.clone(), s.table.clone()));
+        let source = change.new.as_ref().or(change.old.as_ref()).map_or_else(
+            || (String::new(), format!("relation {}", change.rel)),
+            |s| (s.schema.clone(), s.table.clone()),
+        );
         let what = format!("{} at {lsn}", schema_change::display(&source));
         let actual = schema_change::read(&self.client, &target.names()).await?;
         let actions = schema_change::reconcile(&target, &actual, scd2.as_ref());
-        schema_change::execute(&self.client, &actions, management, &what).await.map_err(|e| e.with_table(schema_change::display(&source)).with_lsn(lsn))?;
+        schema_change::execute(&self.client, &actions, management, &what)
+            .await
+            .map_err(|e| e.with_table(schema_change::display(&source)).with_lsn(lsn))?;
         let steps = schema_change::steps_text(&actions);
         let record = schema_change::Record {
             task: self.options.names.task(),
@@ -774,7 +853,9 @@ impl<'o> Session<'o> {
         schema_change::record(&self.client, &record).await?;
         match target.backfill.clone() {
             // An unmanaged target's DDL is the DBA's: its NOT NULL too.
-            Some(plan) => self.backfills.insert(change.rel, if management == Management::Managed { plan } else { plan.without_ddl() }),
+            Some(plan) => self
+                .backfills
+                .insert(change.rel, if management == Management::Managed { plan } else { plan.without_ddl() }),
             None => self.backfills.remove(&change.rel),
         };
         let run = actions.iter().filter(|a| matches!(a, schema_change::Action::Run(_))).count();
@@ -792,7 +873,15 @@ impl<'o> Session<'o> {
         self.writer.forget_statements();
         if let Some(new) = &change.new {
             let relation = schema_change::relation(change.rel, new);
-            self.rules.prepare(&self.client, &mut self.catalog, self.settings.as_ref(), &[relation], management == Management::Managed).await?;
+            self.rules
+                .prepare(
+                    &self.client,
+                    &mut self.catalog,
+                    self.settings.as_ref(),
+                    &[relation],
+                    management == Management::Managed,
+                )
+                .await?;
         }
         Ok(())
     }
@@ -801,7 +890,14 @@ impl<'o> Session<'o> {
     /// [`schema_change::BackfillPlan`]).
     async fn backfill(&mut self, backfill: &Backfill, lsn: Lsn) -> Result<(), Error> {
         let Some(plan) = self.backfills.get(&backfill.rel).cloned() else {
-            return Err(Error::new(ErrorKind::Schema, format!("a backfill of relation {} at {lsn} follows no schema change the target followed", backfill.rel)).with_lsn(lsn));
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "a backfill of relation {} at {lsn} follows no schema change the target followed",
+                    backfill.rel
+                ),
+            )
+            .with_lsn(lsn));
         };
         self.begin().await?;
         self.writer.finish(&self.client).await?;
@@ -839,11 +935,15 @@ impl<'o> Session<'o> {
             }
             for row in rows {
                 let body: Vec<u8> = row.get(0);
-                let mut staged = Envelope::parse(&body).map_err(|e| Error::new(ErrorKind::Conflict, format!("a staged chunk does not parse: {e}")))?;
+                let mut staged = Envelope::parse(&body)
+                    .map_err(|e| Error::new(ErrorKind::Conflict, format!("a staged chunk does not parse: {e}")))?;
                 self.prepare_relations(&staged, true).await?;
                 for chunk in std::mem::take(&mut staged.transactions) {
                     if chunk.seq != expected || chunk.last {
-                        return Err(Error::new(ErrorKind::Conflict, format!("staged chunks of {} are not contiguous at {expected}", last.commit_lsn)));
+                        return Err(Error::new(
+                            ErrorKind::Conflict,
+                            format!("staged chunks of {} are not contiguous at {expected}", last.commit_lsn),
+                        ));
                     }
                     expected += 1;
                     self.apply(chunk).await?;
@@ -852,7 +952,10 @@ impl<'o> Session<'o> {
         }
         self.client.batch_execute("CLOSE trempy_staged").await?;
         if expected != last.seq {
-            return Err(Error::new(ErrorKind::Conflict, format!("{expected} chunks of {} are staged, the last one is chunk {}", last.commit_lsn, last.seq)));
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{expected} chunks of {} are staged, the last one is chunk {}", last.commit_lsn, last.seq),
+            ));
         }
         // The last chunk's message, around the schema changes of the last chunk (the message's
         // other transactions were taken out of it).

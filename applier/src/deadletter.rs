@@ -141,7 +141,13 @@ pub(crate) async fn confirm_channel(connection: &Connection) -> Result<Channel, 
 
 /// Publishes a dead letter's copy to the task's DLX and waits for RabbitMQ's confirm; a nack
 /// or a returned (unroutable) message is an error.
-pub(crate) async fn publish(channel: &Channel, names: &TaskNames, id: i64, why: &Why<'_>, body: &[u8]) -> Result<(), Error> {
+pub(crate) async fn publish(
+    channel: &Channel,
+    names: &TaskNames,
+    id: i64,
+    why: &Why<'_>,
+    body: &[u8],
+) -> Result<(), Error> {
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(CONTENT_TYPE.into())
@@ -160,7 +166,10 @@ pub(crate) async fn publish(channel: &Channel, names: &TaskNames, id: i64, why: 
         return Err(Error::new(ErrorKind::Broker, "RabbitMQ refused a dead letter (nack)"));
     }
     if confirm.take_message().is_some() {
-        return Err(Error::new(ErrorKind::Broker, "RabbitMQ returned a dead letter as unroutable (is the dead-letter queue declared?)"));
+        return Err(Error::new(
+            ErrorKind::Broker,
+            "RabbitMQ returned a dead letter as unroutable (is the dead-letter queue declared?)",
+        ));
     }
     Ok(())
 }
@@ -175,11 +184,23 @@ pub(crate) async fn list(client: &Client, task: &str) -> Result<Vec<String>, Err
             &[&task],
         )
         .await?;
-    let mut lines = vec!["id\tstate\tcommit_lsn\ttable\toperation\tsqlstate\terror_class\tattempts\tdead_lettered_at\treason".to_owned()];
+    let mut lines = vec![
+        "id\tstate\tcommit_lsn\ttable\toperation\tsqlstate\terror_class\tattempts\tdead_lettered_at\treason".to_owned(),
+    ];
     for row in rows {
         let (id, attempts): (i64, i32) = (row.get(0), row.get(7));
         let text = |i: usize| row.get::<_, String>(i);
-        lines.push(format!("{id}\t{}\t{}\t{}\t{}\t{}\t{}\t{attempts}\t{}\t{}", text(1), text(2), text(3), text(4), text(5), text(6), text(8), text(9)));
+        lines.push(format!(
+            "{id}\t{}\t{}\t{}\t{}\t{}\t{}\t{attempts}\t{}\t{}",
+            text(1),
+            text(2),
+            text(3),
+            text(4),
+            text(5),
+            text(6),
+            text(8),
+            text(9)
+        ));
     }
     Ok(lines)
 }
@@ -237,8 +258,19 @@ pub(crate) enum Selection {
 
 async fn selected(client: &Client, task: &str, which: Selection) -> Result<Vec<i64>, Error> {
     let rows = match which {
-        Selection::One(id) => client.query("SELECT id FROM trempy.applier_deadletters WHERE task_name = $1 AND id = $2", &[&task, &id]).await?,
-        Selection::All => client.query("SELECT id FROM trempy.applier_deadletters WHERE task_name = $1 AND state = 'dead' ORDER BY id", &[&task]).await?,
+        Selection::One(id) => {
+            client
+                .query("SELECT id FROM trempy.applier_deadletters WHERE task_name = $1 AND id = $2", &[&task, &id])
+                .await?
+        }
+        Selection::All => {
+            client
+                .query(
+                    "SELECT id FROM trempy.applier_deadletters WHERE task_name = $1 AND state = 'dead' ORDER BY id",
+                    &[&task],
+                )
+                .await?
+        }
     };
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
@@ -264,7 +296,9 @@ pub(crate) enum Outcome {
 pub(crate) fn overtaken(progress: Option<(Lsn, u32)>, commit_lsn: Option<Lsn>, generation: u32) -> Option<String> {
     let (watermark, current) = progress?;
     if current > generation {
-        return Some(format!("the task was reloaded (generation {current}) after this dead letter (generation {generation}): its rows were loaded again"));
+        return Some(format!(
+            "the task was reloaded (generation {current}) after this dead letter (generation {generation}): its rows were loaded again"
+        ));
     }
     let commit_lsn = commit_lsn?;
     (current == generation && watermark > commit_lsn)
@@ -303,7 +337,9 @@ pub(crate) fn rows_written(envelope: &Envelope) -> Vec<String> {
             .iter()
             .zip(row)
             .filter(|(c, _)| c.key)
-            .map(|(c, v)| format!("{}={}", c.name, v.as_deref().map_or_else(|| "NULL".to_owned(), |v| format!("{v:?}"))))
+            .map(|(c, v)| {
+                format!("{}={}", c.name, v.as_deref().map_or_else(|| "NULL".to_owned(), |v| format!("{v:?}")))
+            })
             .collect();
         if parts.is_empty() { "(no key columns)".to_owned() } else { format!("({})", parts.join(", ")) }
     };
@@ -321,16 +357,22 @@ pub(crate) fn rows_written(envelope: &Envelope) -> Vec<String> {
                     note(*rel, key_of(*rel, new));
                 }
                 Change::Delete { rel, old } => note(*rel, key_of(*rel, old)),
-                Change::Truncate { rels, .. } => rels.iter().for_each(|rel| note(*rel, "every row (TRUNCATE)".to_owned())),
+                Change::Truncate { rels, .. } => {
+                    rels.iter().for_each(|rel| note(*rel, "every row (TRUNCATE)".to_owned()))
+                }
                 Change::Schema(schema) => note(schema.rel, "its schema (a schema change)".to_owned()),
-                Change::Backfill(backfill) => note(backfill.rel, format!("{} rows' rewritten columns (a backfill)", backfill.rows.len())),
+                Change::Backfill(backfill) => {
+                    note(backfill.rel, format!("{} rows' rewritten columns (a backfill)", backfill.rows.len()))
+                }
             }
         }
     }
     tables
         .into_iter()
         .map(|(rel, keys, more)| {
-            let name = envelope.relation(rel).map_or_else(|| format!("relation {rel}"), |r| format!("{}.{}", r.schema, r.table));
+            let name = envelope
+                .relation(rel)
+                .map_or_else(|| format!("relation {rel}"), |r| format!("{}.{}", r.schema, r.table));
             let more = if more > 0 { format!(" and {more} more") } else { String::new() };
             format!("{name}: {}{more}", keys.join(" "))
         })
@@ -406,7 +448,12 @@ async fn replay_one(client: &Arc<Client>, task: &str, id: i64, force: bool) -> R
 
 /// `dlq replay`: replays the selected dead letters in id order, stopping at the first failure or
 /// refusal. Returns each id with its outcome (the failure or refusal, if any, last).
-pub(crate) async fn replay(client: &Arc<Client>, task: &str, which: Selection, force: bool) -> Result<Vec<(i64, Result<Outcome, Error>)>, Error> {
+pub(crate) async fn replay(
+    client: &Arc<Client>,
+    task: &str,
+    which: Selection,
+    force: bool,
+) -> Result<Vec<(i64, Result<Outcome, Error>)>, Error> {
     let mut done = Vec::new();
     for id in selected(client, task, which).await? {
         let outcome = replay_one(client, task, id, force).await;
@@ -440,22 +487,36 @@ pub(crate) async fn discard(client: &Client, task: &str, which: Selection) -> Re
 /// discarded, or never committed); other messages go back to the queue untouched. Returns how
 /// many were removed.
 pub(crate) async fn sweep(client: &Client, amqp_url: &str, names: &TaskNames) -> Result<u64, Error> {
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default().with_connection_name(format!("trempy-applier dlq {}", names.task()).into()))
-        .await
-        .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
+    let connection = Connection::connect(
+        amqp_url,
+        ConnectionProperties::default().with_connection_name(format!("trempy-applier dlq {}", names.task()).into()),
+    )
+    .await
+    .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
     let channel = connection.create_channel().await?;
     trempy_protocol::topology::declare_consumer_queues(&channel, names).await?;
     let mut removed = 0_u64;
     // Messages kept stay unacknowledged until the channel closes, so each is fetched once.
-    while let Some(message) = channel.basic_get(names.dlx_queue().as_str().into(), BasicGetOptions { no_ack: false }).await? {
-        let id = message.delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-trempy-deadletter-id")).and_then(|v| match v {
-            AMQPValue::LongLongInt(i) => Some(*i),
-            AMQPValue::LongInt(i) => Some(i64::from(*i)),
-            _ => None,
-        });
+    while let Some(message) =
+        channel.basic_get(names.dlx_queue().as_str().into(), BasicGetOptions { no_ack: false }).await?
+    {
+        let id = message
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-trempy-deadletter-id"))
+            .and_then(|v| match v {
+                AMQPValue::LongLongInt(i) => Some(*i),
+                AMQPValue::LongInt(i) => Some(i64::from(*i)),
+                _ => None,
+            });
         let Some(id) = id else { continue }; // not ours (dead-lettered by the broker itself): keep
         let state: Option<String> = client
-            .query_opt("SELECT state FROM trempy.applier_deadletters WHERE task_name = $1 AND id = $2", &[&names.task(), &id])
+            .query_opt(
+                "SELECT state FROM trempy.applier_deadletters WHERE task_name = $1 AND id = $2",
+                &[&names.task(), &id],
+            )
             .await?
             .map(|r| r.get(0));
         if state.as_deref() != Some("dead") {
@@ -499,20 +560,54 @@ mod tests {
 
     #[test]
     fn rows_written_lists_tables_and_keys_in_order() {
-        let column = |name: &str, key: bool| Column { name: name.into(), type_name: "text".into(), type_oid: 25, key, ..Column::default() };
+        let column = |name: &str, key: bool| Column {
+            name: name.into(),
+            type_name: "text".into(),
+            type_oid: 25,
+            key,
+            ..Column::default()
+        };
         let relations = vec![
-            Relation { id: 1, schema: "public".into(), table: "orders".into(), columns: vec![column("id", true), column("region", true), column("v", false)] },
+            Relation {
+                id: 1,
+                schema: "public".into(),
+                table: "orders".into(),
+                columns: vec![column("id", true), column("region", true), column("v", false)],
+            },
             Relation { id: 2, schema: "public".into(), table: "lines".into(), columns: vec![column("n", true)] },
         ];
         let changes = vec![
             Change::Insert { rel: 1, new: vec![s("1"), s("EU"), s("secret value")] },
-            Change::Update { rel: 1, old: Some(vec![s("1"), s("EU"), None]), new: vec![s("2"), s("EU"), s("x")], unchanged: vec![] },
+            Change::Update {
+                rel: 1,
+                old: Some(vec![s("1"), s("EU"), None]),
+                new: vec![s("2"), s("EU"), s("x")],
+                unchanged: vec![],
+            },
             Change::Update { rel: 1, old: None, new: vec![s("2"), s("EU"), s("y")], unchanged: vec![] },
             Change::Delete { rel: 2, old: vec![None] },
             Change::Truncate { rels: vec![2], cascade: false, restart_identity: false },
         ];
-        let transaction = Transaction { changes, xid: 1, commit_lsn: Lsn(0x20), prev_commit_lsn: None, commit_time: String::new(), seq: 0, last: true };
-        let envelope = Envelope { version: 1, task: "t".into(), incarnation: None, generation: 1, settings: None, transactions: vec![transaction], relations, load: None, sequences: None };
+        let transaction = Transaction {
+            changes,
+            xid: 1,
+            commit_lsn: Lsn(0x20),
+            prev_commit_lsn: None,
+            commit_time: String::new(),
+            seq: 0,
+            last: true,
+        };
+        let envelope = Envelope {
+            version: 1,
+            task: "t".into(),
+            incarnation: None,
+            generation: 1,
+            settings: None,
+            transactions: vec![transaction],
+            relations,
+            load: None,
+            sequences: None,
+        };
         assert_eq!(
             rows_written(&envelope),
             vec![
@@ -522,8 +617,17 @@ mod tests {
         );
         assert!(!rows_written(&envelope).concat().contains("secret value"), "only key values are listed");
 
-        let many: Vec<Change> = (0..LISTED_KEYS + 5).map(|i| Change::Insert { rel: 2, new: vec![Some(i.to_string())] }).collect();
-        let transaction = Transaction { changes: many, xid: 1, commit_lsn: Lsn(0x20), prev_commit_lsn: None, commit_time: String::new(), seq: 0, last: true };
+        let many: Vec<Change> =
+            (0..LISTED_KEYS + 5).map(|i| Change::Insert { rel: 2, new: vec![Some(i.to_string())] }).collect();
+        let transaction = Transaction {
+            changes: many,
+            xid: 1,
+            commit_lsn: Lsn(0x20),
+            prev_commit_lsn: None,
+            commit_time: String::new(),
+            seq: 0,
+            last: true,
+        };
         let envelope = Envelope { transactions: vec![transaction], ..envelope };
         let lines = rows_written(&envelope);
         assert!(lines[0].ends_with(" and 5 more"), "{lines:?}");

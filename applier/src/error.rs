@@ -162,8 +162,15 @@ impl Error {
     /// row values in their messages, so only their code and constraint or column are kept.
     pub(crate) fn target(err: &tokio_postgres::Error) -> Self {
         let Some(db) = err.as_db_error() else {
-            let kind = if err.is_closed() || err.code().is_none() { ErrorKind::TargetConnection } else { ErrorKind::TargetSql };
-            return Self { sqlstate: err.code().map(|c| c.code().to_owned()), ..Self::new(kind, format!("target database: {err}")) };
+            let kind = if err.is_closed() || err.code().is_none() {
+                ErrorKind::TargetConnection
+            } else {
+                ErrorKind::TargetSql
+            };
+            return Self {
+                sqlstate: err.code().map(|c| c.code().to_owned()),
+                ..Self::new(kind, format!("target database: {err}"))
+            };
         };
         let code = db.code().code().to_owned();
         let message = if code.starts_with("22") || code.starts_with("23") {
@@ -214,8 +221,15 @@ mod tests {
 
     #[test]
     fn messages_never_keep_a_password() {
-        let err = Error::new(ErrorKind::Broker, "cannot connect to RabbitMQ: Invalid URL: 'amqp://trempy:s3cret@rabbit:5672/%2f'");
-        assert!(!err.message().contains("s3cret") && err.message().contains("amqp://trempy:***@rabbit"), "{}", err.message());
+        let err = Error::new(
+            ErrorKind::Broker,
+            "cannot connect to RabbitMQ: Invalid URL: 'amqp://trempy:s3cret@rabbit:5672/%2f'",
+        );
+        assert!(
+            !err.message().contains("s3cret") && err.message().contains("amqp://trempy:***@rabbit"),
+            "{}",
+            err.message()
+        );
         let err = Error::new(ErrorKind::TargetConnection, "bad dsn host=db password=s3cret user=x");
         assert!(!err.to_string().contains("s3cret"), "{err}");
     }

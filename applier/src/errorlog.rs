@@ -61,7 +61,14 @@ pub(crate) async fn setup(client: &Client) -> Result<(), Error> {
 }
 
 /// Records one error (in its own transaction: the client must not be inside one).
-pub(crate) async fn record(client: &Client, task: &str, err: &Error, lsn: Option<Lsn>, attempt: Option<u32>, action: Action) -> Result<(), Error> {
+pub(crate) async fn record(
+    client: &Client,
+    task: &str,
+    err: &Error,
+    lsn: Option<Lsn>,
+    attempt: Option<u32>,
+    action: Action,
+) -> Result<(), Error> {
     client
         .execute(
             "INSERT INTO trempy.applier_errors (task_name, table_name, operation, commit_lsn, sqlstate, error_class, message, attempt, action)
@@ -92,7 +99,8 @@ pub(crate) async fn list(client: &Client, task: &str, limit: i64) -> Result<Vec<
             &[&task, &limit],
         )
         .await?;
-    let mut lines = vec!["id\tlogged_at\ttable\toperation\tcommit_lsn\tsqlstate\terror_class\taction\tattempt\tmessage".to_owned()];
+    let mut lines =
+        vec!["id\tlogged_at\ttable\toperation\tcommit_lsn\tsqlstate\terror_class\taction\tattempt\tmessage".to_owned()];
     for row in rows {
         let id: i64 = row.get(0);
         let cols: Vec<String> = (1..10).map(|i| row.get::<_, String>(i)).collect();

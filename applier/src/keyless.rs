@@ -88,9 +88,18 @@ pub(crate) enum Missing {
 
 /// `WITH m AS (SELECT tableoid, ctid … WHERE <old row> LIMIT 1)` and the condition that picks
 /// that row; pushes the old values it needs onto `params`.
-fn matching(rel: &Relation, table: &str, old: &[Option<String>], params: &mut Vec<Option<String>>) -> Result<(String, String), Error> {
+fn matching(
+    rel: &Relation,
+    table: &str,
+    old: &[Option<String>],
+    params: &mut Vec<Option<String>>,
+) -> Result<(String, String), Error> {
     if old.len() != rel.columns.len() {
-        return Err(Error::new(ErrorKind::Envelope, format!("the old row of {table} has {} values for {} columns", old.len(), rel.columns.len())).with_table(table.to_owned()));
+        return Err(Error::new(
+            ErrorKind::Envelope,
+            format!("the old row of {table} has {} values for {} columns", old.len(), rel.columns.len()),
+        )
+        .with_table(table.to_owned()));
     }
     let mut conditions = Vec::with_capacity(old.len());
     for (column, value) in rel.columns.iter().zip(old) {
@@ -107,7 +116,10 @@ fn matching(rel: &Relation, table: &str, old: &[Option<String>], params: &mut Ve
             }
         }
     }
-    let with = format!("m AS (SELECT t.tableoid AS o, t.ctid AS c FROM {table} AS t WHERE {} LIMIT 1)", conditions.join(" AND "));
+    let with = format!(
+        "m AS (SELECT t.tableoid AS o, t.ctid AS c FROM {table} AS t WHERE {} LIMIT 1)",
+        conditions.join(" AND ")
+    );
     Ok((with, "t.ctid = (SELECT m.c FROM m) AND t.tableoid = (SELECT m.o FROM m)".to_owned()))
 }
 
@@ -121,16 +133,28 @@ pub(crate) fn delete(rel: &Relation, table: &str, old: &[Option<String>]) -> Res
 /// Updates one target row equal to `old` to `new` (whole rows: a keyless table's updates carry
 /// the whole old row, from which unchanged TOASTed values were taken). With
 /// [`Missing::Insert`], inserts `new` when no row is equal to `old`.
-pub(crate) fn update(rel: &Relation, table: &str, old: &[Option<String>], new: Vec<Option<String>>, missing: Missing) -> Result<Statement, Error> {
+pub(crate) fn update(
+    rel: &Relation,
+    table: &str,
+    old: &[Option<String>],
+    new: Vec<Option<String>>,
+    missing: Missing,
+) -> Result<Statement, Error> {
     if new.len() != rel.columns.len() {
-        return Err(Error::new(ErrorKind::Envelope, format!("the new row of {table} has {} values for {} columns", new.len(), rel.columns.len())).with_table(table.to_owned()));
+        return Err(Error::new(
+            ErrorKind::Envelope,
+            format!("the new row of {table} has {} values for {} columns", new.len(), rel.columns.len()),
+        )
+        .with_table(table.to_owned()));
     }
     let mut params = Vec::with_capacity(old.len() + new.len());
     let (with, picked) = matching(rel, table, old, &mut params)?;
     let first_new = params.len() + 1;
     params.extend(new);
-    let values: Vec<String> = rel.columns.iter().enumerate().map(|(i, c)| format!("${}::text::{}", first_new + i, c.type_name)).collect();
-    let sets: Vec<String> = rel.columns.iter().zip(&values).map(|(c, v)| format!("{} = {v}", quote_ident(&c.name))).collect();
+    let values: Vec<String> =
+        rel.columns.iter().enumerate().map(|(i, c)| format!("${}::text::{}", first_new + i, c.type_name)).collect();
+    let sets: Vec<String> =
+        rel.columns.iter().zip(&values).map(|(c, v)| format!("{} = {v}", quote_ident(&c.name))).collect();
     let update = format!("UPDATE {table} AS t SET {} WHERE {picked}", sets.join(", "));
     let sql = match missing {
         Missing::Skip => format!("WITH {with} {update}"),
@@ -161,7 +185,12 @@ mod tests {
             columns: vec![
                 Column { name: "tid".into(), type_name: "integer".into(), type_oid: 23, ..Column::default() },
                 Column { name: "doc".into(), type_name: "json".into(), type_oid: 114, ..Column::default() },
-                Column { name: "at".into(), type_name: "timestamp(3) with time zone".into(), type_oid: 1184, ..Column::default() },
+                Column {
+                    name: "at".into(),
+                    type_name: "timestamp(3) with time zone".into(),
+                    type_oid: 1184,
+                    ..Column::default()
+                },
             ],
         }
     }

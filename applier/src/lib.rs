@@ -13,9 +13,9 @@
 //! the task's feedback queue. Every target session is opened by [`target`], which pins the
 //! session settings that govern value formats and name resolution.
 
-pub mod cli;
 mod apply;
 mod catalog;
+pub mod cli;
 mod consume;
 mod deadletter;
 mod error;
@@ -25,10 +25,10 @@ mod load;
 mod policy;
 mod progress;
 mod report;
-mod state;
-mod stream;
 mod rules;
 mod scd2;
 mod schema_change;
 mod sequence;
+mod state;
+mod stream;
 mod target;

@@ -59,7 +59,11 @@ pub(crate) enum Verdict {
 pub(crate) fn verdict(mark: Option<LoadMark>, chunk: &LoadChunk) -> Result<Verdict, String> {
     let here = (chunk.copy_id, chunk.table_index, chunk.attempt, chunk.seq);
     let Some(m) = mark else {
-        return if chunk.seq == 0 { Ok(Verdict::First { restart: chunk.attempt > 1 }) } else { Err(format!("load chunk {here:?} arrived before the first chunk of its copy")) };
+        return if chunk.seq == 0 {
+            Ok(Verdict::First { restart: chunk.attempt > 1 })
+        } else {
+            Err(format!("load chunk {here:?} arrived before the first chunk of its copy"))
+        };
     };
     let there = (m.copy_id, m.table_index, m.attempt, m.seq);
     if here <= there {
@@ -67,7 +71,11 @@ pub(crate) fn verdict(mark: Option<LoadMark>, chunk: &LoadChunk) -> Result<Verdi
     }
     let same_copy = chunk.copy_id == m.copy_id && chunk.table_index == m.table_index && chunk.attempt == m.attempt;
     if same_copy {
-        return if chunk.seq == m.seq + 1 { Ok(Verdict::Continue) } else { Err(format!("load chunk {here:?} arrived after chunk {there:?}")) };
+        return if chunk.seq == m.seq + 1 {
+            Ok(Verdict::Continue)
+        } else {
+            Err(format!("load chunk {here:?} arrived after chunk {there:?}"))
+        };
     }
     if chunk.seq == 0 {
         let same_table_merged = chunk.table_index == m.table_index && m.merge;
@@ -78,10 +86,19 @@ pub(crate) fn verdict(mark: Option<LoadMark>, chunk: &LoadChunk) -> Result<Verdi
 }
 
 /// Applies one chunk inside the open transaction and returns the new mark.
-pub(crate) async fn apply(client: &Client, catalog: &mut Catalog, relation: &Relation, chunk: LoadChunk, verdict: Verdict, mark: Option<LoadMark>) -> Result<LoadMark, Error> {
+pub(crate) async fn apply(
+    client: &Client,
+    catalog: &mut Catalog,
+    relation: &Relation,
+    chunk: LoadChunk,
+    verdict: Verdict,
+    mark: Option<LoadMark>,
+) -> Result<LoadMark, Error> {
     let table = qualified(&relation.schema, &relation.table);
     let merge = match verdict {
-        Verdict::Skip => return mark.ok_or_else(|| Error::new(ErrorKind::Conflict, "skipped a load chunk without a mark")),
+        Verdict::Skip => {
+            return mark.ok_or_else(|| Error::new(ErrorKind::Conflict, "skipped a load chunk without a mark"));
+        }
         Verdict::Continue => mark.is_some_and(|m| m.merge),
         Verdict::First { restart } => prepare(client, catalog, relation, &chunk, restart).await?,
     };
@@ -89,23 +106,41 @@ pub(crate) async fn apply(client: &Client, catalog: &mut Catalog, relation: &Rel
     let data = Cursor::new(chunk.data.into_bytes());
     let target = if merge { "pg_temp.trempy_load".to_owned() } else { table.clone() };
     if merge {
-        client.execute("DROP TABLE IF EXISTS pg_temp.trempy_load", &[]).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
         client
-            .execute(&format!("CREATE TEMP TABLE trempy_load AS SELECT {} FROM {table} WITH NO DATA", columns.join(", ")), &[])
+            .execute("DROP TABLE IF EXISTS pg_temp.trempy_load", &[])
+            .await
+            .map_err(|e| Error::target(&e).with_table(table.clone()))?;
+        client
+            .execute(
+                &format!("CREATE TEMP TABLE trempy_load AS SELECT {} FROM {table} WITH NO DATA", columns.join(", ")),
+                &[],
+            )
             .await
             .map_err(|e| Error::target(&e).with_table(table.clone()))?;
     }
     let copy = format!("COPY {target} ({}) FROM STDIN", columns.join(", "));
-    let sink = client.copy_in::<_, Cursor<Vec<u8>>>(copy.as_str()).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
+    let sink = client
+        .copy_in::<_, Cursor<Vec<u8>>>(copy.as_str())
+        .await
+        .map_err(|e| Error::target(&e).with_table(table.clone()))?;
     let mut sink = pin!(sink);
     sink.send(data).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
     let written = sink.as_mut().finish().await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
     if written != chunk.rows {
-        return Err(Error::new(ErrorKind::Envelope, format!("load chunk of {table} says {} rows but holds {written}", chunk.rows)).with_table(table));
+        return Err(Error::new(
+            ErrorKind::Envelope,
+            format!("load chunk of {table} says {} rows but holds {written}", chunk.rows),
+        )
+        .with_table(table));
     }
     if merge {
         let keys: Vec<String> = relation.columns.iter().filter(|c| c.key).map(|c| quote_ident(&c.name)).collect();
-        let sets: Vec<String> = relation.columns.iter().filter(|c| !c.key).map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name))).collect();
+        let sets: Vec<String> = relation
+            .columns
+            .iter()
+            .filter(|c| !c.key)
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
+            .collect();
         let action = if sets.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", sets.join(", ")) };
         let sql = format!(
             "INSERT INTO {table} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM pg_temp.trempy_load ON CONFLICT ({}) DO {action}",
@@ -113,14 +148,29 @@ pub(crate) async fn apply(client: &Client, catalog: &mut Catalog, relation: &Rel
             cols = columns.join(", ")
         );
         client.execute(&sql, &[]).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
-        client.execute("DROP TABLE pg_temp.trempy_load", &[]).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
+        client
+            .execute("DROP TABLE pg_temp.trempy_load", &[])
+            .await
+            .map_err(|e| Error::target(&e).with_table(table.clone()))?;
     }
-    Ok(LoadMark { copy_id: chunk.copy_id, table_index: chunk.table_index, attempt: chunk.attempt, seq: chunk.seq, merge })
+    Ok(LoadMark {
+        copy_id: chunk.copy_id,
+        table_index: chunk.table_index,
+        attempt: chunk.attempt,
+        seq: chunk.seq,
+        merge,
+    })
 }
 
 /// Prepares the target table before its first chunk; true when the load must merge into rows
 /// the table already holds.
-async fn prepare(client: &Client, catalog: &mut Catalog, relation: &Relation, chunk: &LoadChunk, restart: bool) -> Result<bool, Error> {
+async fn prepare(
+    client: &Client,
+    catalog: &mut Catalog,
+    relation: &Relation,
+    chunk: &LoadChunk,
+    restart: bool,
+) -> Result<bool, Error> {
     let table = qualified(&relation.schema, &relation.table);
     let prepare = chunk.prepare.unwrap_or_default();
     let exists = catalog.columns(client, &relation.schema, &relation.table).await?.is_some();
@@ -139,7 +189,10 @@ async fn prepare(client: &Client, catalog: &mut Catalog, relation: &Relation, ch
         false
     };
     if !created && (prepare.truncate || restart) {
-        client.execute(&format!("TRUNCATE {table}"), &[]).await.map_err(|e| Error::target(&e).with_table(table.clone()))?;
+        client
+            .execute(&format!("TRUNCATE {table}"), &[])
+            .await
+            .map_err(|e| Error::target(&e).with_table(table.clone()))?;
         return Ok(false);
     }
     if created {
@@ -171,7 +224,18 @@ mod tests {
     use super::*;
 
     fn chunk(copy_id: u64, table_index: u32, attempt: u32, seq: u32) -> LoadChunk {
-        LoadChunk { rel: 1, copy_id, table_index, attempt, seq, last: false, rows: 0, snapshot_time: String::new(), prepare: None, data: String::new() }
+        LoadChunk {
+            rel: 1,
+            copy_id,
+            table_index,
+            attempt,
+            seq,
+            last: false,
+            rows: 0,
+            snapshot_time: String::new(),
+            prepare: None,
+            data: String::new(),
+        }
     }
 
     fn mark(copy_id: u64, table_index: u32, attempt: u32, seq: u32) -> Option<LoadMark> {

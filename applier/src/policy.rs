@@ -91,7 +91,11 @@ pub(crate) fn reaction(err: &Error, attempt: u32) -> Reaction {
         },
         // A row the transformations cannot compute fails its source transaction only.
         ErrorKind::Transform => Reaction::Permanent,
-        ErrorKind::Rules | ErrorKind::UnchangedToast | ErrorKind::Schema | ErrorKind::Stream | ErrorKind::NewerEnvelope => Reaction::Halt(halt_delay(attempt)),
+        ErrorKind::Rules
+        | ErrorKind::UnchangedToast
+        | ErrorKind::Schema
+        | ErrorKind::Stream
+        | ErrorKind::NewerEnvelope => Reaction::Halt(halt_delay(attempt)),
     }
 }
 
@@ -152,7 +156,13 @@ impl ErrorPolicy {
             Some(Operation::Upsert) => self.stop_on_insert || self.stop_on_update || self.stop_on_upsert,
             Some(Operation::Delete | Operation::Truncate) => self.stop_on_delete,
             Some(Operation::Scd2) => self.stop_on_scd2,
-            None => self.stop_on_insert || self.stop_on_update || self.stop_on_delete || self.stop_on_upsert || self.stop_on_scd2,
+            None => {
+                self.stop_on_insert
+                    || self.stop_on_update
+                    || self.stop_on_delete
+                    || self.stop_on_upsert
+                    || self.stop_on_scd2
+            }
         }
     }
 
@@ -217,16 +227,27 @@ mod tests {
         assert_eq!(reaction(&err, 0), Reaction::Permanent);
         assert_eq!(ErrorPolicy::default().decide(&err, 1), Decision::Retry(Duration::from_secs(1)));
         assert_eq!(ErrorPolicy::default().decide(&err, 3), Decision::DeadLetter);
-        let stop = ErrorHandling { stop_if_insert_error: Some(true), stop_if_update_error: None, stop_if_delete_error: None, stop_if_upsert_error: None, stop_if_scd2_error: None };
+        let stop = ErrorHandling {
+            stop_if_insert_error: Some(true),
+            stop_if_update_error: None,
+            stop_if_delete_error: None,
+            stop_if_upsert_error: None,
+            stop_if_scd2_error: None,
+        };
         assert_eq!(ErrorPolicy::from_settings(Some(&stop), 3).decide(&err, 1), Decision::Stop);
         let update = Error::new(ErrorKind::Transform, "overflow").with_operation(Operation::Update);
-        assert_eq!(ErrorPolicy::from_settings(Some(&stop), 3).decide(&update, 1), Decision::Retry(Duration::from_secs(1)));
+        assert_eq!(
+            ErrorPolicy::from_settings(Some(&stop), 3).decide(&update, 1),
+            Decision::Retry(Duration::from_secs(1))
+        );
     }
 
     #[test]
     fn a_target_not_ready_halts_and_is_never_dead_lettered() {
         for code in ["42P01", "3F000", "42703", "42804"] {
-            for op in [None, Some(Operation::Insert), Some(Operation::Update), Some(Operation::Delete), Some(Operation::Scd2)] {
+            for op in
+                [None, Some(Operation::Insert), Some(Operation::Update), Some(Operation::Delete), Some(Operation::Scd2)]
+            {
                 let err = sql(code, op);
                 assert_eq!(reaction(&err, 0), Reaction::Halt(Duration::from_secs(5)), "{code}");
                 assert_eq!(reaction(&err, 40), Reaction::Halt(Duration::from_secs(300)), "{code}");
@@ -278,7 +299,13 @@ mod tests {
     #[test]
     fn stop_flags_per_operation() {
         let only = |f: fn(&mut ErrorHandling)| {
-            let mut eh = ErrorHandling { stop_if_insert_error: None, stop_if_update_error: None, stop_if_delete_error: None, stop_if_upsert_error: None, stop_if_scd2_error: None };
+            let mut eh = ErrorHandling {
+                stop_if_insert_error: None,
+                stop_if_update_error: None,
+                stop_if_delete_error: None,
+                stop_if_upsert_error: None,
+                stop_if_scd2_error: None,
+            };
             f(&mut eh);
             ErrorPolicy::from_settings(Some(&eh), 3)
         };

@@ -58,7 +58,8 @@ pub(crate) async fn load(client: &mut tokio_postgres::Client, task: &str) -> Res
         )
         .await?;
     let text: String = row.get(0);
-    let watermark = Lsn::parse(&text).map_err(|e| Error::new(ErrorKind::Conflict, format!("progress row of task {task}: {e}")))?;
+    let watermark =
+        Lsn::parse(&text).map_err(|e| Error::new(ErrorKind::Conflict, format!("progress row of task {task}: {e}")))?;
     let number = |i: usize| row.get::<_, Option<i32>>(i).and_then(|v| u32::try_from(v).ok());
     let load = match (number(3), number(4), number(5)) {
         (Some(table_index), Some(attempt), Some(seq)) => Some(LoadMark {
@@ -98,13 +99,22 @@ impl Applied {
 
     /// True when committing this must move the recorded position.
     pub(crate) fn moves(&self, from: &Position) -> bool {
-        self.watermark != from.watermark || self.stream != from.stream || self.load != from.load || self.settings.is_some() || self.transactions > 0
+        self.watermark != from.watermark
+            || self.stream != from.stream
+            || self.load != from.load
+            || self.settings.is_some()
+            || self.transactions > 0
     }
 }
 
 /// Moves the task's position from `from` to `applied` inside the open transaction. Fails (so
 /// the transaction is rolled back) if the row no longer holds `from`: another applier moved it.
-pub(crate) async fn advance(tx: &tokio_postgres::Client, task: &str, from: &Position, applied: &Applied) -> Result<(), Error> {
+pub(crate) async fn advance(
+    tx: &tokio_postgres::Client,
+    task: &str,
+    from: &Position,
+    applied: &Applied,
+) -> Result<(), Error> {
     let number = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
     let updated = tx
         .execute(
@@ -142,14 +152,22 @@ pub(crate) async fn advance(tx: &tokio_postgres::Client, task: &str, from: &Posi
     if updated == 1 {
         Ok(())
     } else {
-        Err(Error::new(ErrorKind::Conflict, format!("the progress of task {task} moved under this applier (is another applier running?)")))
+        Err(Error::new(
+            ErrorKind::Conflict,
+            format!("the progress of task {task} moved under this applier (is another applier running?)"),
+        ))
     }
 }
 
 /// Records `settings` as the settings in effect at the committed position `at`, which does not
 /// move (newer settings found behind a message the task's rules cannot handle: see
 /// `consume::lookahead`). Its own transaction; false if the position moved meanwhile.
-pub(crate) async fn adopt_settings(client: &tokio_postgres::Client, task: &str, at: &Position, settings: &str) -> Result<bool, Error> {
+pub(crate) async fn adopt_settings(
+    client: &tokio_postgres::Client,
+    task: &str,
+    at: &Position,
+    settings: &str,
+) -> Result<bool, Error> {
     let updated = client
         .execute(
             "UPDATE trempy.applier_progress SET settings = $2::text::jsonb
@@ -163,7 +181,12 @@ pub(crate) async fn adopt_settings(client: &tokio_postgres::Client, task: &str, 
 /// Starts a newer generation of the task at once (its own transaction; false if the position
 /// moved meanwhile): an empty position, no load mark, counters reset, as the generation's first
 /// message would (see `consume::lookahead`).
-pub(crate) async fn start_generation(client: &tokio_postgres::Client, task: &str, at: &Position, generation: u32) -> Result<bool, Error> {
+pub(crate) async fn start_generation(
+    client: &tokio_postgres::Client,
+    task: &str,
+    at: &Position,
+    generation: u32,
+) -> Result<bool, Error> {
     let updated = client
         .execute(
             "UPDATE trempy.applier_progress
@@ -210,12 +233,19 @@ pub(crate) async fn load_staged(client: &tokio_postgres::Client, task: &str) -> 
     let Some(row) = rows.first() else { return Ok(None) };
     let lsn: String = row.get(0);
     let max_seq: i32 = row.get(1);
-    let commit_lsn = Lsn::parse(&lsn).map_err(|e| Error::new(ErrorKind::Conflict, format!("staging of task {task}: {e}")))?;
+    let commit_lsn =
+        Lsn::parse(&lsn).map_err(|e| Error::new(ErrorKind::Conflict, format!("staging of task {task}: {e}")))?;
     Ok(Some(Staged { commit_lsn, next_seq: u32::try_from(max_seq).unwrap_or(0) + 1 }))
 }
 
 /// Stages one chunk (inside the caller's open transaction).
-pub(crate) async fn stage(client: &tokio_postgres::Client, task: &str, commit_lsn: Lsn, seq: u32, body: &[u8]) -> Result<(), Error> {
+pub(crate) async fn stage(
+    client: &tokio_postgres::Client,
+    task: &str,
+    commit_lsn: Lsn,
+    seq: u32,
+    body: &[u8],
+) -> Result<(), Error> {
     client
         .execute(
             "INSERT INTO trempy.applier_staging (task_name, commit_lsn, seq, body) VALUES ($1, $2::text::pg_lsn, $3, $4)

@@ -112,7 +112,13 @@ fn now_ms() -> i64 {
 }
 
 /// Reports until `shutdown` turns true.
-pub(crate) async fn run(names: TaskNames, amqp_url: String, target_dsn: String, live: Live, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    names: TaskNames,
+    amqp_url: String,
+    target_dsn: String,
+    live: Live,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut target: Option<Client> = None;
     let mut link: Option<(Connection, Channel)> = None;
     let mut last: Option<(Report, Instant)> = None;
@@ -176,7 +182,8 @@ async fn read(target: &mut Option<Client>, dsn: &str, task: &str) -> Result<Opti
     let Some(state) = ApplierState::from_name(&state) else { return Err(format!("unknown applier state {state:?}")) };
     let watermark: String = row.get(3);
     let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
-    let (schema_changes, last_schema_change) = schema_change::recorded(client, task).await.map_err(|e| e.to_string())?;
+    let (schema_changes, last_schema_change) =
+        schema_change::recorded(client, task).await.map_err(|e| e.to_string())?;
     Ok(Some(Recorded {
         state,
         reason: row.get(1),
@@ -192,13 +199,19 @@ async fn read(target: &mut Option<Client>, dsn: &str, task: &str) -> Result<Opti
     }))
 }
 
-async fn publish(link: &mut Option<(Connection, Channel)>, url: &str, names: &TaskNames, report: &Report) -> Result<(), String> {
+async fn publish(
+    link: &mut Option<(Connection, Channel)>,
+    url: &str,
+    names: &TaskNames,
+    report: &Report,
+) -> Result<(), String> {
     if link.as_ref().is_some_and(|(c, ch)| !c.status().connected() || !ch.status().connected()) {
         *link = None;
     }
     if link.is_none() {
         let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let props = ConnectionProperties::default().with_connection_name(format!("trempy-applier {} reports", names.task()).into());
+            let props = ConnectionProperties::default()
+                .with_connection_name(format!("trempy-applier {} reports", names.task()).into());
             let connection = Connection::connect(url, props).await.map_err(|e| redact(&e.to_string()))?;
             let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
             topology::declare_feedback_route(&channel, names).await.map_err(|e| e.to_string())?;
@@ -209,10 +222,18 @@ async fn publish(link: &mut Option<(Connection, Channel)>, url: &str, names: &Ta
         *link = Some(opened);
     }
     let (_, channel) = link.as_ref().ok_or("no channel")?;
-    let properties = BasicProperties::default().with_content_type(feedback::CONTENT_TYPE.into()).with_app_id("trempy-applier".into());
+    let properties = BasicProperties::default()
+        .with_content_type(feedback::CONTENT_TYPE.into())
+        .with_app_id("trempy-applier".into());
     // Without publisher confirms the returned confirmation is resolved already; not awaited.
     let _confirm = channel
-        .basic_publish(names.feedback_exchange().as_str().into(), names.feedback_queue().as_str().into(), BasicPublishOptions::default(), &report.to_json(), properties)
+        .basic_publish(
+            names.feedback_exchange().as_str().into(),
+            names.feedback_queue().as_str().into(),
+            BasicPublishOptions::default(),
+            &report.to_json(),
+            properties,
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
@@ -254,7 +275,8 @@ mod tests {
         assert_eq!((r.schema_changes_applied, r.last_schema_change.as_deref()), (None, None));
         let mut with = recorded(ApplierState::Running);
         with.schema_changes = 2;
-        with.last_schema_change = Some("0/20 public.t -> public.t: ALTER TABLE \"public\".\"t\" DROP COLUMN \"c\"".into());
+        with.last_schema_change =
+            Some("0/20 public.t -> public.t: ALTER TABLE \"public\".\"t\" DROP COLUMN \"c\"".into());
         let r = report("t", with, None, 5);
         assert_eq!(r.schema_changes_applied, Some(2));
         assert!(r.last_schema_change.as_deref().is_some_and(|l| l.starts_with("0/20 public.t")));

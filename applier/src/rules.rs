@@ -102,7 +102,14 @@ impl Rules {
 
     /// Compiles the relations not compiled yet (or whose shape changed), then reads their target
     /// column types (creating missing target tables when `create`).
-    pub(crate) async fn prepare(&mut self, client: &Client, catalog: &mut Catalog, settings: Option<&TaskSettings>, relations: &[Relation], create: bool) -> Result<(), Error> {
+    pub(crate) async fn prepare(
+        &mut self,
+        client: &Client,
+        catalog: &mut Catalog,
+        settings: Option<&TaskSettings>,
+        relations: &[Relation],
+        create: bool,
+    ) -> Result<(), Error> {
         for source in relations {
             if self.mapped.get(&source.id).is_some_and(|m| same_shape(&m.source, source)) {
                 continue;
@@ -113,7 +120,11 @@ impl Rules {
             let passthrough = filter.is_none() && !transformed(settings, source) && mode(settings) != Mode::Scd2;
             // The slot of this relation's target, also after it was forgotten (a relation
             // is found in `targets` by its id: there must be one per id).
-            let slot = self.mapped.get(&source.id).map(|m| m.target).or_else(|| self.targets.iter().position(|t| t.id == source.id));
+            let slot = self
+                .mapped
+                .get(&source.id)
+                .map(|m| m.target)
+                .or_else(|| self.targets.iter().position(|t| t.id == source.id));
             let index = match slot {
                 Some(i) => {
                     self.targets[i] = target;
@@ -135,7 +146,10 @@ impl Rules {
             Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } => *rel,
             Change::Truncate { .. } | Change::Schema(_) | Change::Backfill(_) => return Ok(vec![(change, mode)]),
         };
-        let m = self.mapped.get(&id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))?;
+        let m = self
+            .mapped
+            .get(&id)
+            .ok_or_else(|| Error::new(ErrorKind::Envelope, format!("relation {id} is not described")))?;
         if let Change::Update { old: Some(old), new, unchanged, .. } = &mut change {
             fill_unchanged(old, new, unchanged);
         }
@@ -152,9 +166,11 @@ impl Rules {
         };
         // A row the plan cannot compute fails its source transaction (the error policy decides).
         let transform = |row: Vec<Option<String>>, unchanged: &[usize]| {
-            m.plan
-                .apply(row, unchanged, &ctx)
-                .map_err(|e| Error::new(ErrorKind::Transform, format!("cannot transform a row for {}: {e}", table())).with_table(table()).with_operation(operation))
+            m.plan.apply(row, unchanged, &ctx).map_err(|e| {
+                Error::new(ErrorKind::Transform, format!("cannot transform a row for {}: {e}", table()))
+                    .with_table(table())
+                    .with_operation(operation)
+            })
         };
         let passes = |row: &[Option<String>]| m.filter.as_ref().is_none_or(|f| f.matches(row));
         // a delete under a filter may find no row: not worth a warning in default mode
@@ -174,7 +190,11 @@ impl Rules {
                         let used = filter.columns_used();
                         if used.iter().any(|c| unchanged.contains(c)) {
                             match &old {
-                                Some(old) if used.iter().all(|c| !unchanged.contains(c) || old.get(*c).is_some_and(Option::is_some)) => {
+                                Some(old)
+                                    if used.iter().all(|c| {
+                                        !unchanged.contains(c) || old.get(*c).is_some_and(Option::is_some)
+                                    }) =>
+                                {
                                     let mut probe = new.clone();
                                     for &c in &unchanged {
                                         if let (Some(slot), Some(value)) = (probe.get_mut(c), old.get(c)) {
@@ -214,14 +234,25 @@ impl Rules {
 
     /// Filters and transforms one full-load chunk (COPY text) for its target relation; returns
     /// the data and its row count. Untouched when the relation needs nothing.
-    pub(crate) fn load_data(&self, id: u32, data: String, rows: u64, snapshot_time: &str) -> Result<(String, u64), Error> {
-        let m = self.mapped.get(&id).ok_or_else(|| Error::new(ErrorKind::Envelope, format!("load relation {id} is not described")))?;
+    pub(crate) fn load_data(
+        &self,
+        id: u32,
+        data: String,
+        rows: u64,
+        snapshot_time: &str,
+    ) -> Result<(String, u64), Error> {
+        let m = self
+            .mapped
+            .get(&id)
+            .ok_or_else(|| Error::new(ErrorKind::Envelope, format!("load relation {id} is not described")))?;
         if m.passthrough {
             return Ok((data, rows));
         }
         let table = || qualified(&m.plan.target_schema, &m.plan.target_table);
         let scd2 = self.targets[m.target].columns.len() > m.plan.columns.len();
-        let decoded = copytext::rows(&data, m.source.columns.len()).map_err(|e| Error::new(ErrorKind::Envelope, format!("load chunk of {}: {}", table(), e.message())).with_table(table()))?;
+        let decoded = copytext::rows(&data, m.source.columns.len()).map_err(|e| {
+            Error::new(ErrorKind::Envelope, format!("load chunk of {}: {}", table(), e.message())).with_table(table())
+        })?;
         drop(data);
         let ctx = Context { now: snapshot_time };
         let mut out = copytext::Writer::with_capacity(decoded.len() * 64);
@@ -229,7 +260,10 @@ impl Rules {
             if !m.filter.as_ref().is_none_or(|f| f.matches(&row)) {
                 continue;
             }
-            let (row, _) = m.plan.apply(row, &[], &ctx).map_err(|e| Error::new(ErrorKind::Transform, format!("cannot transform a row for {}: {e}", table())).with_table(table()))?;
+            let (row, _) = m.plan.apply(row, &[], &ctx).map_err(|e| {
+                Error::new(ErrorKind::Transform, format!("cannot transform a row for {}: {e}", table()))
+                    .with_table(table())
+            })?;
             for value in &row {
                 out.value(value.as_deref().map(str::as_bytes));
             }
@@ -242,7 +276,10 @@ impl Rules {
         }
         let rows = out.rows();
         let bytes = out.take();
-        let text = String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::Transform, format!("a transformed row for {} is not UTF-8", table())).with_table(table()))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::new(ErrorKind::Transform, format!("a transformed row for {} is not UTF-8", table()))
+                .with_table(table())
+        })?;
         Ok((text, rows))
     }
 }
@@ -265,7 +302,9 @@ fn fill_unchanged(old: &[Option<String>], new: &mut [Option<String>], unchanged:
 /// name and source index, so the plan's shape alone cannot tell).
 fn transformed(settings: Option<&TaskSettings>, source: &Relation) -> bool {
     let (schema, table) = rules_name(settings, source);
-    settings.is_some_and(|s| s.transformations.iter().any(|t| t.table_info.schema_name == schema && t.table_info.table_name == table))
+    settings.is_some_and(|s| {
+        s.transformations.iter().any(|t| t.table_info.schema_name == schema && t.table_info.table_name == table)
+    })
 }
 
 /// The name the task's rules know a source relation by: the settings' name for its OID (it may
@@ -277,9 +316,15 @@ fn rules_name<'a>(settings: Option<&'a TaskSettings>, source: &'a Relation) -> (
 }
 
 /// The filter, plan and target relation of one source relation.
-pub(crate) fn compile(settings: Option<&TaskSettings>, source: &Relation) -> Result<(Option<RowFilter>, TablePlan, Relation), Error> {
-    let columns: Vec<ColumnDesc> =
-        source.columns.iter().map(|c| ColumnDesc { name: c.name.clone(), type_name: c.type_name.clone(), key: c.key, not_null: c.not_null }).collect();
+pub(crate) fn compile(
+    settings: Option<&TaskSettings>,
+    source: &Relation,
+) -> Result<(Option<RowFilter>, TablePlan, Relation), Error> {
+    let columns: Vec<ColumnDesc> = source
+        .columns
+        .iter()
+        .map(|c| ColumnDesc { name: c.name.clone(), type_name: c.type_name.clone(), key: c.key, not_null: c.not_null })
+        .collect();
     let (rules_schema, rules_table) = rules_name(settings, source);
     let (filter, mut plan) = match settings {
         None => (None, TablePlan::identity(&source.schema, &source.table, &columns)),
@@ -324,12 +369,38 @@ pub(crate) fn compile(settings: Option<&TaskSettings>, source: &Relation) -> Res
     if mode(settings) == Mode::Scd2 {
         let names = settings.map(TaskSettings::scd2_columns).unwrap_or_else(unreachable_scd2);
         let timestamptz = "timestamp with time zone";
-        target_columns.push(Column { name: names.start, type_name: timestamptz.into(), type_oid: 1184, key: true, not_null: true, create_type: None });
-        target_columns.push(Column { name: names.end, type_name: timestamptz.into(), type_oid: 1184, key: false, not_null: false, create_type: None });
-        target_columns.push(Column { name: names.current, type_name: "boolean".into(), type_oid: 16, key: false, not_null: true, create_type: None });
+        target_columns.push(Column {
+            name: names.start,
+            type_name: timestamptz.into(),
+            type_oid: 1184,
+            key: true,
+            not_null: true,
+            create_type: None,
+        });
+        target_columns.push(Column {
+            name: names.end,
+            type_name: timestamptz.into(),
+            type_oid: 1184,
+            key: false,
+            not_null: false,
+            create_type: None,
+        });
+        target_columns.push(Column {
+            name: names.current,
+            type_name: "boolean".into(),
+            type_oid: 16,
+            key: false,
+            not_null: true,
+            create_type: None,
+        });
         debug_assert_eq!(target_columns.len(), plan.columns.len() + scd2::COLUMNS);
     }
-    let target = Relation { id: source.id, schema: plan.target_schema.clone(), table: plan.target_table.clone(), columns: target_columns };
+    let target = Relation {
+        id: source.id,
+        schema: plan.target_schema.clone(),
+        table: plan.target_table.clone(),
+        columns: target_columns,
+    };
     Ok((filter, plan, target))
 }
 
@@ -350,7 +421,11 @@ fn rule_name(settings: &TaskSettings, path: &str) -> Option<String> {
 
 /// `mode()` is `Scd2` only with settings.
 fn unreachable_scd2() -> trempy_protocol::settings::Scd2Columns {
-    trempy_protocol::settings::Scd2Columns { start: "scd_start_date".into(), end: "scd_end_date".into(), current: "scd_current".into() }
+    trempy_protocol::settings::Scd2Columns {
+        start: "scd_start_date".into(),
+        end: "scd_end_date".into(),
+        current: "scd_current".into(),
+    }
 }
 
 #[cfg(test)]
@@ -359,8 +434,18 @@ mod tests {
     use super::*;
 
     fn source() -> Relation {
-        let col = |name: &str, type_name: &str, key: bool| Column { name: name.into(), type_name: type_name.into(), key, ..Column::default() };
-        Relation { id: 7, schema: "public".into(), table: "emp".into(), columns: vec![col("id", "integer", true), col("name", "text", false), col("gender", "text", false)] }
+        let col = |name: &str, type_name: &str, key: bool| Column {
+            name: name.into(),
+            type_name: type_name.into(),
+            key,
+            ..Column::default()
+        };
+        Relation {
+            id: 7,
+            schema: "public".into(),
+            table: "emp".into(),
+            columns: vec![col("id", "integer", true), col("name", "text", false), col("gender", "text", false)],
+        }
     }
 
     fn settings(mode: &str, rules: &str) -> TaskSettings {
@@ -403,7 +488,11 @@ mod tests {
         let s = TaskSettings::parse(&json).unwrap();
         assert!(transformed(Some(&s), &source()));
         let (_, plan, target) = compile(Some(&s), &source()).unwrap();
-        assert_eq!((target.schema.as_str(), target.table.as_str()), ("public", "emp"), "the target keeps the name until the rename arrives");
+        assert_eq!(
+            (target.schema.as_str(), target.table.as_str()),
+            ("public", "emp"),
+            "the target keeps the name until the rename arrives"
+        );
         let (row, _) = plan.apply(v(&["1", "ann", "F"]), &[], &Context { now: "2026-01-01 00:00:00+00" }).unwrap();
         assert_eq!(row, v(&["1", "ANN", "F"]));
         // another OID: not bound, so not transformed
@@ -430,7 +519,8 @@ mod tests {
             "settings": {"transformation_type": "modify_column_value", "description": "", "contract": {"operation": "trim", "column_name": "name"}, "priority": 1}}]"#;
         let r = rules(&settings("upsert", only));
         assert!(!r.mapped[&7].passthrough);
-        let out = r.map(Change::Insert { rel: 7, new: v(&["1", " a ", "F"]) }, Mode::Upsert, "2026-01-01T00:00:00Z").unwrap();
+        let out =
+            r.map(Change::Insert { rel: 7, new: v(&["1", " a ", "F"]) }, Mode::Upsert, "2026-01-01T00:00:00Z").unwrap();
         assert!(matches!(&out[0], (Change::Insert { new, .. }, _) if new == &v(&["1", "a", "F"])));
     }
 
@@ -443,10 +533,14 @@ mod tests {
         let out = r.map(Change::Insert { rel: 7, new: v(&["1", "ann", "F"]) }, Mode::Default, t).unwrap();
         assert!(matches!(&out[0], (Change::Insert { new, .. }, Mode::Default) if new == &v(&["1", "ANN", "F"])));
         // entering or staying: upsert even in default mode
-        let out = r.map(Change::Update { rel: 7, old: None, new: v(&["1", "bo", "F"]), unchanged: vec![] }, Mode::Default, t).unwrap();
+        let out = r
+            .map(Change::Update { rel: 7, old: None, new: v(&["1", "bo", "F"]), unchanged: vec![] }, Mode::Default, t)
+            .unwrap();
         assert!(matches!(&out[0], (Change::Update { new, .. }, Mode::Upsert) if new == &v(&["1", "BO", "F"])));
         // leaving: a delete by key
-        let out = r.map(Change::Update { rel: 7, old: None, new: v(&["1", "bo", "M"]), unchanged: vec![] }, Mode::Default, t).unwrap();
+        let out = r
+            .map(Change::Update { rel: 7, old: None, new: v(&["1", "bo", "M"]), unchanged: vec![] }, Mode::Default, t)
+            .unwrap();
         assert!(matches!(&out[0], (Change::Delete { old, .. }, Mode::Upsert) if old[0] == Some("1".into())));
         // a delete carrying only the key is applied by key
         let out = r.map(Change::Delete { rel: 7, old: v(&["1", "-", "-"]) }, Mode::Default, t).unwrap();
@@ -460,17 +554,51 @@ mod tests {
         let r = rules(&settings("default", RULES));
         let t = "2026-01-01T00:00:00Z";
         // REPLICA IDENTITY FULL: the old row carries the value; the row is written whole
-        let out = r.map(Change::Update { rel: 7, old: Some(v(&["1", "big", "M"])), new: v(&["1", "-", "F"]), unchanged: vec![1] }, Mode::Default, t).unwrap();
-        assert!(matches!(&out[0], (Change::Update { new, unchanged, .. }, Mode::Upsert) if new == &v(&["1", "BIG", "F"]) && unchanged.is_empty()));
+        let out = r
+            .map(
+                Change::Update {
+                    rel: 7,
+                    old: Some(v(&["1", "big", "M"])),
+                    new: v(&["1", "-", "F"]),
+                    unchanged: vec![1],
+                },
+                Mode::Default,
+                t,
+            )
+            .unwrap();
+        assert!(
+            matches!(&out[0], (Change::Update { new, unchanged, .. }, Mode::Upsert) if new == &v(&["1", "BIG", "F"]) && unchanged.is_empty())
+        );
         // without it (or without the column in the old row) it stays unchanged: apply updates by key
-        let out = r.map(Change::Update { rel: 7, old: None, new: v(&["1", "-", "F"]), unchanged: vec![1] }, Mode::Default, t).unwrap();
+        let out = r
+            .map(Change::Update { rel: 7, old: None, new: v(&["1", "-", "F"]), unchanged: vec![1] }, Mode::Default, t)
+            .unwrap();
         assert!(matches!(&out[0], (Change::Update { unchanged, .. }, Mode::Upsert) if unchanged == &vec![1]));
-        let out = r.map(Change::Update { rel: 7, old: Some(v(&["0", "-", "-"])), new: v(&["1", "-", "F"]), unchanged: vec![1] }, Mode::Default, t).unwrap();
+        let out = r
+            .map(
+                Change::Update { rel: 7, old: Some(v(&["0", "-", "-"])), new: v(&["1", "-", "F"]), unchanged: vec![1] },
+                Mode::Default,
+                t,
+            )
+            .unwrap();
         assert!(matches!(&out[0], (Change::Update { unchanged, .. }, Mode::Upsert) if unchanged == &vec![1]));
         // a passthrough table is filled too
         let p = rules(&settings("upsert", ""));
-        let out = p.map(Change::Update { rel: 7, old: Some(v(&["1", "big", "M"])), new: v(&["1", "-", "M"]), unchanged: vec![1] }, Mode::Upsert, t).unwrap();
-        assert!(matches!(&out[0], (Change::Update { new, unchanged, .. }, Mode::Upsert) if new == &v(&["1", "big", "M"]) && unchanged.is_empty()));
+        let out = p
+            .map(
+                Change::Update {
+                    rel: 7,
+                    old: Some(v(&["1", "big", "M"])),
+                    new: v(&["1", "-", "M"]),
+                    unchanged: vec![1],
+                },
+                Mode::Upsert,
+                t,
+            )
+            .unwrap();
+        assert!(
+            matches!(&out[0], (Change::Update { new, unchanged, .. }, Mode::Upsert) if new == &v(&["1", "big", "M"]) && unchanged.is_empty())
+        );
     }
 
     #[test]
@@ -481,7 +609,9 @@ mod tests {
         let big = "10".to_owned(); // 10^400 overflows double precision
         let err = r.map(Change::Insert { rel: 7, new: v(&[&big, "a", "F"]) }, Mode::Upsert, "t").unwrap_err();
         assert_eq!((err.kind(), err.operation()), (ErrorKind::Transform, Some(Operation::Insert)), "{}", err.message());
-        let err = r.map(Change::Update { rel: 7, old: None, new: v(&[&big, "a", "F"]), unchanged: vec![] }, Mode::Upsert, "t").unwrap_err();
+        let err = r
+            .map(Change::Update { rel: 7, old: None, new: v(&[&big, "a", "F"]), unchanged: vec![] }, Mode::Upsert, "t")
+            .unwrap_err();
         assert_eq!((err.kind(), err.operation()), (ErrorKind::Transform, Some(Operation::Update)));
         let err = r.map(Change::Insert { rel: 7, new: v(&[&big, "a", "F"]) }, Mode::Scd2, "t").unwrap_err();
         assert_eq!(err.operation(), Some(Operation::Scd2));
@@ -494,9 +624,16 @@ mod tests {
         gone.columns.truncate(2); // `gender` was dropped at the source
         let err = compile(Some(&s), &gone).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Rules);
-        assert!(err.message().contains("filter 0 (equals, \"\"): filters[0].settings.column_name"), "{}", err.message());
+        assert!(
+            err.message().contains("filter 0 (equals, \"\"): filters[0].settings.column_name"),
+            "{}",
+            err.message()
+        );
         assert!(err.message().contains("trempy.update_task"), "{}", err.message());
-        assert_eq!(rule_name(&s, "transformations[1].settings.contract"), Some("transformation 1 (modify_table_name, \"\")".to_owned()));
+        assert_eq!(
+            rule_name(&s, "transformations[1].settings.contract"),
+            Some("transformation 1 (modify_table_name, \"\")".to_owned())
+        );
         assert_eq!(rule_name(&s, "tables[0]"), None);
         assert_eq!(rule_name(&s, "filters[9].x"), None);
     }
@@ -505,9 +642,17 @@ mod tests {
     fn an_unchanged_filter_column_is_taken_from_the_old_row() {
         let r = rules(&settings("upsert", RULES));
         let t = "2026-01-01T00:00:00Z";
-        let out = r.map(Change::Update { rel: 7, old: Some(v(&["1", "a", "M"])), new: v(&["1", "b", "-"]), unchanged: vec![2] }, Mode::Upsert, t).unwrap();
+        let out = r
+            .map(
+                Change::Update { rel: 7, old: Some(v(&["1", "a", "M"])), new: v(&["1", "b", "-"]), unchanged: vec![2] },
+                Mode::Upsert,
+                t,
+            )
+            .unwrap();
         assert!(matches!(&out[0], (Change::Delete { .. }, _)));
-        let out = r.map(Change::Update { rel: 7, old: None, new: v(&["1", "b", "-"]), unchanged: vec![2] }, Mode::Upsert, t).unwrap();
+        let out = r
+            .map(Change::Update { rel: 7, old: None, new: v(&["1", "b", "-"]), unchanged: vec![2] }, Mode::Upsert, t)
+            .unwrap();
         assert!(matches!(&out[0], (Change::Update { unchanged, .. }, _) if unchanged == &vec![2]));
     }
 }

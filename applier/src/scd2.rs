@@ -68,10 +68,16 @@ struct Shape<'a> {
 impl<'a> Shape<'a> {
     fn of(rel: &'a Relation) -> Result<Self, Error> {
         let table = qualified(&rel.schema, &rel.table);
-        let width = rel.columns.len().checked_sub(COLUMNS).ok_or_else(|| Error::new(ErrorKind::Rules, format!("{table} lacks its SCD2 columns")).with_table(table.clone()))?;
+        let width = rel.columns.len().checked_sub(COLUMNS).ok_or_else(|| {
+            Error::new(ErrorKind::Rules, format!("{table} lacks its SCD2 columns")).with_table(table.clone())
+        })?;
         let keys: Vec<usize> = key_indexes(rel)?.into_iter().filter(|&k| k < width).collect();
         if keys.is_empty() {
-            return Err(Error::new(ErrorKind::Rules, format!("{table} has no key for SCD2 (the task's transformations removed every key column)")).with_table(table));
+            return Err(Error::new(
+                ErrorKind::Rules,
+                format!("{table} has no key for SCD2 (the task's transformations removed every key column)"),
+            )
+            .with_table(table));
         }
         let name = |i: usize| quote_ident(&rel.columns[width + i].name);
         Ok(Shape { rel, table, width, keys, start: name(0), end: name(1), current: name(2) })
@@ -83,7 +89,11 @@ impl<'a> Shape<'a> {
 
     /// `WITH u AS (SELECT $1::text::T AS c<i>, …, $n::text::timestamptz AS t)` over `columns`.
     fn values(&self, columns: &[usize]) -> String {
-        let mut items: Vec<String> = columns.iter().enumerate().map(|(p, &i)| format!("${}::text::{} AS c{i}", p + 1, self.rel.columns[i].type_name)).collect();
+        let mut items: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(p, &i)| format!("${}::text::{} AS c{i}", p + 1, self.rel.columns[i].type_name))
+            .collect();
         items.push(format!("${}::text::timestamptz AS t", columns.len() + 1));
         format!("WITH u AS (SELECT {})", items.join(", "))
     }
@@ -107,11 +117,20 @@ impl<'a> Shape<'a> {
         let (start, end, current) = (&self.start, &self.end, &self.current);
         let table = &self.table;
         let mut names: Vec<String> = (0..self.width).map(|i| self.col(i)).collect();
-        let mut picks: Vec<String> = (0..self.width).map(|i| if present.contains(&i) { format!("u.c{i}") } else { format!("cur.{}", self.col(i)) }).collect();
+        let mut picks: Vec<String> = (0..self.width)
+            .map(|i| if present.contains(&i) { format!("u.c{i}") } else { format!("cur.{}", self.col(i)) })
+            .collect();
         names.extend([start.clone(), end.clone(), current.clone()]);
         picks.extend(["u.t".to_owned(), "NULL".to_owned(), "true".to_owned()]);
-        let sets: Vec<String> = (0..self.width).filter(|i| !self.keys.contains(i)).map(|i| format!("{0} = EXCLUDED.{0}", self.col(i))).collect();
-        let action = if sets.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {} WHERE x.{current}", sets.join(", ")) };
+        let sets: Vec<String> = (0..self.width)
+            .filter(|i| !self.keys.contains(i))
+            .map(|i| format!("{0} = EXCLUDED.{0}", self.col(i)))
+            .collect();
+        let action = if sets.is_empty() {
+            "NOTHING".to_owned()
+        } else {
+            format!("UPDATE SET {} WHERE x.{current}", sets.join(", "))
+        };
         let conflict: Vec<String> = self.keys.iter().map(|&k| self.col(k)).chain([start.clone()]).collect();
         format!(
             "{values}, cur AS (SELECT x.* FROM {table} AS x, u WHERE {km} AND x.{current}), \
@@ -130,7 +149,13 @@ impl<'a> Shape<'a> {
 
     /// Finds the current version of a key (a row when there is one).
     fn current_sql(&self) -> String {
-        format!("{values} SELECT 1 FROM {table} AS x, u WHERE {km} AND x.{current}", values = self.values(&self.keys), table = self.table, km = self.key_match("x"), current = self.current)
+        format!(
+            "{values} SELECT 1 FROM {table} AS x, u WHERE {km} AND x.{current}",
+            values = self.values(&self.keys),
+            table = self.table,
+            km = self.key_match("x"),
+            current = self.current
+        )
     }
 
     /// Closes the current version of a key.
@@ -162,7 +187,10 @@ pub(crate) fn statements(rel: &Relation, change: Change, commit_time: &str) -> R
         Change::Insert { new, .. } => vec![version((0..shape.width).collect(), &new)],
         Change::Update { old, new, unchanged, .. } => {
             if let Some(k) = shape.keys.iter().find(|k| unchanged.contains(k)) {
-                return Err(Error::new(ErrorKind::Envelope, format!("update of {} without a value for key column {k}", shape.table)));
+                return Err(Error::new(
+                    ErrorKind::Envelope,
+                    format!("update of {} without a value for key column {k}", shape.table),
+                ));
             }
             let mut out = Vec::with_capacity(3);
             if let Some(old) = old
@@ -173,7 +201,11 @@ pub(crate) fn statements(rel: &Relation, change: Change, commit_time: &str) -> R
             if !unchanged.is_empty() {
                 // The values not sent are carried from the current version: there must be one
                 // (never a version with NULL in their place).
-                out.push(Statement { sql: shape.current_sql(), params: shape.key_params(&new, commit_time), require: true });
+                out.push(Statement {
+                    sql: shape.current_sql(),
+                    params: shape.key_params(&new, commit_time),
+                    require: true,
+                });
             }
             let present = (0..shape.width).filter(|i| !unchanged.contains(i)).collect();
             out.push(version(present, &new));
@@ -181,7 +213,12 @@ pub(crate) fn statements(rel: &Relation, change: Change, commit_time: &str) -> R
         }
         Change::Delete { old, .. } => vec![Statement::new(shape.close_sql(), shape.key_params(&old, commit_time))],
         Change::Truncate { .. } => vec![truncate(rel, commit_time)?],
-        Change::Schema(_) | Change::Backfill(_) => return Err(Error::new(ErrorKind::Conflict, "a schema change or backfill reached the SCD2 writer; it is applied by the session")),
+        Change::Schema(_) | Change::Backfill(_) => {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "a schema change or backfill reached the SCD2 writer; it is applied by the session",
+            ));
+        }
     })
 }
 
@@ -203,7 +240,12 @@ mod tests {
     use super::*;
 
     fn rel() -> Relation {
-        let col = |name: &str, type_name: &str, key: bool| Column { name: name.into(), type_name: type_name.into(), key, ..Column::default() };
+        let col = |name: &str, type_name: &str, key: bool| Column {
+            name: name.into(),
+            type_name: type_name.into(),
+            key,
+            ..Column::default()
+        };
         Relation {
             id: 1,
             schema: "public".into(),
@@ -225,7 +267,9 @@ mod tests {
 
     #[test]
     fn an_insert_opens_a_version_at_the_commit_time() {
-        let out = statements(&rel(), Change::Insert { rel: 1, new: vec![s("1"), s("a"), None] }, "2026-01-01T00:00:00Z").unwrap();
+        let out =
+            statements(&rel(), Change::Insert { rel: 1, new: vec![s("1"), s("a"), None] }, "2026-01-01T00:00:00Z")
+                .unwrap();
         assert_eq!(out.len(), 1);
         let Statement { sql, params, require } = &out[0];
         assert!(!require);
@@ -243,7 +287,13 @@ mod tests {
         // first: the current version must exist (else the task halts rather than carry NULL)
         assert!(out[0].require);
         assert_eq!(out[0].params, vec![s("1"), s("t")]);
-        assert!(out[0].sql.ends_with("SELECT 1 FROM \"public\".\"emp\" AS x, u WHERE x.\"id\" = u.c0 AND x.\"scd_current\""), "{}", out[0].sql);
+        assert!(
+            out[0]
+                .sql
+                .ends_with("SELECT 1 FROM \"public\".\"emp\" AS x, u WHERE x.\"id\" = u.c0 AND x.\"scd_current\""),
+            "{}",
+            out[0].sql
+        );
         let Statement { sql, params, require } = &out[1];
         assert!(!require);
         assert_eq!(params.len(), 3);
@@ -253,7 +303,12 @@ mod tests {
 
     #[test]
     fn a_key_change_closes_the_old_key_and_a_delete_closes() {
-        let change = Change::Update { rel: 1, old: Some(vec![s("1"), None, None]), new: vec![s("2"), s("b"), s("c")], unchanged: vec![] };
+        let change = Change::Update {
+            rel: 1,
+            old: Some(vec![s("1"), None, None]),
+            new: vec![s("2"), s("b"), s("c")],
+            unchanged: vec![],
+        };
         let out = statements(&rel(), change, "t").unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].params, vec![s("1"), s("t")]);

@@ -91,7 +91,14 @@ pub(crate) fn relation(rel: u32, shape: &Shape) -> Relation {
         columns: shape
             .columns
             .iter()
-            .map(|c| Column { name: c.name.clone(), type_name: c.type_name.clone(), type_oid: c.type_oid, key: c.key, not_null: c.not_null, create_type: c.create_type.clone() })
+            .map(|c| Column {
+                name: c.name.clone(),
+                type_name: c.type_name.clone(),
+                type_oid: c.type_oid,
+                key: c.key,
+                not_null: c.not_null,
+                create_type: c.create_type.clone(),
+            })
             .collect(),
     }
 }
@@ -103,14 +110,22 @@ pub(crate) fn display(name: &Name) -> String {
 
 /// The task's settings after the change's renames (`None` when nothing was renamed): the new
 /// settings document as text, and parsed. `settings` is the settings document in effect.
-pub(crate) fn follow_renames(settings: Option<&str>, change: &SchemaChange) -> Result<Option<(String, TaskSettings)>, Error> {
+pub(crate) fn follow_renames(
+    settings: Option<&str>,
+    change: &SchemaChange,
+) -> Result<Option<(String, TaskSettings)>, Error> {
     let (Some(text), Some(old), Some(new)) = (settings, &change.old, &change.new) else { return Ok(None) };
     let Ok(mut doc) = serde_json::from_str::<Value>(text) else { return Ok(None) };
     let table = (old.schema.as_str(), old.table.as_str());
     let renamed: Vec<(&str, &str, i16)> = new
         .columns
         .iter()
-        .filter_map(|c| old.columns.iter().find(|o| o.attnum == c.attnum && o.name != c.name).map(|o| (o.name.as_str(), c.name.as_str(), c.attnum)))
+        .filter_map(|c| {
+            old.columns
+                .iter()
+                .find(|o| o.attnum == c.attnum && o.name != c.name)
+                .map(|o| (o.name.as_str(), c.name.as_str(), c.attnum))
+        })
         .collect();
     let mut changed = false;
     // Through a placeholder no identifier can be (NUL), so that swapped names do not collide.
@@ -178,15 +193,25 @@ impl Synthetic {
 
 /// A compiled source shape: the target relation and, per target column, its source `attnum`;
 /// with the source columns the rules copy unchanged, and whether a filter applies.
-fn target_shape(rel: u32, source: &Shape, settings: Option<&TaskSettings>, synthetic: &mut Synthetic) -> Result<(Shape, Vec<i16>, bool), Error> {
+fn target_shape(
+    rel: u32,
+    source: &Shape,
+    settings: Option<&TaskSettings>,
+    synthetic: &mut Synthetic,
+) -> Result<(Shape, Vec<i16>, bool), Error> {
     let (filter, plan, target) = rules::compile(settings, &relation(rel, source))?;
-    let verbatim = (0..target.columns.len()).filter_map(|i| plan.copied_verbatim(i)).filter_map(|s| source.columns.get(s)).map(|c| c.attnum).collect();
+    let verbatim = (0..target.columns.len())
+        .filter_map(|i| plan.copied_verbatim(i))
+        .filter_map(|s| source.columns.get(s))
+        .map(|c| c.attnum)
+        .collect();
     let columns = target
         .columns
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let attnum = plan.columns.get(i).and_then(|p| p.source).and_then(|s| source.columns.get(s)).map(|s| s.attnum);
+            let attnum =
+                plan.columns.get(i).and_then(|p| p.source).and_then(|s| source.columns.get(s)).map(|s| s.attnum);
             ShapeColumn {
                 attnum: attnum.unwrap_or_else(|| synthetic.attnum(&c.name)),
                 name: c.name.clone(),
@@ -205,10 +230,21 @@ fn target_shape(rel: u32, source: &Shape, settings: Option<&TaskSettings>, synth
 /// new one under the settings `after` it (renames followed). The new shape must fit the rules
 /// (else [`ErrorKind::Rules`], naming them); an old shape that does not fit is taken as unknown
 /// (every column is then reconciled by name).
-pub(crate) fn target(change: &SchemaChange, before: Option<&TaskSettings>, after: Option<&TaskSettings>) -> Result<Target, Error> {
+pub(crate) fn target(
+    change: &SchemaChange,
+    before: Option<&TaskSettings>,
+    after: Option<&TaskSettings>,
+) -> Result<Target, Error> {
     let mut synthetic = Synthetic(HashMap::new());
-    let old = change.old.as_ref().and_then(|shape| target_shape(change.rel, shape, before, &mut synthetic).ok()).map(|(shape, _, _)| shape);
-    let old_name = old.as_ref().map(|s| (s.schema.clone(), s.table.clone())).or_else(|| change.old.as_ref().map(|s| (s.schema.clone(), s.table.clone())));
+    let old = change
+        .old
+        .as_ref()
+        .and_then(|shape| target_shape(change.rel, shape, before, &mut synthetic).ok())
+        .map(|(shape, _, _)| shape);
+    let old_name = old
+        .as_ref()
+        .map(|s| (s.schema.clone(), s.table.clone()))
+        .or_else(|| change.old.as_ref().map(|s| (s.schema.clone(), s.table.clone())));
     let Some(source_new) = &change.new else {
         return Ok(Target { old: old_name, new: None, steps: vec![Step::DropTable], backfill: None });
     };
@@ -217,7 +253,11 @@ pub(crate) fn target(change: &SchemaChange, before: Option<&TaskSettings>, after
     let mut rewritten = change.rewritten.clone();
     let mut fills = Vec::new();
     for fill in &change.fills {
-        let copied = new.columns.iter().find(|c| c.attnum == fill.attnum).zip(source_new.columns.iter().find(|c| c.attnum == fill.attnum));
+        let copied = new
+            .columns
+            .iter()
+            .find(|c| c.attnum == fill.attnum)
+            .zip(source_new.columns.iter().find(|c| c.attnum == fill.attnum));
         match copied {
             Some((t, s)) if t.type_name == s.type_name => fills.push(fill.clone()),
             Some(_) if fill.value.is_some() => rewritten.push(fill.attnum),
@@ -226,9 +266,11 @@ pub(crate) fn target(change: &SchemaChange, before: Option<&TaskSettings>, after
     }
     // Backfilled values reach the target when the rules copy their columns, and the key that
     // finds the rows, unchanged; otherwise they cannot be derived there.
-    let copied = |attnum: i16| verbatim.contains(&attnum).then(|| new.columns.iter().find(|c| c.attnum == attnum)).flatten();
+    let copied =
+        |attnum: i16| verbatim.contains(&attnum).then(|| new.columns.iter().find(|c| c.attnum == attnum)).flatten();
     let source_key: Vec<&ShapeColumn> = source_new.columns.iter().filter(|c| c.key).collect();
-    let key: Option<Vec<BackfillColumn>> = source_key.iter().map(|s| copied(s.attnum).map(|t| BackfillColumn::new(s, t))).collect();
+    let key: Option<Vec<BackfillColumn>> =
+        source_key.iter().map(|s| copied(s.attnum).map(|t| BackfillColumn::new(s, t))).collect();
     let scd2 = rules::scd2_columns(after);
     let mut backfilled = Vec::new();
     let mut columns = Vec::new();
@@ -243,21 +285,46 @@ pub(crate) fn target(change: &SchemaChange, before: Option<&TaskSettings>, after
             _ => {} // not replicated to the target
         }
     }
-    let not_null = if scd2.is_some() { Vec::new() } else { columns.iter().filter(|c| c.not_null).map(|c| c.target.clone()).collect() };
+    let not_null = if scd2.is_some() {
+        Vec::new()
+    } else {
+        columns.iter().filter(|c| c.not_null).map(|c| c.target.clone()).collect()
+    };
     let new_name = (new.schema.clone(), new.table.clone());
     let mut unreplicated = change.unreplicated.clone();
     let backfill = if change.attached.is_empty() {
         match key {
-            Some(key) if !columns.is_empty() => Some(BackfillPlan { table: new_name.clone(), key, columns, current: scd2.map(|s| s.current), not_null, insert: false }),
+            Some(key) if !columns.is_empty() => Some(BackfillPlan {
+                table: new_name.clone(),
+                key,
+                columns,
+                current: scd2.map(|s| s.current),
+                not_null,
+                insert: false,
+            }),
             _ => None,
         }
     } else {
         // Rows of attached partitions are inserted as they are: only into a target that takes
         // every column unchanged, unfiltered, outside SCD2 (else the task halts on them).
-        let every: Option<Vec<BackfillColumn>> = source_new.columns.iter().filter(|c| !c.key).map(|s| copied(s.attnum).map(|t| BackfillColumn::new(s, t))).collect();
+        let every: Option<Vec<BackfillColumn>> = source_new
+            .columns
+            .iter()
+            .filter(|c| !c.key)
+            .map(|s| copied(s.attnum).map(|t| BackfillColumn::new(s, t)))
+            .collect();
         match (key, every) {
-            (Some(key), Some(columns)) if !filtered && scd2.is_none() && new.columns.len() == source_new.columns.len() => {
-                Some(BackfillPlan { table: new_name.clone(), key, columns, current: None, not_null: Vec::new(), insert: true })
+            (Some(key), Some(columns))
+                if !filtered && scd2.is_none() && new.columns.len() == source_new.columns.len() =>
+            {
+                Some(BackfillPlan {
+                    table: new_name.clone(),
+                    key,
+                    columns,
+                    current: None,
+                    not_null: Vec::new(),
+                    insert: true,
+                })
             }
             _ => {
                 unreplicated.extend(change.attached.iter().cloned());
@@ -265,7 +332,17 @@ pub(crate) fn target(change: &SchemaChange, before: Option<&TaskSettings>, after
             }
         }
     };
-    let target_change = SchemaChange { rel: change.rel, tag: change.tag.clone(), old, new: Some(new), fills, rewritten, backfilled, unreplicated, attached: Vec::new() };
+    let target_change = SchemaChange {
+        rel: change.rel,
+        tag: change.tag.clone(),
+        old,
+        new: Some(new),
+        fills,
+        rewritten,
+        backfilled,
+        unreplicated,
+        attached: Vec::new(),
+    };
     Ok(Target { old: old_name, new: Some(new_name), steps: schema::diff(&target_change), backfill })
 }
 
@@ -280,7 +357,12 @@ pub(crate) struct BackfillColumn {
 
 impl BackfillColumn {
     fn new(source: &ShapeColumn, target: &ShapeColumn) -> Self {
-        Self { source: source.name.clone(), target: target.name.clone(), target_type: target.target_type().to_owned(), not_null: target.not_null }
+        Self {
+            source: source.name.clone(),
+            target: target.name.clone(),
+            target_type: target.target_type().to_owned(),
+            not_null: target.not_null,
+        }
     }
 }
 
@@ -317,7 +399,11 @@ impl BackfillPlan {
             aliases.push(format!("v{i}"));
             params.push(format!("pg_catalog.unnest(${}::text[])", i + 1));
         }
-        let cast = |c: &BackfillColumn| typename::check_type(&c.target_type).map(|()| c.target_type.clone()).map_err(|m| Error::new(ErrorKind::Schema, format!("backfill of column {}: the type {m}", c.target)));
+        let cast = |c: &BackfillColumn| {
+            typename::check_type(&c.target_type)
+                .map(|()| c.target_type.clone())
+                .map_err(|m| Error::new(ErrorKind::Schema, format!("backfill of column {}: the type {m}", c.target)))
+        };
         let table = qualified(&self.table.0, &self.table.1);
         if self.insert {
             let mut names = Vec::new();
@@ -327,8 +413,10 @@ impl BackfillPlan {
                 values.push(format!("v.v{i}::{}", cast(c)?));
             }
             let key: Vec<String> = self.key.iter().map(|c| quote_ident(&c.target)).collect();
-            let update: Vec<String> = self.columns.iter().map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.target))).collect();
-            let action = if update.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", update.join(", ")) };
+            let update: Vec<String> =
+                self.columns.iter().map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.target))).collect();
+            let action =
+                if update.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", update.join(", ")) };
             return Ok(format!(
                 "INSERT INTO {table} ({}) SELECT {} FROM ROWS FROM ({}) AS v({}) ON CONFLICT ({}) DO {action}",
                 names.join(", "),
@@ -361,15 +449,28 @@ impl BackfillPlan {
     /// Applies one batch in the open transaction; returns the rows it set. After the last one,
     /// the columns take their NOT NULL. A target table that is not there (the session's
     /// `catalog` knows) gets nothing.
-    pub(crate) async fn apply(&self, client: &Client, catalog: &mut Catalog, backfill: &Backfill) -> Result<u64, Error> {
-        let halt = |what: String| Error::new(ErrorKind::Schema, format!("backfill of {}: {what}", display(&self.table)));
-        let position = |names: &[String], name: &str, offset: usize| names.iter().position(|n| n == name).map(|i| i + offset);
+    pub(crate) async fn apply(
+        &self,
+        client: &Client,
+        catalog: &mut Catalog,
+        backfill: &Backfill,
+    ) -> Result<u64, Error> {
+        let halt =
+            |what: String| Error::new(ErrorKind::Schema, format!("backfill of {}: {what}", display(&self.table)));
+        let position =
+            |names: &[String], name: &str, offset: usize| names.iter().position(|n| n == name).map(|i| i + offset);
         let mut indexes = Vec::new();
         for c in &self.key {
-            indexes.push(position(&backfill.key, &c.source, 0).ok_or_else(|| halt(format!("the source sent no key column {}", c.source)))?);
+            indexes.push(
+                position(&backfill.key, &c.source, 0)
+                    .ok_or_else(|| halt(format!("the source sent no key column {}", c.source)))?,
+            );
         }
         for c in &self.columns {
-            indexes.push(position(&backfill.columns, &c.source, backfill.key.len()).ok_or_else(|| halt(format!("the source sent no column {}", c.source)))?);
+            indexes.push(
+                position(&backfill.columns, &c.source, backfill.key.len())
+                    .ok_or_else(|| halt(format!("the source sent no column {}", c.source)))?,
+            );
         }
         if catalog.columns(client, &self.table.0, &self.table.1).await?.is_none() {
             return Ok(0);
@@ -377,14 +478,27 @@ impl BackfillPlan {
         let table = display(&self.table);
         let mut set = 0;
         if !backfill.rows.is_empty() {
-            let arrays: Vec<Vec<Option<&str>>> = indexes.iter().map(|&i| backfill.rows.iter().map(|r| r.get(i).and_then(|v| v.as_deref())).collect()).collect();
-            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-            set = client.execute(self.statement()?.as_str(), &params).await.map_err(|e| halt_on_target(&e, |err| format!("backfill of {table}: {err}")))?;
+            let arrays: Vec<Vec<Option<&str>>> = indexes
+                .iter()
+                .map(|&i| backfill.rows.iter().map(|r| r.get(i).and_then(|v| v.as_deref())).collect())
+                .collect();
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+            set = client
+                .execute(self.statement()?.as_str(), &params)
+                .await
+                .map_err(|e| halt_on_target(&e, |err| format!("backfill of {table}: {err}")))?;
         }
         if backfill.last {
             for column in &self.not_null {
-                let sql = format!("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL", qualified(&self.table.0, &self.table.1), quote_ident(column));
-                client.execute(sql.as_str(), &[]).await.map_err(|e| halt_on_target(&e, |err| format!("backfill of {table}: `{sql}` failed on the target: {err}")))?;
+                let sql = format!(
+                    "ALTER TABLE {} ALTER COLUMN {} SET NOT NULL",
+                    qualified(&self.table.0, &self.table.1),
+                    quote_ident(column)
+                );
+                client.execute(sql.as_str(), &[]).await.map_err(|e| {
+                    halt_on_target(&e, |err| format!("backfill of {table}: `{sql}` failed on the target: {err}"))
+                })?;
             }
         }
         Ok(set)
@@ -462,11 +576,22 @@ pub(crate) fn reconcile(target: &Target, actual: &HashMap<Name, Actual>, scd2: O
             match (actual.get(from), actual.get(to)) {
                 (Some(a), None) => {
                     if from.0 != to.0 {
-                        out.push(Action::Run(Statement::new(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&to.0)))));
-                        out.push(Action::Run(Statement::new(format!("ALTER TABLE {} SET SCHEMA {}", qualified(&from.0, &from.1), quote_ident(&to.0)))));
+                        out.push(Action::Run(Statement::new(format!(
+                            "CREATE SCHEMA IF NOT EXISTS {}",
+                            quote_ident(&to.0)
+                        ))));
+                        out.push(Action::Run(Statement::new(format!(
+                            "ALTER TABLE {} SET SCHEMA {}",
+                            qualified(&from.0, &from.1),
+                            quote_ident(&to.0)
+                        ))));
                     }
                     if from.1 != to.1 {
-                        out.push(Action::Run(Statement::new(format!("ALTER TABLE {} RENAME TO {}", qualified(&to.0, &from.1), quote_ident(&to.1)))));
+                        out.push(Action::Run(Statement::new(format!(
+                            "ALTER TABLE {} RENAME TO {}",
+                            qualified(&to.0, &from.1),
+                            quote_ident(&to.1)
+                        ))));
                     }
                     table = Some(a.clone());
                 }
@@ -492,41 +617,65 @@ pub(crate) fn reconcile(target: &Target, actual: &HashMap<Name, Actual>, scd2: O
             continue;
         }
         if let Step::DropTable = step {
-            out.push(Action::Already(format!("source table dropped: target table {} kept, no longer applied", display(&current))));
+            out.push(Action::Already(format!(
+                "source table dropped: target table {} kept, no longer applied",
+                display(&current)
+            )));
             continue;
         }
         let Some(sim) = table.as_mut() else {
             if !missing_noted {
-                out.push(Action::Already(format!("target table {} does not exist: it takes the new shape when it is created", display(&current))));
+                out.push(Action::Already(format!(
+                    "target table {} does not exist: it takes the new shape when it is created",
+                    display(&current)
+                )));
                 missing_noted = true;
             }
             continue;
         };
-        let checked = |ty: &str, column: &str| typename::check_type(ty).map(|()| ty.to_owned()).map_err(|m| Action::Cannot(format!("the type of column {column} {m}")));
+        let checked = |ty: &str, column: &str| {
+            typename::check_type(ty)
+                .map(|()| ty.to_owned())
+                .map_err(|m| Action::Cannot(format!("the type of column {column} {m}")))
+        };
         match step {
             Step::RenameColumn { from, to } => match (sim.column(from).is_some(), sim.column(to).is_some()) {
                 (true, false) => {
-                    out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} RENAME COLUMN {} TO {}", quote_ident(from), quote_ident(to)))));
+                    out.push(Action::Run(Statement::new(format!(
+                        "ALTER TABLE {t} RENAME COLUMN {} TO {}",
+                        quote_ident(from),
+                        quote_ident(to)
+                    ))));
                     for c in &mut sim.columns {
                         if c.0 == *from {
                             c.0.clone_from(to);
                         }
                     }
-                    let rename = |cols: &mut Vec<String>| cols.iter_mut().filter(|c| *c == from).for_each(|c| c.clone_from(to));
+                    let rename =
+                        |cols: &mut Vec<String>| cols.iter_mut().filter(|c| *c == from).for_each(|c| c.clone_from(to));
                     if let Some((_, cols)) = sim.primary_key.as_mut() {
                         rename(cols);
                     }
                     sim.unique.iter_mut().for_each(rename);
                 }
                 (false, true) => out.push(Action::Already(format!("column {to} exists"))),
-                (true, true) => out.push(Action::Cannot(format!("column {from} was renamed to {to} at the source, but the target table {} has both", display(&current)))),
-                (false, false) => out.push(Action::Cannot(format!("column {from} was renamed to {to} at the source, but the target table {} has neither", display(&current)))),
+                (true, true) => out.push(Action::Cannot(format!(
+                    "column {from} was renamed to {to} at the source, but the target table {} has both",
+                    display(&current)
+                ))),
+                (false, false) => out.push(Action::Cannot(format!(
+                    "column {from} was renamed to {to} at the source, but the target table {} has neither",
+                    display(&current)
+                ))),
             },
             Step::DropColumn { name: column } => {
                 if scd2.is_some_and(|s| [&s.start, &s.end, &s.current].contains(&column)) {
                     out.push(Action::Already(format!("SCD2 column {column} kept")));
                 } else if sim.column(column).is_some() {
-                    out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} DROP COLUMN {}", quote_ident(column)))));
+                    out.push(Action::Run(Statement::new(format!(
+                        "ALTER TABLE {t} DROP COLUMN {}",
+                        quote_ident(column)
+                    ))));
                     sim.columns.retain(|c| c.0 != *column);
                     if sim.primary_key.as_ref().is_some_and(|(_, cols)| cols.contains(column)) {
                         sim.primary_key = None;
@@ -594,7 +743,9 @@ pub(crate) fn reconcile(target: &Target, actual: &HashMap<Name, Actual>, scd2: O
                         )));
                         continue;
                     }
-                    Existing::Null => out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ADD COLUMN {c} {ty}")))),
+                    Existing::Null => {
+                        out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ADD COLUMN {c} {ty}"))))
+                    }
                     // The values follow in backfills, which then set NOT NULL.
                     Existing::Backfilled => {
                         out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ADD COLUMN {c} {ty}"))));
@@ -603,8 +754,12 @@ pub(crate) fn reconcile(target: &Target, actual: &HashMap<Name, Actual>, scd2: O
                     }
                     Existing::Value(value) => {
                         out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ADD COLUMN {c} {ty}"))));
-                        let only_current = scd2.map(|s| format!(" WHERE {}", quote_ident(&s.current))).unwrap_or_default();
-                        out.push(Action::Run(Statement { sql: format!("UPDATE {t} SET {c} = $1::text::{ty}{only_current}"), value: Some(value.clone()) }));
+                        let only_current =
+                            scd2.map(|s| format!(" WHERE {}", quote_ident(&s.current))).unwrap_or_default();
+                        out.push(Action::Run(Statement {
+                            sql: format!("UPDATE {t} SET {c} = $1::text::{ty}{only_current}"),
+                            value: Some(value.clone()),
+                        }));
                     }
                 }
                 if column.not_null && scd2.is_none() {
@@ -616,14 +771,26 @@ pub(crate) fn reconcile(target: &Target, actual: &HashMap<Name, Actual>, scd2: O
                 if let Some(key) = &desired_key {
                     drop_key(&mut out, sim, key, &t);
                 }
-                let key_column = desired_key.as_ref().is_some_and(|k| k.contains(column)) || sim.primary_key.as_ref().is_some_and(|(_, k)| k.contains(column));
+                let key_column = desired_key.as_ref().is_some_and(|k| k.contains(column))
+                    || sim.primary_key.as_ref().is_some_and(|(_, k)| k.contains(column));
                 match sim.column(column).map(|c| c.2) {
-                    None => out.push(Action::Cannot(format!("column {column} changed NOT NULL at the source, but the target table {} does not have it", display(&current)))),
-                    Some(now) if now == *not_null => out.push(Action::Already(format!("column {column} is {}", if now { "NOT NULL" } else { "nullable" }))),
-                    Some(_) if *not_null && scd2.is_some() && !key_column => out.push(Action::Already(format!("history column {column} kept nullable (closed versions may hold NULL)"))),
+                    None => out.push(Action::Cannot(format!(
+                        "column {column} changed NOT NULL at the source, but the target table {} does not have it",
+                        display(&current)
+                    ))),
+                    Some(now) if now == *not_null => out.push(Action::Already(format!(
+                        "column {column} is {}",
+                        if now { "NOT NULL" } else { "nullable" }
+                    ))),
+                    Some(_) if *not_null && scd2.is_some() && !key_column => out.push(Action::Already(format!(
+                        "history column {column} kept nullable (closed versions may hold NULL)"
+                    ))),
                     Some(_) => {
                         let what = if *not_null { "SET" } else { "DROP" };
-                        out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ALTER COLUMN {} {what} NOT NULL", quote_ident(column)))));
+                        out.push(Action::Run(Statement::new(format!(
+                            "ALTER TABLE {t} ALTER COLUMN {} {what} NOT NULL",
+                            quote_ident(column)
+                        ))));
                         sim.columns.iter_mut().filter(|c| c.0 == *column).for_each(|c| c.2 = *not_null);
                     }
                 }
@@ -641,7 +808,10 @@ pub(crate) fn reconcile(target: &Target, actual: &HashMap<Name, Actual>, scd2: O
                     out.push(Action::Already(format!("a unique index on ({}) exists", columns.join(", "))));
                 } else {
                     let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-                    out.push(Action::Run(Statement::new(format!("ALTER TABLE {t} ADD PRIMARY KEY ({})", cols.join(", ")))));
+                    out.push(Action::Run(Statement::new(format!(
+                        "ALTER TABLE {t} ADD PRIMARY KEY ({})",
+                        cols.join(", ")
+                    ))));
                     sim.primary_key = Some((String::new(), columns.clone()));
                     sim.unique.push(columns.clone());
                 }
@@ -721,7 +891,12 @@ pub(crate) enum Management {
 
 /// Runs the actions (managed) or halts naming them (unmanaged); halts when anything cannot be
 /// derived. `what` names the change for messages (`public.t at 0/1A2B`).
-pub(crate) async fn execute(client: &Client, actions: &[Action], management: Management, what: &str) -> Result<(), Error> {
+pub(crate) async fn execute(
+    client: &Client,
+    actions: &[Action],
+    management: Management,
+    what: &str,
+) -> Result<(), Error> {
     if let Some(halt) = halt(actions, management, what) {
         return Err(halt);
     }
@@ -754,22 +929,36 @@ fn halt_on_target(e: &tokio_postgres::Error, halt: impl FnOnce(&Error) -> String
 
 /// The halt, if the actions need one (pure: see [`execute`]).
 pub(crate) fn halt(actions: &[Action], management: Management, what: &str) -> Option<Error> {
-    let cannot: Vec<&str> = actions.iter().filter_map(|a| if let Action::Cannot(why) = a { Some(why.as_str()) } else { None }).collect();
-    let statements: Vec<String> = actions.iter().filter_map(|a| if let Action::Run(s) = a { Some(format!("{};", s.for_dba())) } else { None }).collect();
+    let cannot: Vec<&str> =
+        actions.iter().filter_map(|a| if let Action::Cannot(why) = a { Some(why.as_str()) } else { None }).collect();
+    let statements: Vec<String> = actions
+        .iter()
+        .filter_map(|a| if let Action::Run(s) = a { Some(format!("{};", s.for_dba())) } else { None })
+        .collect();
     let reload = "Remedy: reload the task at the source (trempy.update_task(name, settings with \"start_mode\": \"reload\"; with \
                   \"full_load_settings\": {\"recreate_table_if_exists\": true} when the task creates its tables) so that the table is copied again in its new shape; \
                   the applier finds the reload behind this message and starts it";
     match management {
         Management::Managed if cannot.is_empty() => None,
-        Management::Managed => Some(Error::new(ErrorKind::Schema, format!("source schema change of {what} cannot be followed on the target: {}. {reload}", cannot.join("; ")))),
+        Management::Managed => Some(Error::new(
+            ErrorKind::Schema,
+            format!("source schema change of {what} cannot be followed on the target: {}. {reload}", cannot.join("; ")),
+        )),
         Management::Unmanaged if cannot.is_empty() && statements.is_empty() => None,
         Management::Unmanaged => {
-            let mut message = format!("source schema change of {what}: the task does not manage its target tables (create_table_if_not_exists is not true)");
+            let mut message = format!(
+                "source schema change of {what}: the task does not manage its target tables (create_table_if_not_exists is not true)"
+            );
             if !statements.is_empty() {
                 let _ = write!(message, ", so run on the target: {}", statements.join(" "));
             }
             if !cannot.is_empty() {
-                let _ = write!(message, "; and, which no statement derives: {} (fill those values yourself, or {})", cannot.join("; "), reload.trim_start_matches("Remedy: "));
+                let _ = write!(
+                    message,
+                    "; and, which no statement derives: {} (fill those values yourself, or {})",
+                    cannot.join("; "),
+                    reload.trim_start_matches("Remedy: ")
+                );
             }
             message.push_str(". The applier tries again and goes on once the target has the new shape");
             Some(Error::new(ErrorKind::Schema, message))
@@ -817,7 +1006,10 @@ pub(crate) async fn record(client: &Client, r: &Record<'_>) -> Result<(), Error>
 /// How many schema changes were applied for the task's current incarnation, and the last one
 /// (`<commit LSN> <source> -> <target>: <steps>`), for the reports to the source.
 pub(crate) async fn recorded(client: &Client, task: &str) -> Result<(u64, Option<String>), Error> {
-    let exists: bool = client.query_one("SELECT pg_catalog.to_regclass('trempy.applier_schema_changes') IS NOT NULL", &[]).await?.get(0);
+    let exists: bool = client
+        .query_one("SELECT pg_catalog.to_regclass('trempy.applier_schema_changes') IS NOT NULL", &[])
+        .await?
+        .get(0);
     if !exists {
         return Ok((0, None));
     }
@@ -840,7 +1032,15 @@ mod tests {
     use super::*;
 
     fn col(attnum: i16, name: &str, type_name: &str) -> ShapeColumn {
-        ShapeColumn { attnum, name: name.into(), type_name: type_name.into(), type_oid: 0, key: attnum == 1, not_null: attnum == 1, create_type: None }
+        ShapeColumn {
+            attnum,
+            name: name.into(),
+            type_name: type_name.into(),
+            type_oid: 0,
+            key: attnum == 1,
+            not_null: attnum == 1,
+            create_type: None,
+        }
     }
 
     fn shape(table: &str, columns: Vec<ShapeColumn>) -> Shape {
@@ -848,7 +1048,17 @@ mod tests {
     }
 
     fn change(old: Shape, new: Option<Shape>) -> SchemaChange {
-        SchemaChange { rel: 7, tag: "ALTER TABLE".into(), old: Some(old), new, fills: vec![], rewritten: vec![], backfilled: vec![], unreplicated: vec![], attached: vec![] }
+        SchemaChange {
+            rel: 7,
+            tag: "ALTER TABLE".into(),
+            old: Some(old),
+            new,
+            fills: vec![],
+            rewritten: vec![],
+            backfilled: vec![],
+            unreplicated: vec![],
+            attached: vec![],
+        }
     }
 
     fn settings(mode: &str, managed: bool, rules: &str) -> TaskSettings {
@@ -896,7 +1106,15 @@ mod tests {
     #[test]
     fn each_step_becomes_one_quoted_statement() {
         let s = settings("upsert", true, "");
-        let mut new = shape("emp", vec![col(1, "id", "bigint"), col(2, "full name", "text"), col(4, "c", "integer"), col(5, "d", "numeric(12,2)")]);
+        let mut new = shape(
+            "emp",
+            vec![
+                col(1, "id", "bigint"),
+                col(2, "full name", "text"),
+                col(4, "c", "integer"),
+                col(5, "d", "numeric(12,2)"),
+            ],
+        );
         new.columns[2].not_null = true;
         let mut c = change(emp(), Some(new));
         c.fills = vec![Fill { attnum: 4, value: Some("it's 7".into()) }];
@@ -914,7 +1132,12 @@ mod tests {
         );
         // the fill is a parameter, never SQL text
         let actions = plan(&c, &s, emp_now());
-        let update = actions.iter().find_map(|a| if let Action::Run(s) = a { s.value.as_ref().map(|v| (s.sql.clone(), v.clone())) } else { None }).unwrap();
+        let update = actions
+            .iter()
+            .find_map(
+                |a| if let Action::Run(s) = a { s.value.as_ref().map(|v| (s.sql.clone(), v.clone())) } else { None },
+            )
+            .unwrap();
         assert_eq!(update, (r#"UPDATE "public"."emp" SET "c" = $1::text::integer"#.to_owned(), "it's 7".to_owned()));
     }
 
@@ -935,25 +1158,46 @@ mod tests {
     #[test]
     fn what_cannot_be_derived_halts_with_the_remedy() {
         let s = settings("upsert", true, "");
-        let new = shape("emp", vec![col(1, "id", "integer"), col(2, "name", "text"), col(3, "n", "bigint"), col(4, "at", "timestamp without time zone")]);
+        let new = shape(
+            "emp",
+            vec![
+                col(1, "id", "integer"),
+                col(2, "name", "text"),
+                col(3, "n", "bigint"),
+                col(4, "at", "timestamp without time zone"),
+            ],
+        );
         let mut c = change(emp(), Some(new));
         c.rewritten = vec![3, 4];
         let actions = plan(&c, &s, emp_now());
         assert_eq!(actions.iter().filter(|a| matches!(a, Action::Cannot(_))).count(), 2, "{actions:?}");
         let err = halt(&actions, Management::Managed, "public.emp at 0/10").unwrap();
         assert_eq!(err.kind(), ErrorKind::Schema);
-        for needle in ["public.emp at 0/10", "USING", "volatile DEFAULT", "\"start_mode\": \"reload\"", "trempy.update_task"] {
+        for needle in
+            ["public.emp at 0/10", "USING", "volatile DEFAULT", "\"start_mode\": \"reload\"", "trempy.update_task"]
+        {
             assert!(err.message().contains(needle), "{needle}: {}", err.message());
         }
         // a type changed with USING that the target already has: nothing to derive
-        let there = actual(&[("id", "integer", true), ("name", "text", false), ("n", "bigint", false), ("at", "timestamp without time zone", false)], &["id"]);
+        let there = actual(
+            &[
+                ("id", "integer", true),
+                ("name", "text", false),
+                ("n", "bigint", false),
+                ("at", "timestamp without time zone", false),
+            ],
+            &["id"],
+        );
         assert!(halt(&plan(&c, &s, there), Management::Managed, "x").is_none());
     }
 
     #[test]
     fn an_unmanaged_target_halts_naming_the_statements_until_they_ran() {
         let s = settings("upsert", false, "");
-        let new = shape("emp", vec![col(1, "id", "integer"), col(2, "name", "text"), col(3, "n", "integer"), col(4, "c", "integer")]);
+        let new = shape(
+            "emp",
+            vec![col(1, "id", "integer"), col(2, "name", "text"), col(3, "n", "integer"), col(4, "c", "integer")],
+        );
         let mut c = change(emp(), Some(new.clone()));
         c.fills = vec![Fill { attnum: 4, value: Some("7".into()) }];
         let actions = plan(&c, &s, emp_now());
@@ -964,7 +1208,10 @@ mod tests {
             "{}",
             err.message()
         );
-        let done = actual(&[("id", "integer", true), ("name", "text", false), ("n", "integer", false), ("c", "integer", false)], &["id"]);
+        let done = actual(
+            &[("id", "integer", true), ("name", "text", false), ("n", "integer", false), ("c", "integer", false)],
+            &["id"],
+        );
         assert!(halt(&plan(&c, &s, done), Management::Unmanaged, "x").is_none());
     }
 
@@ -981,7 +1228,11 @@ mod tests {
         actuals.insert(name("emp"), emp_now());
         assert_eq!(
             sql(&reconcile(&t, &actuals, None)),
-            [r#"CREATE SCHEMA IF NOT EXISTS "hr""#, r#"ALTER TABLE "public"."emp" SET SCHEMA "hr""#, r#"ALTER TABLE "hr"."emp" RENAME TO "staff""#]
+            [
+                r#"CREATE SCHEMA IF NOT EXISTS "hr""#,
+                r#"ALTER TABLE "public"."emp" SET SCHEMA "hr""#,
+                r#"ALTER TABLE "hr"."emp" RENAME TO "staff""#
+            ]
         );
         // renamed already: nothing to do
         let mut done = HashMap::new();
@@ -1023,7 +1274,10 @@ mod tests {
             ],
             &["id", "scd_start_date"],
         );
-        let mut new = shape("emp", vec![col(1, "id", "integer"), col(2, "name", "text"), col(3, "n", "integer"), col(4, "c", "integer")]);
+        let mut new = shape(
+            "emp",
+            vec![col(1, "id", "integer"), col(2, "name", "text"), col(3, "n", "integer"), col(4, "c", "integer")],
+        );
         new.columns[1].not_null = true;
         new.columns[3].not_null = true;
         let mut c = change(emp(), Some(new));
@@ -1031,9 +1285,15 @@ mod tests {
         let actions = plan(&c, &s, now.clone());
         assert_eq!(
             sql(&actions),
-            [r#"ALTER TABLE "public"."emp" ADD COLUMN "c" integer"#, r#"UPDATE "public"."emp" SET "c" = '7'::integer WHERE "scd_current""#]
+            [
+                r#"ALTER TABLE "public"."emp" ADD COLUMN "c" integer"#,
+                r#"UPDATE "public"."emp" SET "c" = '7'::integer WHERE "scd_current""#
+            ]
         );
-        assert!(actions.iter().any(|a| matches!(a, Action::Already(w) if w.contains("history column name kept nullable"))), "{actions:?}");
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Already(w) if w.contains("history column name kept nullable"))),
+            "{actions:?}"
+        );
         // a dropped source column goes; the SCD2 columns stay; a key change keeps the start column in the key
         let mut new = shape("emp", vec![col(1, "id", "integer"), col(2, "name", "text")]);
         new.columns[0].key = false;
@@ -1054,7 +1314,15 @@ mod tests {
 
     /// `n` converted with USING, `at` added with a volatile DEFAULT and NOT NULL: both backfilled.
     fn backfilled_change() -> SchemaChange {
-        let mut new = shape("emp", vec![col(1, "id", "integer"), col(2, "name", "text"), col(3, "n", "bigint"), col(4, "at", "timestamp with time zone")]);
+        let mut new = shape(
+            "emp",
+            vec![
+                col(1, "id", "integer"),
+                col(2, "name", "text"),
+                col(3, "n", "bigint"),
+                col(4, "at", "timestamp with time zone"),
+            ],
+        );
         new.columns[3].not_null = true;
         let mut c = change(emp(), Some(new));
         c.backfilled = vec![3, 4];
@@ -1090,15 +1358,29 @@ mod tests {
         let s = settings("scd2", true, "");
         let c = backfilled_change();
         let now = actual(
-            &[("id", "integer", true), ("name", "text", false), ("n", "integer", false), ("scd_start_date", "timestamp with time zone", true), ("scd_end_date", "timestamp with time zone", false), ("scd_current", "boolean", true)],
+            &[
+                ("id", "integer", true),
+                ("name", "text", false),
+                ("n", "integer", false),
+                ("scd_start_date", "timestamp with time zone", true),
+                ("scd_end_date", "timestamp with time zone", false),
+                ("scd_current", "boolean", true),
+            ],
             &["id", "scd_start_date"],
         );
         assert_eq!(
             sql(&plan(&c, &s, now)),
-            [r#"ALTER TABLE "public"."emp" ALTER COLUMN "n" TYPE bigint USING "n"::bigint"#, r#"ALTER TABLE "public"."emp" ADD COLUMN "at" timestamp with time zone"#]
+            [
+                r#"ALTER TABLE "public"."emp" ALTER COLUMN "n" TYPE bigint USING "n"::bigint"#,
+                r#"ALTER TABLE "public"."emp" ADD COLUMN "at" timestamp with time zone"#
+            ]
         );
         let backfill = target(&c, Some(&s), Some(&s)).unwrap().backfill.unwrap();
-        assert!(backfill.statement().unwrap().ends_with(r#"WHERE t."id" = v.v0::integer AND t."scd_current""#), "{}", backfill.statement().unwrap());
+        assert!(
+            backfill.statement().unwrap().ends_with(r#"WHERE t."id" = v.v0::integer AND t."scd_current""#),
+            "{}",
+            backfill.statement().unwrap()
+        );
         assert!(backfill.not_null.is_empty(), "closed versions hold NULL");
     }
 
@@ -1107,7 +1389,13 @@ mod tests {
         let mask = r#", "transformations": [{"table_info": {"schema_name": "public", "table_name": "emp"},
             "settings": {"transformation_type": "modify_column_value", "description": "mask", "contract": {"operation": "uppercase", "column_name": "code"}, "priority": 1}}]"#;
         let s = settings("upsert", true, mask);
-        let mut c = change(emp(), Some(shape("emp", vec![col(1, "id", "integer"), col(2, "name", "text"), col(3, "n", "integer"), col(4, "code", "text")])));
+        let mut c = change(
+            emp(),
+            Some(shape(
+                "emp",
+                vec![col(1, "id", "integer"), col(2, "name", "text"), col(3, "n", "integer"), col(4, "code", "text")],
+            )),
+        );
         c.backfilled = vec![4];
         assert!(target(&c, Some(&s), Some(&s)).unwrap().backfill.is_none());
         let actions = plan(&c, &s, emp_now());
@@ -1121,7 +1409,9 @@ mod tests {
         c.unreplicated = vec!["public.emp_2026".into()];
         let actions = plan(&c, &s, emp_now());
         let err = halt(&actions, Management::Managed, "public.emp at 0/10").unwrap();
-        for needle in ["public.emp_2026 attached as partition", "never passed through the stream", "\"start_mode\": \"reload\""] {
+        for needle in
+            ["public.emp_2026 attached as partition", "never passed through the stream", "\"start_mode\": \"reload\""]
+        {
             assert!(err.message().contains(needle), "{needle}: {}", err.message());
         }
         // also when the target table is not there yet
@@ -1170,7 +1460,11 @@ mod tests {
     fn rules_follow_renames_of_the_table_and_its_columns() {
         let s = settings("upsert", true, RULES);
         let text = serde_json::to_string(&s).unwrap();
-        let new = Shape { schema: "public".into(), table: "people".into(), columns: vec![col(1, "id", "integer"), col(2, "n", "text"), col(3, "name", "integer")] };
+        let new = Shape {
+            schema: "public".into(),
+            table: "people".into(),
+            columns: vec![col(1, "id", "integer"), col(2, "n", "text"), col(3, "name", "integer")],
+        };
         // name and n swap their names (types too, so that the rules still fit)
         let mut c = change(emp(), Some(new));
         c.new.as_mut().unwrap().columns[1].type_name = "text".into();

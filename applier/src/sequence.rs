@@ -90,7 +90,9 @@ pub(crate) async fn apply(
                         }
                         Missing::Skip => {
                             if warned.insert(name.clone()) {
-                                let column = owner.as_ref().map_or_else(String::new, |(t, c)| format!(" (owned by {t}.{})", crate::apply::quote_ident(c)));
+                                let column = owner.as_ref().map_or_else(String::new, |(t, c)| {
+                                    format!(" (owned by {t}.{})", crate::apply::quote_ident(c))
+                                });
                                 warn!(sequence = %name, "the target has no sequence for {name}{column}, whose column there draws from none: its values are not carried (create it, or give the target column an identity)");
                             }
                             continue;
@@ -107,9 +109,16 @@ pub(crate) async fn apply(
                 name.clone()
             }
         };
-        let current: Option<i64> = client.query_one("SELECT pg_catalog.pg_sequence_last_value($1::text::regclass)", &[&target]).await.map_err(|e| fail(&e))?.get(0);
+        let current: Option<i64> = client
+            .query_one("SELECT pg_catalog.pg_sequence_last_value($1::text::regclass)", &[&target])
+            .await
+            .map_err(|e| fail(&e))?
+            .get(0);
         if value.ahead_of(current) {
-            client.execute("SELECT pg_catalog.setval($1::text::regclass, $2, true)", &[&target, &value.last_value]).await.map_err(|e| fail(&e))?;
+            client
+                .execute("SELECT pg_catalog.setval($1::text::regclass, $2, true)", &[&target, &value.last_value])
+                .await
+                .map_err(|e| fail(&e))?;
             moved += 1;
         }
     }
@@ -120,9 +129,18 @@ pub(crate) async fn apply(
 /// Creates the target sequence (and its schema).
 async fn create_sequence(client: &Client, value: &SequenceValue, name: &str) -> Result<(), Error> {
     let fail = |e: tokio_postgres::Error| Error::target(&e).with_table(name.to_owned());
-    client.execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", crate::apply::quote_ident(&value.schema)), &[]).await.map_err(fail)?;
+    client
+        .execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", crate::apply::quote_ident(&value.schema)), &[])
+        .await
+        .map_err(fail)?;
     // type_name is one of bigint, integer, smallint (checked when the message was parsed)
-    client.execute(&format!("CREATE SEQUENCE IF NOT EXISTS {name} AS {} INCREMENT BY {}", value.type_name, value.increment), &[]).await.map_err(fail)?;
+    client
+        .execute(
+            &format!("CREATE SEQUENCE IF NOT EXISTS {name} AS {} INCREMENT BY {}", value.type_name, value.increment),
+            &[],
+        )
+        .await
+        .map_err(fail)?;
     Ok(())
 }
 
@@ -143,7 +161,13 @@ async fn attach_default(client: &Client, name: &str, table: &str, column: &str) 
     if bare {
         let column = crate::apply::quote_ident(column);
         client
-            .execute(&format!("ALTER TABLE {table} ALTER COLUMN {column} SET DEFAULT pg_catalog.nextval('{}'::regclass)", name.replace('\'', "''")), &[])
+            .execute(
+                &format!(
+                    "ALTER TABLE {table} ALTER COLUMN {column} SET DEFAULT pg_catalog.nextval('{}'::regclass)",
+                    name.replace('\'', "''")
+                ),
+                &[],
+            )
             .await
             .map_err(fail)?;
         client.execute(&format!("ALTER SEQUENCE {name} OWNED BY {table}.{column}"), &[]).await.map_err(fail)?;

@@ -107,7 +107,15 @@ mod tests {
     use super::*;
 
     fn txn(commit: u64, prev: Option<u64>, seq: u32, last: bool) -> Transaction {
-        Transaction { changes: Vec::new(), xid: 1, commit_lsn: Lsn(commit), prev_commit_lsn: prev.map(Lsn), commit_time: String::new(), seq, last }
+        Transaction {
+            changes: Vec::new(),
+            xid: 1,
+            commit_lsn: Lsn(commit),
+            prev_commit_lsn: prev.map(Lsn),
+            commit_time: String::new(),
+            seq,
+            last,
+        }
     }
 
     #[test]
@@ -115,7 +123,10 @@ mod tests {
         assert_eq!(gap(Lsn(10), &[txn(20, Some(10), 0, true), txn(30, Some(20), 0, true)]), None);
         // chunks of one transaction all name the same predecessor
         assert_eq!(gap(Lsn(10), &[txn(20, Some(10), 0, false)]), None);
-        assert_eq!(gap(Lsn(10), &[txn(20, Some(10), 1, false), txn(20, Some(10), 2, true), txn(30, Some(20), 0, true)]), None);
+        assert_eq!(
+            gap(Lsn(10), &[txn(20, Some(10), 1, false), txn(20, Some(10), 2, true), txn(30, Some(20), 0, true)]),
+            None
+        );
         // redeliveries below the watermark, and unknown predecessors, are not checked
         assert_eq!(gap(Lsn(50), &[txn(20, Some(10), 0, true), txn(30, Some(20), 0, true)]), None);
         assert_eq!(gap(Lsn(10), &[txn(20, None, 0, true)]), None);
@@ -134,7 +145,11 @@ mod tests {
     }
 
     fn at(incarnation: Option<&str>, generation: u32, retired: &[&str]) -> Current {
-        Current { incarnation: incarnation.map(str::to_owned), generation, retired: retired.iter().map(|s| (*s).to_owned()).collect() }
+        Current {
+            incarnation: incarnation.map(str::to_owned),
+            generation,
+            retired: retired.iter().map(|s| (*s).to_owned()).collect(),
+        }
     }
 
     #[test]

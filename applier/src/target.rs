@@ -56,7 +56,15 @@ mod tests {
 
     #[test]
     fn every_value_format_setting_is_pinned() {
-        for setting in ["DateStyle = 'ISO", "IntervalStyle = 'postgres'", "TimeZone = 'UTC'", "extra_float_digits = 3", "bytea_output = 'hex'", "lc_monetary = 'C'", "search_path = pg_catalog, pg_temp"] {
+        for setting in [
+            "DateStyle = 'ISO",
+            "IntervalStyle = 'postgres'",
+            "TimeZone = 'UTC'",
+            "extra_float_digits = 3",
+            "bytea_output = 'hex'",
+            "lc_monetary = 'C'",
+            "search_path = pg_catalog, pg_temp",
+        ] {
             assert!(SESSION_SETTINGS.contains(setting), "{setting}");
         }
         // pg_temp last: temporary objects never capture a name.

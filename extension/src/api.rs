@@ -34,7 +34,9 @@ fn fail_settings(name: &str, problems: &[Problem], code: PgSqlErrorCode, what: &
 }
 
 fn task_names(name: &str) -> TaskNames {
-    TaskNames::new(name).unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("name: {}", err.message()), None))
+    TaskNames::new(name).unwrap_or_else(|err| {
+        fail(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("name: {}", err.message()), None)
+    })
 }
 
 /// Creates a task from the original TREMpy's settings document and starts it.
@@ -52,7 +54,7 @@ fn create_task(name: &str, settings: JsonB) {
     let parsed = validated(name, &settings);
     let tables = table_pairs(&parsed);
     Spi::connect(|client| {
-            let exists = !client
+        let exists = !client
             .select("SELECT 1 FROM trempy.tasks WHERE task_name = $1", None, &[name.into()])
             .unwrap_or_else(|err| internal(format!("could not read trempy.tasks: {err}")))
             .is_empty();
@@ -70,13 +72,22 @@ fn create_task(name: &str, settings: JsonB) {
             .select("SELECT 1 FROM trempy.slot_claims WHERE slot_name = $1", None, &[names.slot().as_str().into()])
             .unwrap_or_else(|err| internal(format!("could not read trempy.slot_claims: {err}")))
             .is_empty();
-        if !claimed && let Some(problem) = slot::name_conflict(client, &names).unwrap_or_else(|err| internal(err.to_string())) {
+        if !claimed
+            && let Some(problem) = slot::name_conflict(client, &names).unwrap_or_else(|err| internal(err.to_string()))
+        {
             fail(PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT, problem, None);
         }
     });
     let created = parsed.streams().then(|| {
         let claim = take_claim("create_task");
-        let request = setup::Request { task: name.to_owned(), claim, tables: tables.clone(), publication: setup::Publication::Create, drop_slot: false, create_slot: true };
+        let request = setup::Request {
+            task: name.to_owned(),
+            claim,
+            tables: tables.clone(),
+            publication: setup::Publication::Create,
+            drop_slot: false,
+            create_slot: true,
+        };
         (claim, run_setup(name, &request))
     });
     Spi::connect_mut(|client| {
@@ -174,8 +185,11 @@ fn take_claim(what: &str) -> i64 {
             )),
         );
     }
-    let claim = read_one::<i64>("SELECT ('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 15))::bit(60)::int8", &[])
-        .unwrap_or_else(|| internal("could not draw a claim number".to_owned()));
+    let claim = read_one::<i64>(
+        "SELECT ('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 15))::bit(60)::int8",
+        &[],
+    )
+    .unwrap_or_else(|| internal("could not draw a claim number".to_owned()));
     read_one::<bool>("SELECT true FROM pg_catalog.pg_advisory_xact_lock($1)", &[claim.into()]);
     claim
 }
@@ -183,31 +197,44 @@ fn take_claim(what: &str) -> i64 {
 /// Runs the setup helper, or raises its error.
 fn run_setup(name: &str, request: &setup::Request) -> Option<setup::SlotIdentity> {
     setup::run(request).unwrap_or_else(|message| {
-        fail(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("could not prepare the replication slot of task \"{name}\": {message}"), None)
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("could not prepare the replication slot of task \"{name}\": {message}"),
+            None,
+        )
     })
 }
 
 /// Deletes the claim in the transaction that records its slot (see [`crate::worker::setup`]).
 fn forget_claim(client: &mut SpiClient<'_>, claim: i64) {
-    client.update("DELETE FROM trempy.slot_claims WHERE claim = $1", None, &[claim.into()]).unwrap_or_else(|err| internal(format!("could not record the slot: {err}")));
+    client
+        .update("DELETE FROM trempy.slot_claims WHERE claim = $1", None, &[claim.into()])
+        .unwrap_or_else(|err| internal(format!("could not record the slot: {err}")));
 }
 
 /// Parses and checks settings for task `name`, or raises an error naming every problem.
 fn validated(name: &str, settings: &JsonB) -> TaskSettings {
     ensure_runnable_here();
     let text = settings.0.to_string();
-    let parsed = TaskSettings::parse(&text).unwrap_or_else(|problems| fail_settings(name, &problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings"));
+    let parsed = TaskSettings::parse(&text).unwrap_or_else(|problems| {
+        fail_settings(name, &problems, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid settings")
+    });
     if parsed.task.task_name != name {
         fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("invalid settings for task \"{name}\": task.task_name: \"{}\" differs from the task name \"{name}\"", parsed.task.task_name),
+            format!(
+                "invalid settings for task \"{name}\": task.task_name: \"{}\" differs from the task name \"{name}\"",
+                parsed.task.task_name
+            ),
             None,
         );
     }
     if let Some(i) = parsed.tables.iter().position(|t| t.relid.is_some()) {
         fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("invalid settings for task \"{name}\": tables[{i}].relid: set by TREMpy when it publishes the settings; leave it out"),
+            format!(
+                "invalid settings for task \"{name}\": tables[{i}].relid: set by TREMpy when it publishes the settings; leave it out"
+            ),
             None,
         );
     }
@@ -236,7 +263,10 @@ fn update_task(name: &str, settings: JsonB) {
     let tables = table_pairs(&parsed);
     let reload = parsed.start_mode() == StartMode::Reload;
     if reload {
-        refuse_in_transaction_block("trempy.update_task with start_mode \"reload\"", "It drops the task's replication slot and makes a new one.");
+        refuse_in_transaction_block(
+            "trempy.update_task with start_mode \"reload\"",
+            "It drops the task's replication slot and makes a new one.",
+        );
     }
     let (task_id, failure, has_slot) = read_task(name, "task_id, failure, slot_lsn IS NOT NULL", |row| {
         let read = |e: pgrx::spi::SpiError| -> ! { internal(e.to_string()) };
@@ -256,19 +286,38 @@ fn update_task(name: &str, settings: JsonB) {
         fail(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("task \"{name}\" failed ({failure}): it cannot continue from where it was"),
-            Some("trempy.status() shows why (last_error). Update it with task.start_mode \"reload\" to start it over.".to_owned()),
+            Some(
+                "trempy.status() shows why (last_error). Update it with task.start_mode \"reload\" to start it over."
+                    .to_owned(),
+            ),
         );
     }
     let streams = parsed.streams();
     let needs_slot = streams && (reload || !has_slot);
     let adds = Spi::connect(|client| {
-        tables.iter().any(|(schema, table)| !slot::publication_has(client, &names, schema, table).unwrap_or_else(|err| internal(err.to_string())))
+        tables.iter().any(|(schema, table)| {
+            !slot::publication_has(client, &names, schema, table).unwrap_or_else(|err| internal(err.to_string()))
+        })
     });
     let request = |claim| {
         if reload && streams {
-            Some(setup::Request { task: name.to_owned(), claim, tables: tables.clone(), publication: setup::Publication::Set, drop_slot: true, create_slot: true })
+            Some(setup::Request {
+                task: name.to_owned(),
+                claim,
+                tables: tables.clone(),
+                publication: setup::Publication::Set,
+                drop_slot: true,
+                create_slot: true,
+            })
         } else if needs_slot || adds {
-            Some(setup::Request { task: name.to_owned(), claim, tables: tables.clone(), publication: setup::Publication::Extend, drop_slot: false, create_slot: needs_slot })
+            Some(setup::Request {
+                task: name.to_owned(),
+                claim,
+                tables: tables.clone(),
+                publication: setup::Publication::Extend,
+                drop_slot: false,
+                create_slot: needs_slot,
+            })
         } else {
             None
         }
@@ -319,11 +368,17 @@ fn update_task(name: &str, settings: JsonB) {
             vec!["UPDATE trempy.task_progress SET phase = NULL WHERE task_name = $1 AND phase = 'finished'"]
         };
         for sql in reset {
-            client.update(sql, None, &[name.into()]).unwrap_or_else(|err| internal(format!("could not update task \"{name}\": {err}")));
+            client
+                .update(sql, None, &[name.into()])
+                .unwrap_or_else(|err| internal(format!("could not update task \"{name}\": {err}")));
         }
         if identity.is_some() {
             client
-                .update("UPDATE trempy.task_progress SET slot_created_at = pg_catalog.now() WHERE task_name = $1", None, &[name.into()])
+                .update(
+                    "UPDATE trempy.task_progress SET slot_created_at = pg_catalog.now() WHERE task_name = $1",
+                    None,
+                    &[name.into()],
+                )
                 .unwrap_or_else(|err| internal(format!("could not update task \"{name}\": {err}")));
         }
         if let Some(claim) = claim {
@@ -344,7 +399,9 @@ fn warn_what_reload_discards(name: &str, names: &TaskNames) {
         || "the changes committed since its slot was lost".to_owned(),
         |range| format!("the changes its slot still held and had not published (WAL {range})"),
     );
-    warning!("reloading cdc task \"{name}\" discards {what}: a cdc task has no full load, so nothing is copied again; the new slot captures what commits from now on");
+    warning!(
+        "reloading cdc task \"{name}\" discards {what}: a cdc task has no full load, so nothing is copied again; the new slot captures what commits from now on"
+    );
 }
 
 /// Every problem with a settings document, without creating anything: the schema, the semantic
@@ -398,11 +455,17 @@ fn check_tables_and_rules(client: &SpiClient<'_>, settings: &TaskSettings) -> Ch
             )
             .and_then(|t| if t.is_empty() { Ok(None) } else { t.first().get::<String>(1) })
             .unwrap_or_else(|err| internal(format!("could not read the catalog: {err}")));
-        let qualified = format!("{}.{}", spi::quote_identifier(&sequence.schema_name), spi::quote_identifier(&sequence.sequence_name));
+        let qualified = format!(
+            "{}.{}",
+            spi::quote_identifier(&sequence.schema_name),
+            spi::quote_identifier(&sequence.sequence_name)
+        );
         match kind.as_deref() {
             Some("S") => {}
             Some(_) => problems.push(Problem::new(format!("sequences[{i}]"), format!("{qualified} is not a sequence"))),
-            None => problems.push(Problem::new(format!("sequences[{i}]"), format!("sequence {qualified} does not exist"))),
+            None => {
+                problems.push(Problem::new(format!("sequences[{i}]"), format!("sequence {qualified} does not exist")))
+            }
         }
     }
     let catalog = |schema: &str, table: &str| source_columns(client, schema, table);
@@ -559,7 +622,8 @@ fn check_tables(client: &SpiClient<'_>, settings: &TaskSettings, warnings: &mut 
         .and_then(|t| if t.is_empty() { None } else { t.first().get::<String>(1).ok().flatten() });
     for (i, table) in settings.tables.iter().enumerate() {
         let path = format!("tables[{i}]");
-        let qualified = format!("{}.{}", spi::quote_identifier(&table.schema_name), spi::quote_identifier(&table.table_name));
+        let qualified =
+            format!("{}.{}", spi::quote_identifier(&table.schema_name), spi::quote_identifier(&table.table_name));
         let row = client
             .select(
                 "SELECT c.relkind::text, c.relpersistence::text, c.relreplident::text,
@@ -596,11 +660,21 @@ fn check_tables(client: &SpiClient<'_>, settings: &TaskSettings, warnings: &mut 
             continue;
         }
         if let Some(root) = listed_ancestor(client, settings, &table.schema_name, &table.table_name) {
-            problems.push(Problem::new(path, format!("{qualified} is a partition of {root}, which the task replicates already (with all its partitions)")));
+            problems.push(Problem::new(
+                path,
+                format!(
+                    "{qualified} is a partition of {root}, which the task replicates already (with all its partitions)"
+                ),
+            ));
             continue;
         }
         if persistence != "p" {
-            problems.push(Problem::new(path, format!("{qualified} is unlogged or temporary; its changes are not in the WAL and cannot be replicated")));
+            problems.push(Problem::new(
+                path,
+                format!(
+                    "{qualified} is unlogged or temporary; its changes are not in the WAL and cannot be replicated"
+                ),
+            ));
             continue;
         }
         if let Some(warning) = keyless_warning(&qualified, &identity, has_pk, has_ri_index) {
@@ -640,13 +714,24 @@ fn ensure_runnable_here() {
     let (databases, _) = gucs::databases();
     let here = read_one::<String>("SELECT pg_catalog.current_database()::text", &[]).unwrap_or_default();
     if !databases.contains(&here) {
-        let listed = if databases.is_empty() { "none".to_owned() } else { databases.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", ") };
+        let listed = if databases.is_empty() {
+            "none".to_owned()
+        } else {
+            databases.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", ")
+        };
         fail(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("database \"{here}\" is not in trempy.databases (which lists {listed}), so no worker would run this task"),
+            format!(
+                "database \"{here}\" is not in trempy.databases (which lists {listed}), so no worker would run this task"
+            ),
             Some(format!(
                 "Add it: ALTER SYSTEM SET trempy.databases = '{}'; SELECT pg_reload_conf();",
-                databases.iter().chain(std::iter::once(&here)).map(|d| list_item(d).replace('\'', "''")).collect::<Vec<_>>().join(", ")
+                databases
+                    .iter()
+                    .chain(std::iter::once(&here))
+                    .map(|d| list_item(d).replace('\'', "''"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         );
     }
@@ -654,14 +739,19 @@ fn ensure_runnable_here() {
 
 /// A database name as an item of `trempy.databases` (quoted unless it is a plain lower-case name).
 fn list_item(name: &str) -> String {
-    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_') && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if plain { name.to_owned() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
 }
 
 fn set_enabled(name: &str, enabled: bool) {
     let updated = Spi::connect_mut(|client| {
         client
-            .update("UPDATE trempy.tasks SET enabled = $2, updated_at = now() WHERE task_name = $1 RETURNING 1", None, &[name.into(), enabled.into()])
+            .update(
+                "UPDATE trempy.tasks SET enabled = $2, updated_at = now() WHERE task_name = $1 RETURNING 1",
+                None,
+                &[name.into(), enabled.into()],
+            )
             .map(|t| t.len())
             .unwrap_or(0)
     });
@@ -728,13 +818,17 @@ fn stop_task(name: &str) {
 fn drop_task(name: &str) {
     let names = task_names(name);
     refuse_in_transaction_block("trempy.drop_task", "It drops the task's replication slot.");
-    let task_id = Spi::get_one_with_args::<i32>("SELECT task_id FROM trempy.tasks WHERE task_name = $1 FOR UPDATE", &[name.into()])
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("task \"{name}\" does not exist"), None));
+    let task_id = Spi::get_one_with_args::<i32>(
+        "SELECT task_id FROM trempy.tasks WHERE task_name = $1 FOR UPDATE",
+        &[name.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("task \"{name}\" does not exist"), None));
     stop_worker(name, task_id);
     Spi::connect_mut(|client| {
-        slot::drop_slot_and_publication(client, &names).unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, err.to_string(), None));
+        slot::drop_slot_and_publication(client, &names)
+            .unwrap_or_else(|err| fail(PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, err.to_string(), None));
         client
             .update("DELETE FROM trempy.tasks WHERE task_name = $1", None, &[name.into()])
             .unwrap_or_else(|err| internal(format!("could not delete task \"{name}\": {err}")));
@@ -749,12 +843,20 @@ fn drop_task(name: &str) {
 fn stop_worker(name: &str, task_id: i32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let locked = read_one::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)", &[worker::LOCK_CLASS.into(), task_id.into()]).unwrap_or(false);
+        let locked = read_one::<bool>(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)",
+            &[worker::LOCK_CLASS.into(), task_id.into()],
+        )
+        .unwrap_or(false);
         if locked {
             return;
         }
         if Instant::now() > deadline {
-            fail(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, format!("the worker of task \"{name}\" did not stop within 30 seconds"), None);
+            fail(
+                PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+                format!("the worker of task \"{name}\" did not stop within 30 seconds"),
+                None,
+            );
         }
         read_one::<bool>("SELECT pg_catalog.pg_terminate_backend(trempy.worker_pid($1))", &[task_id.into()]);
         read_one::<String>("SELECT pg_catalog.pg_sleep(0.05::float8)::text", &[]);

@@ -90,7 +90,9 @@ pub(crate) fn reaction(kind: ErrorKind, consecutive_failures: u32) -> Reaction {
         // Each retry decodes the batch again: wait for the operator's fix, checking every minute.
         ErrorKind::MessageTooLarge => Reaction::RetryAfter(backoff(10_000, 60_000)),
         ErrorKind::Publish => Reaction::RetryAfter(backoff(250, 4_000)),
-        ErrorKind::Config | ErrorKind::Catalog | ErrorKind::Decode | ErrorKind::Postgres => Reaction::RetryAfter(backoff(1_000, 30_000)),
+        ErrorKind::Config | ErrorKind::Catalog | ErrorKind::Decode | ErrorKind::Postgres => {
+            Reaction::RetryAfter(backoff(1_000, 30_000))
+        }
     }
 }
 

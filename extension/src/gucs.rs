@@ -106,7 +106,11 @@ pub(crate) fn legacy_database() -> Option<String> {
     // SAFETY: reads a setting by name on the calling (main) thread; the string is copied at once.
     unsafe {
         let value = pgrx::pg_sys::GetConfigOption(c"trempy.database".as_ptr(), true, false);
-        if value.is_null() { None } else { std::ffi::CStr::from_ptr(value).to_str().ok().map(str::to_owned).filter(|s| !s.is_empty()) }
+        if value.is_null() {
+            None
+        } else {
+            std::ffi::CStr::from_ptr(value).to_str().ok().map(str::to_owned).filter(|s| !s.is_empty())
+        }
     }
 }
 

@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use pgrx::prelude::*;
-use trempy_protocol::envelope::{self, StreamId};
 use pgrx::spi::SpiClient;
+use trempy_protocol::envelope::{self, StreamId};
 use trempy_protocol::sequence::{SequenceOwner, SequenceValue};
 use trempy_protocol::settings::TaskSettings;
 
@@ -35,7 +35,14 @@ impl Sequences {
     /// Reads the task's sequences when the interval has passed (or at once when `now`), and
     /// publishes them when they differ from what was last published, or were last published
     /// [`RESEND_AFTER_INTERVALS`] intervals ago. Runs on the main thread, outside a transaction.
-    pub(crate) fn publish(&mut self, task: &str, settings: &TaskSettings, stream: &StreamId, publisher: &Publisher, now: bool) -> Result<(), Error> {
+    pub(crate) fn publish(
+        &mut self,
+        task: &str,
+        settings: &TaskSettings,
+        stream: &StreamId,
+        publisher: &Publisher,
+        now: bool,
+    ) -> Result<(), Error> {
         if !now && Instant::now() < self.due {
             return Ok(());
         }
@@ -52,7 +59,8 @@ impl Sequences {
                 Ok(values)
             })
         })?;
-        let text = serde_json::to_string(&values).map_err(|e| Error::new(ErrorKind::Catalog, format!("sequences of {task}: {e}")))?;
+        let text = serde_json::to_string(&values)
+            .map_err(|e| Error::new(ErrorKind::Catalog, format!("sequences of {task}: {e}")))?;
         // Unchanged values go again now and then: what the target could not do with them the
         // first time (a column default for a table created since) gets done.
         let stale = self.sent.is_none_or(|at| at.elapsed() >= gucs::sequence_interval() * RESEND_AFTER_INTERVALS);

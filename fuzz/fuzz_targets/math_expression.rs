@@ -18,7 +18,8 @@ fuzz_target!(|data: &[u8]| {
     match Expression::parse(source) {
         Ok(expression) => {
             let _ = expression.is_integral();
-            for value in lines.chain(["0", "-1", "12.50", "NaN", "-Infinity", "99999999999999999999999999999999999999"]) {
+            for value in lines.chain(["0", "-1", "12.50", "NaN", "-Infinity", "99999999999999999999999999999999999999"])
+            {
                 let _ = expression.evaluate(value, Mode::Exact);
                 let _ = expression.evaluate(value, Mode::Float);
             }

@@ -113,7 +113,8 @@ impl Assembler {
     }
 
     fn skips(&self, rel: u32) -> bool {
-        self.ignored.contains(&rel) || (!self.handoff.is_empty() && self.open.as_ref().is_some_and(|open| self.handoff.skips(rel, open.xid)))
+        self.ignored.contains(&rel)
+            || (!self.handoff.is_empty() && self.open.as_ref().is_some_and(|open| self.handoff.skips(rel, open.xid)))
     }
 
     /// End LSN of the last complete transaction seen: where the slot may advance once everything
@@ -173,7 +174,11 @@ impl Assembler {
                 let ready = match self.relations.get(&relation.oid) {
                     // The same relation changed shape while this message refers to it: the
                     // message's single description must fit every change in it, so cut here.
-                    Some(previous) if *previous != described && self.builder.relation_ids().any(|id| id == relation.oid) => self.cut()?,
+                    Some(previous)
+                        if *previous != described && self.builder.relation_ids().any(|id| id == relation.oid) =>
+                    {
+                        self.cut()?
+                    }
                     _ => None,
                 };
                 self.relations.insert(relation.oid, described);
@@ -201,7 +206,9 @@ impl Assembler {
                 let (OldTuple::Key(old) | OldTuple::Full(old)) = &delete.old;
                 Ok(self.change(|b| b.delete(delete.relation_oid, old))?)
             }
-            Message::Truncate(truncate) => Ok(self.change(|b| b.truncate(&truncate.relation_oids, truncate.cascade, truncate.restart_identity))?),
+            Message::Truncate(truncate) => {
+                Ok(self.change(|b| b.truncate(&truncate.relation_oids, truncate.cascade, truncate.restart_identity))?)
+            }
             Message::Logical(message) if message.transactional && message.prefix == schema::MESSAGE_PREFIX => {
                 let change = SchemaChange::parse(message.content)?;
                 if !self.carries(change.rel) {
@@ -263,7 +270,14 @@ impl Assembler {
 }
 
 fn header(open: &OpenTransaction, last: bool) -> TransactionHeader {
-    TransactionHeader { xid: open.xid, commit_lsn: open.commit_lsn, prev_commit_lsn: open.prev_commit_lsn, commit_time: open.commit_time.clone(), seq: open.seq, last }
+    TransactionHeader {
+        xid: open.xid,
+        commit_lsn: open.commit_lsn,
+        prev_commit_lsn: open.prev_commit_lsn,
+        commit_time: open.commit_time.clone(),
+        seq: open.seq,
+        last,
+    }
 }
 
 fn protocol_error(what: &str) -> Error {
@@ -283,7 +297,9 @@ mod tests {
             namespace: "public",
             name: "t",
             replica_identity: b'd',
-            columns: (0..ncols).map(|i| PgColumn { is_key: i == 0, name: ["id", "v", "w"][i], type_oid: 25, type_modifier: -1 }).collect(),
+            columns: (0..ncols)
+                .map(|i| PgColumn { is_key: i == 0, name: ["id", "v", "w"][i], type_oid: 25, type_modifier: -1 })
+                .collect(),
         }
     }
 
@@ -292,7 +308,17 @@ mod tests {
             id: r.oid,
             schema: r.namespace.to_owned(),
             table: r.name.to_owned(),
-            columns: r.columns.iter().map(|c| Column { name: c.name.to_owned(), type_name: "text".into(), type_oid: c.type_oid, key: c.is_key, ..Column::default() }).collect(),
+            columns: r
+                .columns
+                .iter()
+                .map(|c| Column {
+                    name: c.name.to_owned(),
+                    type_name: "text".into(),
+                    type_oid: c.type_oid,
+                    key: c.is_key,
+                    ..Column::default()
+                })
+                .collect(),
         })
     }
 
@@ -352,7 +378,10 @@ mod tests {
         let total: usize = chunks.iter().map(|c| c.changes.len()).sum();
         assert_eq!(total, 1000);
         for e in &out {
-            assert!(e.transactions.iter().rev().skip(1).all(|t| t.last), "only the final transaction of a message may be unfinished");
+            assert!(
+                e.transactions.iter().rev().skip(1).all(|t| t.last),
+                "only the final transaction of a message may be unfinished"
+            );
         }
     }
 
@@ -393,7 +422,10 @@ mod tests {
         assert!(txns.len() > 2, "transaction 2 is chunked");
         assert_eq!(txns[0].prev_commit_lsn, Some(Lsn(7)));
         let first = txns[0].commit_lsn;
-        assert!(txns[1..].iter().all(|t| t.prev_commit_lsn == Some(first)), "every chunk of the second names the first");
+        assert!(
+            txns[1..].iter().all(|t| t.prev_commit_lsn == Some(first)),
+            "every chunk of the second names the first"
+        );
         assert_eq!(a.last_commit_lsn(), Some(txns[txns.len() - 1].commit_lsn));
     }
 
@@ -443,8 +475,16 @@ mod tests {
             insert("a"),
             logical(ours, true, schema::MESSAGE_PREFIX),
             logical(theirs, true, schema::MESSAGE_PREFIX),
-            logical(br#"{"rel":42,"key":["id"],"columns":["v"],"rows":[["a","1"]],"last":true}"#, true, schema::BACKFILL_PREFIX),
-            logical(br#"{"rel":43,"key":["id"],"columns":["v"],"rows":[["a","1"]],"last":true}"#, true, schema::BACKFILL_PREFIX),
+            logical(
+                br#"{"rel":42,"key":["id"],"columns":["v"],"rows":[["a","1"]],"last":true}"#,
+                true,
+                schema::BACKFILL_PREFIX,
+            ),
+            logical(
+                br#"{"rel":43,"key":["id"],"columns":["v"],"rows":[["a","1"]],"last":true}"#,
+                true,
+                schema::BACKFILL_PREFIX,
+            ),
             logical(b"{}", true, "someone.else"),
             Message::Relation(rel_msg(2)),
             insert("b"),
@@ -469,7 +509,17 @@ mod tests {
         let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20).with_tables([42]);
         a.push::<Error>(begin(1), &mut describe).unwrap();
         assert!(a.push::<Error>(logical(b"{\"rel\":", true, schema::MESSAGE_PREFIX), &mut describe).is_err());
-        assert!(a.push::<Error>(logical(br#"{"rel":42,"key":["id"],"columns":["v"],"rows":[["a"]],"last":true}"#, true, schema::BACKFILL_PREFIX), &mut describe).is_err());
+        assert!(
+            a.push::<Error>(
+                logical(
+                    br#"{"rel":42,"key":["id"],"columns":["v"],"rows":[["a"]],"last":true}"#,
+                    true,
+                    schema::BACKFILL_PREFIX
+                ),
+                &mut describe
+            )
+            .is_err()
+        );
     }
 
     #[test]

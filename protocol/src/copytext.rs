@@ -81,9 +81,16 @@ impl Writer {
 pub fn rows(data: &str, width: usize) -> Result<Vec<Vec<Option<String>>>> {
     let mut out = Vec::new();
     for (n, line) in data.split_terminator('\n').enumerate() {
-        let row: Vec<Option<String>> = line.split('\t').map(value).collect::<Result<_>>().map_err(|e| Error::new(e.kind(), format!("row {n}: {}", e.message())))?;
+        let row: Vec<Option<String>> = line
+            .split('\t')
+            .map(value)
+            .collect::<Result<_>>()
+            .map_err(|e| Error::new(e.kind(), format!("row {n}: {}", e.message())))?;
         if row.len() != width {
-            return Err(Error::new(ErrorKind::MalformedCopyData, format!("row {n} has {} values for {width} columns", row.len())));
+            return Err(Error::new(
+                ErrorKind::MalformedCopyData,
+                format!("row {n} has {} values for {width} columns", row.len()),
+            ));
         }
         out.push(row);
     }
@@ -112,7 +119,9 @@ fn value(field: &str) -> Result<Option<String>> {
             Some('b') => out.push('\u{8}'),
             Some('f') => out.push('\u{c}'),
             Some('v') => out.push('\u{b}'),
-            Some(other) => return Err(Error::new(ErrorKind::MalformedCopyData, format!("unsupported escape \\{other}"))),
+            Some(other) => {
+                return Err(Error::new(ErrorKind::MalformedCopyData, format!("unsupported escape \\{other}")));
+            }
             None => return Err(Error::new(ErrorKind::MalformedCopyData, "value ends with a backslash")),
         }
     }
@@ -126,7 +135,15 @@ mod tests {
 
     #[test]
     fn round_trips_tricky_values() {
-        let values: Vec<Option<&str>> = vec![Some("plain"), None, Some(""), Some("tab\there"), Some("new\nline\r\n"), Some("back\\slash \\N"), Some("ünï ✓")];
+        let values: Vec<Option<&str>> = vec![
+            Some("plain"),
+            None,
+            Some(""),
+            Some("tab\there"),
+            Some("new\nline\r\n"),
+            Some("back\\slash \\N"),
+            Some("ünï ✓"),
+        ];
         let mut w = Writer::with_capacity(64);
         for _ in 0..3 {
             for v in &values {

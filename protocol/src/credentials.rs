@@ -29,7 +29,10 @@ pub fn resolve(url: &str, password_file: Option<&Path>) -> Result<String> {
         ));
     }
     if parsed.username().is_empty() {
-        return Err(Error::new(ErrorKind::Credentials, "the RabbitMQ URL names no user (amqp://user@host:port/vhost) for the password file's password"));
+        return Err(Error::new(
+            ErrorKind::Credentials,
+            "the RabbitMQ URL names no user (amqp://user@host:port/vhost) for the password file's password",
+        ));
     }
     let password = read_password_file(file)?;
     // The URL keeps what it is given as it is: encode every byte that is not alphanumeric (the
@@ -48,9 +51,17 @@ pub fn holds_password(url: &str) -> bool {
 }
 
 fn parse(url: &str) -> Result<Url> {
-    let parsed = Url::parse(url).map_err(|e| Error::new(ErrorKind::Credentials, format!("the RabbitMQ URL is malformed ({e}); expected amqp://user@host:port/vhost")))?;
+    let parsed = Url::parse(url).map_err(|e| {
+        Error::new(
+            ErrorKind::Credentials,
+            format!("the RabbitMQ URL is malformed ({e}); expected amqp://user@host:port/vhost"),
+        )
+    })?;
     if !matches!(parsed.scheme(), "amqp" | "amqps") || parsed.cannot_be_a_base() {
-        return Err(Error::new(ErrorKind::Credentials, "the RabbitMQ URL is malformed; expected amqp://user@host:port/vhost (or amqps://)"));
+        return Err(Error::new(
+            ErrorKind::Credentials,
+            "the RabbitMQ URL is malformed; expected amqp://user@host:port/vhost (or amqps://)",
+        ));
     }
     Ok(parsed)
 }
@@ -60,14 +71,23 @@ fn read_password_file(path: &Path) -> Result<String> {
     use std::os::unix::fs::MetadataExt;
 
     let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| Error::new(ErrorKind::Credentials, format!("cannot read the RabbitMQ password file {shown}: {e}")))?;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::new(ErrorKind::Credentials, format!("cannot read the RabbitMQ password file {shown}: {e}"))
+    })?;
     if !meta.is_file() {
-        return Err(Error::new(ErrorKind::Credentials, format!("the RabbitMQ password file {shown} is not a regular file")));
+        return Err(Error::new(
+            ErrorKind::Credentials,
+            format!("the RabbitMQ password file {shown} is not a regular file"),
+        ));
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    access_problem(meta.uid(), meta.mode(), euid).map_or(Ok(()), |why| Err(Error::new(ErrorKind::Credentials, format!("the RabbitMQ password file {shown} {why}"))))?;
-    let text = std::fs::read_to_string(path).map_err(|e| Error::new(ErrorKind::Credentials, format!("cannot read the RabbitMQ password file {shown}: {e}")))?;
+    access_problem(meta.uid(), meta.mode(), euid).map_or(Ok(()), |why| {
+        Err(Error::new(ErrorKind::Credentials, format!("the RabbitMQ password file {shown} {why}")))
+    })?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::new(ErrorKind::Credentials, format!("cannot read the RabbitMQ password file {shown}: {e}"))
+    })?;
     let password = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
     if password.is_empty() {
         return Err(Error::new(ErrorKind::Credentials, format!("the RabbitMQ password file {shown} is empty")));
@@ -82,7 +102,8 @@ fn access_problem(uid: u32, mode: u32, euid: u32) -> Option<&'static str> {
     if uid == euid {
         (permissions & 0o077 != 0).then_some("has group or world access; it must be mode 0600 (u=rw) or less")
     } else if uid == 0 {
-        (permissions & 0o037 != 0).then_some("is owned by root and has world access or group write access; it must be mode 0640 or less")
+        (permissions & 0o037 != 0)
+            .then_some("is owned by root and has world access or group write access; it must be mode 0640 or less")
     } else {
         Some("must be owned by the user running this process, or by root")
     }
@@ -111,7 +132,8 @@ mod tests {
                 let n = NEXT.fetch_add(1, Ordering::Relaxed);
                 let path = std::env::temp_dir().join(format!("trempy-credentials-test-{}-{n}", std::process::id()));
                 std::fs::write(&path, content).unwrap_or_else(|e| panic!("{e}"));
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("{e}"));
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .unwrap_or_else(|e| panic!("{e}"));
                 Self(path)
             }
         }
@@ -131,7 +153,9 @@ mod tests {
         let parsed = Url::parse(&url).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(parsed.username(), "trempy_source");
         assert_eq!(parsed.path(), "/%2f");
-        let decoded = percent_encoding::percent_decode_str(parsed.password().unwrap_or_default()).decode_utf8_lossy().into_owned();
+        let decoded = percent_encoding::percent_decode_str(parsed.password().unwrap_or_default())
+            .decode_utf8_lossy()
+            .into_owned();
         assert_eq!(decoded, "p@ss:w/rd%");
     }
 
@@ -147,7 +171,8 @@ mod tests {
     fn a_password_file_readable_by_others_is_refused() {
         for mode in [0o644, 0o640, 0o604, 0o660] {
             let file = file_with("secret", mode);
-            let err = resolve("amqp://u@h/%2f", Some(&file.0)).err().unwrap_or_else(|| panic!("mode {mode:o} accepted"));
+            let err =
+                resolve("amqp://u@h/%2f", Some(&file.0)).err().unwrap_or_else(|| panic!("mode {mode:o} accepted"));
             assert!(err.message().contains("group or world access"), "{err}");
             assert!(!err.message().contains("secret"));
         }
@@ -169,14 +194,19 @@ mod tests {
     fn a_password_given_twice_an_empty_file_or_a_missing_user_is_refused_without_echoing_anything() {
         let file = file_with("secret\n", 0o600);
         let twice = resolve("amqp://u:other@h/%2f", Some(&file.0)).err().unwrap_or_else(|| panic!("accepted"));
-        assert!(twice.message().contains("remove the password from the URL") && !twice.message().contains("other"), "{twice}");
+        assert!(
+            twice.message().contains("remove the password from the URL") && !twice.message().contains("other"),
+            "{twice}"
+        );
         let no_user = resolve("amqp://h/%2f", Some(&file.0)).err().unwrap_or_else(|| panic!("accepted"));
         assert!(no_user.message().contains("names no user"), "{no_user}");
         let empty = file_with("\n", 0o600);
         assert!(resolve("amqp://u@h/%2f", Some(&empty.0)).is_err());
         let malformed = resolve("amqp:u:hunter2@h", Some(&file.0)).err().unwrap_or_else(|| panic!("accepted"));
         assert!(!malformed.message().contains("hunter2"), "{malformed}");
-        let missing = resolve("amqp://u@h/%2f", Some(Path::new("/nonexistent/trempy-password"))).err().unwrap_or_else(|| panic!("accepted"));
+        let missing = resolve("amqp://u@h/%2f", Some(Path::new("/nonexistent/trempy-password")))
+            .err()
+            .unwrap_or_else(|| panic!("accepted"));
         assert!(missing.message().contains("/nonexistent/trempy-password"), "{missing}");
     }
 }

@@ -271,20 +271,31 @@ impl Envelope {
     /// * [`ErrorKind::MalformedEnvelope`]: anything else that is not a valid envelope of a version
     ///   from 1 to [`VERSION`] (not JSON, no or a zero or non-integer `version`, no `task`, …).
     pub fn parse(body: &[u8]) -> Result<Self> {
-        let probe: VersionProbe = serde_json::from_slice(body).map_err(|err| malformed(format!("not a JSON object: {err}")))?;
+        let probe: VersionProbe =
+            serde_json::from_slice(body).map_err(|err| malformed(format!("not a JSON object: {err}")))?;
         match (&probe.version, &probe.task) {
             (None, _) => return Err(malformed("missing field `version`")),
-            (Some(serde_json::Value::Number(n)), _) if n.as_u64().is_some_and(|v| (u64::from(OLDEST_VERSION)..=u64::from(VERSION)).contains(&v)) => {}
-            (Some(serde_json::Value::Number(n)), Some(serde_json::Value::String(task))) if n.as_u64().is_some_and(|v| v > u64::from(VERSION)) => {
+            (Some(serde_json::Value::Number(n)), _)
+                if n.as_u64().is_some_and(|v| (u64::from(OLDEST_VERSION)..=u64::from(VERSION)).contains(&v)) => {}
+            (Some(serde_json::Value::Number(n)), Some(serde_json::Value::String(task)))
+                if n.as_u64().is_some_and(|v| v > u64::from(VERSION)) =>
+            {
                 return Err(Error::new(
                     ErrorKind::NewerEnvelope,
-                    format!("task {task:?} sent envelope version {n}, newer than this reader's version {VERSION}: upgrade trempy-applier"),
+                    format!(
+                        "task {task:?} sent envelope version {n}, newer than this reader's version {VERSION}: upgrade trempy-applier"
+                    ),
                 ));
             }
-            (Some(other), _) => return Err(malformed(format!("unsupported envelope version {other}; this applier reads versions {OLDEST_VERSION} to {VERSION}"))),
+            (Some(other), _) => {
+                return Err(malformed(format!(
+                    "unsupported envelope version {other}; this applier reads versions {OLDEST_VERSION} to {VERSION}"
+                )));
+            }
         }
         let mut de = serde_json::Deserializer::from_slice(body);
-        let envelope: Envelope = serde_path_to_error::deserialize(&mut de).map_err(|err| malformed(format!("{}: {}", err.path(), err.inner())))?;
+        let envelope: Envelope = serde_path_to_error::deserialize(&mut de)
+            .map_err(|err| malformed(format!("{}: {}", err.path(), err.inner())))?;
         envelope.check()?;
         Ok(envelope)
     }
@@ -349,7 +360,9 @@ impl Envelope {
         let count = self.transactions.len();
         for (i, txn) in self.transactions.iter().enumerate() {
             if !txn.last && i + 1 != count {
-                return Err(malformed(format!("transactions[{i}] is an unfinished chunk but is not the last transaction of the message")));
+                return Err(malformed(format!(
+                    "transactions[{i}] is an unfinished chunk but is not the last transaction of the message"
+                )));
             }
             for (j, change) in txn.changes.iter().enumerate() {
                 self.check_change(change).map_err(|msg| malformed(format!("transactions[{i}].changes[{j}]: {msg}")))?;
@@ -360,7 +373,9 @@ impl Envelope {
 
     fn check_change(&self, change: &Change) -> std::result::Result<(), String> {
         let width = |rel: u32| -> std::result::Result<usize, String> {
-            self.relation(rel).map(|r| r.columns.len()).ok_or_else(|| format!("relation {rel} is not described in `relations`"))
+            self.relation(rel)
+                .map(|r| r.columns.len())
+                .ok_or_else(|| format!("relation {rel} is not described in `relations`"))
         };
         let same_width = |tuple: &[Option<String>], n: usize, what: &str| {
             if tuple.len() == n { Ok(()) } else { Err(format!("`{what}` has {} values for {n} columns", tuple.len())) }
@@ -409,7 +424,12 @@ fn check_relation(relation: &Relation) -> std::result::Result<(), String> {
 
 /// Checks a table's schema and name, and each column's (name, type, created type); errors name
 /// the field under `prefix`.
-fn check_names<'a>(prefix: &str, schema: &str, table: &str, columns: impl Iterator<Item = (&'a str, &'a str, Option<&'a str>)>) -> std::result::Result<(), String> {
+fn check_names<'a>(
+    prefix: &str,
+    schema: &str,
+    table: &str,
+    columns: impl Iterator<Item = (&'a str, &'a str, Option<&'a str>)>,
+) -> std::result::Result<(), String> {
     typename::check_identifier(schema).map_err(|m| format!("{prefix}schema {m}"))?;
     typename::check_identifier(table).map_err(|m| format!("{prefix}table {m}"))?;
     for (j, (name, type_name, create_type)) in columns.enumerate() {
@@ -534,7 +554,8 @@ impl MessageBuilder {
         }
         self.buf.extend_from_slice(b",\"new\":");
         self.write_tuple(new)?;
-        let mut unchanged = new.iter().enumerate().filter(|(_, v)| matches!(v, Value::UnchangedToast)).map(|(i, _)| i).peekable();
+        let mut unchanged =
+            new.iter().enumerate().filter(|(_, v)| matches!(v, Value::UnchangedToast)).map(|(i, _)| i).peekable();
         if unchanged.peek().is_some() {
             self.buf.extend_from_slice(b",\"unchanged\":[");
             for (k, i) in unchanged.enumerate() {
@@ -587,7 +608,8 @@ impl MessageBuilder {
 
     /// Adds a change `{"op": op, …}` whose other fields are `value`'s (a JSON object).
     fn object_change(&mut self, op: &str, value: &impl Serialize) -> Result<()> {
-        let body = serde_json::to_vec(value).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("{op}: {e}")))?;
+        let body =
+            serde_json::to_vec(value).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("{op}: {e}")))?;
         self.start_change(op)?;
         // `{"rel":…}` after `{"op":"…"`: drop the opening brace, keep the closing one.
         self.buf.push(b',');
@@ -622,12 +644,14 @@ impl MessageBuilder {
         }
         self.buf.extend_from_slice(b"],\"relations\":[");
         for (k, id) in self.relations.iter().enumerate() {
-            let relation = describe(*id)
-                .ok_or_else(|| Error::new(ErrorKind::MalformedPgOutput, format!("no Relation message for relation {id}")))?;
+            let relation = describe(*id).ok_or_else(|| {
+                Error::new(ErrorKind::MalformedPgOutput, format!("no Relation message for relation {id}"))
+            })?;
             if k > 0 {
                 self.buf.push(b',');
             }
-            serde_json::to_writer(&mut self.buf, relation).map_err(|err| Error::new(ErrorKind::MalformedPgOutput, err.to_string()))?;
+            serde_json::to_writer(&mut self.buf, relation)
+                .map_err(|err| Error::new(ErrorKind::MalformedPgOutput, err.to_string()))?;
         }
         self.buf.extend_from_slice(b"]}");
         Ok(self.buf)
@@ -643,7 +667,10 @@ impl MessageBuilder {
                 Value::Null | Value::UnchangedToast => self.buf.extend_from_slice(b"null"),
                 Value::Text(text) => write_json_str(&mut self.buf, text),
                 Value::Binary(_) => {
-                    return Err(Error::new(ErrorKind::MalformedPgOutput, "binary column value; TREMpy decodes in text mode"));
+                    return Err(Error::new(
+                        ErrorKind::MalformedPgOutput,
+                        "binary column value; TREMpy decodes in text mode",
+                    ));
                 }
             }
         }
@@ -687,7 +714,12 @@ pub fn sequences_message(stream: &StreamId, values: &[SequenceValue]) -> Result<
 /// A full-load message: `chunk.data` is ignored and `copy_data` (COPY text, UTF-8) is written in
 /// its place without an intermediate copy.
 pub fn load_message(stream: &StreamId, relation: &Relation, chunk: &LoadChunk, copy_data: &[u8]) -> Result<Vec<u8>> {
-    let text = std::str::from_utf8(copy_data).map_err(|err| Error::new(ErrorKind::MalformedEnvelope, format!("load data of {}.{} is not UTF-8: {err}", relation.schema, relation.table)))?;
+    let text = std::str::from_utf8(copy_data).map_err(|err| {
+        Error::new(
+            ErrorKind::MalformedEnvelope,
+            format!("load data of {}.{} is not UTF-8: {err}", relation.schema, relation.table),
+        )
+    })?;
     let mut buf = Vec::with_capacity(copy_data.len() + copy_data.len() / 8 + 1024);
     stream.write_head(&mut buf);
     buf.extend_from_slice(b",\"transactions\":[],\"relations\":[");
@@ -757,13 +789,26 @@ mod tests {
             table: "tâble".into(),
             columns: vec![
                 Column { name: "id".into(), type_name: "integer".into(), type_oid: 23, key: true, ..Column::default() },
-                Column { name: "Na me".into(), type_name: "text".into(), type_oid: 25, key: false, ..Column::default() },
+                Column {
+                    name: "Na me".into(),
+                    type_name: "text".into(),
+                    type_oid: 25,
+                    key: false,
+                    ..Column::default()
+                },
             ],
         }
     }
 
     fn header(commit_lsn: u64, seq: u32, last: bool) -> TransactionHeader {
-        TransactionHeader { xid: 7, commit_lsn: Lsn(commit_lsn), prev_commit_lsn: commit_lsn.checked_sub(100).map(Lsn), commit_time: "2026-11-22T06:00:00.000001Z".into(), seq, last }
+        TransactionHeader {
+            xid: 7,
+            commit_lsn: Lsn(commit_lsn),
+            prev_commit_lsn: commit_lsn.checked_sub(100).map(Lsn),
+            commit_time: "2026-11-22T06:00:00.000001Z".into(),
+            seq,
+            last,
+        }
     }
 
     #[test]
@@ -800,7 +845,10 @@ mod tests {
                 Change::Delete { rel: 16384, old: vec![Some("2".into()), None] },
             ]
         );
-        assert_eq!(env.transactions[1].changes, vec![Change::Truncate { rels: vec![16384], cascade: true, restart_identity: false }]);
+        assert_eq!(
+            env.transactions[1].changes,
+            vec![Change::Truncate { rels: vec![16384], cascade: true, restart_identity: false }]
+        );
         // serde's own serialization parses to the same value
         let again = Envelope::parse(&serde_json::to_vec(&env).unwrap()).unwrap();
         assert_eq!(again, env);
@@ -819,7 +867,15 @@ mod tests {
             load: None,
             sequences: None,
         };
-        let transaction = |changes| Transaction { changes, xid: 1, commit_lsn: Lsn(16), prev_commit_lsn: None, commit_time: "2026-01-01T00:00:00.000000Z".into(), seq: 0, last: true };
+        let transaction = |changes| Transaction {
+            changes,
+            xid: 1,
+            commit_lsn: Lsn(16),
+            prev_commit_lsn: None,
+            commit_time: "2026-01-01T00:00:00.000000Z".into(),
+            seq: 0,
+            last: true,
+        };
         env.transactions.clear();
         let one = env.single(transaction(vec![Change::Insert { rel: 16384, new: vec![Some("1".into()), None] }]));
         assert_eq!(one.relations.iter().map(|r| r.id).collect::<Vec<_>>(), [16384]);
@@ -861,7 +917,14 @@ mod tests {
         let err = Envelope::parse(b"{\"version\":5,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap_err();
         assert!(err.to_string().contains("envelope version 5, newer than"), "{err}");
         // sequence values, checked
-        let value = SequenceValue { schema: "public".into(), name: "s".into(), type_name: "bigint".into(), increment: 1, last_value: 7, owner: None };
+        let value = SequenceValue {
+            schema: "public".into(),
+            name: "s".into(),
+            type_name: "bigint".into(),
+            increment: 1,
+            last_value: 7,
+            owner: None,
+        };
         let env = Envelope::parse(&sequences_message(&stream(2), std::slice::from_ref(&value)).unwrap()).unwrap();
         assert_eq!(env.sequences, Some(vec![value.clone()]));
         let bad = sequences_message(&stream(2), &[SequenceValue { type_name: "text".into(), ..value }]).unwrap();
@@ -905,16 +968,31 @@ mod tests {
                 "{{\"version\":2,\"task\":\"t\",\"transactions\":[],\"relations\":[{{\"id\":1,\"schema\":{schema},\"table\":\"x\",\"columns\":[{column}]}}]}}"
             )
         };
-        let ok = body("{\"name\":\"id\",\"type\":\"numeric(12,2)\",\"type_oid\":1700,\"key\":true,\"create_type\":\"character varying(3)[]\"}", "\"s\"");
+        let ok = body(
+            "{\"name\":\"id\",\"type\":\"numeric(12,2)\",\"type_oid\":1700,\"key\":true,\"create_type\":\"character varying(3)[]\"}",
+            "\"s\"",
+        );
         assert!(Envelope::parse(ok.as_bytes()).is_ok(), "{ok}");
         for (bad, expected) in [
             (
-                body("{\"name\":\"id\",\"type\":\"integer\",\"type_oid\":23,\"key\":true,\"create_type\":\"int); DROP TABLE public.canary; --\"}", "\"s\""),
+                body(
+                    "{\"name\":\"id\",\"type\":\"integer\",\"type_oid\":23,\"key\":true,\"create_type\":\"int); DROP TABLE public.canary; --\"}",
+                    "\"s\"",
+                ),
                 "relations[0].columns[0].create_type is not a type name: unexpected ')' at position 4",
             ),
-            (body("{\"name\":\"id\",\"type\":\"integer, pg_sleep(1)\",\"type_oid\":23,\"key\":true}", "\"s\""), "relations[0].columns[0].type is not a type name"),
-            (body("{\"name\":\"i\\u0000d\",\"type\":\"integer\",\"type_oid\":23,\"key\":true}", "\"s\""), "relations[0].columns[0].name contains a NUL"),
-            (body("{\"name\":\"id\",\"type\":\"integer\",\"type_oid\":23,\"key\":true}", "\"\""), "relations[0].schema is empty"),
+            (
+                body("{\"name\":\"id\",\"type\":\"integer, pg_sleep(1)\",\"type_oid\":23,\"key\":true}", "\"s\""),
+                "relations[0].columns[0].type is not a type name",
+            ),
+            (
+                body("{\"name\":\"i\\u0000d\",\"type\":\"integer\",\"type_oid\":23,\"key\":true}", "\"s\""),
+                "relations[0].columns[0].name contains a NUL",
+            ),
+            (
+                body("{\"name\":\"id\",\"type\":\"integer\",\"type_oid\":23,\"key\":true}", "\"\""),
+                "relations[0].schema is empty",
+            ),
         ] {
             let err = Envelope::parse(bad.as_bytes()).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::MalformedEnvelope);
@@ -928,12 +1006,18 @@ mod tests {
         let newer = VERSION + 1;
         for body in [
             format!("{{\"version\":{newer},\"task\":\"t\"}}"),
-            format!("{{\"version\":{newer},\"task\":\"t\",\"transactions\":[],\"relations\":[],\"field_of_the_future\":{{}}}}"),
+            format!(
+                "{{\"version\":{newer},\"task\":\"t\",\"transactions\":[],\"relations\":[],\"field_of_the_future\":{{}}}}"
+            ),
             "{\"version\":18446744073709551615,\"task\":\"t\"}".to_owned(),
         ] {
             let err = Envelope::parse(body.as_bytes()).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::NewerEnvelope, "{body}");
-            assert!(err.message().contains("upgrade trempy-applier") && err.message().contains("\"t\""), "{}", err.message());
+            assert!(
+                err.message().contains("upgrade trempy-applier") && err.message().contains("\"t\""),
+                "{}",
+                err.message()
+            );
         }
         // Every version up to ours is read.
         for v in 1..=VERSION {

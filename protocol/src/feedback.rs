@@ -94,10 +94,15 @@ pub struct Report {
 impl Report {
     /// Parses a report. Never panics; the error says what is wrong.
     pub fn parse(body: &[u8]) -> Result<Self> {
-        let value: serde_json::Value = serde_json::from_slice(body).map_err(|err| malformed(format!("not JSON: {err}")))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|err| malformed(format!("not JSON: {err}")))?;
         match value.get("version") {
             Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(VERSION)) => {}
-            Some(other) => return Err(malformed(format!("unsupported report version {other}; this build reads version {VERSION}"))),
+            Some(other) => {
+                return Err(malformed(format!(
+                    "unsupported report version {other}; this build reads version {VERSION}"
+                )));
+            }
             None => return Err(malformed("missing field `version`")),
         }
         let mut report: Report = serde_json::from_value(value).map_err(|err| malformed(err.to_string()))?;
@@ -157,9 +162,13 @@ mod tests {
         assert_eq!(Report::parse(old.as_bytes()).unwrap(), report());
         let mut r = report();
         r.schema_changes_applied = Some(2);
-        r.last_schema_change = Some("0/20 public.t -> public.t: ALTER TABLE \"public\".\"t\" ADD COLUMN \"c\" integer".into());
+        r.last_schema_change =
+            Some("0/20 public.t -> public.t: ALTER TABLE \"public\".\"t\" ADD COLUMN \"c\" integer".into());
         let json = String::from_utf8(r.to_json()).unwrap();
-        assert!(json.contains(r#""schema_changes_applied":2"#) && json.contains(r#""last_schema_change":"0/20 public.t"#), "{json}");
+        assert!(
+            json.contains(r#""schema_changes_applied":2"#) && json.contains(r#""last_schema_change":"0/20 public.t"#),
+            "{json}"
+        );
         assert_eq!(Report::parse(json.as_bytes()).unwrap(), r);
     }
 

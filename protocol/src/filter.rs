@@ -11,8 +11,8 @@ use std::cmp::Ordering;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::settings::{ColumnDesc, TableInfo};
 use crate::settings::Problem;
+pub use crate::settings::{ColumnDesc, TableInfo};
 use crate::transform::pgtext::{self, Class, Num, Stamp};
 
 /// One entry of `filters`.
@@ -220,7 +220,12 @@ impl FilterSettings {
     fn operands(&self, path: &str, problems: &mut Vec<Problem>) -> Option<Operands<'_>> {
         let op = self.filter_type;
         let arity = op.arity();
-        let keys = [("value", &self.value, Arity::Value), ("values", &self.values, Arity::Values), ("lower", &self.lower, Arity::Range), ("upper", &self.upper, Arity::Range)];
+        let keys = [
+            ("value", &self.value, Arity::Value),
+            ("values", &self.values, Arity::Values),
+            ("lower", &self.lower, Arity::Range),
+            ("upper", &self.upper, Arity::Range),
+        ];
         let takes = match arity {
             Arity::Nothing => "no operand".to_owned(),
             Arity::Value => "`value`".to_owned(),
@@ -233,10 +238,17 @@ impl FilterSettings {
         }
         for (key, present, needed_by) in keys {
             match (present.is_some(), needed_by == arity) {
-                (true, false) => problems.push(Problem::new(format!("{path}.{key}"), format!("is not used by {} (it takes {takes})", op.name()))),
+                (true, false) => problems.push(Problem::new(
+                    format!("{path}.{key}"),
+                    format!("is not used by {} (it takes {takes})", op.name()),
+                )),
                 (false, true) => problems.push(Problem::new(
                     format!("{path}.{key}"),
-                    format!("is required by {}{}", op.name(), if arity == Arity::Value { " (null is not a value: use is_null / is_not_null)" } else { "" }),
+                    format!(
+                        "is required by {}{}",
+                        op.name(),
+                        if arity == Arity::Value { " (null is not a value: use is_null / is_not_null)" } else { "" }
+                    ),
                 )),
                 _ => {}
             }
@@ -252,7 +264,10 @@ impl FilterSettings {
                 Value::Array(items) => {
                     for (k, item) in items.iter().enumerate() {
                         if item.is_null() {
-                            problems.push(Problem::new(format!("{path}.values[{k}]"), "null never equals anything; use is_null"));
+                            problems.push(Problem::new(
+                                format!("{path}.values[{k}]"),
+                                "null never equals anything; use is_null",
+                            ));
                         }
                     }
                     Operands::Values(items)
@@ -267,9 +282,14 @@ impl FilterSettings {
         };
         if op.text_op().is_some() {
             match &self.value {
-                Some(Value::String(s)) if s.is_empty() => problems.push(Problem::new(format!("{path}.value"), "must not be empty")),
+                Some(Value::String(s)) if s.is_empty() => {
+                    problems.push(Problem::new(format!("{path}.value"), "must not be empty"))
+                }
                 Some(Value::String(_)) | None => {}
-                Some(_) => problems.push(Problem::new(format!("{path}.value"), format!("{} takes a JSON string", self.filter_type.name()))),
+                Some(_) => problems.push(Problem::new(
+                    format!("{path}.value"),
+                    format!("{} takes a JSON string", self.filter_type.name()),
+                )),
             }
         }
         (problems.len() == before).then_some(operands)
@@ -332,15 +352,22 @@ impl Canon {
         match class {
             Class::Int => Num::parse(&text, class).map(Canon::Num).ok_or_else(|| bad("an integer")),
             Class::Numeric | Class::Float => Num::parse(&text, class).map(Canon::Num).ok_or_else(|| bad("a number")),
-            Class::Bool => pgtext::parse_bool(&text).map(Canon::Bool).ok_or_else(|| bad("a boolean (true, false, t, f, yes, no, on, off, 1, 0)")),
+            Class::Bool => pgtext::parse_bool(&text)
+                .map(Canon::Bool)
+                .ok_or_else(|| bad("a boolean (true, false, t, f, yes, no, on, off, 1, 0)")),
             Class::Date | Class::Timestamp | Class::TimestampTz => {
-                let parsed = pgtext::parse_datetime(&text).ok_or_else(|| bad("a date or timestamp (YYYY-MM-DD, YYYY-MM-DD HH:MM:SS[.ffffff][+hh[:mm]])"))?;
+                let parsed = pgtext::parse_datetime(&text)
+                    .ok_or_else(|| bad("a date or timestamp (YYYY-MM-DD, YYYY-MM-DD HH:MM:SS[.ffffff][+hh[:mm]])"))?;
                 if parsed.has_offset && class != Class::TimestampTz {
-                    return Err(format!("{text:?} has a UTC offset but the column is {type_name}, which has no time zone; leave the offset out"));
+                    return Err(format!(
+                        "{text:?} has a UTC offset but the column is {type_name}, which has no time zone; leave the offset out"
+                    ));
                 }
                 Ok(Canon::Stamp(parsed.stamp))
             }
-            Class::Time => pgtext::parse_time(&text, true).map(Canon::Time).ok_or_else(|| bad("a time of day (HH:MM[:SS[.ffffff]])")),
+            Class::Time => pgtext::parse_time(&text, true)
+                .map(Canon::Time)
+                .ok_or_else(|| bad("a time of day (HH:MM[:SS[.ffffff]])")),
             Class::Text | Class::Char | Class::Other => Ok(Canon::of_row(class, &text).unwrap_or(Canon::Exact(text))),
         }
     }
@@ -440,7 +467,10 @@ impl RowFilter {
                 if !settings.column_name.is_empty() {
                     problems.push(Problem::new(
                         format!("{path}.column_name"),
-                        format!("column {:?} does not exist in {}.{}", settings.column_name, rule.table_info.schema_name, rule.table_info.table_name),
+                        format!(
+                            "column {:?} does not exist in {}.{}",
+                            settings.column_name, rule.table_info.schema_name, rule.table_info.table_name
+                        ),
                     ));
                 }
                 continue;
@@ -451,7 +481,11 @@ impl RowFilter {
             if op.is_date() && !class.is_temporal() {
                 problems.push(Problem::new(
                     format!("{path}.filter_type"),
-                    format!("{} needs a date, timestamp or timestamptz column; {:?} is {type_name}", op.name(), desc.name),
+                    format!(
+                        "{} needs a date, timestamp or timestamptz column; {:?} is {type_name}",
+                        op.name(),
+                        desc.name
+                    ),
                 ));
                 continue;
             }
@@ -483,18 +517,29 @@ impl RowFilter {
                     _ => None,
                 },
                 Operands::Values(items) => {
-                    let values: Vec<Option<Canon>> = items.iter().enumerate().map(|(k, item)| typed(&format!("values[{k}]"), item)).collect();
-                    values.into_iter().collect::<Option<Vec<_>>>().map(|values| Test::Set { values, negate: op == FilterType::NotIn })
+                    let values: Vec<Option<Canon>> =
+                        items.iter().enumerate().map(|(k, item)| typed(&format!("values[{k}]"), item)).collect();
+                    values
+                        .into_iter()
+                        .collect::<Option<Vec<_>>>()
+                        .map(|values| Test::Set { values, negate: op == FilterType::NotIn })
                 }
                 Operands::Range(lower, upper) => {
                     let (lower, upper) = (typed("lower", lower), typed("upper", upper));
                     match (lower, upper) {
                         (Some(lower), Some(upper)) => {
                             if lower.compare(&upper) == Some(Ordering::Greater) {
-                                problems.push(Problem::new(format!("{path}.lower"), "is greater than upper, so nothing would be between them"));
+                                problems.push(Problem::new(
+                                    format!("{path}.lower"),
+                                    "is greater than upper, so nothing would be between them",
+                                ));
                                 None
                             } else {
-                                Some(Test::Range { lower, upper, negate: matches!(op, FilterType::NotBetween | FilterType::DateNotBetween) })
+                                Some(Test::Range {
+                                    lower,
+                                    upper,
+                                    negate: matches!(op, FilterType::NotBetween | FilterType::DateNotBetween),
+                                })
                             }
                         }
                         _ => None,
@@ -546,12 +591,20 @@ mod tests {
             ("mood", "\"My Schema\".mood"),
         ]
         .into_iter()
-        .map(|(name, type_name)| ColumnDesc { name: name.to_owned(), type_name: type_name.to_owned(), key: name == "id", not_null: name == "id" })
+        .map(|(name, type_name)| ColumnDesc {
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+            key: name == "id",
+            not_null: name == "id",
+        })
         .collect()
     }
 
     fn rule(settings: Value) -> FilterRule {
-        serde_json::from_value(json!({ "table_info": {"schema_name": "public", "table_name": "t"}, "settings": settings })).unwrap()
+        serde_json::from_value(
+            json!({ "table_info": {"schema_name": "public", "table_name": "t"}, "settings": settings }),
+        )
+        .unwrap()
     }
 
     fn compile(settings: Value) -> Result<RowFilter, Vec<String>> {
@@ -590,7 +643,10 @@ mod tests {
         let f = filter("equals", "code", json!({"value": "ab"}));
         assert_eq!(kept(&f, "code", &[Some("ab "), Some("abc")]), some(&["ab "]));
         let f = filter("equals", "at", json!({"value": "2024-01-31 15:04:05+02"}));
-        assert_eq!(kept(&f, "at", &[Some("2024-01-31 13:04:05+00"), Some("2024-01-31 15:04:05+00")]), some(&["2024-01-31 13:04:05+00"]));
+        assert_eq!(
+            kept(&f, "at", &[Some("2024-01-31 13:04:05+00"), Some("2024-01-31 15:04:05+00")]),
+            some(&["2024-01-31 13:04:05+00"])
+        );
         let f = filter("equals", "token", json!({"value": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}));
         assert!(f.matches(&row("token", Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"))));
     }
@@ -604,11 +660,17 @@ mod tests {
     #[test]
     fn orderings_are_exact_on_numbers() {
         let f = filter("greater_than", "amount", json!({"value": "99999999.98"}));
-        assert_eq!(kept(&f, "amount", &[Some("99999999.99"), Some("99999999.98"), Some("NaN"), Some("-Infinity"), None]), some(&["99999999.99", "NaN"]));
+        assert_eq!(
+            kept(&f, "amount", &[Some("99999999.99"), Some("99999999.98"), Some("NaN"), Some("-Infinity"), None]),
+            some(&["99999999.99", "NaN"])
+        );
         let f = filter("greater_than_or_equal", "id", json!({"value": 10}));
         assert_eq!(kept(&f, "id", &[Some("9"), Some("10"), Some("11")]), some(&["10", "11"]));
         let f = filter("less_than", "ratio", json!({"value": 0.3}));
-        assert_eq!(kept(&f, "ratio", &[Some("0.30000000000000004"), Some("0.29"), Some("-Infinity"), Some("Infinity")]), some(&["0.29", "-Infinity"]));
+        assert_eq!(
+            kept(&f, "ratio", &[Some("0.30000000000000004"), Some("0.29"), Some("-Infinity"), Some("Infinity")]),
+            some(&["0.29", "-Infinity"])
+        );
         let f = filter("less_than_or_equal", "id", json!({"value": "-5"}));
         assert_eq!(kept(&f, "id", &[Some("-5"), Some("-6"), Some("5")]), some(&["-5", "-6"]));
     }
@@ -622,7 +684,10 @@ mod tests {
     #[test]
     fn in_and_not_in() {
         let f = filter("in", "amount", json!({"values": [1, "2.5", 3.25]}));
-        assert_eq!(kept(&f, "amount", &[Some("1.00"), Some("2.50"), Some("3.25"), Some("4.00"), None]), some(&["1.00", "2.50", "3.25"]));
+        assert_eq!(
+            kept(&f, "amount", &[Some("1.00"), Some("2.50"), Some("3.25"), Some("4.00"), None]),
+            some(&["1.00", "2.50", "3.25"])
+        );
         let f = filter("not_in", "name", json!({"values": ["a", "b"]}));
         assert_eq!(kept(&f, "name", &[Some("a"), Some("c"), None]), some(&["c"]));
     }
@@ -666,16 +731,35 @@ mod tests {
         assert_eq!(kept(&f, "born", &[Some("2024-01-31"), Some("2024-02-01"), None]), some(&["2024-02-01"]));
         // the original crashed on timestamp columns in CDC
         let f = filter("date_greater_than", "seen", json!({"value": "2024-01-31 13:04:05"}));
-        assert_eq!(kept(&f, "seen", &[Some("2024-01-31 13:04:05"), Some("2024-01-31 13:04:05.001"), Some("infinity")]), some(&["2024-01-31 13:04:05.001", "infinity"]));
+        assert_eq!(
+            kept(&f, "seen", &[Some("2024-01-31 13:04:05"), Some("2024-01-31 13:04:05.001"), Some("infinity")]),
+            some(&["2024-01-31 13:04:05.001", "infinity"])
+        );
         let f = filter("date_greater_than_or_equal", "seen", json!({"value": "2024-01-31T13:04:05"}));
-        assert_eq!(kept(&f, "seen", &[Some("2024-01-31 13:04:05"), Some("2024-01-31 13:04:04.999")]), some(&["2024-01-31 13:04:05"]));
+        assert_eq!(
+            kept(&f, "seen", &[Some("2024-01-31 13:04:05"), Some("2024-01-31 13:04:04.999")]),
+            some(&["2024-01-31 13:04:05"])
+        );
         // timestamptz: instants; a value without offset is UTC
         let f = filter("date_less_than", "at", json!({"value": "2024-01-31 12:00:00"}));
-        assert_eq!(kept(&f, "at", &[Some("2024-01-31 13:00:00+05:30"), Some("2024-01-31 12:00:00+00"), Some("2024-01-31 11:59:59-01")]), some(&["2024-01-31 13:00:00+05:30"]));
+        assert_eq!(
+            kept(
+                &f,
+                "at",
+                &[Some("2024-01-31 13:00:00+05:30"), Some("2024-01-31 12:00:00+00"), Some("2024-01-31 11:59:59-01")]
+            ),
+            some(&["2024-01-31 13:00:00+05:30"])
+        );
         let f = filter("date_less_than_or_equal", "at", json!({"value": "2024-01-31 12:00:00+00"}));
-        assert_eq!(kept(&f, "at", &[Some("2024-01-31 12:00:00+00"), Some("2024-01-31 12:00:01+00")]), some(&["2024-01-31 12:00:00+00"]));
+        assert_eq!(
+            kept(&f, "at", &[Some("2024-01-31 12:00:00+00"), Some("2024-01-31 12:00:01+00")]),
+            some(&["2024-01-31 12:00:00+00"])
+        );
         let f = filter("date_between", "born", json!({"lower": "1990-01-01", "upper": "1999-12-31"}));
-        assert_eq!(kept(&f, "born", &[Some("1989-12-31"), Some("1990-01-01"), Some("1999-12-31"), Some("2000-01-01"), None]), some(&["1990-01-01", "1999-12-31"]));
+        assert_eq!(
+            kept(&f, "born", &[Some("1989-12-31"), Some("1990-01-01"), Some("1999-12-31"), Some("2000-01-01"), None]),
+            some(&["1990-01-01", "1999-12-31"])
+        );
         let f = filter("date_not_between", "born", json!({"lower": "1990-01-01", "upper": "1999-12-31"}));
         assert_eq!(kept(&f, "born", &[Some("1989-12-31"), Some("1995-06-01"), None]), some(&["1989-12-31"]));
         // a date column compares with a timestamp as midnight, as in PostgreSQL
@@ -688,7 +772,10 @@ mod tests {
         let f = filter("greater_than", "active", json!({"value": false}));
         assert_eq!(kept(&f, "active", &[Some("t"), Some("f")]), some(&["t"]));
         let f = filter("between", "starts", json!({"lower": "09:00", "upper": "17:00:00"}));
-        assert_eq!(kept(&f, "starts", &[Some("08:59:59"), Some("09:00:00"), Some("17:00:00"), Some("17:00:00.5")]), some(&["09:00:00", "17:00:00"]));
+        assert_eq!(
+            kept(&f, "starts", &[Some("08:59:59"), Some("09:00:00"), Some("17:00:00"), Some("17:00:00.5")]),
+            some(&["09:00:00", "17:00:00"])
+        );
     }
 
     #[test]
@@ -726,38 +813,119 @@ mod tests {
     #[test]
     fn problems_name_the_field() {
         let cases = [
-            (json!({"filter_type": "equals", "description": "", "column_name": "nope", "value": 1}), "filters[3].settings.column_name: column \"nope\" does not exist in public.t"),
-            (json!({"filter_type": "equals", "description": "", "column_name": "id", "value": "abc"}), "filters[3].settings.value: \"abc\" is not an integer"),
-            (json!({"filter_type": "equals", "description": "", "column_name": "id"}), "filters[3].settings.value: is required by equals"),
-            (json!({"filter_type": "equals", "description": "", "column_name": "id", "value": null}), "filters[3].settings.value: is required by equals"),
-            (json!({"filter_type": "equals", "description": "", "column_name": "id", "value": 1, "lower": 1}), "filters[3].settings.lower: is not used by equals"),
-            (json!({"filter_type": "in", "description": "", "column_name": "id", "values": "1,2"}), "filters[3].settings.values: must be a JSON list"),
-            (json!({"filter_type": "in", "description": "", "column_name": "id", "values": []}), "filters[3].settings.values: must not be empty"),
-            (json!({"filter_type": "in", "description": "", "column_name": "id", "values": [1, "x"]}), "filters[3].settings.values[1]: \"x\" is not an integer"),
-            (json!({"filter_type": "in", "description": "", "column_name": "id", "values": [1, null]}), "filters[3].settings.values[1]: null never equals anything"),
-            (json!({"filter_type": "between", "description": "", "column_name": "id", "lower": 5, "upper": 1}), "filters[3].settings.lower: is greater than upper"),
-            (json!({"filter_type": "between", "description": "", "column_name": "id", "lower": 5}), "filters[3].settings.upper: is required by between"),
-            (json!({"filter_type": "date_equals", "description": "", "column_name": "born", "value": "2024-02-30"}), "filters[3].settings.value: \"2024-02-30\" is not a date"),
-            (json!({"filter_type": "date_equals", "description": "", "column_name": "seen", "value": "2024-02-01 10:00+02"}), "filters[3].settings.value: \"2024-02-01 10:00+02\" has a UTC offset"),
-            (json!({"filter_type": "date_equals", "description": "", "column_name": "name", "value": "2024-02-01"}), "filters[3].settings.filter_type: date_equals needs a date, timestamp or timestamptz column; \"name\" is character varying(20)"),
-            (json!({"filter_type": "greater_than", "description": "", "column_name": "mood", "value": "happy"}), "filters[3].settings.filter_type: greater_than needs an ordered type"),
-            (json!({"filter_type": "contains", "description": "", "column_name": "name", "value": 5}), "filters[3].settings.value: contains takes a JSON string"),
-            (json!({"filter_type": "equals", "description": "", "column_name": "name", "value": 5}), "filters[3].settings.value: 5 does not fit the character varying(20) column; give a JSON string"),
-            (json!({"filter_type": "equals", "description": "", "column_name": "active", "value": "maybe"}), "filters[3].settings.value: \"maybe\" is not a boolean"),
-            (json!({"filter_type": "is_null", "description": "", "column_name": "id", "value": 1}), "filters[3].settings.value: is not used by is_null (it takes no operand)"),
+            (
+                json!({"filter_type": "equals", "description": "", "column_name": "nope", "value": 1}),
+                "filters[3].settings.column_name: column \"nope\" does not exist in public.t",
+            ),
+            (
+                json!({"filter_type": "equals", "description": "", "column_name": "id", "value": "abc"}),
+                "filters[3].settings.value: \"abc\" is not an integer",
+            ),
+            (
+                json!({"filter_type": "equals", "description": "", "column_name": "id"}),
+                "filters[3].settings.value: is required by equals",
+            ),
+            (
+                json!({"filter_type": "equals", "description": "", "column_name": "id", "value": null}),
+                "filters[3].settings.value: is required by equals",
+            ),
+            (
+                json!({"filter_type": "equals", "description": "", "column_name": "id", "value": 1, "lower": 1}),
+                "filters[3].settings.lower: is not used by equals",
+            ),
+            (
+                json!({"filter_type": "in", "description": "", "column_name": "id", "values": "1,2"}),
+                "filters[3].settings.values: must be a JSON list",
+            ),
+            (
+                json!({"filter_type": "in", "description": "", "column_name": "id", "values": []}),
+                "filters[3].settings.values: must not be empty",
+            ),
+            (
+                json!({"filter_type": "in", "description": "", "column_name": "id", "values": [1, "x"]}),
+                "filters[3].settings.values[1]: \"x\" is not an integer",
+            ),
+            (
+                json!({"filter_type": "in", "description": "", "column_name": "id", "values": [1, null]}),
+                "filters[3].settings.values[1]: null never equals anything",
+            ),
+            (
+                json!({"filter_type": "between", "description": "", "column_name": "id", "lower": 5, "upper": 1}),
+                "filters[3].settings.lower: is greater than upper",
+            ),
+            (
+                json!({"filter_type": "between", "description": "", "column_name": "id", "lower": 5}),
+                "filters[3].settings.upper: is required by between",
+            ),
+            (
+                json!({"filter_type": "date_equals", "description": "", "column_name": "born", "value": "2024-02-30"}),
+                "filters[3].settings.value: \"2024-02-30\" is not a date",
+            ),
+            (
+                json!({"filter_type": "date_equals", "description": "", "column_name": "seen", "value": "2024-02-01 10:00+02"}),
+                "filters[3].settings.value: \"2024-02-01 10:00+02\" has a UTC offset",
+            ),
+            (
+                json!({"filter_type": "date_equals", "description": "", "column_name": "name", "value": "2024-02-01"}),
+                "filters[3].settings.filter_type: date_equals needs a date, timestamp or timestamptz column; \"name\" is character varying(20)",
+            ),
+            (
+                json!({"filter_type": "greater_than", "description": "", "column_name": "mood", "value": "happy"}),
+                "filters[3].settings.filter_type: greater_than needs an ordered type",
+            ),
+            (
+                json!({"filter_type": "contains", "description": "", "column_name": "name", "value": 5}),
+                "filters[3].settings.value: contains takes a JSON string",
+            ),
+            (
+                json!({"filter_type": "equals", "description": "", "column_name": "name", "value": 5}),
+                "filters[3].settings.value: 5 does not fit the character varying(20) column; give a JSON string",
+            ),
+            (
+                json!({"filter_type": "equals", "description": "", "column_name": "active", "value": "maybe"}),
+                "filters[3].settings.value: \"maybe\" is not a boolean",
+            ),
+            (
+                json!({"filter_type": "is_null", "description": "", "column_name": "id", "value": 1}),
+                "filters[3].settings.value: is not used by is_null (it takes no operand)",
+            ),
         ];
         for (settings, expected) in cases {
             let problems = compile(settings.clone()).unwrap_err();
-            assert!(problems.iter().any(|p| p.starts_with(expected)), "{settings}: expected {expected:?}, got {problems:?}");
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "{settings}: expected {expected:?}, got {problems:?}"
+            );
         }
     }
 
     #[test]
     fn every_operator_has_a_name_and_parses() {
         let names = [
-            "equals", "not_equals", "greater_than", "greater_than_or_equal", "less_than", "less_than_or_equal", "in", "not_in", "is_null", "is_not_null", "starts_with", "ends_with",
-            "contains", "not_contains", "between", "not_between", "date_equals", "date_not_equals", "date_greater_than", "date_greater_than_or_equal", "date_less_than",
-            "date_less_than_or_equal", "date_between", "date_not_between",
+            "equals",
+            "not_equals",
+            "greater_than",
+            "greater_than_or_equal",
+            "less_than",
+            "less_than_or_equal",
+            "in",
+            "not_in",
+            "is_null",
+            "is_not_null",
+            "starts_with",
+            "ends_with",
+            "contains",
+            "not_contains",
+            "between",
+            "not_between",
+            "date_equals",
+            "date_not_equals",
+            "date_greater_than",
+            "date_greater_than_or_equal",
+            "date_less_than",
+            "date_less_than_or_equal",
+            "date_between",
+            "date_not_between",
         ];
         for name in names {
             let op: FilterType = serde_json::from_value(json!(name)).unwrap();

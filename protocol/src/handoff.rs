@@ -30,7 +30,11 @@ impl Snapshot {
         if parts.next().is_some() || xmin > xmax {
             return Err(bad());
         }
-        let xip = if list.is_empty() { Vec::new() } else { list.split(',').map(|x| x.parse::<u64>().map_err(|_| bad())).collect::<Result<Vec<_>>>()? };
+        let xip = if list.is_empty() {
+            Vec::new()
+        } else {
+            list.split(',').map(|x| x.parse::<u64>().map_err(|_| bad())).collect::<Result<Vec<_>>>()?
+        };
         if xip.iter().any(|&x| x < xmin || x >= xmax) {
             return Err(bad());
         }

@@ -17,11 +17,11 @@
 //!
 //! This crate uses neither pgrx nor tokio, so that it builds and fuzzes fast.
 
-mod error;
 pub mod assemble;
 pub mod copytext;
 pub mod databases;
 pub mod envelope;
+mod error;
 pub mod feedback;
 pub mod filter;
 pub mod handoff;

@@ -34,7 +34,9 @@ fn redact_slashless_urls(text: &str) -> String {
     let mut copied = 0;
     let mut i = 0;
     while i < bytes.len() {
-        let scheme = BARE_SCHEMES.iter().find(|s| bytes.get(i..i + s.len()).is_some_and(|b| b.eq_ignore_ascii_case(s.as_bytes())));
+        let scheme = BARE_SCHEMES
+            .iter()
+            .find(|s| bytes.get(i..i + s.len()).is_some_and(|b| b.eq_ignore_ascii_case(s.as_bytes())));
         let boundary = i == 0 || !is_scheme_char(bytes[i - 1]);
         let Some(scheme) = scheme.filter(|_| boundary) else {
             i += 1;
@@ -130,7 +132,10 @@ fn redact_password_pairs(text: &str) -> String {
             }
             j = (j + 1).min(bytes.len());
         } else {
-            while j < bytes.len() && !bytes[j].is_ascii_whitespace() && !(in_query && matches!(bytes[j], b'&' | b'#' | b'\'' | b'"')) {
+            while j < bytes.len()
+                && !bytes[j].is_ascii_whitespace()
+                && !(in_query && matches!(bytes[j], b'&' | b'#' | b'\'' | b'"'))
+            {
                 j += if bytes[j] == b'\\' && !in_query { 2 } else { 1 };
             }
             j = j.min(bytes.len());
@@ -198,7 +203,10 @@ mod tests {
             ("host=db user=app password=s3cret dbname=x", "host=db user=app password=*** dbname=x"),
             ("host=db password = 'a \\' b' port=5432", "host=db password = *** port=5432"),
             ("host=db PASSWORD=x", "host=db PASSWORD=***"),
-            ("postgres://db/x?user=a&password=s3&sslmode=require", "postgres://db/x?user=a&password=***&sslmode=require"),
+            (
+                "postgres://db/x?user=a&password=s3&sslmode=require",
+                "postgres://db/x?user=a&password=***&sslmode=require",
+            ),
             ("host=db password='unterminated", "host=db password=***"),
             // not a password key
             ("old_password=x passwordless=y", "old_password=x passwordless=y"),

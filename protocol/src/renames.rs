@@ -21,7 +21,9 @@ pub fn follow_table_rename(settings: &mut Value, from: (&str, &str), to: (&str, 
     let mut changed = false;
     let mut rename = |info: Option<&mut Value>| {
         let Some(info) = info.and_then(Value::as_object_mut) else { return };
-        if info.get("schema_name").and_then(Value::as_str) == Some(from.0) && info.get("table_name").and_then(Value::as_str) == Some(from.1) {
+        if info.get("schema_name").and_then(Value::as_str) == Some(from.0)
+            && info.get("table_name").and_then(Value::as_str) == Some(from.1)
+        {
             info.insert("schema_name".into(), Value::from(to.0));
             info.insert("table_name".into(), Value::from(to.1));
             changed = true;
@@ -43,7 +45,8 @@ pub fn follow_table_rename(settings: &mut Value, from: (&str, &str), to: (&str, 
 pub fn follow_column_rename(settings: &mut Value, table: (&str, &str), from: &str, to: &str) -> bool {
     let of_table = |rule: &Value| {
         let info = rule.get("table_info");
-        info.and_then(|i| i.get("schema_name")).and_then(Value::as_str) == Some(table.0) && info.and_then(|i| i.get("table_name")).and_then(Value::as_str) == Some(table.1)
+        info.and_then(|i| i.get("schema_name")).and_then(Value::as_str) == Some(table.0)
+            && info.and_then(|i| i.get("table_name")).and_then(Value::as_str) == Some(table.1)
     };
     let mut changed = false;
     let mut rename = |slot: Option<&mut Value>| {
@@ -61,7 +64,9 @@ pub fn follow_column_rename(settings: &mut Value, table: (&str, &str), from: &st
     }
     if let Some(transformations) = settings.get_mut("transformations").and_then(Value::as_array_mut) {
         for transformation in transformations.iter_mut().filter(|t| of_table(t)) {
-            let Some(contract) = transformation.get_mut("settings").and_then(|s| s.get_mut("contract")) else { continue };
+            let Some(contract) = transformation.get_mut("settings").and_then(|s| s.get_mut("contract")) else {
+                continue;
+            };
             rename(contract.get_mut("column_name"));
             for list in ["depends_on", "column_names"] {
                 if let Some(names) = contract.get_mut(list).and_then(Value::as_array_mut) {

@@ -149,7 +149,8 @@ pub struct Backfill {
 impl Backfill {
     /// Reads the event trigger's message content (JSON), checking it.
     pub fn parse(content: &[u8]) -> Result<Self> {
-        let backfill: Self = serde_json::from_slice(content).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("backfill message: {e}")))?;
+        let backfill: Self = serde_json::from_slice(content)
+            .map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("backfill message: {e}")))?;
         backfill.check().map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("backfill message: {e}")))?;
         Ok(backfill)
     }
@@ -170,10 +171,14 @@ impl Backfill {
 impl SchemaChange {
     /// Reads the event trigger's message content (JSON), checking it.
     pub fn parse(content: &[u8]) -> Result<Self> {
-        let change: Self = serde_json::from_slice(content).map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("schema change message: {e}")))?;
+        let change: Self = serde_json::from_slice(content)
+            .map_err(|e| Error::new(ErrorKind::MalformedEnvelope, format!("schema change message: {e}")))?;
         for shape in change.old.iter().chain(change.new.iter()) {
             if !shape.in_attnum_order() {
-                return Err(Error::new(ErrorKind::MalformedEnvelope, "schema change message: columns are not in attnum order"));
+                return Err(Error::new(
+                    ErrorKind::MalformedEnvelope,
+                    "schema change message: columns are not in attnum order",
+                ));
             }
         }
         Ok(change)
@@ -276,7 +281,10 @@ pub fn diff(change: &SchemaChange) -> Vec<Step> {
     let old = change.old.as_ref().unwrap_or(&empty);
     let mut steps = Vec::new();
     if (old.schema.as_str(), old.table.as_str()) != (new.schema.as_str(), new.table.as_str()) {
-        steps.push(Step::RenameTable { from: (old.schema.clone(), old.table.clone()), to: (new.schema.clone(), new.table.clone()) });
+        steps.push(Step::RenameTable {
+            from: (old.schema.clone(), old.table.clone()),
+            to: (new.schema.clone(), new.table.clone()),
+        });
     }
     let before = |attnum: i16| old.columns.iter().find(|c| c.attnum == attnum);
     let after = |attnum: i16| new.columns.iter().find(|c| c.attnum == attnum);
@@ -343,7 +351,15 @@ mod tests {
     use super::*;
 
     fn col(attnum: i16, name: &str, type_name: &str) -> ShapeColumn {
-        ShapeColumn { attnum, name: name.to_owned(), type_name: type_name.to_owned(), type_oid: 0, key: attnum == 1, not_null: attnum == 1, create_type: None }
+        ShapeColumn {
+            attnum,
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+            type_oid: 0,
+            key: attnum == 1,
+            not_null: attnum == 1,
+            create_type: None,
+        }
     }
 
     fn shape(table: &str, columns: Vec<ShapeColumn>) -> Shape {
@@ -351,7 +367,17 @@ mod tests {
     }
 
     fn change(old: Option<Shape>, new: Option<Shape>) -> SchemaChange {
-        SchemaChange { rel: 1, tag: "ALTER TABLE".to_owned(), old, new, fills: Vec::new(), rewritten: Vec::new(), backfilled: Vec::new(), unreplicated: Vec::new(), attached: Vec::new() }
+        SchemaChange {
+            rel: 1,
+            tag: "ALTER TABLE".to_owned(),
+            old,
+            new,
+            fills: Vec::new(),
+            rewritten: Vec::new(),
+            backfilled: Vec::new(),
+            unreplicated: Vec::new(),
+            attached: Vec::new(),
+        }
     }
 
     #[test]
@@ -367,14 +393,20 @@ mod tests {
         let new = shape("t", vec![col(1, "id", "integer"), col(3, "a", "text")]);
         assert_eq!(
             diff(&change(Some(old), Some(new))),
-            vec![Step::DropColumn { name: "a".into() }, Step::AddColumn { column: col(3, "a", "text"), fill: Existing::Null }]
+            vec![
+                Step::DropColumn { name: "a".into() },
+                Step::AddColumn { column: col(3, "a", "text"), fill: Existing::Null }
+            ]
         );
     }
 
     #[test]
     fn added_columns_carry_what_existing_rows_hold() {
         let old = shape("t", vec![col(1, "id", "integer")]);
-        let new = shape("t", vec![col(1, "id", "integer"), col(2, "c", "integer"), col(3, "d", "timestamp"), col(4, "e", "text")]);
+        let new = shape(
+            "t",
+            vec![col(1, "id", "integer"), col(2, "c", "integer"), col(3, "d", "timestamp"), col(4, "e", "text")],
+        );
         let mut c = change(Some(old), Some(new));
         c.fills = vec![Fill { attnum: 2, value: Some("7".into()) }];
         c.rewritten = vec![3];
@@ -432,10 +464,20 @@ mod tests {
         let stream = StreamId::new("t", "6f1c2a9e-3b1d-4c55-9a0e-2f4b8d7c1e00", 1);
         let mut builder = MessageBuilder::new(&stream);
         builder.open_transaction();
-        let mut c = change(Some(shape("t", vec![col(1, "id", "integer")])), Some(shape("t", vec![col(1, "id", "integer"), col(2, "c", "integer")])));
+        let mut c = change(
+            Some(shape("t", vec![col(1, "id", "integer")])),
+            Some(shape("t", vec![col(1, "id", "integer"), col(2, "c", "integer")])),
+        );
         c.fills = vec![Fill { attnum: 2, value: Some("7".into()) }];
         builder.schema(&c).unwrap_or_else(|e| panic!("{e}"));
-        let header = TransactionHeader { xid: 5, commit_lsn: crate::Lsn(16), prev_commit_lsn: None, commit_time: "2026-01-01T00:00:00.000000Z".into(), seq: 0, last: true };
+        let header = TransactionHeader {
+            xid: 5,
+            commit_lsn: crate::Lsn(16),
+            prev_commit_lsn: None,
+            commit_time: "2026-01-01T00:00:00.000000Z".into(),
+            seq: 0,
+            last: true,
+        };
         builder.close_transaction(&header);
         let body = builder.finish(|_| None).unwrap_or_else(|e| panic!("{e}"));
         let envelope = Envelope::parse(&body).unwrap_or_else(|e| panic!("{e}"));

@@ -70,7 +70,10 @@ impl SequenceValue {
             return Some("a sequence name contains a NUL".to_owned());
         }
         if !matches!(self.type_name.as_str(), "bigint" | "integer" | "smallint") {
-            return Some(format!("sequence {}.{} has type {:?}, not bigint, integer or smallint", self.schema, self.name, self.type_name));
+            return Some(format!(
+                "sequence {}.{} has type {:?}, not bigint, integer or smallint",
+                self.schema, self.name, self.type_name
+            ));
         }
         if self.increment == 0 {
             return Some(format!("sequence {}.{} has increment 0", self.schema, self.name));
@@ -85,7 +88,14 @@ mod tests {
     use super::*;
 
     fn value(increment: i64, last_value: i64) -> SequenceValue {
-        SequenceValue { schema: "public".into(), name: "s".into(), type_name: "bigint".into(), increment, last_value, owner: None }
+        SequenceValue {
+            schema: "public".into(),
+            name: "s".into(),
+            type_name: "bigint".into(),
+            increment,
+            last_value,
+            owner: None,
+        }
     }
 
     #[test]

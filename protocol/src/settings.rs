@@ -307,7 +307,10 @@ impl TaskSettings {
                     format!("{} is out of range; use 0 (highest) to {MAX_PRIORITY} (lowest)", table.priority),
                 ));
             }
-            if let Some(first) = self.tables[..i].iter().position(|t| t.schema_name == table.schema_name && t.table_name == table.table_name) {
+            if let Some(first) = self.tables[..i]
+                .iter()
+                .position(|t| t.schema_name == table.schema_name && t.table_name == table.table_name)
+            {
                 problems.push(Problem::new(format!("tables[{i}]"), format!("duplicate of tables[{first}]")));
             }
         }
@@ -361,18 +364,33 @@ impl TaskSettings {
         }
         let scd = self.scd2_columns();
         if scd.start == scd.end || scd.start == scd.current || scd.end == scd.current {
-            problems.push(Problem::new("task.scd2_settings", "the start, end and current SCD2 columns need three different names"));
+            problems.push(Problem::new(
+                "task.scd2_settings",
+                "the start, end and current SCD2 columns need three different names",
+            ));
         }
         problems
     }
 
     /// Every filter and transformation must name a table listed in `tables`.
     fn rule_table_problems(&self) -> Vec<Problem> {
-        let listed = |info: &TableInfo| self.tables.iter().any(|t| t.schema_name == info.schema_name && t.table_name == info.table_name);
-        let infos = self.filters.iter().map(|f| ("filters", &f.table_info)).enumerate().chain(self.transformations.iter().map(|t| ("transformations", &t.table_info)).enumerate());
+        let listed = |info: &TableInfo| {
+            self.tables.iter().any(|t| t.schema_name == info.schema_name && t.table_name == info.table_name)
+        };
+        let infos = self
+            .filters
+            .iter()
+            .map(|f| ("filters", &f.table_info))
+            .enumerate()
+            .chain(self.transformations.iter().map(|t| ("transformations", &t.table_info)).enumerate());
         infos
             .filter(|(_, (_, info))| !listed(info))
-            .map(|(i, (list, info))| Problem::new(format!("{list}[{i}].table_info"), format!("table {}.{} is not listed in tables", info.schema_name, info.table_name)))
+            .map(|(i, (list, info))| {
+                Problem::new(
+                    format!("{list}[{i}].table_info"),
+                    format!("table {}.{} is not listed in tables", info.schema_name, info.table_name),
+                )
+            })
             .collect()
     }
 
@@ -398,7 +416,10 @@ impl TaskSettings {
                 match catalog(&table.schema_name, &table.table_name) {
                     None => problems.push(Problem::new(
                         format!("tables[{j}]"),
-                        format!("table {}.{} does not exist, so its filters and transformations cannot be checked", table.schema_name, table.table_name),
+                        format!(
+                            "table {}.{} does not exist, so its filters and transformations cannot be checked",
+                            table.schema_name, table.table_name
+                        ),
                     )),
                     Some(columns) => match self.table_plan(&table.schema_name, &table.table_name, &columns) {
                         Ok((_, plan)) => target = (plan.target_schema, plan.target_table),
@@ -407,7 +428,10 @@ impl TaskSettings {
                 }
             }
             if let Some(first) = targets.iter().position(|t| *t == target) {
-                problems.push(Problem::new(format!("tables[{j}]"), format!("replicates into {}.{}, the same target table as tables[{first}]", target.0, target.1)));
+                problems.push(Problem::new(
+                    format!("tables[{j}]"),
+                    format!("replicates into {}.{}, the same target table as tables[{first}]", target.0, target.1),
+                ));
             }
             targets.push(target);
         }
@@ -416,10 +440,19 @@ impl TaskSettings {
 
     /// What the applier needs for one source table: its compiled filters (`None` without any)
     /// and its transformation plan (the identity without any). `columns` are the source columns.
-    pub fn table_plan(&self, schema: &str, table: &str, columns: &[ColumnDesc]) -> Result<(Option<RowFilter>, TablePlan), Vec<Problem>> {
+    pub fn table_plan(
+        &self,
+        schema: &str,
+        table: &str,
+        columns: &[ColumnDesc],
+    ) -> Result<(Option<RowFilter>, TablePlan), Vec<Problem>> {
         let (filters, transformations) = self.rules_of(schema, table);
         let filter = if filters.is_empty() { Ok(None) } else { RowFilter::compile(columns, &filters).map(Some) };
-        let plan = if transformations.is_empty() { Ok(TablePlan::identity(schema, table, columns)) } else { TablePlan::compile(schema, table, columns, &transformations) };
+        let plan = if transformations.is_empty() {
+            Ok(TablePlan::identity(schema, table, columns))
+        } else {
+            TablePlan::compile(schema, table, columns, &transformations)
+        };
         match (filter, plan) {
             (Ok(filter), Ok(plan)) => Ok((filter, plan)),
             (Err(mut a), Err(b)) => {
@@ -432,7 +465,12 @@ impl TaskSettings {
 
     fn scd2_sections(&self) -> impl Iterator<Item = (&'static str, &Scd2Settings)> {
         let top = self.task.scd2_settings.as_ref().map(|s| ("task.scd2_settings", s));
-        let nested = self.task.cdc_settings.as_ref().and_then(|c| c.scd2_settings.as_ref()).map(|s| ("task.cdc_settings.scd2_settings", s));
+        let nested = self
+            .task
+            .cdc_settings
+            .as_ref()
+            .and_then(|c| c.scd2_settings.as_ref())
+            .map(|s| ("task.cdc_settings.scd2_settings", s));
         top.into_iter().chain(nested)
     }
 
@@ -555,12 +593,28 @@ mod tests {
         let salary = catalog("employees", "salary").unwrap();
         let (filter, plan) = s.table_plan("employees", "salary", &salary).unwrap();
         assert_eq!(filter.unwrap().columns_used(), vec![1]);
-        assert_eq!((plan.target_schema.as_str(), plan.columns[1].name.as_str(), plan.columns[4].name.as_str()), ("payroll", "yearly_amount", "years"));
+        assert_eq!(
+            (plan.target_schema.as_str(), plan.columns[1].name.as_str(), plan.columns[4].name.as_str()),
+            ("payroll", "yearly_amount", "years")
+        );
         let paths: Vec<String> = s.unsupported().into_iter().map(|p| p.path).collect();
         assert_eq!(s.cdc_mode(), CdcMode::Scd2);
-        assert_eq!(s.scd2_columns(), Scd2Columns { start: "valid_from".into(), end: "valid_to".into(), current: "is_current".into() });
+        assert_eq!(
+            s.scd2_columns(),
+            Scd2Columns { start: "valid_from".into(), end: "valid_to".into(), current: "is_current".into() }
+        );
         assert!(!paths.iter().any(|p| p.starts_with("error_handling")), "{paths:?}");
-        for supported in ["task.cdc_settings.mode", "task.scd2_settings", "task.cdc_settings.scd2_settings", "filters", "transformations", "task.replication_type", "task.start_mode", "task.create_table_if_not_exists", "task.full_load_settings.recreate_table_if_exists"] {
+        for supported in [
+            "task.cdc_settings.mode",
+            "task.scd2_settings",
+            "task.cdc_settings.scd2_settings",
+            "filters",
+            "transformations",
+            "task.replication_type",
+            "task.start_mode",
+            "task.create_table_if_not_exists",
+            "task.full_load_settings.recreate_table_if_exists",
+        ] {
             assert!(!paths.iter().any(|p| p == supported), "{supported} in {paths:?}");
         }
         assert!(s.copies() && s.streams());
@@ -573,7 +627,10 @@ mod tests {
         let cases = [
             (GOOD.replace("\"cdc\"", "\"stream\""), "task.replication_type: unknown variant `stream`"),
             (GOOD.replace("\"upsert\"", "\"merge\""), "task.cdc_settings.mode: unknown variant `merge`"),
-            (GOOD.replace("\"mode\"", "\"mod\""), "task.cdc_settings.mod: unknown field `mod`, expected `mode` or `scd2_settings`"),
+            (
+                GOOD.replace("\"mode\"", "\"mod\""),
+                "task.cdc_settings.mod: unknown field `mod`, expected `mode` or `scd2_settings`",
+            ),
             (GOOD.replace("\"priority\": 0", "\"priority\": \"high\""), "tables[0].priority: invalid type"),
             (GOOD.replace(", \"priority\": 0", ""), "tables[0]: missing field `priority`"),
             (GOOD.replace("\"priority\": 0", "\"priority\": -1"), "tables[0].priority: invalid value"),
@@ -609,12 +666,29 @@ mod tests {
 
     fn catalog(schema: &str, table: &str) -> Option<Vec<ColumnDesc>> {
         let columns: &[(&str, &str)] = match (schema, table) {
-            ("employees", "employee") => &[("emp_no", "integer"), ("first_name", "character varying(14)"), ("last_name", "character varying(16)"), ("hire_date", "date")],
-            ("employees", "salary") => &[("emp_no", "integer"), ("amount", "integer"), ("from_date", "date"), ("to_date", "date")],
+            ("employees", "employee") => &[
+                ("emp_no", "integer"),
+                ("first_name", "character varying(14)"),
+                ("last_name", "character varying(16)"),
+                ("hire_date", "date"),
+            ],
+            ("employees", "salary") => {
+                &[("emp_no", "integer"), ("amount", "integer"), ("from_date", "date"), ("to_date", "date")]
+            }
             ("public", "orders") => &[("id", "bigint"), ("total", "numeric(12,2)")],
             _ => return None,
         };
-        Some(columns.iter().map(|(n, t)| ColumnDesc { name: (*n).to_owned(), type_name: (*t).to_owned(), key: *n == "emp_no" || *n == "id", not_null: false }).collect())
+        Some(
+            columns
+                .iter()
+                .map(|(n, t)| ColumnDesc {
+                    name: (*n).to_owned(),
+                    type_name: (*t).to_owned(),
+                    key: *n == "emp_no" || *n == "id",
+                    not_null: false,
+                })
+                .collect(),
+        )
     }
 
     fn with_rules(filters: &str, transformations: &str) -> String {
@@ -637,21 +711,39 @@ mod tests {
         let f = r#"{"table_info": {"schema_name": "public", "table_name": "other"}, "settings": {"filter_type": "is_null", "description": "", "column_name": "x"}}"#;
         let t = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "o"}, "priority": 0}},
                    {"table_info": {"schema_name": "x", "table_name": "orders"}, "settings": {"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "o"}, "priority": 0}}"#;
-        let problems: Vec<String> = TaskSettings::parse(&with_rules(f, t)).unwrap_err().iter().map(ToString::to_string).collect();
-        assert_eq!(problems, ["filters[0].table_info: table public.other is not listed in tables", "transformations[1].table_info: table x.orders is not listed in tables"]);
+        let problems: Vec<String> =
+            TaskSettings::parse(&with_rules(f, t)).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "filters[0].table_info: table public.other is not listed in tables",
+                "transformations[1].table_info: table x.orders is not listed in tables"
+            ]
+        );
     }
 
     #[test]
     fn parse_reports_rule_shapes_without_a_catalog() {
         let f = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "in", "description": "", "column_name": "id", "values": "1,2"}}"#;
         let t = r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"transformation_type": "add_primary_key", "description": "", "contract": {"column_names": "id"}, "priority": 2}}"#;
-        let problems: Vec<String> = TaskSettings::parse(&with_rules(f, t)).unwrap_err().iter().map(ToString::to_string).collect();
-        for expected in ["filters[0].settings.values: must be a JSON list", "transformations[0].settings.priority: add_primary_key is structural", "transformations[0].settings.contract.column_names: must be a JSON list"] {
+        let problems: Vec<String> =
+            TaskSettings::parse(&with_rules(f, t)).unwrap_err().iter().map(ToString::to_string).collect();
+        for expected in [
+            "filters[0].settings.values: must be a JSON list",
+            "transformations[0].settings.priority: add_primary_key is structural",
+            "transformations[0].settings.contract.column_names: must be a JSON list",
+        ] {
             assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected} missing from {problems:?}");
         }
-        let bad_type = with_rules(r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "regex", "description": "", "column_name": "id"}}"#, "");
+        let bad_type = with_rules(
+            r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "regex", "description": "", "column_name": "id"}}"#,
+            "",
+        );
         assert!(first_problem(&bad_type).starts_with("filters[0].settings.filter_type: unknown variant `regex`"));
-        let missing = with_rules(r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "is_null", "column_name": "id"}}"#, "");
+        let missing = with_rules(
+            r#"{"table_info": {"schema_name": "public", "table_name": "orders"}, "settings": {"filter_type": "is_null", "column_name": "id"}}"#,
+            "",
+        );
         assert!(first_problem(&missing).starts_with("filters[0].settings: missing field `description`"));
     }
 
@@ -663,9 +755,17 @@ mod tests {
         let problems: Vec<String> = s.check_rules(&catalog).iter().map(ToString::to_string).collect();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].starts_with("filters[0].settings.value: \"abc\" is not a number"), "{problems:?}");
-        assert!(problems[1].starts_with("transformations[0].settings.contract.column_name: column \"nope\" does not exist in public.orders"), "{problems:?}");
+        assert!(
+            problems[1].starts_with(
+                "transformations[0].settings.contract.column_name: column \"nope\" does not exist in public.orders"
+            ),
+            "{problems:?}"
+        );
         let missing_table = s.check_rules(&|_: &str, _: &str| None);
-        assert_eq!(missing_table[0].to_string(), "tables[0]: table public.orders does not exist, so its filters and transformations cannot be checked");
+        assert_eq!(
+            missing_table[0].to_string(),
+            "tables[0]: table public.orders does not exist, so its filters and transformations cannot be checked"
+        );
     }
 
     #[test]
@@ -687,7 +787,10 @@ mod tests {
             "transformations": [{"table_info": {"schema_name": "employees", "table_name": "salary"},
               "settings": {"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "employee"}, "priority": 0}}] }"#;
         let s = TaskSettings::parse(json).unwrap();
-        assert_eq!(s.check_rules(&catalog)[0].to_string(), "tables[1]: replicates into employees.employee, the same target table as tables[0]");
+        assert_eq!(
+            s.check_rules(&catalog)[0].to_string(),
+            "tables[1]: replicates into employees.employee, the same target table as tables[0]"
+        );
     }
 
     #[test]
@@ -696,21 +799,33 @@ mod tests {
         let s = TaskSettings::parse(&json).unwrap();
         assert_eq!(s.cdc_mode(), CdcMode::Default);
         assert!(s.unsupported().is_empty());
-        assert_eq!(s.scd2_columns(), Scd2Columns { start: "scd_start_date".into(), end: "scd_end_date".into(), current: "scd_current".into() });
+        assert_eq!(
+            s.scd2_columns(),
+            Scd2Columns { start: "scd_start_date".into(), end: "scd_end_date".into(), current: "scd_current".into() }
+        );
     }
 
     #[test]
     fn scd2_names_are_read_in_both_places_and_must_agree() {
-        let nested = GOOD.replace("{\"mode\": \"upsert\"}", "{\"mode\": \"scd2\", \"scd2_settings\": {\"current_column_name\": \"live\"}}");
+        let nested = GOOD.replace(
+            "{\"mode\": \"upsert\"}",
+            "{\"mode\": \"scd2\", \"scd2_settings\": {\"current_column_name\": \"live\"}}",
+        );
         assert_eq!(TaskSettings::parse(&nested).unwrap().scd2_columns().current, "live");
-        let top = GOOD.replace("{\"mode\": \"upsert\"}", "{\"mode\": \"scd2\"}, \"scd2_settings\": {\"end_date_column_name\": \"until\"}");
+        let top = GOOD.replace(
+            "{\"mode\": \"upsert\"}",
+            "{\"mode\": \"scd2\"}, \"scd2_settings\": {\"end_date_column_name\": \"until\"}",
+        );
         assert_eq!(TaskSettings::parse(&top).unwrap().scd2_columns().end, "until");
         let both = GOOD.replace(
             "{\"mode\": \"upsert\"}",
             "{\"mode\": \"scd2\", \"scd2_settings\": {\"current_column_name\": \"live\"}}, \"scd2_settings\": {\"current_column_name\": \"is_current\"}",
         );
         assert!(first_problem(&both).starts_with("task.cdc_settings.scd2_settings.current_column_name: \"live\" differs from task.scd2_settings.current_column_name"));
-        let clash = GOOD.replace("{\"mode\": \"upsert\"}", "{\"mode\": \"scd2\", \"scd2_settings\": {\"end_date_column_name\": \"scd_current\"}}");
+        let clash = GOOD.replace(
+            "{\"mode\": \"upsert\"}",
+            "{\"mode\": \"scd2\", \"scd2_settings\": {\"end_date_column_name\": \"scd_current\"}}",
+        );
         assert!(first_problem(&clash).starts_with("task.scd2_settings: the start, end and current"));
     }
 }

@@ -60,7 +60,12 @@ pub async fn declare_feedback_route(channel: &Channel, names: &TaskNames) -> lap
     declare_feedback(channel, names).await?;
     let durable_exchange = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     channel
-        .exchange_declare(names.feedback_exchange().as_str().into(), ExchangeKind::Direct, durable_exchange, FieldTable::default())
+        .exchange_declare(
+            names.feedback_exchange().as_str().into(),
+            ExchangeKind::Direct,
+            durable_exchange,
+            FieldTable::default(),
+        )
         .await?;
     channel
         .queue_bind(
@@ -113,7 +118,12 @@ pub async fn declare(channel: &Channel, names: &TaskNames) -> lapin::Result<()> 
     let durable_queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
 
     channel
-        .exchange_declare(names.dlx_exchange().as_str().into(), ExchangeKind::Direct, durable_exchange, FieldTable::default())
+        .exchange_declare(
+            names.dlx_exchange().as_str().into(),
+            ExchangeKind::Direct,
+            durable_exchange,
+            FieldTable::default(),
+        )
         .await?;
     channel.queue_declare(names.dlx_queue().as_str().into(), durable_queue, dlx_queue_arguments()).await?;
     channel
@@ -127,7 +137,12 @@ pub async fn declare(channel: &Channel, names: &TaskNames) -> lapin::Result<()> 
         .await?;
 
     channel
-        .exchange_declare(names.exchange().as_str().into(), ExchangeKind::Direct, durable_exchange, FieldTable::default())
+        .exchange_declare(
+            names.exchange().as_str().into(),
+            ExchangeKind::Direct,
+            durable_exchange,
+            FieldTable::default(),
+        )
         .await?;
     channel.queue_declare(names.queue().as_str().into(), durable_queue, queue_arguments(names)).await?;
     channel

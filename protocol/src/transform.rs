@@ -194,7 +194,8 @@ enum Op {
 }
 
 const CREATE_OPERATIONS: &str = "literal, date_now, datetime_now, concat, date_diff_years";
-const MODIFY_OPERATIONS: &str = "format_date, uppercase, lowercase, trim, extract_year, extract_month, extract_day, math_expression";
+const MODIFY_OPERATIONS: &str =
+    "format_date, uppercase, lowercase, trim, extract_year, extract_month, extract_day, math_expression";
 const LITERAL_TYPES: &str = "smallint, integer, bigint, real, double precision, numeric, character varying, varchar, text, boolean, date, timestamp";
 
 /// Reads a contract's keys, collecting problems.
@@ -299,7 +300,11 @@ fn literal(value: &Value, value_type: &str) -> Result<(String, &'static str), St
     let bad = || format!("{text:?} is not a valid {value_type}");
     let stored = match class {
         Class::Int => {
-            let n: i64 = if pgtext::Num::parse(&text, Class::Int).is_some() { text.parse().map_err(|_| bad())? } else { return Err(bad()) };
+            let n: i64 = if pgtext::Num::parse(&text, Class::Int).is_some() {
+                text.parse().map_err(|_| bad())?
+            } else {
+                return Err(bad());
+            };
             let (low, high) = match type_name {
                 "smallint" => (i64::from(i16::MIN), i64::from(i16::MAX)),
                 "integer" => (i64::from(i32::MIN), i64::from(i32::MAX)),
@@ -327,7 +332,10 @@ fn literal(value: &Value, value_type: &str) -> Result<(String, &'static str), St
         Class::Date | Class::Timestamp => {
             let parsed = pgtext::parse_datetime(&text).ok_or_else(bad)?;
             if parsed.has_offset || (class == Class::Date && parsed.has_time) {
-                return Err(format!("{text:?} is not a valid {value_type} (no {})", if parsed.has_offset { "UTC offset" } else { "time of day" }));
+                return Err(format!(
+                    "{text:?} is not a valid {value_type} (no {})",
+                    if parsed.has_offset { "UTC offset" } else { "time of day" }
+                ));
             }
             match parsed.stamp {
                 Stamp::At(micros) if class == Class::Date => Fields::of(micros).date_text(),
@@ -348,7 +356,8 @@ impl TransformSettings {
         let kind = self.transformation_type;
         let operation = match kind {
             TransformationType::CreateColumn | TransformationType::ModifyColumnValue => {
-                let known = if kind == TransformationType::CreateColumn { CREATE_OPERATIONS } else { MODIFY_OPERATIONS };
+                let known =
+                    if kind == TransformationType::CreateColumn { CREATE_OPERATIONS } else { MODIFY_OPERATIONS };
                 match r.map.get("operation") {
                     None => {
                         r.problem("operation", format!("is required by {}; use one of: {known}", kind.name()));
@@ -356,7 +365,10 @@ impl TransformSettings {
                     }
                     Some(Value::String(op)) if known.split(", ").any(|k| k == op) => Some(op.clone()),
                     Some(other) => {
-                        r.problem("operation", format!("unknown operation {other} for {}; use one of: {known}", kind.name()));
+                        r.problem(
+                            "operation",
+                            format!("unknown operation {other} for {}; use one of: {known}", kind.name()),
+                        );
                         return Err(r.problems);
                     }
                 }
@@ -420,7 +432,9 @@ impl TransformSettings {
                     r.problem("depends_on", "must name exactly two columns: [start, end]");
                 }
                 match (new, inputs.as_deref()) {
-                    (Some(new), Some([start, end])) => Some(Op::DateDiffYears { new, start: start.clone(), end: end.clone() }),
+                    (Some(new), Some([start, end])) => {
+                        Some(Op::DateDiffYears { new, start: start.clone(), end: end.clone() })
+                    }
                     _ => None,
                 }
             }
@@ -434,20 +448,24 @@ impl TransformSettings {
                 r.keys(&what, &required, &[]);
                 let column = r.string("column_name", false);
                 let value_op = match op {
-                    "format_date" => r.string("format", false).and_then(|format| match pgtext::compile_format(&format) {
-                        Ok(items) => Some(ValueOp::FormatDate(items)),
-                        Err(message) => {
-                            r.problem("format", message);
-                            None
-                        }
-                    }),
-                    "math_expression" => r.string("expression", false).and_then(|text| match Expression::parse(&text) {
-                        Ok(expression) => Some(ValueOp::Math(expression)),
-                        Err(err) => {
-                            r.problem("expression", err.to_string());
-                            None
-                        }
-                    }),
+                    "format_date" => {
+                        r.string("format", false).and_then(|format| match pgtext::compile_format(&format) {
+                            Ok(items) => Some(ValueOp::FormatDate(items)),
+                            Err(message) => {
+                                r.problem("format", message);
+                                None
+                            }
+                        })
+                    }
+                    "math_expression" => {
+                        r.string("expression", false).and_then(|text| match Expression::parse(&text) {
+                            Ok(expression) => Some(ValueOp::Math(expression)),
+                            Err(err) => {
+                                r.problem("expression", err.to_string());
+                                None
+                            }
+                        })
+                    }
                     "uppercase" => Some(ValueOp::Upper),
                     "lowercase" => Some(ValueOp::Lower),
                     "trim" => Some(ValueOp::Trim),
@@ -492,7 +510,10 @@ impl TransformSettings {
     fn priority_problems(&self, path: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.priority > MAX_PRIORITY {
-            problems.push(Problem::new(format!("{path}.priority"), format!("{} is out of range; use 0 (first) to {MAX_PRIORITY} (last)", self.priority)));
+            problems.push(Problem::new(
+                format!("{path}.priority"),
+                format!("{} is out of range; use 0 (first) to {MAX_PRIORITY} (last)", self.priority),
+            ));
         }
         if self.transformation_type.is_structural() && self.priority != 0 {
             problems.push(Problem::new(
@@ -623,7 +644,8 @@ impl Builder<'_> {
             }
             return Some(at);
         }
-        let mut message = format!("column {name:?} does not exist in {}.{} at priority {priority}", self.schema, self.table);
+        let mut message =
+            format!("column {name:?} does not exist in {}.{} at priority {priority}", self.schema, self.table);
         if let Some((to, by)) = self.renamed.get(name) {
             message.push_str(&format!(": transformations[{by}] renamed it to {to:?}"));
         } else if let Some((by, p)) = self.created_later.get(name) {
@@ -648,7 +670,8 @@ impl Builder<'_> {
 
     fn create(&mut self, name: &str, path: String, slot: Slot) {
         if self.slots.iter().any(|s| s.name == name) {
-            self.problems.push(Problem::new(path, format!("column {name:?} already exists in {}.{}", self.schema, self.table)));
+            self.problems
+                .push(Problem::new(path, format!("column {name:?} already exists in {}.{}", self.schema, self.table)));
         } else {
             self.slots.push(slot);
         }
@@ -664,7 +687,12 @@ impl TablePlan {
 
     /// Compiles this table's transformations. `rules` pairs each with its index in
     /// `settings.transformations` (for problem paths). Every problem is reported.
-    pub fn compile(schema: &str, table: &str, columns: &[ColumnDesc], rules: &[(usize, &TransformRule)]) -> Result<TablePlan, Vec<Problem>> {
+    pub fn compile(
+        schema: &str,
+        table: &str,
+        columns: &[ColumnDesc],
+        rules: &[(usize, &TransformRule)],
+    ) -> Result<TablePlan, Vec<Problem>> {
         let mut ordered: Vec<(usize, &TransformRule)> = rules.to_vec();
         ordered.sort_by_key(|(_, rule)| rule.settings.priority); // stable: ties keep their order
         let mut b = Builder {
@@ -681,7 +709,11 @@ impl TablePlan {
             b.problems.extend(rule.settings.priority_problems(&path));
             match rule.settings.op(&path) {
                 Ok(op) => {
-                    if let Op::Literal { new, .. } | Op::Now { new, .. } | Op::Concat { new, .. } | Op::DateDiffYears { new, .. } = &op {
+                    if let Op::Literal { new, .. }
+                    | Op::Now { new, .. }
+                    | Op::Concat { new, .. }
+                    | Op::DateDiffYears { new, .. } = &op
+                    {
                         b.created_later.entry(new.clone()).or_insert((*index, rule.settings.priority));
                     }
                     parsed.push((*index, rule.settings.priority, format!("{path}.contract"), op));
@@ -695,19 +727,47 @@ impl TablePlan {
             let created = Some((index, priority));
             match op {
                 Op::Literal { new, text, type_name } => {
-                    let slot = Slot { name: new.clone(), type_name: type_name.to_owned(), class: Class::of(type_name), key: false, not_null: false, node: Node::Literal(text), created };
+                    let slot = Slot {
+                        name: new.clone(),
+                        type_name: type_name.to_owned(),
+                        class: Class::of(type_name),
+                        key: false,
+                        not_null: false,
+                        node: Node::Literal(text),
+                        created,
+                    };
                     b.create(&new, at("new_column_name"), slot);
                 }
                 Op::Now { new, date_only } => {
                     let type_name = if date_only { "date" } else { "timestamp without time zone" };
-                    let slot = Slot { name: new.clone(), type_name: type_name.to_owned(), class: Class::of(type_name), key: false, not_null: false, node: Node::Now { date_only }, created };
+                    let slot = Slot {
+                        name: new.clone(),
+                        type_name: type_name.to_owned(),
+                        class: Class::of(type_name),
+                        key: false,
+                        not_null: false,
+                        node: Node::Now { date_only },
+                        created,
+                    };
                     b.create(&new, at("new_column_name"), slot);
                 }
                 Op::Concat { new, inputs, separator } => {
-                    let found: Vec<Option<usize>> = inputs.iter().enumerate().map(|(k, name)| b.find(name, index, priority, at(&format!("depends_on[{k}]")))).collect();
+                    let found: Vec<Option<usize>> = inputs
+                        .iter()
+                        .enumerate()
+                        .map(|(k, name)| b.find(name, index, priority, at(&format!("depends_on[{k}]"))))
+                        .collect();
                     if let Some(found) = found.into_iter().collect::<Option<Vec<usize>>>() {
                         let inputs = found.iter().map(|&i| (b.slots[i].node.clone(), b.slots[i].class)).collect();
-                        let slot = Slot { name: new.clone(), type_name: "text".to_owned(), class: Class::Text, key: false, not_null: false, node: Node::Concat { inputs, separator }, created };
+                        let slot = Slot {
+                            name: new.clone(),
+                            type_name: "text".to_owned(),
+                            class: Class::Text,
+                            key: false,
+                            not_null: false,
+                            node: Node::Concat { inputs, separator },
+                            created,
+                        };
                         b.create(&new, at("new_column_name"), slot);
                     }
                 }
@@ -720,13 +780,24 @@ impl TablePlan {
                         if slot.class.is_temporal() {
                             ends.push(slot.node.clone());
                         } else {
-                            let message = format!("date_diff_years needs date, timestamp or timestamptz columns; {name:?} is {}", slot.type_name);
+                            let message = format!(
+                                "date_diff_years needs date, timestamp or timestamptz columns; {name:?} is {}",
+                                slot.type_name
+                            );
                             b.problems.push(Problem::new(path, message));
                         }
                     }
                     if let (Some(end), Some(start), true) = (ends.pop(), ends.pop(), ends.is_empty()) {
                         let node = Node::DateDiffYears { start: Box::new(start), end: Box::new(end) };
-                        let slot = Slot { name: new.clone(), type_name: "integer".to_owned(), class: Class::Int, key: false, not_null: false, node, created };
+                        let slot = Slot {
+                            name: new.clone(),
+                            type_name: "integer".to_owned(),
+                            class: Class::Int,
+                            key: false,
+                            not_null: false,
+                            node,
+                            created,
+                        };
                         b.create(&new, at("new_column_name"), slot);
                     }
                 }
@@ -742,7 +813,9 @@ impl TablePlan {
                     if !fits {
                         let wanted = match &op {
                             ValueOp::FormatDate(_) | ValueOp::Extract(_) => "a date, timestamp or timestamptz column",
-                            ValueOp::Upper | ValueOp::Lower | ValueOp::Trim => "a text, character varying or character column",
+                            ValueOp::Upper | ValueOp::Lower | ValueOp::Trim => {
+                                "a text, character varying or character column"
+                            }
                             ValueOp::Math(_) => "a smallint, integer, bigint, numeric, real or double precision column",
                         };
                         let message = format!("{} needs {wanted}; {column:?} is {}", op.name(), slot.type_name);
@@ -771,20 +844,29 @@ impl TablePlan {
                 }
                 Op::SchemaName(name) => {
                     if let Some((_, by)) = &target_schema {
-                        b.problems.push(Problem::new(at("target_schema_name"), format!("the target schema is already set by transformations[{by}]")));
+                        b.problems.push(Problem::new(
+                            at("target_schema_name"),
+                            format!("the target schema is already set by transformations[{by}]"),
+                        ));
                     }
                     target_schema = Some((name, index));
                 }
                 Op::TableName(name) => {
                     if let Some((_, by)) = &target_table {
-                        b.problems.push(Problem::new(at("target_table_name"), format!("the target table is already set by transformations[{by}]")));
+                        b.problems.push(Problem::new(
+                            at("target_table_name"),
+                            format!("the target table is already set by transformations[{by}]"),
+                        ));
                     }
                     target_table = Some((name, index));
                 }
                 Op::ColumnName { from, to } => {
                     let Some(i) = b.find(&from, index, priority, at("column_name")) else { continue };
                     if from != to && b.slots.iter().any(|s| s.name == to) {
-                        b.problems.push(Problem::new(at("target_column_name"), format!("column {to:?} already exists in {schema}.{table}")));
+                        b.problems.push(Problem::new(
+                            at("target_column_name"),
+                            format!("column {to:?} already exists in {schema}.{table}"),
+                        ));
                         continue;
                     }
                     b.renamed.insert(from, (to.clone(), index));
@@ -804,7 +886,8 @@ impl TablePlan {
     }
 
     fn from_slots(target_schema: String, target_table: String, source_columns: usize, slots: Vec<Slot>) -> TablePlan {
-        let identity = slots.len() == source_columns && slots.iter().enumerate().all(|(i, s)| matches!(s.node, Node::Source(j) if j == i));
+        let identity = slots.len() == source_columns
+            && slots.iter().enumerate().all(|(i, s)| matches!(s.node, Node::Source(j) if j == i));
         let uses_now = slots.iter().any(|s| s.node.uses_now());
         let inputs = slots
             .iter()
@@ -818,7 +901,13 @@ impl TablePlan {
             .collect();
         let columns = slots
             .iter()
-            .map(|s| TargetColumn { name: s.name.clone(), type_name: s.type_name.clone(), key: s.key, not_null: s.not_null, source: s.node.copy_of() })
+            .map(|s| TargetColumn {
+                name: s.name.clone(),
+                type_name: s.type_name.clone(),
+                key: s.key,
+                not_null: s.not_null,
+                source: s.node.copy_of(),
+            })
             .collect();
         let values = slots.into_iter().map(|s| s.node).collect();
         TablePlan { target_schema, target_table, columns, source_columns, values, inputs, identity, uses_now }
@@ -842,13 +931,25 @@ impl TablePlan {
     /// source columns whose value was not sent (unchanged TOAST); a target column computed from
     /// any of them is itself unchanged: its value in the result is `None` and its index is in
     /// the returned list, so the target keeps its current value.
-    pub fn apply(&self, row: Vec<Option<String>>, unchanged: &[usize], ctx: &Context) -> Result<(Vec<Option<String>>, Vec<usize>), ApplyError> {
+    pub fn apply(
+        &self,
+        row: Vec<Option<String>>,
+        unchanged: &[usize],
+        ctx: &Context,
+    ) -> Result<(Vec<Option<String>>, Vec<usize>), ApplyError> {
         let shape = |message: String| ApplyError { kind: ApplyErrorKind::RowShape, column: None, message };
         if row.len() != self.source_columns {
-            return Err(shape(format!("the row has {} columns; the source table has {}", row.len(), self.source_columns)));
+            return Err(shape(format!(
+                "the row has {} columns; the source table has {}",
+                row.len(),
+                self.source_columns
+            )));
         }
         if let Some(bad) = unchanged.iter().find(|&&i| i >= self.source_columns) {
-            return Err(shape(format!("unchanged column index {bad} is out of range (the source table has {} columns)", self.source_columns)));
+            return Err(shape(format!(
+                "unchanged column index {bad} is out of range (the source table has {} columns)",
+                self.source_columns
+            )));
         }
         if self.identity {
             return Ok((row, unchanged.to_vec()));
@@ -862,7 +963,11 @@ impl TablePlan {
                 out_unchanged.push(i);
                 continue;
             }
-            let value = eval(node, &row, now.as_ref()).map_err(|(kind, message)| ApplyError { kind, column: Some(self.columns[i].name.clone()), message })?;
+            let value = eval(node, &row, now.as_ref()).map_err(|(kind, message)| ApplyError {
+                kind,
+                column: Some(self.columns[i].name.clone()),
+                message,
+            })?;
             out.push(value);
         }
         Ok((out, out_unchanged))
@@ -870,13 +975,25 @@ impl TablePlan {
 }
 
 fn source_slot(i: usize, c: &ColumnDesc) -> Slot {
-    Slot { name: c.name.clone(), type_name: c.type_name.clone(), class: Class::of(&c.type_name), key: c.key, not_null: c.not_null, node: Node::Source(i), created: None }
+    Slot {
+        name: c.name.clone(),
+        type_name: c.type_name.clone(),
+        class: Class::of(&c.type_name),
+        key: c.key,
+        not_null: c.not_null,
+        node: Node::Source(i),
+        created: None,
+    }
 }
 
 fn parse_now(now: &str) -> Result<Fields, ApplyError> {
     match pgtext::parse_datetime(now).map(|d| d.stamp) {
         Some(Stamp::At(micros)) => Ok(Fields::of(micros)),
-        _ => Err(ApplyError { kind: ApplyErrorKind::Context, column: None, message: format!("the transformation time {now:?} is not a finite timestamp") }),
+        _ => Err(ApplyError {
+            kind: ApplyErrorKind::Context,
+            column: None,
+            message: format!("the transformation time {now:?} is not a finite timestamp"),
+        }),
     }
 }
 
@@ -932,7 +1049,8 @@ fn eval(node: &Node, row: &[Option<String>], now: Option<&Fields>) -> Result<Opt
                 ValueOp::Upper => Some(text.to_uppercase()),
                 ValueOp::Lower => Some(text.to_lowercase()),
                 ValueOp::Trim => Some(text.trim().to_owned()),
-                ValueOp::FormatDate(items) => stamp_of(&text)?.map(|micros| pgtext::format_fields(items, &Fields::of(micros), *class == Class::TimestampTz)),
+                ValueOp::FormatDate(items) => stamp_of(&text)?
+                    .map(|micros| pgtext::format_fields(items, &Fields::of(micros), *class == Class::TimestampTz)),
                 ValueOp::Extract(part) => stamp_of(&text)?.map(|micros| {
                     let f = Fields::of(micros);
                     match part {
@@ -943,7 +1061,9 @@ fn eval(node: &Node, row: &[Option<String>], now: Option<&Fields>) -> Result<Opt
                 }),
                 ValueOp::Math(expression) => {
                     let mode = if *class == Class::Float { Mode::Float } else { Mode::Exact };
-                    let kind = |e: expr::EvalError| if e == expr::EvalError::BadInput { ApplyErrorKind::Value } else { ApplyErrorKind::Arithmetic };
+                    let kind = |e: expr::EvalError| {
+                        if e == expr::EvalError::BadInput { ApplyErrorKind::Value } else { ApplyErrorKind::Arithmetic }
+                    };
                     expression.evaluate(&text, mode).map_err(|e| (kind(e), e.to_string()))?
                 }
             }
@@ -972,12 +1092,20 @@ mod tests {
             ("code", "character(3)"),
         ]
         .into_iter()
-        .map(|(name, type_name)| ColumnDesc { name: name.to_owned(), type_name: type_name.to_owned(), key: name == "id", not_null: name == "id" })
+        .map(|(name, type_name)| ColumnDesc {
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+            key: name == "id",
+            not_null: name == "id",
+        })
         .collect()
     }
 
     fn source_row() -> Vec<Option<String>> {
-        ["1", "Ada", "Lovelace", "1815-12-10", "2020-06-15 09:00:00", "2024-01-31 23:30:00+00", "12.50", "0.5", "ab "].iter().map(|v| Some((*v).to_owned())).collect()
+        ["1", "Ada", "Lovelace", "1815-12-10", "2020-06-15 09:00:00", "2024-01-31 23:30:00+00", "12.50", "0.5", "ab "]
+            .iter()
+            .map(|v| Some((*v).to_owned()))
+            .collect()
     }
 
     fn rule(transformation_type: &str, contract: Value, priority: u8) -> TransformRule {
@@ -990,7 +1118,8 @@ mod tests {
 
     fn compile(rules: &[TransformRule]) -> Result<TablePlan, Vec<String>> {
         let indexed: Vec<(usize, &TransformRule)> = rules.iter().enumerate().collect();
-        TablePlan::compile("public", "t", &columns(), &indexed).map_err(|ps| ps.iter().map(ToString::to_string).collect())
+        TablePlan::compile("public", "t", &columns(), &indexed)
+            .map_err(|ps| ps.iter().map(ToString::to_string).collect())
     }
 
     fn plan(rules: &[TransformRule]) -> TablePlan {
@@ -1038,7 +1167,10 @@ mod tests {
     fn identity_copies_everything() {
         let p = TablePlan::identity("public", "t", &columns());
         assert_eq!((p.target_schema.as_str(), p.target_table.as_str()), ("public", "t"));
-        assert_eq!(p.columns[0], TargetColumn { name: "id".into(), type_name: "integer".into(), key: true, not_null: true, source: Some(0) });
+        assert_eq!(
+            p.columns[0],
+            TargetColumn { name: "id".into(), type_name: "integer".into(), key: true, not_null: true, source: Some(0) }
+        );
         let (out, unchanged) = p.apply(source_row(), &[2], &NOW).unwrap();
         assert_eq!((out, unchanged), (source_row(), vec![2]));
         assert_eq!(plan(&[]).columns, p.columns);
@@ -1066,7 +1198,11 @@ mod tests {
             let p = plan(&[create("literal", json!({"value": value, "value_type": value_type}))]);
             assert_eq!(value_of(&p, "new", &[]).as_deref(), Some(stored), "{value_type}");
             let c = column(&p, "new");
-            assert_eq!((c.type_name.as_str(), c.key, c.not_null, c.source), (type_name, false, false, None), "{value_type}");
+            assert_eq!(
+                (c.type_name.as_str(), c.key, c.not_null, c.source),
+                (type_name, false, false, None),
+                "{value_type}"
+            );
         }
     }
 
@@ -1085,7 +1221,10 @@ mod tests {
             ("int", json!(5), "value_type: value_type \"int\" is not supported"),
         ];
         for (value_type, value, expected) in cases {
-            assert_problem(&[create("literal", json!({"value": value, "value_type": value_type}))], &format!("transformations[0].settings.contract.{expected}"));
+            assert_problem(
+                &[create("literal", json!({"value": value, "value_type": value_type}))],
+                &format!("transformations[0].settings.contract.{expected}"),
+            );
         }
     }
 
@@ -1134,7 +1273,10 @@ mod tests {
         assert_eq!(column(&p, "born").type_name, "text");
         assert_eq!(column(&p, "born").source, Some(3));
         let p = plan(&[modify("format_date", "at", json!({"format": "%Y-%m-%dT%H:%M:%S%z"}))]);
-        assert_eq!(value_of(&p, "at", &[(5, Some("2024-01-31 23:30:00-02"))]).as_deref(), Some("2024-02-01T01:30:00+0000"));
+        assert_eq!(
+            value_of(&p, "at", &[(5, Some("2024-01-31 23:30:00-02"))]).as_deref(),
+            Some("2024-02-01T01:30:00+0000")
+        );
         assert_eq!(value_of(&p, "at", &[(5, Some("infinity"))]), None);
         let err = p.apply(vec![Some("x".into()); 9], &[], &NOW).unwrap_err();
         assert_eq!((err.kind, err.column.as_deref()), (ApplyErrorKind::Value, Some("at")));
@@ -1142,7 +1284,11 @@ mod tests {
 
     #[test]
     fn case_and_trim() {
-        let p = plan(&[modify("uppercase", "first", json!({})), modify("lowercase", "last", json!({})), modify("trim", "code", json!({}))]);
+        let p = plan(&[
+            modify("uppercase", "first", json!({})),
+            modify("lowercase", "last", json!({})),
+            modify("trim", "code", json!({})),
+        ]);
         assert_eq!(value_of(&p, "first", &[(1, Some("Ádá"))]).as_deref(), Some("ÁDÁ"));
         assert_eq!(value_of(&p, "last", &[]).as_deref(), Some("lovelace"));
         assert_eq!(value_of(&p, "code", &[(8, Some(" a "))]).as_deref(), Some("a"));
@@ -1152,7 +1298,9 @@ mod tests {
 
     #[test]
     fn extract_parts_yield_integers() {
-        for (op, column_name, expected) in [("extract_year", "born", "1815"), ("extract_month", "hired", "6"), ("extract_day", "at", "31")] {
+        for (op, column_name, expected) in
+            [("extract_year", "born", "1815"), ("extract_month", "hired", "6"), ("extract_day", "at", "31")]
+        {
             let p = plan(&[modify(op, column_name, json!({}))]);
             assert_eq!(value_of(&p, column_name, &[]).as_deref(), Some(expected), "{op}");
             assert_eq!(column(&p, column_name).type_name, "integer");
@@ -1178,7 +1326,13 @@ mod tests {
         assert_eq!(value_of(&p, "ratio", &[]).as_deref(), Some("-6.25"));
         assert_eq!(column(&p, "ratio").type_name, "double precision");
         let p = plan(&[modify("math_expression", "ratio", json!({"expression": "value ^ 10000"}))]);
-        let err = p.apply(source_row().into_iter().enumerate().map(|(i, v)| if i == 7 { Some("10".into()) } else { v }).collect(), &[], &NOW).unwrap_err();
+        let err = p
+            .apply(
+                source_row().into_iter().enumerate().map(|(i, v)| if i == 7 { Some("10".into()) } else { v }).collect(),
+                &[],
+                &NOW,
+            )
+            .unwrap_err();
         assert_eq!(err.kind, ApplyErrorKind::Arithmetic);
         assert!(!err.to_string().contains("10"), "no row values in errors: {err}");
     }
@@ -1211,7 +1365,10 @@ mod tests {
         ]);
         assert_eq!(value_of(&p, "b", &[]).as_deref(), Some("ADA"));
         assert_problem(
-            &[rule("modify_column_name", json!({"column_name": "first", "target_column_name": "a"}), 0), modify("uppercase", "first", json!({}))],
+            &[
+                rule("modify_column_name", json!({"column_name": "first", "target_column_name": "a"}), 0),
+                modify("uppercase", "first", json!({})),
+            ],
             "transformations[1].settings.contract.column_name: column \"first\" does not exist in public.t at priority 1: transformations[0] renamed it to \"a\"",
         );
     }
@@ -1227,7 +1384,10 @@ mod tests {
         assert_eq!(value_of(&p, "new", &[]).as_deref(), Some("ADA"));
         assert_eq!(value_of(&p, "first", &[]).as_deref(), Some("ada"));
         // ties: list order
-        let p = plan(&[modify("math_expression", "id", json!({"expression": "value + 1"})), modify("math_expression", "id", json!({"expression": "value * 10"}))]);
+        let p = plan(&[
+            modify("math_expression", "id", json!({"expression": "value + 1"})),
+            modify("math_expression", "id", json!({"expression": "value * 10"})),
+        ]);
         assert_eq!(value_of(&p, "id", &[]).as_deref(), Some("20"));
     }
 
@@ -1256,29 +1416,98 @@ mod tests {
     #[test]
     fn contract_problems_have_paths() {
         let cases: Vec<(TransformRule, &str)> = vec![
-            (rule("create_column", json!({"operation": "explode", "new_column_name": "x"}), 1), "transformations[0].settings.contract.operation: unknown operation \"explode\" for create_column"),
-            (rule("create_column", json!({"new_column_name": "x"}), 1), "transformations[0].settings.contract.operation: is required by create_column"),
-            (create("concat", json!({"depends_on": ["first"]})), "transformations[0].settings.contract.separator: is required by create_column/concat"),
-            (create("date_now", json!({"extra": 1})), "transformations[0].settings.contract.extra: is not used by create_column/date_now"),
-            (create("concat", json!({"depends_on": ["first", 5], "separator": ""})), "transformations[0].settings.contract.depends_on[1]: must be a column name"),
-            (create("concat", json!({"depends_on": ["first", "nope"], "separator": ""})), "transformations[0].settings.contract.depends_on[1]: column \"nope\" does not exist in public.t at priority 1"),
-            (create("date_diff_years", json!({"depends_on": ["born", "hired"], "round_result": false})), "transformations[0].settings.contract.round_result: false is not supported"),
-            (create("date_diff_years", json!({"depends_on": ["born"]})), "transformations[0].settings.contract.depends_on: must name exactly two columns"),
-            (create("date_diff_years", json!({"depends_on": ["born", "first"]})), "transformations[0].settings.contract.depends_on[1]: date_diff_years needs date, timestamp or timestamptz columns; \"first\" is text"),
-            (create("literal", json!({"value": 1, "value_type": "integer", "new_column_name": "id"})), "transformations[0].settings.contract.new_column_name: column \"id\" already exists in public.t"),
-            (modify("uppercase", "id", json!({})), "transformations[0].settings.contract.column_name: uppercase needs a text, character varying or character column; \"id\" is integer"),
-            (modify("extract_year", "first", json!({})), "transformations[0].settings.contract.column_name: extract_year needs a date, timestamp or timestamptz column; \"first\" is text"),
-            (modify("math_expression", "first", json!({"expression": "value+1"})), "transformations[0].settings.contract.column_name: math_expression needs a smallint"),
-            (modify("math_expression", "id", json!({"expression": "value*"})), "transformations[0].settings.contract.expression: the expression ends too early; expected a number, `value` or '(' at position 7"),
-            (modify("format_date", "born", json!({"format": "%Y-%q"})), "transformations[0].settings.contract.format: unsupported directive %q at position 4"),
-            (modify("trim", "first", json!({"format": "%Y"})), "transformations[0].settings.contract.format: is not used by modify_column_value/trim"),
-            (rule("add_primary_key", json!({"column_names": "id"}), 0), "transformations[0].settings.contract.column_names: must be a JSON list of column names, such as [\"id\"]; a plain string is not accepted"),
-            (rule("add_primary_key", json!({"column_names": ["id", "nope"]}), 0), "transformations[0].settings.contract.column_names[1]: column \"nope\" does not exist"),
-            (rule("modify_table_name", json!({"target_table_name": "x"}), 1), "transformations[0].settings.priority: modify_table_name is structural and must run at priority 0"),
-            (rule("modify_table_name", json!({"target_table_name": ""}), 0), "transformations[0].settings.contract.target_table_name: must not be empty"),
-            (rule("modify_schema_name", json!({"operation": "x", "target_schema_name": "s"}), 0), "transformations[0].settings.contract.operation: is not used by modify_schema_name"),
-            (rule("modify_column_name", json!({"column_name": "first", "target_column_name": "last"}), 0), "transformations[0].settings.contract.target_column_name: column \"last\" already exists"),
-            (rule("create_column", json!({"operation": "date_now", "new_column_name": "n"}), 5), "transformations[0].settings.priority: 5 is out of range"),
+            (
+                rule("create_column", json!({"operation": "explode", "new_column_name": "x"}), 1),
+                "transformations[0].settings.contract.operation: unknown operation \"explode\" for create_column",
+            ),
+            (
+                rule("create_column", json!({"new_column_name": "x"}), 1),
+                "transformations[0].settings.contract.operation: is required by create_column",
+            ),
+            (
+                create("concat", json!({"depends_on": ["first"]})),
+                "transformations[0].settings.contract.separator: is required by create_column/concat",
+            ),
+            (
+                create("date_now", json!({"extra": 1})),
+                "transformations[0].settings.contract.extra: is not used by create_column/date_now",
+            ),
+            (
+                create("concat", json!({"depends_on": ["first", 5], "separator": ""})),
+                "transformations[0].settings.contract.depends_on[1]: must be a column name",
+            ),
+            (
+                create("concat", json!({"depends_on": ["first", "nope"], "separator": ""})),
+                "transformations[0].settings.contract.depends_on[1]: column \"nope\" does not exist in public.t at priority 1",
+            ),
+            (
+                create("date_diff_years", json!({"depends_on": ["born", "hired"], "round_result": false})),
+                "transformations[0].settings.contract.round_result: false is not supported",
+            ),
+            (
+                create("date_diff_years", json!({"depends_on": ["born"]})),
+                "transformations[0].settings.contract.depends_on: must name exactly two columns",
+            ),
+            (
+                create("date_diff_years", json!({"depends_on": ["born", "first"]})),
+                "transformations[0].settings.contract.depends_on[1]: date_diff_years needs date, timestamp or timestamptz columns; \"first\" is text",
+            ),
+            (
+                create("literal", json!({"value": 1, "value_type": "integer", "new_column_name": "id"})),
+                "transformations[0].settings.contract.new_column_name: column \"id\" already exists in public.t",
+            ),
+            (
+                modify("uppercase", "id", json!({})),
+                "transformations[0].settings.contract.column_name: uppercase needs a text, character varying or character column; \"id\" is integer",
+            ),
+            (
+                modify("extract_year", "first", json!({})),
+                "transformations[0].settings.contract.column_name: extract_year needs a date, timestamp or timestamptz column; \"first\" is text",
+            ),
+            (
+                modify("math_expression", "first", json!({"expression": "value+1"})),
+                "transformations[0].settings.contract.column_name: math_expression needs a smallint",
+            ),
+            (
+                modify("math_expression", "id", json!({"expression": "value*"})),
+                "transformations[0].settings.contract.expression: the expression ends too early; expected a number, `value` or '(' at position 7",
+            ),
+            (
+                modify("format_date", "born", json!({"format": "%Y-%q"})),
+                "transformations[0].settings.contract.format: unsupported directive %q at position 4",
+            ),
+            (
+                modify("trim", "first", json!({"format": "%Y"})),
+                "transformations[0].settings.contract.format: is not used by modify_column_value/trim",
+            ),
+            (
+                rule("add_primary_key", json!({"column_names": "id"}), 0),
+                "transformations[0].settings.contract.column_names: must be a JSON list of column names, such as [\"id\"]; a plain string is not accepted",
+            ),
+            (
+                rule("add_primary_key", json!({"column_names": ["id", "nope"]}), 0),
+                "transformations[0].settings.contract.column_names[1]: column \"nope\" does not exist",
+            ),
+            (
+                rule("modify_table_name", json!({"target_table_name": "x"}), 1),
+                "transformations[0].settings.priority: modify_table_name is structural and must run at priority 0",
+            ),
+            (
+                rule("modify_table_name", json!({"target_table_name": ""}), 0),
+                "transformations[0].settings.contract.target_table_name: must not be empty",
+            ),
+            (
+                rule("modify_schema_name", json!({"operation": "x", "target_schema_name": "s"}), 0),
+                "transformations[0].settings.contract.operation: is not used by modify_schema_name",
+            ),
+            (
+                rule("modify_column_name", json!({"column_name": "first", "target_column_name": "last"}), 0),
+                "transformations[0].settings.contract.target_column_name: column \"last\" already exists",
+            ),
+            (
+                rule("create_column", json!({"operation": "date_now", "new_column_name": "n"}), 5),
+                "transformations[0].settings.priority: 5 is out of range",
+            ),
         ];
         for (rule, expected) in cases {
             assert_problem(&[rule], expected);
@@ -1313,12 +1542,23 @@ mod tests {
         let mut two_tables = rule("modify_table_name", json!({"target_table_name": "x"}), 0);
         let first = two_tables.clone();
         two_tables.settings.contract.insert("target_table_name".into(), json!("y"));
-        assert_problem(&[first, two_tables], "transformations[1].settings.contract.target_table_name: the target table is already set by transformations[0]");
+        assert_problem(
+            &[first, two_tables],
+            "transformations[1].settings.contract.target_table_name: the target table is already set by transformations[0]",
+        );
     }
 
     #[test]
     fn every_type_parses_by_name() {
-        for name in ["create_column", "modify_column_value", "modify_schema_name", "modify_table_name", "modify_column_name", "add_primary_key", "remove_primary_key"] {
+        for name in [
+            "create_column",
+            "modify_column_value",
+            "modify_schema_name",
+            "modify_table_name",
+            "modify_column_name",
+            "add_primary_key",
+            "remove_primary_key",
+        ] {
             let t: TransformationType = serde_json::from_value(json!(name)).unwrap();
             assert_eq!(t.name(), name);
         }

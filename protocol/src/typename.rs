@@ -27,7 +27,21 @@ pub const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// The words that may follow a type name after a space (the parts of SQL's multi-word type
 /// names, as `format_type` prints them).
-const TYPE_WORDS: [&str; 13] = ["precision", "varying", "with", "without", "time", "zone", "to", "year", "month", "day", "hour", "minute", "second"];
+const TYPE_WORDS: [&str; 13] = [
+    "precision",
+    "varying",
+    "with",
+    "without",
+    "time",
+    "zone",
+    "to",
+    "year",
+    "month",
+    "day",
+    "hour",
+    "minute",
+    "second",
+];
 
 /// Checks a type name as `format_type` prints it (see the module documentation); the error says
 /// what is wrong and where (1-based character position), never quoting the name.
@@ -95,7 +109,9 @@ impl Parser<'_> {
 
     fn unexpected(&self) -> String {
         match self.peek() {
-            Some(c) if c.is_ascii_graphic() || c == ' ' => format!("is not a type name: unexpected {c:?} at position {}", self.at + 1),
+            Some(c) if c.is_ascii_graphic() || c == ' ' => {
+                format!("is not a type name: unexpected {c:?} at position {}", self.at + 1)
+            }
             Some(_) => format!("is not a type name: unexpected character at position {}", self.at + 1),
             None => "is not a type name: it ends too early".to_owned(),
         }
@@ -151,7 +167,10 @@ impl Parser<'_> {
                 _ => return Err(self.unexpected()),
             }
             let numeric = self.peek().is_some_and(|c| c.is_ascii_digit());
-            while self.peek().is_some_and(|c| if numeric { c.is_ascii_digit() } else { c.is_ascii_alphanumeric() || c == '_' }) {
+            while self
+                .peek()
+                .is_some_and(|c| if numeric { c.is_ascii_digit() } else { c.is_ascii_alphanumeric() || c == '_' })
+            {
                 self.at += 1;
             }
             match self.peek() {

@@ -16,7 +16,9 @@ use tokio_postgres::{Client, NoTls};
 
 /// A required environment variable, with a clear message when the stack is not up.
 pub fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: start the stack with `scripts/dev.sh stack-up` and `. .stack/env`"))
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the stack with `scripts/dev.sh stack-up` and `. .stack/env`")
+    })
 }
 
 /// A name unique to this test process and call: `<prefix>_<pid>_<n>`.
@@ -63,7 +65,8 @@ pub async fn dev(args: &[&str]) {
 
 /// Settings for a CDC upsert task over `tables` (`schema.table` names, unquoted parts).
 pub fn cdc_settings(task: &str, tables: &[(&str, &str)]) -> serde_json::Value {
-    let tables: Vec<serde_json::Value> = tables.iter().map(|(s, t)| serde_json::json!({"schema_name": s, "table_name": t, "priority": 0})).collect();
+    let tables: Vec<serde_json::Value> =
+        tables.iter().map(|(s, t)| serde_json::json!({"schema_name": s, "table_name": t, "priority": 0})).collect();
     serde_json::json!({
         "task": {"task_name": task, "replication_type": "cdc", "cdc_settings": {"mode": "upsert"}},
         "tables": tables,
@@ -73,8 +76,11 @@ pub fn cdc_settings(task: &str, tables: &[(&str, &str)]) -> serde_json::Value {
 /// Settings for a `full_load` or `full_load_and_cdc` upsert task over `tables`, creating missing
 /// target tables; `priority` follows the order of `tables`.
 pub fn load_settings(task: &str, replication_type: &str, tables: &[(&str, &str)]) -> serde_json::Value {
-    let tables: Vec<serde_json::Value> =
-        tables.iter().enumerate().map(|(i, (s, t))| serde_json::json!({"schema_name": s, "table_name": t, "priority": i.min(4)})).collect();
+    let tables: Vec<serde_json::Value> = tables
+        .iter()
+        .enumerate()
+        .map(|(i, (s, t))| serde_json::json!({"schema_name": s, "table_name": t, "priority": i.min(4)}))
+        .collect();
     serde_json::json!({
         "task": {"task_name": task, "replication_type": replication_type, "cdc_settings": {"mode": "upsert"}, "create_table_if_not_exists": true},
         "tables": tables,
@@ -89,7 +95,8 @@ pub async fn create_task_with(source: &Client, task: &str, settings: &serde_json
 
 /// Creates a task from `settings`, returning the WARNING/NOTICE texts `create_task` raised.
 pub async fn create_task_notices(task: &str, settings: &serde_json::Value) -> Vec<String> {
-    let (client, mut connection) = tokio_postgres::connect(&env("TREMPY_SOURCE_DSN"), tokio_postgres::NoTls).await.unwrap();
+    let (client, mut connection) =
+        tokio_postgres::connect(&env("TREMPY_SOURCE_DSN"), tokio_postgres::NoTls).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -118,7 +125,10 @@ pub async fn wait_for_phase(source: &Client, task: &str, wanted: &str, timeout: 
 /// only changes committed after that are captured.
 pub async fn create_task(source: &Client, task: &str, tables: &[(&str, &str)]) {
     source.execute("CREATE EXTENSION IF NOT EXISTS trempy", &[]).await.unwrap();
-    source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &cdc_settings(task, tables).to_string()]).await.unwrap();
+    source
+        .execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &cdc_settings(task, tables).to_string()])
+        .await
+        .unwrap();
     wait_for_state(source, task, "running", Duration::from_secs(60)).await;
 }
 
@@ -131,7 +141,12 @@ pub async fn applier_command(args: &[&str]) -> (bool, String) {
 
 /// The task's state as `trempy.status()` shows it.
 pub async fn state(source: &Client, task: &str) -> Option<String> {
-    source.query_opt("SELECT state FROM trempy.status() WHERE task_name = $1", &[&task]).await.ok().flatten().map(|r| r.get(0))
+    source
+        .query_opt("SELECT state FROM trempy.status() WHERE task_name = $1", &[&task])
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
 }
 
 /// Waits until the task reaches `wanted`.
@@ -232,7 +247,8 @@ impl Applier {
 /// `md5` of a table's rows in key order (of each row's text form) and the row count.
 pub async fn fingerprint(client: &Client, table: &str, order_by: &str) -> (i64, String) {
     // md5 of the rows' md5s: 32 bytes a row, so tables of millions of rows stay under 1 GB
-    let sql = format!("SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY {order_by})), '') FROM {table} t");
+    let sql =
+        format!("SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY {order_by})), '') FROM {table} t");
     let row = client.query_one(sql.as_str(), &[]).await.unwrap();
     (row.get(0), row.get(1))
 }
@@ -253,7 +269,11 @@ pub async fn wait_converged(tables: &[(&str, &str)], timeout: Duration) -> Vec<(
         for (table, order_by) in tables {
             let s = fingerprint(&source, table, order_by).await;
             // The applier may not have created the target table yet: not converged yet.
-            let t = if table_exists(&target, table).await { fingerprint(&target, table, order_by).await } else { (-1, String::new()) };
+            let t = if table_exists(&target, table).await {
+                fingerprint(&target, table, order_by).await
+            } else {
+                (-1, String::new())
+            };
             equal &= s == t;
             all.push((s, t));
         }
@@ -364,7 +384,13 @@ impl Writer {
 
 /// The rows of a query returning one text column (NULL shown as `NULL`).
 pub async fn text_rows(client: &Client, sql: &str) -> Vec<String> {
-    client.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_else(|| "NULL".into())).collect()
+    client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, Option<String>>(0).unwrap_or_else(|| "NULL".into()))
+        .collect()
 }
 
 /// Waits until `sql` (one text column) returns exactly `expected` on the target; a missing
@@ -374,22 +400,35 @@ pub async fn wait_for_target_rows(sql: &str, expected: &[&str], timeout: Duratio
     let target = target().await;
     loop {
         let got: Option<Vec<String>> = match target.query(sql, &[]).await {
-            Ok(rows) => Some(rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_else(|| "NULL".into())).collect()),
+            Ok(rows) => {
+                Some(rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_else(|| "NULL".into())).collect())
+            }
             Err(_) => None,
         };
         if got.as_ref().is_some_and(|g| g.iter().map(String::as_str).eq(expected.iter().copied())) {
             return;
         }
-        assert!(Instant::now() < deadline, "target query {sql:?} did not return {expected:?} within {timeout:?}; last: {got:?}");
+        assert!(
+            Instant::now() < deadline,
+            "target query {sql:?} did not return {expected:?} within {timeout:?}; last: {got:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 /// Settings for a `full_load_and_cdc` task over one table in `mode`, creating the target table,
 /// with `filters` and `transformations` (lists of their `settings` objects) on that table.
-pub fn rules_settings(task: &str, (schema, table): (&str, &str), mode: &str, filters: &[serde_json::Value], transformations: &[serde_json::Value]) -> serde_json::Value {
+pub fn rules_settings(
+    task: &str,
+    (schema, table): (&str, &str),
+    mode: &str,
+    filters: &[serde_json::Value],
+    transformations: &[serde_json::Value],
+) -> serde_json::Value {
     let info = serde_json::json!({"schema_name": schema, "table_name": table});
-    let wrap = |list: &[serde_json::Value]| -> Vec<serde_json::Value> { list.iter().map(|s| serde_json::json!({"table_info": info, "settings": s})).collect() };
+    let wrap = |list: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        list.iter().map(|s| serde_json::json!({"table_info": info, "settings": s})).collect()
+    };
     serde_json::json!({
         "task": {"task_name": task, "replication_type": "full_load_and_cdc", "cdc_settings": {"mode": mode}, "create_table_if_not_exists": true},
         "tables": [{"schema_name": schema, "table_name": table, "priority": 0}],
@@ -419,7 +458,11 @@ pub fn mixed_transaction(t: &str, ledger: &str) -> impl Fn(u64) -> String + Send
         // every 25th transaction is larger than one message (about 2.5 MB): staged in chunks; it
         // inserts or updates one of 40 ranges of 20,000 rows, so the table stays bounded
         let big = if i % 25 == 0 {
-            format!("INSERT INTO {t} SELECT g, g, repeat('bulk', 25) FROM generate_series({}, {}) g ON CONFLICT (id) DO UPDATE SET v = {t}.v + 1;", 1_000_000 + (i % 40) * 20_000, 1_000_000 + (i % 40) * 20_000 + 19_999)
+            format!(
+                "INSERT INTO {t} SELECT g, g, repeat('bulk', 25) FROM generate_series({}, {}) g ON CONFLICT (id) DO UPDATE SET v = {t}.v + 1;",
+                1_000_000 + (i % 40) * 20_000,
+                1_000_000 + (i % 40) * 20_000 + 19_999
+            )
         } else {
             String::new()
         };
@@ -431,11 +474,12 @@ pub fn mixed_transaction(t: &str, ledger: &str) -> impl Fn(u64) -> String + Send
     }
 }
 
-
 /// A RabbitMQ connection as the stack's administrator (user `trempy`, every permission; neither
 /// TREMpy side has these rights) and a channel with publisher confirms.
 pub async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
-    let connection = lapin::Connection::connect(&env("TREMPY_AMQP_ADMIN_URL"), lapin::ConnectionProperties::default()).await.unwrap();
+    let connection = lapin::Connection::connect(&env("TREMPY_AMQP_ADMIN_URL"), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.unwrap();
     (connection, channel)

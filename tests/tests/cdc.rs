@@ -36,9 +36,24 @@ async fn inserts_updates_deletes_on_two_tables_with_odd_identifiers_and_text() {
     create_task(&source, &task, &[("public", &format!("{task}_a")), (&schema, table_b)]).await;
     let _applier = Applier::start(&task);
 
-    let tricky = ["it's \"quoted\"", "line\nbreak\r\n and\ttab", "back\\slash \\x00", "unicode ✓ 🚀 ñ 中文", "", "null", "NULL", " leading and trailing "];
+    let tricky = [
+        "it's \"quoted\"",
+        "line\nbreak\r\n and\ttab",
+        "back\\slash \\x00",
+        "unicode ✓ 🚀 ñ 中文",
+        "",
+        "null",
+        "NULL",
+        " leading and trailing ",
+    ];
     for (i, text) in tricky.iter().enumerate() {
-        source.execute(&format!("INSERT INTO {a} VALUES ($1, $2, $1::int * 1.5, ARRAY[$2::text, 'x,y', NULL])"), &[&(i as i32), text]).await.unwrap();
+        source
+            .execute(
+                &format!("INSERT INTO {a} VALUES ($1, $2, $1::int * 1.5, ARRAY[$2::text, 'x,y', NULL])"),
+                &[&(i as i32), text],
+            )
+            .await
+            .unwrap();
         source.execute(&format!("INSERT INTO {q_b} VALUES ($1, 'k', $2)"), &[&(i as i32), text]).await.unwrap();
     }
     source.execute(&format!("INSERT INTO {a} (id) VALUES (100)"), &[]).await.unwrap();
@@ -54,7 +69,8 @@ async fn inserts_updates_deletes_on_two_tables_with_odd_identifiers_and_text() {
 
     wait_converged(&[(&a, "id"), (&q_b, "\"Id\", \"Kind Of\"")], CONVERGE).await;
     let target = target().await;
-    let ids: Vec<i32> = target.query(&format!("SELECT id FROM {a} ORDER BY id"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let ids: Vec<i32> =
+        target.query(&format!("SELECT id FROM {a} ORDER BY id"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert!(!ids.contains(&999), "a rolled-back insert reached the target");
     assert!(ids.contains(&200) && !ids.contains(&2), "primary-key update did not move the row: {ids:?}");
     let note: String = target.query_one(&format!("SELECT note FROM {a} WHERE id = 0"), &[]).await.unwrap().get(0);
@@ -66,7 +82,12 @@ async fn inserts_updates_deletes_on_two_tables_with_odd_identifiers_and_text() {
 async fn one_transaction_of_100k_rows() {
     let (task, t, source) = table_task("big", "id bigint PRIMARY KEY, payload text, n int").await;
     let _applier = Applier::start(&task);
-    source.batch_execute(&format!("INSERT INTO {t} SELECT g, md5(g::text) || repeat('x', 40), g FROM generate_series(1, 100000) g")).await.unwrap();
+    source
+        .batch_execute(&format!(
+            "INSERT INTO {t} SELECT g, md5(g::text) || repeat('x', 40), g FROM generate_series(1, 100000) g"
+        ))
+        .await
+        .unwrap();
     source.batch_execute(&format!("UPDATE {t} SET n = n + 1 WHERE id % 2 = 0")).await.unwrap();
     let fp = wait_converged(&[(&t, "id")], CONVERGE).await;
     assert_eq!(fp[0].0, 100_000);
@@ -78,7 +99,12 @@ async fn one_transaction_of_100k_rows() {
 async fn ten_thousand_one_row_transactions() {
     let (task, t, source) = table_task("small", "id bigint PRIMARY KEY, v text").await;
     let _applier = Applier::start(&task);
-    source.batch_execute(&format!("DO $$ BEGIN FOR i IN 1..10000 LOOP INSERT INTO {t} VALUES (i, 'v' || i); COMMIT; END LOOP; END $$")).await.unwrap();
+    source
+        .batch_execute(&format!(
+            "DO $$ BEGIN FOR i IN 1..10000 LOOP INSERT INTO {t} VALUES (i, 'v' || i); COMMIT; END LOOP; END $$"
+        ))
+        .await
+        .unwrap();
     let fp = wait_converged(&[(&t, "id")], CONVERGE).await;
     assert_eq!(fp[0].0, 10_000);
     assert_eq!(transactions_applied(&task).await, 10_000, "each source transaction applied exactly once");
@@ -96,7 +122,11 @@ async fn applier_sigkilled_mid_stream_loses_and_duplicates_nothing() {
     let committed = writer.stop().await;
     wait_converged(&[(&t, "id"), (&ledger, "id")], CONVERGE).await;
     assert_eq!(rows_written_twice(&target().await, &ledger).await, 0, "a source transaction was applied twice");
-    assert_eq!(transactions_applied(&task).await, committed as i64, "applied transactions != committed source transactions");
+    assert_eq!(
+        transactions_applied(&task).await,
+        committed as i64,
+        "applied transactions != committed source transactions"
+    );
     println!("{committed} source transactions, applier killed 4 times");
     drop_task(&source, &task).await;
 }
@@ -106,7 +136,8 @@ async fn task_worker_sigkilled_mid_stream_is_restarted_and_loses_nothing() {
     let (task, t, ledger, source, _applier) = mixed_workload_task("kill_worker").await;
     let writer = Writer::start(mixed_transaction(&t, &ledger));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pid: i32 = source.query_one("SELECT worker_pid FROM trempy.status() WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let pid: i32 =
+        source.query_one("SELECT worker_pid FROM trempy.status() WHERE task_name = $1", &[&task]).await.unwrap().get(0);
     // SIGKILL of a backend makes the postmaster reset the whole cluster; the launcher comes back
     // and starts the task's worker again.
     assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
@@ -114,7 +145,8 @@ async fn task_worker_sigkilled_mid_stream_is_restarted_and_loses_nothing() {
     let _ = writer.stop().await;
     let source = trempy_e2e::source().await;
     wait_for_state(&source, &task, "running", Duration::from_secs(60)).await;
-    let new_pid: i32 = source.query_one("SELECT worker_pid FROM trempy.status() WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let new_pid: i32 =
+        source.query_one("SELECT worker_pid FROM trempy.status() WHERE task_name = $1", &[&task]).await.unwrap().get(0);
     assert_ne!(pid, new_pid);
     wait_converged(&[(&t, "id"), (&ledger, "id")], CONVERGE).await;
     assert_eq!(rows_written_twice(&target().await, &ledger).await, 0, "a source transaction was applied twice");
@@ -133,7 +165,11 @@ async fn rabbitmq_stopped_and_restarted_mid_stream_loses_nothing() {
     let committed = writer.stop().await;
     wait_converged(&[(&t, "id"), (&ledger, "id")], CONVERGE).await;
     assert_eq!(rows_written_twice(&target().await, &ledger).await, 0, "a source transaction was applied twice");
-    assert_eq!(transactions_applied(&task).await, committed as i64, "applied transactions != committed source transactions");
+    assert_eq!(
+        transactions_applied(&task).await,
+        committed as i64,
+        "applied transactions != committed source transactions"
+    );
     assert_eq!(state(&source, &task).await.as_deref(), Some("running"));
     drop_task(&source, &task).await;
 }
@@ -145,7 +181,12 @@ async fn stopped_task_resumes_where_it_stopped() {
     source.batch_execute(&format!("INSERT INTO {t} SELECT g, 'a' FROM generate_series(1, 100) g")).await.unwrap();
     source.execute("SELECT trempy.stop_task($1)", &[&task]).await.unwrap();
     wait_for_state(&source, &task, "stopped", Duration::from_secs(30)).await;
-    source.batch_execute(&format!("INSERT INTO {t} SELECT g, 'b' FROM generate_series(101, 200) g; UPDATE {t} SET v = 'c' WHERE id <= 10")).await.unwrap();
+    source
+        .batch_execute(&format!(
+            "INSERT INTO {t} SELECT g, 'b' FROM generate_series(101, 200) g; UPDATE {t} SET v = 'c' WHERE id <= 10"
+        ))
+        .await
+        .unwrap();
     source.execute("SELECT trempy.start_task($1)", &[&task]).await.unwrap();
     wait_for_state(&source, &task, "running", Duration::from_secs(30)).await;
     let fp = wait_converged(&[(&t, "id")], CONVERGE).await;
@@ -164,14 +205,21 @@ async fn drop_task_removes_only_its_own_slot_and_publication() {
     create_task(&source, &b, &[("public", &table)]).await;
     drop_task(&source, &a).await;
     let slots: Vec<String> = source
-        .query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_name IN ($1, $2)", &[&format!("trempy_{a}"), &format!("trempy_{b}")])
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name IN ($1, $2)",
+            &[&format!("trempy_{a}"), &format!("trempy_{b}")],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(slots, vec![format!("trempy_{b}")]);
-    let pubs: i64 = source.query_one("SELECT count(*) FROM pg_publication WHERE pubname = $1", &[&format!("trempy_{a}")]).await.unwrap().get(0);
+    let pubs: i64 = source
+        .query_one("SELECT count(*) FROM pg_publication WHERE pubname = $1", &[&format!("trempy_{a}")])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(pubs, 0);
     assert_eq!(state(&source, &b).await.as_deref(), Some("running"));
     drop_task(&source, &b).await;
@@ -200,8 +248,15 @@ async fn idle_slot_advances_when_only_other_tables_change() {
     create_task(&source, &task, &[("public", &published)]).await;
     let slot = format!("trempy_{task}");
     let before = slot_position(&source, &slot).await;
-    source.batch_execute(&format!("INSERT INTO {other} SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g")).await.unwrap();
-    let wal_after_writes: i64 = source.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint", &[]).await.unwrap().get(0);
+    source
+        .batch_execute(&format!("INSERT INTO {other} SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g"))
+        .await
+        .unwrap();
+    let wal_after_writes: i64 = source
+        .query_one("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let now = slot_position(&source, &slot).await;
@@ -209,10 +264,17 @@ async fn idle_slot_advances_when_only_other_tables_change() {
             assert!(now.1 >= before.1);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "slot did not advance past unpublished changes: {before:?} -> {now:?}, WAL at {wal_after_writes}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot did not advance past unpublished changes: {before:?} -> {now:?}, WAL at {wal_after_writes}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let published_changes: i64 = source.query_one("SELECT changes_published FROM trempy.status() WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let published_changes: i64 = source
+        .query_one("SELECT changes_published FROM trempy.status() WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(published_changes, 0, "changes of an unpublished table were published");
     drop_task(&source, &task).await;
 }
@@ -229,7 +291,10 @@ async fn missing_target_table_halts_in_order_then_resumes_once_created() {
     source.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'first'); INSERT INTO {t} VALUES (2, 'second'); UPDATE {t} SET v = 'third' WHERE id = 1")).await.unwrap();
     // The applier cannot apply anything yet: it must halt clearly, neither skip nor crash-loop.
     let log = wait_for_applier_log(&task, &["apply halted", "42P01"], Duration::from_secs(60)).await;
-    assert!(!log.contains("first") && !log.contains("second") && !log.contains("third"), "row values must not be logged");
+    assert!(
+        !log.contains("first") && !log.contains("second") && !log.contains("third"),
+        "row values must not be logged"
+    );
     target().await.batch_execute(&ddl).await.unwrap();
     wait_converged(&[(&t, "id")], CONVERGE).await;
     assert_eq!(transactions_applied(&task).await, 1, "the three statements were one source transaction");
@@ -246,6 +311,10 @@ async fn target_restarted_mid_stream_loses_and_duplicates_nothing() {
     let committed = writer.stop().await;
     wait_converged(&[(&t, "id"), (&ledger, "id")], CONVERGE).await;
     assert_eq!(rows_written_twice(&target().await, &ledger).await, 0, "a source transaction was applied twice");
-    assert_eq!(transactions_applied(&task).await, committed as i64, "applied transactions != committed source transactions");
+    assert_eq!(
+        transactions_applied(&task).await,
+        committed as i64,
+        "applied transactions != committed source transactions"
+    );
     drop_task(&source, &task).await;
 }

@@ -22,7 +22,11 @@ async fn wait_same(source: &Client, table: &str) -> i64 {
     let deadline = Instant::now() + WAIT;
     loop {
         let s = fingerprint(source, table, "id").await;
-        let t = if table_exists(&target, table).await { fingerprint(&target, table, "id").await } else { (-1, String::new()) };
+        let t = if table_exists(&target, table).await {
+            fingerprint(&target, table, "id").await
+        } else {
+            (-1, String::new())
+        };
         if s == t {
             return s.0;
         }
@@ -41,7 +45,10 @@ async fn connect_listed(database: &str, listed: bool) -> Client {
         if setting.split(',').any(|d| d.trim() == database) == listed {
             return client;
         }
-        assert!(Instant::now() < deadline, "trempy.databases never became {setting:?} with {database} listed: {listed}");
+        assert!(
+            Instant::now() < deadline,
+            "trempy.databases never became {setting:?} with {database} listed: {listed}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -70,16 +77,26 @@ async fn two_databases_of_one_cluster_replicate_at_the_same_time() {
 
     // not listed: refused, naming the setting and the statement that adds it
     let settings_b = load_settings(&task_b, "full_load_and_cdc", &[("public", &task_b)]);
-    let err = second.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task_b, &settings_b.to_string()]).await.unwrap_err();
+    let err = second
+        .execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task_b, &settings_b.to_string()])
+        .await
+        .unwrap_err();
     let db = err.as_db_error().unwrap();
     assert!(db.message().contains("not in trempy.databases"), "{}", db.message());
-    assert!(db.detail().is_some_and(|h| h.contains("ALTER SYSTEM SET trempy.databases") && h.contains(&database)), "{:?}", db.detail());
+    assert!(
+        db.detail().is_some_and(|h| h.contains("ALTER SYSTEM SET trempy.databases") && h.contains(&database)),
+        "{:?}",
+        db.detail()
+    );
 
     set_databases(&source, Some(&format!("source, {database}"))).await;
     drop(second);
     let second = connect_listed(&database, true).await;
     create_task_with(&source, &task_a, &load_settings(&task_a, "full_load_and_cdc", &[("public", &task_a)])).await;
-    second.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task_b, &settings_b.to_string()]).await.unwrap();
+    second
+        .execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task_b, &settings_b.to_string()])
+        .await
+        .unwrap();
     let (_applier_a, _applier_b) = (Applier::start(&task_a), Applier::start(&task_b));
 
     // both databases write at the same time
@@ -102,7 +119,8 @@ async fn two_databases_of_one_cluster_replicate_at_the_same_time() {
     assert_eq!(wait_same(&second, &table_b).await, 1000);
 
     // each database's workers, and only its own tasks, in its own trempy.status()
-    let in_second: Vec<String> = second.query("SELECT task_name FROM trempy.status()", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let in_second: Vec<String> =
+        second.query("SELECT task_name FROM trempy.status()", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(in_second, std::slice::from_ref(&task_b));
     let worker: Option<i32> = second.query_one("SELECT worker_pid FROM trempy.status()", &[]).await.unwrap().get(0);
     assert!(worker.is_some(), "the second database's task has its worker");
@@ -119,11 +137,21 @@ async fn two_databases_of_one_cluster_replicate_at_the_same_time() {
     set_databases(&source, None).await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let left: i64 = source.query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type LIKE 'trempy%'", &[&database]).await.unwrap().get(0);
+        let left: i64 = source
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type LIKE 'trempy%'",
+                &[&database],
+            )
+            .await
+            .unwrap()
+            .get(0);
         if left == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the second database's launcher and task worker did not stop when it left trempy.databases");
+        assert!(
+            Instant::now() < deadline,
+            "the second database's launcher and task worker did not stop when it left trempy.databases"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let second = connect_listed(&database, false).await;

@@ -16,13 +16,14 @@ use trempy_e2e::*;
 
 const CONVERGE: Duration = Duration::from_secs(120);
 
-
 /// The dead-letter queue's messages, left in the queue (fetched unacknowledged on a channel that
 /// is then closed).
 async fn dead_letters(task: &str) -> Vec<BasicGetMessage> {
     let (connection, channel) = amqp_channel().await;
     let mut all = Vec::new();
-    while let Some(m) = channel.basic_get(format!("dlx_queue_{task}").as_str().into(), BasicGetOptions { no_ack: false }).await.unwrap() {
+    while let Some(m) =
+        channel.basic_get(format!("dlx_queue_{task}").as_str().into(), BasicGetOptions { no_ack: false }).await.unwrap()
+    {
         all.push(m);
     }
     drop(channel);
@@ -117,7 +118,11 @@ async fn refusing_task(prefix: &str, stop_if_insert_error: bool) -> (String, Str
     let file = format!("{}/settings-{task}.json", env("TREMPY_STACK_DIR"));
     std::fs::write(&file, settings(&task, &task, stop_if_insert_error).to_string()).unwrap();
     let t = format!("public.{task}");
-    target().await.batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text CONSTRAINT no_bad CHECK (v <> 'bad'))")).await.unwrap();
+    target()
+        .await
+        .batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text CONSTRAINT no_bad CHECK (v <> 'bad'))"))
+        .await
+        .unwrap();
     let applier = Applier::start_with(&task, &["--settings-file", &file]);
     wait_for_applier_log(&task, &["applier connected"], Duration::from_secs(60)).await;
     (task, t, applier)
@@ -125,7 +130,13 @@ async fn refusing_task(prefix: &str, stop_if_insert_error: bool) -> (String, Str
 
 /// The target's rows of `t`, in key order.
 async fn rows(client: &Client, t: &str) -> Vec<(i32, String)> {
-    client.query(&format!("SELECT id, v FROM {t} ORDER BY id"), &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
+    client
+        .query(&format!("SELECT id, v FROM {t} ORDER BY id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }
 
 /// Waits until the target's rows of `t` are `expected`.
@@ -175,15 +186,25 @@ async fn refused_insert_is_dead_lettered_after_three_attempts_then_replayed_exac
     // The transactions around it are applied; the refused one is not, not even partly.
     let target = target().await;
     wait_rows(&target, &t, &[(1, "after, updated"), (4, "after")]).await;
-    let progress = target.query_one("SELECT commit_lsn::text, transactions_applied FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await.unwrap();
+    let progress = target
+        .query_one(
+            "SELECT commit_lsn::text, transactions_applied FROM trempy.applier_progress WHERE task_name = $1",
+            &[&task],
+        )
+        .await
+        .unwrap();
     assert_eq!((progress.get::<_, String>(0), progress.get::<_, i64>(1)), ("0/30".to_owned(), 2));
     let row = target.query_one("SELECT id, state, commit_lsn::text, sqlstate, attempts FROM trempy.applier_deadletters WHERE task_name = $1", &[&task]).await.unwrap();
-    let (id, state, lsn, sqlstate, attempts): (i64, String, String, String, i32) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let (id, state, lsn, sqlstate, attempts): (i64, String, String, String, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
     assert_eq!((state.as_str(), lsn.as_str(), sqlstate.as_str(), attempts), ("dead", "0/20", "23514", 3));
     let logged = count(&target, "SELECT count(*) FROM trempy.applier_errors WHERE task_name = $1 AND sqlstate = '23514' AND operation = 'insert' AND commit_lsn = '0/20'", &task).await;
     assert_eq!(logged, 3, "each attempt is in the error log");
     let (ok, errors) = applier_command(&["errors", "--task", &task]).await;
-    assert!(ok && errors.contains("dead_letter") && errors.contains("23514") && !errors.contains("with the bad one"), "{errors}");
+    assert!(
+        ok && errors.contains("dead_letter") && errors.contains("23514") && !errors.contains("with the bad one"),
+        "{errors}"
+    );
     let (ok, list) = applier_command(&["dlq", "list", "--task", &task]).await;
     assert!(ok && list.contains(&format!("{id}\tdead\t0/20")), "{list}");
     let (ok, show) = applier_command(&["dlq", "show", "--task", &task, "--id", &id.to_string()]).await;
@@ -194,16 +215,21 @@ async fn refused_insert_is_dead_lettered_after_three_attempts_then_replayed_exac
     target.batch_execute(&format!("ALTER TABLE {t} DROP CONSTRAINT no_bad")).await.unwrap();
     let (ok, out) = applier_command(&["dlq", "replay", "--task", &task, "--id", &id.to_string()]).await;
     assert!(!ok && out.contains(&format!("{id}\trefused")) && out.contains("--force"), "{out}");
-    assert!(out.contains(&format!("public.{task}: (id=\"2\") (id=\"3\")")) && !out.contains("with the bad one"), "{out}");
+    assert!(
+        out.contains(&format!("public.{task}: (id=\"2\") (id=\"3\")")) && !out.contains("with the bad one"),
+        "{out}"
+    );
     assert_eq!(rows(&target, &t).await, vec![(1, "after, updated".to_owned()), (4, "after".to_owned())]);
-    let state: String = target.query_one("SELECT state FROM trempy.applier_deadletters WHERE id = $1", &[&id]).await.unwrap().get(0);
+    let state: String =
+        target.query_one("SELECT state FROM trempy.applier_deadletters WHERE id = $1", &[&id]).await.unwrap().get(0);
     assert_eq!(state, "dead");
     // With --force: exactly the dead-lettered transaction is applied.
     let (ok, out) = applier_command(&["dlq", "replay", "--task", &task, "--id", &id.to_string(), "--force"]).await;
     assert!(ok && out.contains(&format!("{id}\treplayed")), "{out}");
     let all = [(1, "after, updated"), (2, "bad"), (3, "with the bad one"), (4, "after")];
     assert_eq!(rows(&target, &t).await, all.iter().map(|(i, v)| (*i, (*v).to_owned())).collect::<Vec<_>>());
-    let state: String = target.query_one("SELECT state FROM trempy.applier_deadletters WHERE id = $1", &[&id]).await.unwrap().get(0);
+    let state: String =
+        target.query_one("SELECT state FROM trempy.applier_deadletters WHERE id = $1", &[&id]).await.unwrap().get(0);
     assert_eq!(state, "replayed");
     assert!(dead_letters(&task).await.is_empty(), "the replayed copy is still in the dead-letter queue");
 
@@ -218,7 +244,12 @@ async fn refused_insert_is_dead_lettered_after_three_attempts_then_replayed_exac
 
     // The stream goes on; a redelivery of the whole message changes nothing either.
     publish(&task, &[&message, &envelope(&task, vec![txn(0x40, vec![insert(5, "later")])])]).await;
-    wait_rows(&target, &t, &[(1, "after, updated"), (2, "bad"), (3, "changed after the replay"), (4, "after"), (5, "later")]).await;
+    wait_rows(
+        &target,
+        &t,
+        &[(1, "after, updated"), (2, "bad"), (3, "changed after the replay"), (4, "after"), (5, "later")],
+    )
+    .await;
     let (ok, status) = applier_command(&["status"]).await;
     assert!(ok && status.lines().any(|l| l.starts_with(&format!("{task}\trunning\t"))), "{status}");
 }
@@ -229,16 +260,32 @@ async fn stop_policy_pauses_the_task_until_resumed() {
     let target = target().await;
     publish(&task, &[&envelope(&task, vec![txn(0x10, vec![insert(1, "before")])])]).await;
     wait_rows(&target, &t, &[(1, "before")]).await;
-    publish(&task, &[&envelope(&task, vec![txn(0x20, vec![insert(2, "bad")])]), &envelope(&task, vec![txn(0x30, vec![insert(3, "after")])])]).await;
+    publish(
+        &task,
+        &[
+            &envelope(&task, vec![txn(0x20, vec![insert(2, "bad")])]),
+            &envelope(&task, vec![txn(0x30, vec![insert(3, "after")])]),
+        ],
+    )
+    .await;
 
     let deadline = Instant::now() + CONVERGE;
     loop {
-        let state = target.query_opt("SELECT state, reason FROM trempy.applier_state WHERE task_name = $1", &[&task]).await.unwrap();
+        let state = target
+            .query_opt("SELECT state, reason FROM trempy.applier_state WHERE task_name = $1", &[&task])
+            .await
+            .unwrap();
         if let Some(row) = state
             && row.get::<_, String>(0) == "stopped"
         {
             let reason: String = row.get(1);
-            assert!(reason.contains("insert") && reason.contains("no_bad") && reason.contains("0/20") && !reason.contains("(v)"), "{reason}");
+            assert!(
+                reason.contains("insert")
+                    && reason.contains("no_bad")
+                    && reason.contains("0/20")
+                    && !reason.contains("(v)"),
+                "{reason}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "the task did not stop");
@@ -251,13 +298,18 @@ async fn stop_policy_pauses_the_task_until_resumed() {
     assert_eq!(rows(&target, &t).await, vec![(1, "before".to_owned())]);
     assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await, 0);
     assert!(dead_letters(&task).await.is_empty());
-    assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_errors WHERE task_name = $1 AND action = 'stop'", &task).await, 1);
+    assert_eq!(
+        count(&target, "SELECT count(*) FROM trempy.applier_errors WHERE task_name = $1 AND action = 'stop'", &task)
+            .await,
+        1
+    );
 
     target.batch_execute(&format!("ALTER TABLE {t} DROP CONSTRAINT no_bad")).await.unwrap();
     let (ok, out) = applier_command(&["resume", "--task", &task]).await;
     assert!(ok && out.contains("resumed"), "{out}");
     wait_rows(&target, &t, &[(1, "before"), (2, "bad"), (3, "after")]).await;
-    let state: String = target.query_one("SELECT state FROM trempy.applier_state WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let state: String =
+        target.query_one("SELECT state FROM trempy.applier_state WHERE task_name = $1", &[&task]).await.unwrap().get(0);
     assert_eq!(state, "running");
 }
 
@@ -286,13 +338,19 @@ async fn lock_timeouts_are_retried_and_never_dead_lettered() {
 
     let holder = trempy_e2e::target().await;
     holder.batch_execute(&format!("BEGIN; LOCK TABLE {lock} IN ACCESS EXCLUSIVE MODE")).await.unwrap();
-    let later: Vec<Vec<u8>> = (2..6).map(|i| envelope(&task, vec![txn(0x10 * i as u64, vec![insert(i, "while locked")])])).collect();
+    let later: Vec<Vec<u8>> =
+        (2..6).map(|i| envelope(&task, vec![txn(0x10 * i as u64, vec![insert(i, "while locked")])])).collect();
     publish(&task, &later.iter().map(Vec::as_slice).collect::<Vec<_>>()).await;
     // Far more than three attempts fail while the lock is held.
     wait_for_applier_log(&task, &["55P03"], Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     holder.batch_execute("COMMIT").await.unwrap();
-    wait_rows(&target, &t, &[(1, "first"), (2, "while locked"), (3, "while locked"), (4, "while locked"), (5, "while locked")]).await;
+    wait_rows(
+        &target,
+        &t,
+        &[(1, "first"), (2, "while locked"), (3, "while locked"), (4, "while locked"), (5, "while locked")],
+    )
+    .await;
     assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await, 0);
     assert!(dead_letters(&task).await.is_empty(), "a transient failure was dead-lettered");
 }
@@ -303,10 +361,19 @@ async fn invalid_messages_are_dead_lettered_at_once_with_a_reason_and_can_be_dis
     let target = target().await;
     // Not TREMpy messages: a version 0, a newer version of another task, no task at all.
     let version_0 = serde_json::json!({"version": 0, "task": task, "transactions": [], "relations": []}).to_string();
-    let other_task = serde_json::json!({"version": 99, "task": format!("{task}_other"), "transactions": [], "relations": []}).to_string();
+    let other_task =
+        serde_json::json!({"version": 99, "task": format!("{task}_other"), "transactions": [], "relations": []})
+            .to_string();
     let before = envelope(&task, vec![txn(0x10, vec![insert(1, "before")])]);
     let after = envelope(&task, vec![txn(0x20, vec![insert(2, "after")])]);
-    let bodies: [&[u8]; 6] = [&before, b"{\"version\": 1, \"task\": \"trunc", version_0.as_bytes(), other_task.as_bytes(), b"not json at all", &after];
+    let bodies: [&[u8]; 6] = [
+        &before,
+        b"{\"version\": 1, \"task\": \"trunc",
+        version_0.as_bytes(),
+        other_task.as_bytes(),
+        b"not json at all",
+        &after,
+    ];
     publish(&task, &bodies).await;
     wait_rows(&target, &t, &[(1, "before"), (2, "after")]).await;
 
@@ -337,12 +404,21 @@ async fn a_newer_envelope_version_halts_in_order_and_is_never_dead_lettered() {
     let before = envelope(&task, vec![txn(0x10, vec![insert(1, "before")])]);
     let after = envelope(&task, vec![txn(0x20, vec![insert(2, "after")])]);
     publish(&task, &[&before, newer.as_bytes(), &after]).await;
-    wait_for_applier_log(&task, &["apply halted", "envelope version 99", "upgrade trempy-applier"], Duration::from_secs(60)).await;
+    wait_for_applier_log(
+        &task,
+        &["apply halted", "envelope version 99", "upgrade trempy-applier"],
+        Duration::from_secs(60),
+    )
+    .await;
     // What came before it is applied; nothing after it is, and nothing is dead-lettered.
     wait_rows(&target, &t, &[(1, "before")]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(rows(&target, &t).await, vec![(1, "before".to_owned())]);
-    let watermark: String = target.query_one("SELECT commit_lsn::text FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let watermark: String = target
+        .query_one("SELECT commit_lsn::text FROM trempy.applier_progress WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(watermark, "0/10");
     assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await, 0);
     assert!(dead_letters(&task).await.is_empty());
@@ -351,7 +427,8 @@ async fn a_newer_envelope_version_halts_in_order_and_is_never_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_are_counted_across_applier_restarts() {
     let (task, t, mut applier) = refusing_task("restart", false).await;
-    publish(&task, &[&envelope(&task, vec![txn(0x10, vec![insert(1, "bad")]), txn(0x20, vec![insert(2, "fine")])])]).await;
+    publish(&task, &[&envelope(&task, vec![txn(0x10, vec![insert(1, "bad")]), txn(0x20, vec![insert(2, "fine")])])])
+        .await;
     wait_for_applier_log(&task, &["source transaction failed"], Duration::from_secs(60)).await;
     applier.restart_after_kill().await;
     let dead = wait_for_dead_letters(&task, 1).await;
@@ -359,8 +436,18 @@ async fn attempts_are_counted_across_applier_restarts() {
     let target = target().await;
     wait_rows(&target, &t, &[(2, "fine")]).await;
     // Had the restart reset the counter, the transaction would have been tried more than 3 times.
-    let tried = count(&target, "SELECT count(*) FROM trempy.applier_errors WHERE task_name = $1 AND commit_lsn = '0/10'", &task).await;
-    let dead_lettered = count(&target, "SELECT count(*) FROM trempy.applier_errors WHERE task_name = $1 AND action = 'dead_letter'", &task).await;
+    let tried = count(
+        &target,
+        "SELECT count(*) FROM trempy.applier_errors WHERE task_name = $1 AND commit_lsn = '0/10'",
+        &task,
+    )
+    .await;
+    let dead_lettered = count(
+        &target,
+        "SELECT count(*) FROM trempy.applier_errors WHERE task_name = $1 AND action = 'dead_letter'",
+        &task,
+    )
+    .await;
     assert!(tried <= 3 && dead_lettered == 1, "{tried} attempts logged, {dead_lettered} dead-lettered");
 }
 
@@ -381,7 +468,9 @@ async fn missing_target_table_halts_and_is_never_dead_lettered() {
 
 /// A settings control message (version 1) of `task`, in effect for every later message.
 fn settings_message(task: &str, settings: &serde_json::Value) -> Vec<u8> {
-    serde_json::json!({"version": 1, "task": task, "settings": settings, "transactions": [], "relations": []}).to_string().into_bytes()
+    serde_json::json!({"version": 1, "task": task, "settings": settings, "transactions": [], "relations": []})
+        .to_string()
+        .into_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,12 +506,21 @@ async fn a_forged_type_name_is_dead_lettered_and_never_executed() {
     // Nothing of it ran: the canary is intact and the table was not created.
     assert_eq!(count(&target, &format!("SELECT count(*) FROM {canary} WHERE id = $1::text::int"), "7").await, 1);
     assert_eq!(count(&target, "SELECT count(*) FROM pg_catalog.pg_class WHERE relname = $1", &created).await, 0);
-    assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1 AND error_class = 'envelope'", &task).await, 1);
+    assert_eq!(
+        count(
+            &target,
+            "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1 AND error_class = 'envelope'",
+            &task
+        )
+        .await,
+        1
+    );
 }
 
 /// A version-1 message of `task` on `public.<task>` with the given columns (name, type, key).
 fn message_with(task: &str, columns: &[(&str, &str, bool)], transactions: Vec<serde_json::Value>) -> Vec<u8> {
-    let columns: Vec<serde_json::Value> = columns.iter().map(|(n, t, k)| serde_json::json!({"name": n, "type": t, "type_oid": 0, "key": k})).collect();
+    let columns: Vec<serde_json::Value> =
+        columns.iter().map(|(n, t, k)| serde_json::json!({"name": n, "type": t, "type_oid": 0, "key": k})).collect();
     serde_json::json!({"version": 1, "task": task, "transactions": transactions, "relations": [{"id": 1, "schema": "public", "table": task, "columns": columns}]})
         .to_string()
         .into_bytes()
@@ -445,12 +543,17 @@ async fn a_row_the_transformations_cannot_compute_is_dead_lettered_and_later_row
     let first = message_with(
         &task,
         &columns,
-        vec![txn(0x10, vec![insert_row(&["1", "before", "1"])]), txn(0x20, vec![insert_row(&["2", "overflows", "10"])]), txn(0x30, vec![insert_row(&["3", "same message", "0"])])],
+        vec![
+            txn(0x10, vec![insert_row(&["1", "before", "1"])]),
+            txn(0x20, vec![insert_row(&["2", "overflows", "10"])]),
+            txn(0x30, vec![insert_row(&["3", "same message", "0"])]),
+        ],
     );
     let later = message_with(&task, &columns, vec![txn(0x40, vec![insert_row(&["4", "later", "-1"])])]);
     publish(&task, &[&settings_message(&task, &settings), &first, &later]).await;
     wait_rows(&target, &t, &[(1, "before"), (3, "same message"), (4, "later")]).await;
-    let powers: Vec<i32> = target.query(&format!("SELECT n FROM {t} ORDER BY id"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let powers: Vec<i32> =
+        target.query(&format!("SELECT n FROM {t} ORDER BY id"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(powers, vec![1, 0, 1]);
 
     let dead = wait_for_dead_letters(&task, 1).await;
@@ -460,7 +563,15 @@ async fn a_row_the_transformations_cannot_compute_is_dead_lettered_and_later_row
     assert_eq!(header(&dead[0], "x-trempy-operation").as_deref(), Some("insert"));
     let reason = header(&dead[0], "x-trempy-reason").unwrap();
     assert!(reason.contains("cannot transform a row for"), "{reason}");
-    assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1 AND commit_lsn = '0/20'", &task).await, 1);
+    assert_eq!(
+        count(
+            &target,
+            "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1 AND commit_lsn = '0/20'",
+            &task
+        )
+        .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,10 +591,19 @@ async fn rules_that_stop_fitting_halt_naming_the_rule_until_newer_settings_behin
     let unfit = message_with(&task, &dropped, vec![txn(0x20, vec![insert_row(&["3", "after the drop"])])]);
     let queued = message_with(&task, &dropped, vec![txn(0x30, vec![insert_row(&["4", "queued behind"])])]);
     publish(&task, &[&settings_message(&task, &filtered), &before, &unfit, &queued]).await;
-    let log = wait_for_applier_log(&task, &["apply halted", "filter 0 (equals, \"only active\")", "trempy.update_task"], Duration::from_secs(60)).await;
+    let log = wait_for_applier_log(
+        &task,
+        &["apply halted", "filter 0 (equals, \"only active\")", "trempy.update_task"],
+        Duration::from_secs(60),
+    )
+    .await;
     assert!(log.contains("filters[0].settings.column_name"), "the halt does not say which setting");
     wait_rows(&target, &t, &[(1, "kept")]).await;
-    assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await, 0, "nothing may be dead-lettered");
+    assert_eq!(
+        count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await,
+        0,
+        "nothing may be dead-lettered"
+    );
 
     // New settings (what update_task publishes) arrive behind the failing message: the applier
     // reaches them, applies the failing message and everything after it in order.
@@ -491,10 +611,25 @@ async fn rules_that_stop_fitting_halt_naming_the_rule_until_newer_settings_behin
     let after = message_with(&task, &dropped, vec![txn(0x40, vec![insert_row(&["5", "after the fix"])])]);
     publish(&task, &[&settings_message(&task, &fixed), &after]).await;
     wait_rows(&target, &t, &[(1, "kept"), (3, "after the drop"), (4, "queued behind"), (5, "after the fix")]).await;
-    wait_for_applier_log(&task, &["newer task settings found in the queue behind the failing message"], Duration::from_secs(10)).await;
-    let watermark: String = target.query_one("SELECT commit_lsn::text FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    wait_for_applier_log(
+        &task,
+        &["newer task settings found in the queue behind the failing message"],
+        Duration::from_secs(10),
+    )
+    .await;
+    let watermark: String = target
+        .query_one("SELECT commit_lsn::text FROM trempy.applier_progress WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(watermark, "0/40");
-    let recorded: serde_json::Value = target.query_one("SELECT settings::text FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await.unwrap().get::<_, String>(0).parse().unwrap();
+    let recorded: serde_json::Value = target
+        .query_one("SELECT settings::text FROM trempy.applier_progress WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
     assert_eq!(recorded, fixed);
     assert_eq!(count(&target, "SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &task).await, 0);
 }

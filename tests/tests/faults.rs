@@ -192,9 +192,16 @@ async fn seeded_faults_under_a_mixed_workload_lose_and_duplicate_nothing() {
     let (task, t, ledger, _source, mut applier) = mixed_workload_task("faults").await;
     let marks = format!("public.{task}_marks");
     create_table_both(&format!("CREATE TABLE {marks} (id bigint PRIMARY KEY, at timestamptz)")).await;
-    let mut settings = cdc_settings(&task, &[("public", &task), ("public", &format!("{task}_ledger")), ("public", &format!("{task}_marks"))]);
+    let mut settings = cdc_settings(
+        &task,
+        &[("public", &task), ("public", &format!("{task}_ledger")), ("public", &format!("{task}_marks"))],
+    );
     settings["task"]["start_mode"] = "continue".into();
-    source().await.execute("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
+    source()
+        .await
+        .execute("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &settings.to_string()])
+        .await
+        .unwrap();
     wait_for_state(&source().await, &task, "running", CONVERGE).await;
 
     let mut tallies: Vec<(Fault, Tally)> = FAULTS.iter().map(|f| (*f, Tally::default())).collect();
@@ -244,7 +251,13 @@ async fn seeded_faults_under_a_mixed_workload_lose_and_duplicate_nothing() {
     for (fault, tally) in &mut tallies {
         let (rm, rw) = median_worst(&mut tally.resumes);
         let (cm, cw) = median_worst(&mut tally.recoveries);
-        println!("| {} | {} | {} | {} | {rm:.1} s / {rw:.1} s | {cm:.1} s / {cw:.1} s |", fault.name(), tally.runs, tally.lost, tally.duplicated);
+        println!(
+            "| {} | {} | {} | {} | {rm:.1} s / {rw:.1} s | {cm:.1} s / {cw:.1} s |",
+            fault.name(),
+            tally.runs,
+            tally.lost,
+            tally.duplicated
+        );
     }
     assert_eq!(written_twice, 0, "a source transaction was applied twice");
     drop_task(&source().await, &task).await;

@@ -30,7 +30,13 @@ async fn seen(source: &Client, task: &str) -> Seen {
         )
         .await
         .unwrap();
-    Seen { state: row.get(0), applier_state: row.get(1), applier_reason: row.get(2), applier_lsn: row.get(3), reported: row.get(4) }
+    Seen {
+        state: row.get(0),
+        applier_state: row.get(1),
+        applier_reason: row.get(2),
+        applier_lsn: row.get(3),
+        reported: row.get(4),
+    }
 }
 
 /// Waits until the task's status row satisfies `wanted`, and returns it.
@@ -58,7 +64,11 @@ async fn status_shows_the_appliers_state_reason_and_position() {
     let source = source().await;
     source.batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)")).await.unwrap();
     // Only the target refuses v = 'bad'.
-    target().await.batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text CONSTRAINT no_bad CHECK (v <> 'bad'))")).await.unwrap();
+    target()
+        .await
+        .batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text CONSTRAINT no_bad CHECK (v <> 'bad'))"))
+        .await
+        .unwrap();
     let mut settings = cdc_settings(&task, &[("public", &task)]);
     settings["error_handling"] = serde_json::json!({
         "stop_if_insert_error": true, "stop_if_update_error": false, "stop_if_delete_error": false,
@@ -90,7 +100,8 @@ async fn status_shows_the_appliers_state_reason_and_position() {
 
     // A stop-policy failure: the task shows as stopped by the applier, with the reason.
     source.batch_execute(&format!("INSERT INTO {t} VALUES (3, 'bad')")).await.unwrap();
-    let stopped = wait_seen(&source, &task, "applier_state stopped", |s| s.applier_state.as_deref() == Some("stopped")).await;
+    let stopped =
+        wait_seen(&source, &task, "applier_state stopped", |s| s.applier_state.as_deref() == Some("stopped")).await;
     let stopped = if stopped.state.as_deref() == Some("applier stopped") {
         stopped
     } else {
@@ -105,7 +116,10 @@ async fn status_shows_the_appliers_state_reason_and_position() {
     let (ok, out) = applier_command(&["resume", "--task", &task]).await;
     assert!(ok && out.contains("resumed"), "{out}");
     wait_converged(&[(&t, "id")], CONVERGE).await;
-    wait_seen(&source, &task, "running again", |s| s.applier_state.as_deref() == Some("running") && s.state.as_deref() == Some("running")).await;
+    wait_seen(&source, &task, "running again", |s| {
+        s.applier_state.as_deref() == Some("running") && s.state.as_deref() == Some("running")
+    })
+    .await;
 
     drop_task(&source, &task).await;
 }

@@ -39,7 +39,11 @@ async fn three_tables(task: &str) -> Vec<(String, String)> {
 
 /// The three tables of [`three_tables`] as (schema, table) pairs, unquoted.
 fn table_names(task: &str) -> Vec<(String, String)> {
-    vec![("public".into(), format!("{task}_a")), (format!("Load ✓ {task}"), "Mixed Case".into()), ("public".into(), format!("{task}_c"))]
+    vec![
+        ("public".into(), format!("{task}_a")),
+        (format!("Load ✓ {task}"), "Mixed Case".into()),
+        ("public".into(), format!("{task}_c")),
+    ]
 }
 
 /// One transaction touching all three tables: inserts, updates and deletes, sometimes many rows.
@@ -47,7 +51,11 @@ fn mixed_writes(tables: &[(String, String)], i: u64) -> String {
     let (a, b, c) = (&tables[0].0, &tables[1].0, &tables[2].0);
     let id = (i * 7919) % (ROWS as u64) + 1;
     let other = (i * 104_729) % (ROWS as u64) + 1;
-    let big = if i.is_multiple_of(50) { format!("UPDATE {a} SET v = v + 1 WHERE id BETWEEN {id} AND {id} + 500;") } else { String::new() };
+    let big = if i.is_multiple_of(50) {
+        format!("UPDATE {a} SET v = v + 1 WHERE id BETWEEN {id} AND {id} + 500;")
+    } else {
+        String::new()
+    };
     format!(
         "BEGIN;
          INSERT INTO {a} VALUES ({n}, {i} % 1000, 'new') ON CONFLICT (id) DO UPDATE SET note = 'again';
@@ -120,18 +128,36 @@ async fn full_load_and_cdc_is_exact_while_writers_change_every_table() {
         assert!(row.get::<_, i64>(2) >= ROWS - 1000, "rows copied {}", row.get::<_, i64>(2));
         assert_eq!(row.get::<_, f64>(3), 100.0);
     }
-    let status = source.query_one("SELECT phase, load_percent::float8 FROM trempy.status() WHERE task_name = $1", &[&task]).await.unwrap();
+    let status = source
+        .query_one("SELECT phase, load_percent::float8 FROM trempy.status() WHERE task_name = $1", &[&task])
+        .await
+        .unwrap();
     assert_eq!((status.get::<_, String>(0), status.get::<_, f64>(1)), ("cdc".to_owned(), 100.0));
     // the created target tables carry the key and NOT NULL
     let target = target().await;
     let pk: i64 = target
-        .query_one(&format!("SELECT count(*) FROM pg_index WHERE indrelid = '{}'::regclass AND indisprimary", tables[1].0.replace('\'', "''")), &[])
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM pg_index WHERE indrelid = '{}'::regclass AND indisprimary",
+                tables[1].0.replace('\'', "''")
+            ),
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(pk, 1);
-    let not_null: bool =
-        target.query_one(&format!("SELECT attnotnull FROM pg_attribute WHERE attrelid = '{}'::regclass AND attname = 'v'", tables[0].0), &[]).await.unwrap().get(0);
+    let not_null: bool = target
+        .query_one(
+            &format!(
+                "SELECT attnotnull FROM pg_attribute WHERE attrelid = '{}'::regclass AND attname = 'v'",
+                tables[0].0
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert!(not_null);
     drop_task(&source, &task).await;
 }
@@ -147,8 +173,12 @@ async fn an_applier_killed_during_the_load_resumes_from_its_last_chunk_and_stays
     let deadline = std::time::Instant::now() + CONVERGE;
     // kill the applier each time it has loaded more rows, until the whole load is applied
     while kills < 4 && std::time::Instant::now() < deadline {
-        let loaded: Option<i64> =
-            target.query_opt("SELECT rows_loaded FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await.ok().flatten().map(|r| r.get(0));
+        let loaded: Option<i64> = target
+            .query_opt("SELECT rows_loaded FROM trempy.applier_progress WHERE task_name = $1", &[&task])
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get(0));
         let loaded = loaded.unwrap_or(0);
         if loaded > last_loaded && loaded < 3 * ROWS {
             applier.restart_after_kill().await;
@@ -191,7 +221,10 @@ async fn reload_starts_clean_and_continue_picks_up_edited_settings() {
     wait_converged(&[(&a, "id")], CONVERGE).await;
 
     // the source changes and the target drifts; a reload with truncate makes them equal again
-    source.batch_execute(&format!("DELETE FROM {a} WHERE id <= 10; INSERT INTO {a} VALUES (5000, 'new')")).await.unwrap();
+    source
+        .batch_execute(&format!("DELETE FROM {a} WHERE id <= 10; INSERT INTO {a} VALUES (5000, 'new')"))
+        .await
+        .unwrap();
     target().await.batch_execute(&format!("INSERT INTO {a} VALUES (9999, 'stray')")).await.unwrap();
     let mut settings = load_settings(&task, "full_load", &refs);
     settings["task"]["start_mode"] = "reload".into();
@@ -200,7 +233,12 @@ async fn reload_starts_clean_and_continue_picks_up_edited_settings() {
     wait_for_state(&source, &task, "finished", CONVERGE).await;
     let fp = wait_converged(&[(&a, "id")], CONVERGE).await;
     assert_eq!(fp[0].0, 991);
-    let generation: i32 = target().await.query_one("SELECT generation FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let generation: i32 = target()
+        .await
+        .query_one("SELECT generation FROM trempy.applier_progress WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(generation, 2);
 
     // continue with edited settings: now full_load_and_cdc over both tables. Table a was copied
@@ -213,7 +251,12 @@ async fn reload_starts_clean_and_continue_picks_up_edited_settings() {
     settings["task"]["full_load_settings"] = serde_json::json!({"truncate_before_insert": true});
     source.execute("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
     wait_for_phase(&source, &task, "cdc", CONVERGE).await;
-    source.batch_execute(&format!("UPDATE {a} SET v = 'streamed' WHERE id = 500; INSERT INTO {b} VALUES (11, 'streamed')")).await.unwrap();
+    source
+        .batch_execute(&format!(
+            "UPDATE {a} SET v = 'streamed' WHERE id = 500; INSERT INTO {b} VALUES (11, 'streamed')"
+        ))
+        .await
+        .unwrap();
     wait_converged(&[(&a, "id"), (&b, "id")], CONVERGE).await;
     let attempts = load_attempts(&source, &task).await;
     assert_eq!(attempts, vec![(format!("{task}_a"), 2), (format!("{task}_b"), 1)]);
@@ -221,7 +264,9 @@ async fn reload_starts_clean_and_continue_picks_up_edited_settings() {
     // another edit in continue mode keeps the slot and the copies: nothing is copied again and
     // changes made while the worker restarts are not lost
     let writer_a = a.clone();
-    let writer = Writer::start(move |i| format!("INSERT INTO {writer_a} VALUES ({}, 'during') ON CONFLICT (id) DO UPDATE SET v = 'again'", 10_000 + i));
+    let writer = Writer::start(move |i| {
+        format!("INSERT INTO {writer_a} VALUES ({}, 'during') ON CONFLICT (id) DO UPDATE SET v = 'again'", 10_000 + i)
+    });
     settings["task"]["interval_seconds"] = 1.into();
     source.execute("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
     wait_for_state(&source, &task, "running", CONVERGE).await;
@@ -253,7 +298,18 @@ async fn a_decoding_worker_stopped_mid_table_copies_the_table_again_and_stays_ex
             )
             .await
             .unwrap();
-        let now: Vec<String> = rows.iter().map(|r| format!("{} {} attempt {} rows>0 {}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i32>(2), r.get::<_, i64>(3) > 0)).collect();
+        let now: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} attempt {} rows>0 {}",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i32>(2),
+                    r.get::<_, i64>(3) > 0
+                )
+            })
+            .collect();
         let now = now.join(", ");
         if seen.last() != Some(&now) {
             seen.push(now);
@@ -262,17 +318,35 @@ async fn a_decoding_worker_stopped_mid_table_copies_the_table_again_and_stays_ex
         if let Some(row) = copying {
             let (table, attempt, pid): (String, i32, Option<i32>) = (row.get(0), row.get(2), row.get(4));
             source.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
-            while source.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().get::<_, i64>(0) > 0 {
+            while source
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                > 0
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let row = source.query_one("SELECT state, attempt FROM trempy.load_status() WHERE task_name = $1 AND table_name = $2", &[&task, &table]).await.unwrap();
+            let row = source
+                .query_one(
+                    "SELECT state, attempt FROM trempy.load_status() WHERE task_name = $1 AND table_name = $2",
+                    &[&task, &table],
+                )
+                .await
+                .unwrap();
             let (state, now_attempt): (String, i32) = (row.get(0), row.get(1));
-            seen.push(format!("stopped worker {pid:?} copying {table} (attempt {attempt}): now {state}, attempt {now_attempt}"));
+            seen.push(format!(
+                "stopped worker {pid:?} copying {table} (attempt {attempt}): now {state}, attempt {now_attempt}"
+            ));
             if state != "copied" {
                 break (table, attempt);
             }
         }
-        assert!(std::time::Instant::now() < deadline, "never stopped the worker while a table was being copied; seen:\n{}", seen.join("\n"));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never stopped the worker while a table was being copied; seen:\n{}",
+            seen.join("\n")
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     println!("{}", seen.join("\n"));
@@ -281,11 +355,18 @@ async fn a_decoding_worker_stopped_mid_table_copies_the_table_again_and_stays_ex
     writer.stop().await;
     wait_converged(&pairs(&tables), CONVERGE).await;
     let attempt: i32 = source
-        .query_one("SELECT attempt FROM trempy.load_status() WHERE task_name = $1 AND table_name = $2", &[&task, &interrupted])
+        .query_one(
+            "SELECT attempt FROM trempy.load_status() WHERE task_name = $1 AND table_name = $2",
+            &[&task, &interrupted],
+        )
         .await
         .unwrap()
         .get(0);
-    assert!(attempt > attempt_stopped, "table {interrupted} should have been copied again after attempt {attempt_stopped}; seen:\n{}", seen.join("\n"));
+    assert!(
+        attempt > attempt_stopped,
+        "table {interrupted} should have been copied again after attempt {attempt_stopped}; seen:\n{}",
+        seen.join("\n")
+    );
     drop_task(&source, &task).await;
 }
 
@@ -312,7 +393,11 @@ async fn hostile_identifiers_are_quoted_everywhere_never_executed() {
         ))
         .await
         .unwrap();
-    target().await.batch_execute(&format!("CREATE TABLE {canary} (id int PRIMARY KEY); INSERT INTO {canary} VALUES (1);")).await.unwrap();
+    target()
+        .await
+        .batch_execute(&format!("CREATE TABLE {canary} (id int PRIMARY KEY); INSERT INTO {canary} VALUES (1);"))
+        .await
+        .unwrap();
     create_task_with(&source, &task, &load_settings(&task, "full_load_and_cdc", &[(&schema, table)])).await;
     let _applier = Applier::start(&task);
     wait_for_phase(&source, &task, "cdc", CONVERGE).await;

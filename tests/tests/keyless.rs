@@ -41,7 +41,10 @@ async fn identical_rows_under_replica_identity_full_change_one_target_row_at_a_t
             .await
             .unwrap();
         let notices = create_task_notices(&task, &mode_settings(&task, &task, mode)).await;
-        assert!(!notices.iter().any(|n| n.contains("insert-only")), "a FULL identity table is not insert-only: {notices:?}");
+        assert!(
+            !notices.iter().any(|n| n.contains("insert-only")),
+            "a FULL identity table is not insert-only: {notices:?}"
+        );
         let _applier = Applier::start(&task);
         wait_converged(&[(&table, "t::text")], WAIT).await;
 
@@ -61,7 +64,11 @@ async fn identical_rows_under_replica_identity_full_change_one_target_row_at_a_t
         // 4 + 2 + 20 rows, less one n=1 row, one n=2 row and five n=3 rows
         assert_eq!(fp[0].0, 19, "{mode}: every change touched exactly one row");
         let target = target().await;
-        let kept: i64 = target.query_one(&format!("SELECT count(*) FROM {table} WHERE n = 1 AND amount::text = '1.0'"), &[]).await.unwrap().get(0);
+        let kept: i64 = target
+            .query_one(&format!("SELECT count(*) FROM {table} WHERE n = 1 AND amount::text = '1.0'"), &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(kept, 2, "{mode}: the 1.00 row is not taken for a 1.0 row");
         drop_task(&source, &task).await;
     }
@@ -159,16 +166,27 @@ async fn pgbench_schema_and_workload_replicate_exactly_with_a_keyless_history_ta
             source.batch_execute(&format!("ALTER TABLE {schema}.pgbench_history REPLICA IDENTITY FULL")).await.unwrap();
         }
         let tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"];
-        let mut settings = load_settings(&task, "full_load_and_cdc", &tables.iter().map(|t| (schema.as_str(), *t)).collect::<Vec<_>>());
+        let mut settings = load_settings(
+            &task,
+            "full_load_and_cdc",
+            &tables.iter().map(|t| (schema.as_str(), *t)).collect::<Vec<_>>(),
+        );
         settings["task"]["cdc_settings"]["mode"] = serde_json::json!("default");
         let notices = create_task_notices(&task, &settings).await;
-        assert_eq!(notices.iter().any(|n| n.contains("insert-only") && n.contains("pgbench_history")), !full, "{notices:?}");
+        assert_eq!(
+            notices.iter().any(|n| n.contains("insert-only") && n.contains("pgbench_history")),
+            !full,
+            "{notices:?}"
+        );
         let _applier = Applier::start(&task);
         let run = pgbench(&["-c", "4", "-j", "2", "-T", &seconds, "-n"]).output().await.unwrap();
         assert!(run.status.success(), "pgbench run: {}", String::from_utf8_lossy(&run.stderr));
         let finished = std::time::Instant::now();
         let report = String::from_utf8_lossy(&run.stdout).into_owned();
-        println!("{}", report.lines().filter(|l| l.contains("transactions") || l.contains("tps")).collect::<Vec<_>>().join("\n"));
+        println!(
+            "{}",
+            report.lines().filter(|l| l.contains("transactions") || l.contains("tps")).collect::<Vec<_>>().join("\n")
+        );
         if full {
             source
                 .batch_execute(&format!(
@@ -192,7 +210,11 @@ async fn pgbench_schema_and_workload_replicate_exactly_with_a_keyless_history_ta
         .await;
         assert_eq!(fp[0].0, 100_000);
         assert!(fp[3].0 > 100, "pgbench wrote history: {fp:?}");
-        println!("identity full: {full}: history rows {}; target identical {:.1} s after pgbench ended", fp[3].0, finished.elapsed().as_secs_f64());
+        println!(
+            "identity full: {full}: history rows {}; target identical {:.1} s after pgbench ended",
+            fp[3].0,
+            finished.elapsed().as_secs_f64()
+        );
         drop_task(&source, &task).await;
     }
 }

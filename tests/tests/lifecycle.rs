@@ -17,7 +17,11 @@ const WAIT: Duration = Duration::from_secs(120);
 async fn source_table(name: &str, rows: i64) -> String {
     let table = format!("public.{name}");
     create_table_both(&format!("CREATE TABLE {table} (id bigint PRIMARY KEY, v text NOT NULL)")).await;
-    source().await.batch_execute(&format!("INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series(1, {rows}) g")).await.unwrap();
+    source()
+        .await
+        .batch_execute(&format!("INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series(1, {rows}) g"))
+        .await
+        .unwrap();
     table
 }
 
@@ -41,7 +45,11 @@ async fn stop(source: &Client, task: &str) {
 }
 
 async fn slot_count(source: &Client, task: &str) -> i64 {
-    source.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'trempy_' || $1", &[&task]).await.unwrap().get(0)
+    source
+        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'trempy_' || $1", &[&task])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Drops the task's slot as a DBA would, retrying while the worker is in a decoding call.
@@ -74,11 +82,16 @@ async fn changes_committed_right_after_create_task_returns_are_captured_across_2
     // One applier for every incarnation of the name: each new one must start clean.
     let _applier = Applier::start(&task);
     for cycle in 0..20_i64 {
-        source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap();
+        source
+            .execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &settings.to_string()])
+            .await
+            .unwrap();
         // No waiting: a 5,000-row transaction and a one-row one, committed as soon as it returns.
         let first = cycle * 10_000;
         source
-            .batch_execute(&format!("INSERT INTO {table} SELECT g, {cycle}, 'bulk' FROM generate_series({first} + 1, {first} + 5000) g"))
+            .batch_execute(&format!(
+                "INSERT INTO {table} SELECT g, {cycle}, 'bulk' FROM generate_series({first} + 1, {first} + 5000) g"
+            ))
             .await
             .unwrap();
         source.batch_execute(&format!("INSERT INTO {table} VALUES ({first} + 9999, {cycle}, 'single')")).await.unwrap();
@@ -96,7 +109,10 @@ async fn a_lost_slot_stops_the_task_loudly_and_a_reload_converges() {
     // restore or pg_upgrade amounts to): start_task refuses, naming the remedy.
     stop(&source, &task).await;
     drop_slot_by_hand(&source, &task).await;
-    source.batch_execute(&format!("INSERT INTO {table} SELECT g, 'while stopped' FROM generate_series(101, 150) g")).await.unwrap();
+    source
+        .batch_execute(&format!("INSERT INTO {table} SELECT g, 'while stopped' FROM generate_series(101, 150) g"))
+        .await
+        .unwrap();
     let err = source.execute("SELECT trempy.start_task($1)", &[&task]).await.unwrap_err();
     let text = error_text(&err);
     assert!(text.contains("cannot resume") && text.contains("no longer exists") && text.contains("reload"), "{text}");
@@ -115,12 +131,22 @@ async fn a_lost_slot_stops_the_task_loudly_and_a_reload_converges() {
     drop_slot_by_hand(&source, &task).await;
     source.batch_execute(&format!("INSERT INTO {table} VALUES (151, 'after the drop')")).await.unwrap();
     let last_error = wait_for_failure(&source, &task, "slot_missing", WAIT).await;
-    assert!(last_error.contains("no longer exists") && last_error.contains("update_task") && last_error.contains("reload"), "{last_error}");
+    assert!(
+        last_error.contains("no longer exists") && last_error.contains("update_task") && last_error.contains("reload"),
+        "{last_error}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await; // the launcher's back-off: it must not restart it
     assert_eq!(state(&source, &task).await.as_deref(), Some("failed"));
     assert_eq!(slot_count(&source, &task).await, 0);
-    let err = source.execute("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &settings.to_string()]).await.unwrap_err();
-    assert!(error_text(&err).contains("reload"), "continue on a failed task must point at reload: {}", error_text(&err));
+    let err = source
+        .execute("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &settings.to_string()])
+        .await
+        .unwrap_err();
+    assert!(
+        error_text(&err).contains("reload"),
+        "continue on a failed task must point at reload: {}",
+        error_text(&err)
+    );
 
     update_task(&source, &task, &reload_settings(settings)).await;
     let fp = wait_converged(&[(&table, "id")], WAIT).await;
@@ -133,21 +159,32 @@ async fn a_lost_slot_stops_the_task_loudly_and_a_reload_converges() {
 async fn an_invalidated_slot_stops_the_task_loudly_and_a_reload_converges() {
     let (task, table, source, settings, _applier) = loaded_task("invalid", 100).await;
     stop(&source, &task).await;
-    source.batch_execute(&format!("INSERT INTO {table} SELECT g, 'while stopped' FROM generate_series(101, 120) g")).await.unwrap();
+    source
+        .batch_execute(&format!("INSERT INTO {table} SELECT g, 'while stopped' FROM generate_series(101, 120) g"))
+        .await
+        .unwrap();
 
     // Let the stopped slot fall further behind than max_slot_wal_keep_size allows.
     source.batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'").await.unwrap();
-    source.batch_execute(&format!("SELECT pg_reload_conf(); CREATE TABLE public.{task}_wal (id serial, pad text)")).await.unwrap();
+    source
+        .batch_execute(&format!("SELECT pg_reload_conf(); CREATE TABLE public.{task}_wal (id serial, pad text)"))
+        .await
+        .unwrap();
     let mut wal_status = String::new();
     for _ in 0..60 {
         source
-            .batch_execute(&format!("INSERT INTO public.{task}_wal (pad) SELECT repeat('x', 2000) FROM generate_series(1, 2000)"))
+            .batch_execute(&format!(
+                "INSERT INTO public.{task}_wal (pad) SELECT repeat('x', 2000) FROM generate_series(1, 2000)"
+            ))
             .await
             .unwrap();
         source.batch_execute("SELECT pg_switch_wal()").await.unwrap();
         source.batch_execute("CHECKPOINT").await.unwrap();
         wal_status = source
-            .query_one("SELECT coalesce(wal_status, 'gone') FROM pg_replication_slots WHERE slot_name = 'trempy_' || $1", &[&task])
+            .query_one(
+                "SELECT coalesce(wal_status, 'gone') FROM pg_replication_slots WHERE slot_name = 'trempy_' || $1",
+                &[&task],
+            )
             .await
             .unwrap()
             .get(0);
@@ -179,10 +216,18 @@ async fn a_promoted_standby_stops_the_task_loudly_and_a_reload_converges() {
 
     dev(&["standby-create"]).await;
     let standby = connect(&env("TREMPY_STANDBY_DSN")).await;
-    primary.batch_execute(&format!("INSERT INTO {table} SELECT g, 'before the failover' FROM generate_series(101, 130) g")).await.unwrap();
+    primary
+        .batch_execute(&format!("INSERT INTO {table} SELECT g, 'before the failover' FROM generate_series(101, 130) g"))
+        .await
+        .unwrap();
     let lsn: String = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
     let deadline = Instant::now() + WAIT;
-    while !standby.query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn]).await.unwrap().get::<_, bool>(0) {
+    while !standby
+        .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn])
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
         assert!(Instant::now() < deadline, "the standby did not catch up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -193,7 +238,11 @@ async fn a_promoted_standby_stops_the_task_loudly_and_a_reload_converges() {
     // On the promoted node the task's slot does not exist and its timeline differs: it stops.
     let last_error = wait_for_failure(&standby, &task, "slot_other_system", WAIT).await;
     assert!(last_error.contains("another server or timeline") && last_error.contains("reload"), "{last_error}");
-    let slots: i64 = standby.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'trempy_' || $1", &[&task]).await.unwrap().get(0);
+    let slots: i64 = standby
+        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'trempy_' || $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(slots, 0, "the promoted node must not make a slot behind the DBA's back");
 
     // The remedy on the new primary: a reload converges the target to it.
@@ -225,7 +274,11 @@ async fn a_task_created_again_under_the_name_of_a_reloaded_one_starts_clean() {
     source.batch_execute(&format!("INSERT INTO {table} VALUES (51, 'generation 2')")).await.unwrap();
     wait_converged(&[(&table, "id")], WAIT).await;
     let target = target().await;
-    let generation: i32 = target.query_one("SELECT generation FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let generation: i32 = target
+        .query_one("SELECT generation FROM trempy.applier_progress WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(generation, 2);
 
     drop_task(&source, &task).await;
@@ -233,12 +286,24 @@ async fn a_task_created_again_under_the_name_of_a_reloaded_one_starts_clean() {
     let mut again = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
     again["task"]["full_load_settings"] = serde_json::json!({"truncate_before_insert": true});
     create_task_with(&source, &task, &again).await;
-    source.batch_execute(&format!("INSERT INTO {table} VALUES (53, 'new task'); UPDATE {table} SET v = 'new task' WHERE id = 1")).await.unwrap();
+    source
+        .batch_execute(&format!(
+            "INSERT INTO {table} VALUES (53, 'new task'); UPDATE {table} SET v = 'new task' WHERE id = 1"
+        ))
+        .await
+        .unwrap();
     let fp = wait_converged(&[(&table, "id")], WAIT).await;
     assert_eq!(fp[0].0, 53);
-    let incarnation: String = source.query_one("SELECT incarnation::text FROM trempy.tasks WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let incarnation: String = source
+        .query_one("SELECT incarnation::text FROM trempy.tasks WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     let row = target.query_one("SELECT incarnation, generation, cardinality(retired_incarnations) FROM trempy.applier_progress WHERE task_name = $1", &[&task]).await.unwrap();
-    assert_eq!((row.get::<_, Option<String>>(0), row.get::<_, i32>(1), row.get::<_, Option<i32>>(2)), (Some(incarnation), 1, Some(1)));
+    assert_eq!(
+        (row.get::<_, Option<String>>(0), row.get::<_, i32>(1), row.get::<_, Option<i32>>(2)),
+        (Some(incarnation), 1, Some(1))
+    );
     drop_task(&source, &task).await;
 }
 
@@ -258,7 +323,10 @@ async fn slot_changing_calls_are_safe_under_rollback() {
     let mut reload = cdc_settings(&task, &[("public", &task)]);
     reload["task"]["start_mode"] = "reload".into();
     source.batch_execute("BEGIN").await.unwrap();
-    let err = source.execute("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &reload.to_string()]).await.unwrap_err();
+    let err = source
+        .execute("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &reload.to_string()])
+        .await
+        .unwrap_err();
     source.batch_execute("ROLLBACK").await.unwrap();
     assert!(error_text(&err).contains("cannot run inside a transaction block"), "{}", error_text(&err));
     // a continue inside a block that rolls back changes nothing either
@@ -268,7 +336,11 @@ async fn slot_changing_calls_are_safe_under_rollback() {
     source.execute("SELECT trempy.update_task($1, $2::text::jsonb)", &[&task, &other.to_string()]).await.unwrap();
     source.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(slot_count(&source, &task).await, 1);
-    let interval: Option<String> = source.query_one("SELECT settings #>> '{task,interval_seconds}' FROM trempy.tasks WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let interval: Option<String> = source
+        .query_one("SELECT settings #>> '{task,interval_seconds}' FROM trempy.tasks WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(interval, None);
     wait_for_state(&source, &task, "running", WAIT).await;
     source.batch_execute(&format!("INSERT INTO {table} VALUES (2, 'after the rollbacks')")).await.unwrap();
@@ -279,7 +351,10 @@ async fn slot_changing_calls_are_safe_under_rollback() {
     let other_task = unique("rolledback");
     let settings = cdc_settings(&other_task, &[("public", &task)]);
     source.batch_execute("BEGIN").await.unwrap();
-    source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&other_task, &settings.to_string()]).await.unwrap();
+    source
+        .execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&other_task, &settings.to_string()])
+        .await
+        .unwrap();
     assert_eq!(slot_count(&source, &other_task).await, 1, "the slot exists before create_task returns");
     source.batch_execute("ROLLBACK").await.unwrap();
     let deadline = Instant::now() + WAIT;
@@ -287,14 +362,24 @@ async fn slot_changing_calls_are_safe_under_rollback() {
         assert!(Instant::now() < deadline, "the slot of a rolled-back create_task was not dropped");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let publications: i64 = source.query_one("SELECT count(*) FROM pg_publication WHERE pubname = 'trempy_' || $1", &[&other_task]).await.unwrap().get(0);
+    let publications: i64 = source
+        .query_one("SELECT count(*) FROM pg_publication WHERE pubname = 'trempy_' || $1", &[&other_task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(publications, 0);
-    source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&other_task, &settings.to_string()]).await.unwrap();
+    source
+        .execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&other_task, &settings.to_string()])
+        .await
+        .unwrap();
     drop_task(&source, &other_task).await;
 
     // create_task after the transaction wrote would wait for itself: a clear error instead.
     source.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (3, 'in the block')")).await.unwrap();
-    let err = source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&other_task, &settings.to_string()]).await.unwrap_err();
+    let err = source
+        .execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&other_task, &settings.to_string()])
+        .await
+        .unwrap_err();
     source.batch_execute("ROLLBACK").await.unwrap();
     assert!(error_text(&err).contains("must run before anything else in its transaction"), "{}", error_text(&err));
     drop_task(&source, &task).await;
@@ -303,10 +388,15 @@ async fn slot_changing_calls_are_safe_under_rollback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_added_at_a_reused_position_is_loaded() {
     let task = unique("reuse");
-    let (a, b, c) = (source_table(&format!("{task}_a"), 300).await, source_table(&format!("{task}_b"), 300).await, source_table(&format!("{task}_c"), 300).await);
+    let (a, b, c) = (
+        source_table(&format!("{task}_a"), 300).await,
+        source_table(&format!("{task}_b"), 300).await,
+        source_table(&format!("{task}_c"), 300).await,
+    );
     let (ta, tb, tc) = (format!("{task}_a"), format!("{task}_b"), format!("{task}_c"));
     let source = source().await;
-    create_task_with(&source, &task, &load_settings(&task, "full_load_and_cdc", &[("public", &ta), ("public", &tb)])).await;
+    create_task_with(&source, &task, &load_settings(&task, "full_load_and_cdc", &[("public", &ta), ("public", &tb)]))
+        .await;
     let _applier = Applier::start(&task);
     wait_converged(&[(&a, "id"), (&b, "id")], WAIT).await;
 
@@ -315,7 +405,11 @@ async fn a_table_added_at_a_reused_position_is_loaded() {
     source.batch_execute(&format!("UPDATE {c} SET v = 'streamed' WHERE id = 7")).await.unwrap();
     let fp = wait_converged(&[(&a, "id"), (&c, "id")], WAIT).await;
     assert_eq!(fp[1].0, 300);
-    let position: i32 = source.query_one("SELECT position FROM trempy.task_tables WHERE task_name = $1 AND table_name = $2", &[&task, &tc]).await.unwrap().get(0);
+    let position: i32 = source
+        .query_one("SELECT position FROM trempy.task_tables WHERE task_name = $1 AND table_name = $2", &[&task, &tc])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(position, 1, "c took b's old position");
     drop_task(&source, &task).await;
 }
@@ -341,7 +435,10 @@ async fn switching_a_finished_full_load_to_full_load_and_cdc_copies_every_table_
     let fp = wait_converged(&[(&x, "id"), (&y, "id")], WAIT).await;
     assert_eq!((fp[0].0, fp[1].0), (351, 400));
     let copies: Vec<(String, i32, i64)> = source
-        .query("SELECT table_name, attempt, copy_id FROM trempy.task_tables WHERE task_name = $1 ORDER BY position", &[&task])
+        .query(
+            "SELECT table_name, attempt, copy_id FROM trempy.task_tables WHERE task_name = $1 ORDER BY position",
+            &[&task],
+        )
         .await
         .unwrap()
         .iter()

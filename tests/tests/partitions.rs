@@ -27,7 +27,10 @@ async fn a_partitioned_table_is_one_target_table_and_partitions_added_mid_stream
 
     // A partition listed next to its root would be copied twice: refused, naming the root.
     let both = load_settings(&task, "full_load_and_cdc", &[("public", &task), ("public", &format!("{task}_eu"))]);
-    let err = source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &both.to_string()]).await.unwrap_err();
+    let err = source
+        .execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &both.to_string()])
+        .await
+        .unwrap_err();
     let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
     assert!(message.contains("is a partition of"), "{message}");
 
@@ -61,7 +64,8 @@ async fn a_partitioned_table_is_one_target_table_and_partitions_added_mid_stream
         .unwrap();
     let fp = wait_converged(&[(&root, "id, region")], WAIT).await;
     assert_eq!(fp[0].0, 1000 + 200 - 51);
-    let asia: i64 = target.query_one(&format!("SELECT count(*) FROM {root} WHERE region = 'asia'"), &[]).await.unwrap().get(0);
+    let asia: i64 =
+        target.query_one(&format!("SELECT count(*) FROM {root} WHERE region = 'asia'"), &[]).await.unwrap().get(0);
     assert_eq!(asia, 300);
 
     // A table attached as a partition while holding rows: those rows never passed through the

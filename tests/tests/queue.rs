@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use lapin::options::{BasicGetOptions, QueuePurgeOptions};
 use trempy_e2e::*;
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_message_is_dead_lettered_and_the_stream_goes_on() {
     let (task, t, source) = table_task("poison", "id int PRIMARY KEY, v text").await;
@@ -24,7 +23,11 @@ async fn malformed_message_is_dead_lettered_and_the_stream_goes_on() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let dead = loop {
-        if let Some(message) = channel.basic_get(format!("dlx_queue_{task}").as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+        if let Some(message) = channel
+            .basic_get(format!("dlx_queue_{task}").as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
             break message;
         }
         assert!(Instant::now() < deadline, "the malformed message did not reach the dead-letter queue");
@@ -60,7 +63,10 @@ async fn chunk_out_of_sequence_is_never_applied_nor_acknowledged() {
     // It is still in the queue: stop the applier, and the message is there to be inspected.
     applier.kill().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let still_there = channel.queue_purge(format!("trempy_queue_{task}").as_str().into(), QueuePurgeOptions::default()).await.unwrap();
+    let still_there = channel
+        .queue_purge(format!("trempy_queue_{task}").as_str().into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
     assert_eq!(still_there, 1, "the out-of-sequence chunk was acknowledged");
     drop(connection);
 
@@ -75,7 +81,8 @@ async fn chunk_out_of_sequence_is_never_applied_nor_acknowledged() {
 async fn wait_published(source: &tokio_postgres::Client, task: &str, count: i64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let published: i64 = status_text(source, task, "transactions_published").await.and_then(|t| t.parse().ok()).unwrap_or(0);
+        let published: i64 =
+            status_text(source, task, "transactions_published").await.and_then(|t| t.parse().ok()).unwrap_or(0);
         if published >= count {
             return;
         }
@@ -169,21 +176,29 @@ async fn a_row_larger_than_rabbitmqs_limit_is_reported_with_the_remedy_and_flows
     source.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'small')")).await.unwrap();
     // 1.5 MB of incompressible text in one row: one change, never cut, over the 1 MiB limit.
     source
-        .batch_execute(&format!("INSERT INTO {t} SELECT 2, string_agg(md5(g::text || random()::text), '') FROM generate_series(1, 48000) g"))
+        .batch_execute(&format!(
+            "INSERT INTO {t} SELECT 2, string_agg(md5(g::text || random()::text), '') FROM generate_series(1, 48000) g"
+        ))
         .await
         .unwrap();
     source.batch_execute(&format!("INSERT INTO {t} VALUES (3, 'after')")).await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let last_error = loop {
-        if let Some(text) = status_text(&source, &task, "last_error").await.filter(|t| t.contains("message too large")) {
+        if let Some(text) = status_text(&source, &task, "last_error").await.filter(|t| t.contains("message too large"))
+        {
             break text;
         }
         assert!(Instant::now() < deadline, "trempy.status() does not report the oversized message");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     println!("last_error: {last_error}");
-    assert!(last_error.contains("max_message_size") && last_error.contains("rabbitmq.conf") && last_error.contains("nothing is skipped"), "{last_error}");
+    assert!(
+        last_error.contains("max_message_size")
+            && last_error.contains("rabbitmq.conf")
+            && last_error.contains("nothing is skipped"),
+        "{last_error}"
+    );
     let target = target().await;
     let applied = text_rows(&target, &format!("SELECT id::text FROM {t} ORDER BY id")).await;
     assert!(applied.len() <= 1, "rows after the refused one were applied: {applied:?}");

@@ -11,7 +11,8 @@ use trempy_e2e::*;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-const COLUMNS: &str = "id int PRIMARY KEY, n int NOT NULL, amount numeric(10,2), name text, d date, ts timestamp, note text, born date";
+const COLUMNS: &str =
+    "id int PRIMARY KEY, n int NOT NULL, amount numeric(10,2), name text, d date, ts timestamp, note text, born date";
 
 /// Rows 1-3 go through the full load, rows 4-6 through CDC.
 const ROWS: [&str; 6] = [
@@ -24,12 +25,26 @@ const ROWS: [&str; 6] = [
 ];
 
 /// Runs one case: `query` is run on the target with `{t}` replaced by the target table.
-async fn case(prefix: &str, filters: &[Value], transformations: &[Value], target_table: Option<&str>, query: &str, expected: &[&str]) {
+async fn case(
+    prefix: &str,
+    filters: &[Value],
+    transformations: &[Value],
+    target_table: Option<&str>,
+    query: &str,
+    expected: &[&str],
+) {
     let task = unique(prefix);
     let table = format!("public.{task}");
     let source = source().await;
-    source.batch_execute(&format!("CREATE TABLE {table} ({COLUMNS}); INSERT INTO {table} VALUES {}", ROWS[..3].join(", "))).await.unwrap();
-    create_task_with(&source, &task, &rules_settings(&task, ("public", &task), "upsert", filters, transformations)).await;
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE {table} ({COLUMNS}); INSERT INTO {table} VALUES {}",
+            ROWS[..3].join(", ")
+        ))
+        .await
+        .unwrap();
+    create_task_with(&source, &task, &rules_settings(&task, ("public", &task), "upsert", filters, transformations))
+        .await;
     let _applier = Applier::start(&task);
     wait_for_phase(&source, &task, "cdc", WAIT).await;
     source.batch_execute(&format!("INSERT INTO {table} VALUES {}", ROWS[3..].join(", "))).await.unwrap();
@@ -108,9 +123,18 @@ fn structural(kind: &str, contract: Value) -> Value {
 
 #[tokio::test]
 async fn transform_literal() {
-    let t = json!([create("literal", json!({"new_column_name": "src", "value": "PYTHON", "value_type": "text"}), 1),
-                   create("literal", json!({"new_column_name": "k", "value": 7, "value_type": "integer"}), 1)]);
-    transform("t_literal", t, None, "SELECT src || '/' || (k + 1) FROM {t} WHERE id IN (1, 6) ORDER BY id", &["PYTHON/8", "PYTHON/8"]).await;
+    let t = json!([
+        create("literal", json!({"new_column_name": "src", "value": "PYTHON", "value_type": "text"}), 1),
+        create("literal", json!({"new_column_name": "k", "value": 7, "value_type": "integer"}), 1)
+    ]);
+    transform(
+        "t_literal",
+        t,
+        None,
+        "SELECT src || '/' || (k + 1) FROM {t} WHERE id IN (1, 6) ORDER BY id",
+        &["PYTHON/8", "PYTHON/8"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -130,61 +154,148 @@ async fn transform_datetime_now() {
 
 #[tokio::test]
 async fn transform_concat() {
-    let t = json!([create("concat", json!({"new_column_name": "whole", "depends_on": ["name", "n", "note"], "separator": "-"}), 1)]);
-    transform("t_concat", t, None, "SELECT whole FROM {t} ORDER BY id", &["alpha-1", "beta-2-x", "  gamma -3-a.c", "alphabet-4", "Delta-5-abc", "omega-6-xyz"]).await;
+    let t = json!([create(
+        "concat",
+        json!({"new_column_name": "whole", "depends_on": ["name", "n", "note"], "separator": "-"}),
+        1
+    )]);
+    transform(
+        "t_concat",
+        t,
+        None,
+        "SELECT whole FROM {t} ORDER BY id",
+        &["alpha-1", "beta-2-x", "  gamma -3-a.c", "alphabet-4", "Delta-5-abc", "omega-6-xyz"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn transform_date_diff_years() {
-    let t = json!([create("date_diff_years", json!({"new_column_name": "age", "depends_on": ["born", "d"], "round_result": true}), 1)]);
+    let t = json!([create(
+        "date_diff_years",
+        json!({"new_column_name": "age", "depends_on": ["born", "d"], "round_result": true}),
+        1
+    )]);
     // whole elapsed years, like age(): 2000-02-29 → 2022-12-31 is 22, 1970-12-31 → 2023-03-03 is 52
-    transform("t_date_diff_years", t, None, "SELECT age::text FROM {t} ORDER BY id", &["29", "36", "22", "52", "22", "26"]).await;
+    transform(
+        "t_date_diff_years",
+        t,
+        None,
+        "SELECT age::text FROM {t} ORDER BY id",
+        &["29", "36", "22", "52", "22", "26"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn transform_format_date() {
     let t = json!([modify("format_date", "d", json!({"format": "%d/%m/%Y"}))]);
     let q = "SELECT pg_typeof(d)::text || ':' || d FROM {t} ORDER BY id";
-    transform("t_format_date", t, None, q, &["text:01/01/2020", "text:15/06/2021", "text:31/12/2022", "text:03/03/2023", "text:29/02/2024", "text:04/07/2025"]).await;
+    transform(
+        "t_format_date",
+        t,
+        None,
+        q,
+        &[
+            "text:01/01/2020",
+            "text:15/06/2021",
+            "text:31/12/2022",
+            "text:03/03/2023",
+            "text:29/02/2024",
+            "text:04/07/2025",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn transform_uppercase() {
-    transform("t_uppercase", json!([modify("uppercase", "name", json!({}))]), None, "SELECT name FROM {t} ORDER BY id", &["ALPHA", "BETA", "  GAMMA ", "ALPHABET", "DELTA", "OMEGA"]).await;
+    transform(
+        "t_uppercase",
+        json!([modify("uppercase", "name", json!({}))]),
+        None,
+        "SELECT name FROM {t} ORDER BY id",
+        &["ALPHA", "BETA", "  GAMMA ", "ALPHABET", "DELTA", "OMEGA"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn transform_lowercase() {
-    transform("t_lowercase", json!([modify("lowercase", "name", json!({}))]), None, "SELECT name FROM {t} WHERE id = 5", &["delta"]).await;
+    transform(
+        "t_lowercase",
+        json!([modify("lowercase", "name", json!({}))]),
+        None,
+        "SELECT name FROM {t} WHERE id = 5",
+        &["delta"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn transform_trim() {
-    transform("t_trim", json!([modify("trim", "name", json!({}))]), None, "SELECT '[' || name || ']' FROM {t} WHERE id = 3", &["[gamma]"]).await;
+    transform(
+        "t_trim",
+        json!([modify("trim", "name", json!({}))]),
+        None,
+        "SELECT '[' || name || ']' FROM {t} WHERE id = 3",
+        &["[gamma]"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn transform_extract_year() {
     let q = "SELECT pg_typeof(ts)::text || ':' || ts FROM {t} ORDER BY id";
-    transform("t_extract_year", json!([modify("extract_year", "ts", json!({}))]), None, q, &["integer:2020", "integer:2021", "integer:2022", "integer:2023", "integer:2024", "integer:2025"]).await;
+    transform(
+        "t_extract_year",
+        json!([modify("extract_year", "ts", json!({}))]),
+        None,
+        q,
+        &["integer:2020", "integer:2021", "integer:2022", "integer:2023", "integer:2024", "integer:2025"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn transform_extract_month() {
-    transform("t_extract_month", json!([modify("extract_month", "d", json!({}))]), None, "SELECT d::text FROM {t} ORDER BY id", &["1", "6", "12", "3", "2", "7"]).await;
+    transform(
+        "t_extract_month",
+        json!([modify("extract_month", "d", json!({}))]),
+        None,
+        "SELECT d::text FROM {t} ORDER BY id",
+        &["1", "6", "12", "3", "2", "7"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn transform_extract_day() {
-    transform("t_extract_day", json!([modify("extract_day", "d", json!({}))]), None, "SELECT d::text FROM {t} ORDER BY id", &["1", "15", "31", "3", "29", "4"]).await;
+    transform(
+        "t_extract_day",
+        json!([modify("extract_day", "d", json!({}))]),
+        None,
+        "SELECT d::text FROM {t} ORDER BY id",
+        &["1", "15", "31", "3", "29", "4"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn transform_math_expression() {
     // precedence, unary minus and parentheses; numeric stays exact
-    let t = json!([modify("math_expression", "amount", json!({"expression": "-(value - 0.5) * 2 + 100 / 4"})), modify("math_expression", "n", json!({"expression": "value * 2 + 1"}))]);
-    transform("t_math_expression", t, None, "SELECT n || ':' || amount::float8 || ':' || pg_typeof(amount) FROM {t} ORDER BY id",
-        &["3:5:numeric", "5:-14:numeric", "7:-34.5:numeric", "9:-54:numeric", "11:-75.5:numeric", "13:28:numeric"]).await;
+    let t = json!([
+        modify("math_expression", "amount", json!({"expression": "-(value - 0.5) * 2 + 100 / 4"})),
+        modify("math_expression", "n", json!({"expression": "value * 2 + 1"}))
+    ]);
+    transform(
+        "t_math_expression",
+        t,
+        None,
+        "SELECT n || ':' || amount::float8 || ':' || pg_typeof(amount) FROM {t} ORDER BY id",
+        &["3:5:numeric", "5:-14:numeric", "7:-34.5:numeric", "9:-54:numeric", "11:-75.5:numeric", "13:28:numeric"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -201,8 +312,10 @@ async fn transform_modify_table_name() {
 
 #[tokio::test]
 async fn transform_modify_column_name() {
-    let t = json!([structural("modify_column_name", json!({"column_name": "name", "target_column_name": "label"})),
-                   modify("uppercase", "label", json!({}))]);
+    let t = json!([
+        structural("modify_column_name", json!({"column_name": "name", "target_column_name": "label"})),
+        modify("uppercase", "label", json!({}))
+    ]);
     transform("t_colname", t, None, "SELECT label FROM {t} WHERE id = 2", &["BETA"]).await;
 }
 
@@ -215,7 +328,10 @@ async fn transform_add_primary_key() {
 
 #[tokio::test]
 async fn transform_remove_primary_key() {
-    let t = json!([structural("add_primary_key", json!({"column_names": ["name"]})), structural("remove_primary_key", json!({"column_names": ["id"]}))]);
+    let t = json!([
+        structural("add_primary_key", json!({"column_names": ["name"]})),
+        structural("remove_primary_key", json!({"column_names": ["id"]}))
+    ]);
     let q = "SELECT string_agg(a.attname, ',' ORDER BY a.attname) || ':' || (SELECT count(*) FROM {t}) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) WHERE i.indrelid = '{t}'::regclass AND i.indisprimary";
     transform("t_rmpk", t, None, q, &["name:6"]).await;
 }
@@ -226,7 +342,13 @@ async fn transform_named(prefix: &str, transformations: Value, target: &str, que
     let table = format!("public.{task}");
     let list: Vec<Value> = serde_json::from_str(&transformations.to_string().replace("{task}", &task)).unwrap();
     let source = source().await;
-    source.batch_execute(&format!("CREATE TABLE {table} ({COLUMNS}); INSERT INTO {table} VALUES {}", ROWS[..3].join(", "))).await.unwrap();
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE {table} ({COLUMNS}); INSERT INTO {table} VALUES {}",
+            ROWS[..3].join(", ")
+        ))
+        .await
+        .unwrap();
     create_task_with(&source, &task, &rules_settings(&task, ("public", &task), "upsert", &[], &list)).await;
     let _applier = Applier::start(&task);
     wait_for_phase(&source, &task, "cdc", WAIT).await;
@@ -242,7 +364,13 @@ async fn filter_leave_enter_and_delete_on_a_non_key_column() {
     let task = unique("f_move");
     let table = format!("public.{task}");
     let source = source().await;
-    source.batch_execute(&format!("CREATE TABLE {table} ({COLUMNS}); INSERT INTO {table} VALUES {}", ROWS[..3].join(", "))).await.unwrap();
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE {table} ({COLUMNS}); INSERT INTO {table} VALUES {}",
+            ROWS[..3].join(", ")
+        ))
+        .await
+        .unwrap();
     let f = json!({"filter_type": "greater_than", "description": "", "column_name": "n", "value": 1});
     create_task_with(&source, &task, &rules_settings(&task, ("public", &task), "upsert", &[f], &[])).await;
     let _applier = Applier::start(&task);
@@ -256,7 +384,8 @@ async fn filter_leave_enter_and_delete_on_a_non_key_column() {
         ))
         .await
         .unwrap();
-    wait_for_target_rows(&format!("SELECT id || ':' || n FROM {table} ORDER BY id"), &["1:10", "5:5", "6:6"], WAIT).await;
+    wait_for_target_rows(&format!("SELECT id || ':' || n FROM {table} ORDER BY id"), &["1:10", "5:5", "6:6"], WAIT)
+        .await;
     drop_task(&source, &task).await;
 }
 
@@ -266,19 +395,49 @@ async fn validate_settings_lists_every_problem() {
     let task = unique("f_validate");
     let table = format!("public.{task}");
     let source = source().await;
-    source.batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS trempy; CREATE TABLE {table} ({COLUMNS})")).await.unwrap();
-    let good = rules_settings(&task, ("public", &task), "scd2", &[json!({"filter_type": "date_between", "description": "", "column_name": "ts", "lower": "2020-01-01", "upper": "2021-01-01"})], &[]);
-    let rows = text_rows(&source, &format!("SELECT path || ': ' || message FROM trempy.validate_settings('{}'::jsonb)", good.to_string().replace('\'', "''"))).await;
+    source
+        .batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS trempy; CREATE TABLE {table} ({COLUMNS})"))
+        .await
+        .unwrap();
+    let good = rules_settings(
+        &task,
+        ("public", &task),
+        "scd2",
+        &[
+            json!({"filter_type": "date_between", "description": "", "column_name": "ts", "lower": "2020-01-01", "upper": "2021-01-01"}),
+        ],
+        &[],
+    );
+    let rows = text_rows(
+        &source,
+        &format!(
+            "SELECT path || ': ' || message FROM trempy.validate_settings('{}'::jsonb)",
+            good.to_string().replace('\'', "''")
+        ),
+    )
+    .await;
     assert!(rows.is_empty(), "{rows:?}");
     let bad = rules_settings(
         &task,
         ("public", &task),
         "scd2",
-        &[json!({"filter_type": "greater_than", "description": "", "column_name": "n", "value": "abc"}), json!({"filter_type": "equals", "description": "", "column_name": "nope", "value": 1})],
-        &[create("concat", json!({"new_column_name": "c", "depends_on": ["later"], "separator": ""}), 1),
-          create("literal", json!({"new_column_name": "later", "value": "v", "value_type": "text"}), 2)],
+        &[
+            json!({"filter_type": "greater_than", "description": "", "column_name": "n", "value": "abc"}),
+            json!({"filter_type": "equals", "description": "", "column_name": "nope", "value": 1}),
+        ],
+        &[
+            create("concat", json!({"new_column_name": "c", "depends_on": ["later"], "separator": ""}), 1),
+            create("literal", json!({"new_column_name": "later", "value": "v", "value_type": "text"}), 2),
+        ],
     );
-    let rows = text_rows(&source, &format!("SELECT path || ': ' || message FROM trempy.validate_settings('{}'::jsonb)", bad.to_string().replace('\'', "''"))).await;
+    let rows = text_rows(
+        &source,
+        &format!(
+            "SELECT path || ': ' || message FROM trempy.validate_settings('{}'::jsonb)",
+            bad.to_string().replace('\'', "''")
+        ),
+    )
+    .await;
     for expected in [
         "filters[0].settings.value: ",
         "filters[1].settings.column_name: column \"nope\" does not exist",
@@ -287,14 +446,48 @@ async fn validate_settings_lists_every_problem() {
         assert!(rows.iter().any(|r| r.starts_with(expected)), "{expected} missing from {rows:?}");
     }
     // a problem found without the catalog (a structural transformation not at priority 0)
-    let early = rules_settings(&task, ("public", &task), "upsert", &[], &[json!({"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "x"}, "priority": 2})]);
-    let rows = text_rows(&source, &format!("SELECT path || ': ' || message FROM trempy.validate_settings('{}'::jsonb)", early.to_string().replace('\'', "''"))).await;
+    let early = rules_settings(
+        &task,
+        ("public", &task),
+        "upsert",
+        &[],
+        &[
+            json!({"transformation_type": "modify_table_name", "description": "", "contract": {"target_table_name": "x"}, "priority": 2}),
+        ],
+    );
+    let rows = text_rows(
+        &source,
+        &format!(
+            "SELECT path || ': ' || message FROM trempy.validate_settings('{}'::jsonb)",
+            early.to_string().replace('\'', "''")
+        ),
+    )
+    .await;
     assert!(rows[0].starts_with("transformations[0].settings.priority: modify_table_name is structural"), "{rows:?}");
-    let clash = rules_settings(&task, ("public", &task), "scd2", &[], &[structural("modify_column_name", json!({"column_name": "note", "target_column_name": "scd_current"}))]);
-    let rows = text_rows(&source, &format!("SELECT path || ': ' || message FROM trempy.validate_settings('{}'::jsonb)", clash.to_string().replace('\'', "''"))).await;
-    assert_eq!(rows, [format!("tables[0]: target table public.{task} already has a column \"scd_current\", which is an SCD2 column name; rename one of them (task.scd2_settings)")]);
+    let clash = rules_settings(
+        &task,
+        ("public", &task),
+        "scd2",
+        &[],
+        &[structural("modify_column_name", json!({"column_name": "note", "target_column_name": "scd_current"}))],
+    );
+    let rows = text_rows(
+        &source,
+        &format!(
+            "SELECT path || ': ' || message FROM trempy.validate_settings('{}'::jsonb)",
+            clash.to_string().replace('\'', "''")
+        ),
+    )
+    .await;
+    assert_eq!(
+        rows,
+        [format!(
+            "tables[0]: target table public.{task} already has a column \"scd_current\", which is an SCD2 column name; rename one of them (task.scd2_settings)"
+        )]
+    );
     // create_task rejects the same settings, naming the problems
-    let err = source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &bad.to_string()]).await.unwrap_err();
+    let err =
+        source.execute("SELECT trempy.create_task($1, $2::text::jsonb)", &[&task, &bad.to_string()]).await.unwrap_err();
     assert!(err.as_db_error().unwrap().message().contains("filters[1].settings.column_name"), "{err:?}");
 }
 
@@ -306,7 +499,10 @@ async fn wait_for_reason(source: &tokio_postgres::Client, task: &str, needles: &
         if needles.iter().all(|n| reason.contains(n)) {
             return reason;
         }
-        assert!(std::time::Instant::now() < deadline, "trempy.status() does not report {needles:?} (applier_reason {reason:?})");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trempy.status() does not report {needles:?} (applier_reason {reason:?})"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -330,7 +526,8 @@ async fn toast_task(prefix: &str, identity_full: bool) -> (String, String, tokio
         .batch_execute(&format!("INSERT INTO {table} SELECT 1, 'inactive', string_agg(md5(random()::text || g), '') FROM generate_series(1, 1000) g"))
         .await
         .unwrap();
-    let external: bool = source.query_one(&format!("SELECT pg_column_size(body) >= 30000 FROM {table}"), &[]).await.unwrap().get(0);
+    let external: bool =
+        source.query_one(&format!("SELECT pg_column_size(body) >= 30000 FROM {table}"), &[]).await.unwrap().get(0);
     assert!(external, "the large value was compressed: the test would not exercise unchanged TOAST");
     // The row enters the filter; its large value is unchanged, so pgoutput does not send it.
     source.batch_execute(&format!("UPDATE {table} SET status = 'active' WHERE id = 1")).await.unwrap();
@@ -345,7 +542,12 @@ async fn source_md5(source: &tokio_postgres::Client, table: &str) -> String {
 async fn a_row_entering_the_filter_keeps_its_unchanged_toast_under_replica_identity_full() {
     let (task, table, source, _applier, _) = toast_task("toast_full", true).await;
     let md5 = source_md5(&source, &table).await;
-    wait_for_target_rows(&format!("SELECT id || ':' || status || ':' || coalesce(md5(body), 'NULL') FROM {table}"), &[&format!("1:active:{md5}")], WAIT).await;
+    wait_for_target_rows(
+        &format!("SELECT id || ':' || status || ':' || coalesce(md5(body), 'NULL') FROM {table}"),
+        &[&format!("1:active:{md5}")],
+        WAIT,
+    )
+    .await;
     drop_task(&source, &task).await;
 }
 
@@ -362,7 +564,12 @@ async fn a_row_entering_the_filter_without_its_toast_halts_with_the_remedy_and_a
     source.batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL")).await.unwrap();
     update_task(&source, &task, &reload_settings(settings)).await;
     let md5 = source_md5(&source, &table).await;
-    wait_for_target_rows(&format!("SELECT id || ':' || status || ':' || coalesce(md5(body), 'NULL') FROM {table}"), &[&format!("1:active:{md5}")], WAIT).await;
+    wait_for_target_rows(
+        &format!("SELECT id || ':' || status || ':' || coalesce(md5(body), 'NULL') FROM {table}"),
+        &[&format!("1:active:{md5}")],
+        WAIT,
+    )
+    .await;
     wait_converged(&[(&table, "id")], WAIT).await;
     drop_task(&source, &task).await;
 }
@@ -378,11 +585,17 @@ async fn a_rule_that_stops_fitting_halts_naming_it_and_update_task_unwedges_the_
     create_task_with(&source, &task, &settings).await;
     let _applier = Applier::start(&task);
     wait_for_phase(&source, &task, "cdc", WAIT).await;
-    source.batch_execute(&format!("INSERT INTO {table} VALUES (1, 'a', 'active'), (2, 'b', 'inactive')")).await.unwrap();
+    source
+        .batch_execute(&format!("INSERT INTO {table} VALUES (1, 'a', 'active'), (2, 'b', 'inactive')"))
+        .await
+        .unwrap();
     wait_for_target_rows(&format!("SELECT id::text FROM {table} ORDER BY id"), &["1"], WAIT).await;
 
     // The filtered column goes at the source: the rule no longer fits.
-    source.batch_execute(&format!("ALTER TABLE {table} DROP COLUMN status; INSERT INTO {table} VALUES (3, 'c')")).await.unwrap();
+    source
+        .batch_execute(&format!("ALTER TABLE {table} DROP COLUMN status; INSERT INTO {table} VALUES (3, 'c')"))
+        .await
+        .unwrap();
     let reason = wait_for_reason(&source, &task, &["filter 0 (equals, \"only active\")", "trempy.update_task"]).await;
     assert!(reason.contains("filters[0].settings.column_name"), "{reason}");
     source.batch_execute(&format!("INSERT INTO {table} VALUES (4, 'd')")).await.unwrap();
@@ -396,10 +609,19 @@ async fn a_rule_that_stops_fitting_halts_naming_it_and_update_task_unwedges_the_
     update_task(&source, &task, &fixed).await;
     source.batch_execute(&format!("INSERT INTO {table} VALUES (5, 'e')")).await.unwrap();
     // The task creates its tables, so the target follows the DROP COLUMN once the rules fit.
-    wait_for_target_rows(&format!("SELECT id || ':' || v FROM {table} ORDER BY id"), &["1:a", "3:c", "4:d", "5:e"], WAIT).await;
+    wait_for_target_rows(
+        &format!("SELECT id || ':' || v FROM {table} ORDER BY id"),
+        &["1:a", "3:c", "4:d", "5:e"],
+        WAIT,
+    )
+    .await;
     let status = text_rows(&target, &format!("SELECT count(*)::text FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = 'status' AND NOT attisdropped")).await;
     assert_eq!(status, ["0"], "the dropped column is dropped on the target too");
-    let deadletters: i64 = target.query_one("SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let deadletters: i64 = target
+        .query_one("SELECT count(*) FROM trempy.applier_deadletters WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(deadletters, 0);
     drop_task(&source, &task).await;
 }
@@ -407,7 +629,8 @@ async fn a_rule_that_stops_fitting_halts_naming_it_and_update_task_unwedges_the_
 /// Runs `sql` on a fresh source connection and returns the WARNING notices it raised.
 async fn warnings_of(sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Vec<String> {
     use futures_util::StreamExt;
-    let (client, mut connection) = tokio_postgres::connect(&env("TREMPY_SOURCE_DSN"), tokio_postgres::NoTls).await.unwrap();
+    let (client, mut connection) =
+        tokio_postgres::connect(&env("TREMPY_SOURCE_DSN"), tokio_postgres::NoTls).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     tokio::spawn(async move {
@@ -433,7 +656,8 @@ async fn create_task_warns_when_a_filtered_table_can_toast_without_replica_ident
     let task = unique("toastwarn");
     let table = format!("public.{task}");
     create_table_both(&format!("CREATE TABLE {table} (id int PRIMARY KEY, status text, body text)")).await;
-    let filter = json!({"filter_type": "equals", "description": "only active", "column_name": "status", "value": "active"});
+    let filter =
+        json!({"filter_type": "equals", "description": "only active", "column_name": "status", "value": "active"});
     let settings = rules_settings(&task, ("public", &task), "upsert", &[filter], &[]);
     let source = source().await;
     source.execute("CREATE EXTENSION IF NOT EXISTS trempy", &[]).await.unwrap();

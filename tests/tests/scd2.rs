@@ -41,7 +41,9 @@ async fn scd2_history_is_exact_and_replays_add_nothing() {
         format!("UPDATE {table} SET name = name WHERE id = 1"),
         format!("DELETE FROM {table} WHERE id = 1"),
         format!("INSERT INTO {table} VALUES (1, 'd', 'small')"),
-        format!("INSERT INTO {table} VALUES (2, 'x', 'y'); UPDATE {table} SET name = 'x2' WHERE id = 2; UPDATE {table} SET name = 'x3' WHERE id = 2"),
+        format!(
+            "INSERT INTO {table} VALUES (2, 'x', 'y'); UPDATE {table} SET name = 'x2' WHERE id = 2; UPDATE {table} SET name = 'x3' WHERE id = 2"
+        ),
     ] {
         source.batch_execute(&sql).await.unwrap();
     }
@@ -77,7 +79,8 @@ async fn scd2_history_is_exact_and_replays_add_nothing() {
     .await;
     let delete_time = text_rows(&target, &format!("SELECT to_char(scd_end_date AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM {table} WHERE id = 1 AND name = 'c'")).await;
     let oid: i64 = source.query_one(&format!("SELECT '{table}'::regclass::oid::int8"), &[]).await.unwrap().get(0);
-    let generation: i32 = source.query_one("SELECT generation FROM trempy.tasks WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let generation: i32 =
+        source.query_one("SELECT generation FROM trempy.tasks WHERE task_name = $1", &[&task]).await.unwrap().get(0);
     let rel = json!({"id": oid, "schema": "public", "table": task, "columns": [
         {"name": "id", "type": "integer", "type_oid": 23, "key": true},
         {"name": "name", "type": "text", "type_oid": 25, "key": false},
@@ -91,7 +94,14 @@ async fn scd2_history_is_exact_and_replays_add_nothing() {
         tx(5, &times[3], json!([{"op": "insert", "rel": oid, "new": ["1", "d", "small"]}])),
     ]});
     publish(&task, &replay).await;
-    wait_for_target_rows("SELECT commit_lsn::text FROM trempy.applier_progress WHERE task_name = '{task}'".replace("{task}", &task).as_str(), &["FF/5"], WAIT).await;
+    wait_for_target_rows(
+        "SELECT commit_lsn::text FROM trempy.applier_progress WHERE task_name = '{task}'"
+            .replace("{task}", &task)
+            .as_str(),
+        &["FF/5"],
+        WAIT,
+    )
+    .await;
     assert_eq!(text_rows(&target, &history).await, expected2);
     drop_task(&source, &task).await;
 }
@@ -109,7 +119,9 @@ async fn scd2_custom_names_in_cdc_settings_with_rules() {
         ("public", &task),
         "scd2",
         &[json!({"filter_type": "greater_than", "description": "", "column_name": "n", "value": 0})],
-        &[json!({"transformation_type": "modify_column_value", "description": "", "contract": {"operation": "uppercase", "column_name": "name"}, "priority": 1})],
+        &[
+            json!({"transformation_type": "modify_column_value", "description": "", "contract": {"operation": "uppercase", "column_name": "name"}, "priority": 1}),
+        ],
     );
     settings["task"]["cdc_settings"]["scd2_settings"] = json!({"start_date_column_name": "valid_from", "end_date_column_name": "valid_to", "current_column_name": "is_current"});
     create_task_with(&source, &task, &settings).await;
@@ -120,7 +132,9 @@ async fn scd2_custom_names_in_cdc_settings_with_rules() {
     source.batch_execute(&format!("UPDATE {table} SET n = 0 WHERE id = 1")).await.unwrap();
     // enters it: opens one
     source.batch_execute(&format!("UPDATE {table} SET n = 5 WHERE id = 2")).await.unwrap();
-    let q = format!("SELECT id || ':' || name || ':' || is_current || ':' || (valid_to IS NULL) FROM {table} ORDER BY id, valid_from");
+    let q = format!(
+        "SELECT id || ':' || name || ':' || is_current || ':' || (valid_to IS NULL) FROM {table} ORDER BY id, valid_from"
+    );
     wait_for_target_rows(&q, &["1:A:false:false", "1:A2:false:false", "2:B:true:true"], WAIT).await;
     drop_task(&source, &task).await;
 }
@@ -148,8 +162,13 @@ async fn scd2_redelivered_messages_create_no_extra_versions() {
     let q = format!("SELECT count(*)::text || ':' || count(*) FILTER (WHERE scd_current)::text FROM {table}");
     wait_for_target_rows(&q, &[&format!("{expected_versions}:10")], WAIT).await;
     // every current version holds the source's value
-    let current = text_rows(&target().await, &format!("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM {table} WHERE scd_current")).await;
-    let at_source = text_rows(&source, &format!("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM {table}")).await;
+    let current = text_rows(
+        &target().await,
+        &format!("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM {table} WHERE scd_current"),
+    )
+    .await;
+    let at_source =
+        text_rows(&source, &format!("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM {table}")).await;
     assert_eq!(current, at_source);
     drop_task(&source, &task).await;
 }
@@ -167,25 +186,43 @@ async fn default_mode_insert_update_delete() {
     create_task_with(&source, &task, &settings).await;
     wait_for_state(&source, &task, "running", WAIT).await;
     let _applier = Applier::start(&task);
-    source.batch_execute(&format!("INSERT INTO {table} VALUES (1, 'a'), (2, 'b'), (3, 'c'); UPDATE {table} SET v = 'b2' WHERE id = 2")).await.unwrap();
-    source.batch_execute(&format!("DELETE FROM {table} WHERE id = 3; UPDATE {table} SET id = 4 WHERE id = 1")).await.unwrap();
+    source
+        .batch_execute(&format!(
+            "INSERT INTO {table} VALUES (1, 'a'), (2, 'b'), (3, 'c'); UPDATE {table} SET v = 'b2' WHERE id = 2"
+        ))
+        .await
+        .unwrap();
+    source
+        .batch_execute(&format!("DELETE FROM {table} WHERE id = 3; UPDATE {table} SET id = 4 WHERE id = 1"))
+        .await
+        .unwrap();
     let q = format!("SELECT id || ':' || v FROM {table} ORDER BY id");
     wait_for_target_rows(&q, &["2:b2", "4:a"], WAIT).await;
     // the target loses a row: the update and the delete of it find nothing, and say so
     let target = target().await;
     target.batch_execute(&format!("DELETE FROM {table} WHERE id = 2")).await.unwrap();
-    source.batch_execute(&format!("UPDATE {table} SET v = 'b3' WHERE id = 2; DELETE FROM {table} WHERE id = 2")).await.unwrap();
-    wait_for_applier_log(&task, &["1 of 1 updates found no target row", "1 of 1 deletes found no target row"], WAIT).await;
+    source
+        .batch_execute(&format!("UPDATE {table} SET v = 'b3' WHERE id = 2; DELETE FROM {table} WHERE id = 2"))
+        .await
+        .unwrap();
+    wait_for_applier_log(&task, &["1 of 1 updates found no target row", "1 of 1 deletes found no target row"], WAIT)
+        .await;
     // a row the target has already: the plain insert is a unique violation. With the default
     // error policy (no stop_if_* flag) the source transaction is retried, then dead-lettered, and
     // the stream goes on; once the cause is fixed, replaying it (forced: later transactions were
     // applied) applies it exactly once.
     target.batch_execute(&format!("INSERT INTO {table} VALUES (5, 'target')")).await.unwrap();
-    source.batch_execute(&format!("INSERT INTO {table} VALUES (5, 'source'); INSERT INTO {table} VALUES (6, 'after')")).await.unwrap();
+    source
+        .batch_execute(&format!("INSERT INTO {table} VALUES (5, 'source'); INSERT INTO {table} VALUES (6, 'after')"))
+        .await
+        .unwrap();
     source.batch_execute(&format!("INSERT INTO {table} VALUES (7, 'next')")).await.unwrap();
     wait_for_target_rows(&q, &["4:a", "5:target", "7:next"], WAIT).await;
-    let sqlstate: String =
-        target.query_one("SELECT sqlstate FROM trempy.applier_deadletters WHERE task_name = $1 AND state = 'dead'", &[&task]).await.unwrap().get(0);
+    let sqlstate: String = target
+        .query_one("SELECT sqlstate FROM trempy.applier_deadletters WHERE task_name = $1 AND state = 'dead'", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(sqlstate, "23505");
     target.batch_execute(&format!("DELETE FROM {table} WHERE id = 5")).await.unwrap();
     // The task applied a later transaction (7), so replay refuses without --force and lists the
@@ -254,7 +291,9 @@ async fn sample_employees_upsert() {
     ] {
         source.batch_execute(&sql).await.unwrap();
     }
-    let q = format!("SELECT id || ':' || full_name || ':' || gender || ':' || hire_date FROM {e} WHERE id >= 500000 ORDER BY id");
+    let q = format!(
+        "SELECT id || ':' || full_name || ':' || gender || ':' || hire_date FROM {e} WHERE id >= 500000 ORDER BY id"
+    );
     wait_for_target_rows(&q, &["500001:Beatriz Costa:F:2020-02-01", "500002:Caio Lima:F:2020-03-01"], WAIT).await;
     // the full load kept the ten women of the seed
     let target = target().await;
@@ -305,7 +344,12 @@ async fn sample_employees_scd2() {
     create_task_with(&source, &task, &settings).await;
     let _applier = Applier::start(&task);
     wait_for_phase(&source, &task, "cdc", WAIT).await;
-    let (e, d, m, s) = (format!("{schema}.employee"), format!("{schema}.department"), format!("{schema}.department_manager"), format!("{schema}.salary"));
+    let (e, d, m, s) = (
+        format!("{schema}.employee"),
+        format!("{schema}.department"),
+        format!("{schema}.department_manager"),
+        format!("{schema}.salary"),
+    );
     for sql in [
         format!("INSERT INTO {e} VALUES (500000, '1980-01-01', 'Ana', 'Silva', 'F', '2020-01-01'), (500001, '1981-01-01', 'Bia', 'Souza', 'F', '2020-02-01'),
                                          (500002, '1982-01-01', 'Caio', 'Lima', 'M', '2020-03-01')"),
@@ -326,7 +370,11 @@ async fn sample_employees_scd2() {
     ] {
         source.batch_execute(&sql).await.unwrap();
     }
-    let closed = |table: &str, key: &str| format!("SELECT {key} || ':' || count(*) || ':' || bool_or(scd_current) FROM {table} GROUP BY {key} HAVING {key} IN");
+    let closed = |table: &str, key: &str| {
+        format!(
+            "SELECT {key} || ':' || count(*) || ':' || bool_or(scd_current) FROM {table} GROUP BY {key} HAVING {key} IN"
+        )
+    };
     let eh = format!("{schema}.employee_history");
     wait_for_target_rows(
         &format!("{} ('500000', '500001', '500002') ORDER BY 1", closed(&eh, "id::text")),
@@ -335,7 +383,12 @@ async fn sample_employees_scd2() {
     )
     .await;
     let dh = format!("{schema}.department_history");
-    wait_for_target_rows(&format!("{} ('d008', 'd009', 'd010') ORDER BY 1", closed(&dh, "id::text")), &["d008:1:false", "d009:2:false", "d010:1:false"], WAIT).await;
+    wait_for_target_rows(
+        &format!("{} ('d008', 'd009', 'd010') ORDER BY 1", closed(&dh, "id::text")),
+        &["d008:1:false", "d009:2:false", "d010:1:false"],
+        WAIT,
+    )
+    .await;
     let sh = format!("{pt}.salario_historico");
     wait_for_target_rows(
         &format!(

@@ -79,7 +79,8 @@ async fn schema_changes_travel_in_stream_order_with_the_shapes_and_what_existing
             Change::Insert { new, .. } => format!("insert {}", new[0].as_deref().unwrap_or("-")),
             // The values the statement computed per row, by key, in the statement's transaction.
             Change::Backfill(b) => {
-                let rows: Vec<String> = b.rows.iter().map(|r| format!("{}={}", r[0].as_deref().unwrap_or("-"), r[1].is_some())).collect();
+                let rows: Vec<String> =
+                    b.rows.iter().map(|r| format!("{}={}", r[0].as_deref().unwrap_or("-"), r[1].is_some())).collect();
                 format!("backfill {:?} by {:?}: {} last {}", b.columns, b.key, rows.join(" "), b.last)
             }
             Change::Schema(s) => schema::diff(s)
@@ -90,7 +91,9 @@ async fn schema_changes_travel_in_stream_order_with_the_shapes_and_what_existing
                     Step::AddColumn { column, fill: Existing::Backfilled } => format!("add {} backfilled", column.name),
                     Step::AddColumn { column, fill: Existing::Null } => format!("add {} null", column.name),
                     Step::RenameColumn { from, to } => format!("rename column {from} to {to}"),
-                    Step::AlterType { column, conversion } => format!("type {} {} {conversion:?}", column.name, column.type_name),
+                    Step::AlterType { column, conversion } => {
+                        format!("type {} {} {conversion:?}", column.name, column.type_name)
+                    }
                     Step::RenameTable { to, .. } => format!("rename table to {}", to.1),
                     Step::DropColumn { name } => format!("drop {name}"),
                     Step::DropTable => "drop table".to_owned(),
@@ -121,9 +124,17 @@ async fn schema_changes_travel_in_stream_order_with_the_shapes_and_what_existing
         ]
     );
     // The task's settings follow the rename; the schema changes are listed per task.
-    let tables: String = source.query_one("SELECT settings->'tables'->0->>'table_name' FROM trempy.tasks WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let tables: String = source
+        .query_one("SELECT settings->'tables'->0->>'table_name' FROM trempy.tasks WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(tables, renamed);
-    let seen: i64 = source.query_one("SELECT count(*) FROM trempy.task_schema_changes WHERE task_name = $1", &[&task]).await.unwrap().get(0);
+    let seen: i64 = source
+        .query_one("SELECT count(*) FROM trempy.task_schema_changes WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(seen, 8);
     drop_task(&source, &task).await;
 }
@@ -134,7 +145,12 @@ async fn schema_changes_of_tables_no_task_replicates_are_not_recorded() {
     source.execute("CREATE EXTENSION IF NOT EXISTS trempy", &[]).await.unwrap();
     let table = format!("public.{}", unique("unwatched"));
     let before: i64 = source.query_one("SELECT count(*) FROM trempy.schema_changes", &[]).await.unwrap().get(0);
-    source.batch_execute(&format!("CREATE TABLE {table} (id int PRIMARY KEY); ALTER TABLE {table} ADD COLUMN c int; DROP TABLE {table}")).await.unwrap();
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY); ALTER TABLE {table} ADD COLUMN c int; DROP TABLE {table}"
+        ))
+        .await
+        .unwrap();
     let after: i64 = source.query_one("SELECT count(*) FROM trempy.schema_changes", &[]).await.unwrap().get(0);
     assert_eq!(after, before);
 }

@@ -84,7 +84,9 @@ async fn every_schema_change_under_writers(mode: &str) {
         format!("ALTER TABLE {t0} ADD COLUMN r double precision NOT NULL DEFAULT random()"),
         format!("ALTER TABLE {t0} ADD COLUMN serial_no bigint GENERATED ALWAYS AS IDENTITY"),
         format!("ALTER TABLE {t0} ALTER COLUMN c3 TYPE numeric(12,1) USING c3 * 1.5 + id"),
-        format!("ALTER TABLE {t0} ALTER COLUMN c2 SET DEFAULT 0; UPDATE {t0} SET c2 = 0 WHERE c2 IS NULL; ALTER TABLE {t0} ALTER COLUMN c2 SET NOT NULL"),
+        format!(
+            "ALTER TABLE {t0} ALTER COLUMN c2 SET DEFAULT 0; UPDATE {t0} SET c2 = 0 WHERE c2 IS NULL; ALTER TABLE {t0} ALTER COLUMN c2 SET NOT NULL"
+        ),
         format!("ALTER TABLE {t0} ALTER COLUMN c2 DROP NOT NULL"),
         format!("ALTER TABLE {t0} DROP COLUMN c2"),
         format!("ALTER TABLE {t0} ADD COLUMN k integer NOT NULL DEFAULT 1"),
@@ -134,7 +136,9 @@ async fn every_schema_change_under_writers(mode: &str) {
         let current = format!("SELECT {cols} FROM {renamed} WHERE scd_current ORDER BY id");
         let deadline = std::time::Instant::now() + WAIT;
         loop {
-            let sql = format!("SELECT count(*)::text || ':' || coalesce(md5(string_agg(t::text, ',')), '') FROM ({current}) t");
+            let sql = format!(
+                "SELECT count(*)::text || ':' || coalesce(md5(string_agg(t::text, ',')), '') FROM ({current}) t"
+            );
             let want = text_rows(&source, &sql.replace(" WHERE scd_current", "")).await;
             let have = text_rows(&target, &sql).await;
             if want == have {
@@ -143,11 +147,19 @@ async fn every_schema_change_under_writers(mode: &str) {
             assert!(std::time::Instant::now() < deadline, "current versions differ: source {want:?}, target {have:?}");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let history: i64 = target.query_one(&format!("SELECT count(*) FROM {renamed} WHERE NOT scd_current"), &[]).await.unwrap().get(0);
+        let history: i64 = target
+            .query_one(&format!("SELECT count(*) FROM {renamed} WHERE NOT scd_current"), &[])
+            .await
+            .unwrap()
+            .get(0);
         println!("{history} closed versions");
         assert!(history > 0, "no version was ever closed");
         let scd = ["scd_start_date", "scd_end_date", "scd_current"];
-        let target_columns = columns(&target, &renamed).await.into_iter().filter(|c| !scd.iter().any(|s| c.starts_with(s))).collect::<Vec<_>>();
+        let target_columns = columns(&target, &renamed)
+            .await
+            .into_iter()
+            .filter(|c| !scd.iter().any(|s| c.starts_with(s)))
+            .collect::<Vec<_>>();
         (columns(&source, &renamed).await, target_columns)
     } else {
         let fp = wait_converged(&[(&renamed, "id")], WAIT).await;
@@ -156,7 +168,9 @@ async fn every_schema_change_under_writers(mode: &str) {
     };
     println!("source {s:?}\ntarget {t:?}");
     // SCD2 keys are (key, start date) and versions keep NULLs: compare names and types only.
-    let strip = |v: Vec<String>| if mode == "scd2" { v.into_iter().map(|c| c.trim_end_matches(" not null").to_owned()).collect() } else { v };
+    let strip = |v: Vec<String>| {
+        if mode == "scd2" { v.into_iter().map(|c| c.trim_end_matches(" not null").to_owned()).collect() } else { v }
+    };
     assert_eq!(strip(t), strip(s), "the target's columns differ from the source's");
     if mode != "scd2" {
         assert_eq!(key(&target, &renamed).await, vec!["id".to_owned(), "k".to_owned()]);
@@ -164,7 +178,10 @@ async fn every_schema_change_under_writers(mode: &str) {
     let old_name: Option<String> = target.query_one("SELECT to_regclass($1)::text", &[&t0]).await.unwrap().get(0);
     assert_eq!(old_name, None, "the target table kept its old name too");
     let seen = status_text(&source, &task, "schema_changes_seen").await;
-    println!("schema changes seen: {seen:?}, applied: {:?}", status_text(&source, &task, "schema_changes_applied").await);
+    println!(
+        "schema changes seen: {seen:?}, applied: {:?}",
+        status_text(&source, &task, "schema_changes_applied").await
+    );
     assert_eq!(seen.as_deref(), Some("13"));
     drop_task(&source, &task).await;
 }
@@ -178,7 +195,12 @@ async fn a_table_renamed_while_its_worker_is_stopped_keeps_its_masking_on_change
     let task = unique("renstop");
     let (t, renamed) = (format!("public.{task}"), format!("public.{task}_renamed"));
     let source = source().await;
-    source.batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY, email text); INSERT INTO {t} VALUES (1, 'loaded@x')")).await.unwrap();
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int PRIMARY KEY, email text); INSERT INTO {t} VALUES (1, 'loaded@x')"
+        ))
+        .await
+        .unwrap();
     let mut settings = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
     settings["transformations"] = serde_json::json!([{"table_info": {"schema_name": "public", "table_name": task}, "settings":
         {"transformation_type": "modify_column_value", "description": "mask", "contract": {"operation": "uppercase", "column_name": "email"}, "priority": 1}}]);
@@ -201,7 +223,11 @@ async fn a_table_renamed_while_its_worker_is_stopped_keeps_its_masking_on_change
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let exists: bool = target.query_one("SELECT to_regclass($1) IS NOT NULL", &[&renamed]).await.unwrap().get(0);
-        let have = if exists { text_rows(&target, &format!("SELECT id || ' ' || email FROM {renamed} ORDER BY id")).await } else { Vec::new() };
+        let have = if exists {
+            text_rows(&target, &format!("SELECT id || ' ' || email FROM {renamed} ORDER BY id")).await
+        } else {
+            Vec::new()
+        };
         if have == want {
             break;
         }

@@ -11,7 +11,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind};
 use trempy_e2e::*;
@@ -36,8 +38,16 @@ async fn a_pg_monitor_member_can_read_no_rabbitmq_password() {
         let tx = source.build_transaction().start().await.unwrap();
         tx.batch_execute(&format!("SET LOCAL ROLE {role}")).await.unwrap();
         let url: String = tx.query_one("SELECT current_setting('trempy.amqp_url')", &[]).await.unwrap().get(0);
-        let settings: String = tx.query_one("SELECT string_agg(name || '=' || setting, ' ') FROM pg_catalog.pg_settings WHERE name LIKE 'trempy.%'", &[]).await.unwrap().get(0);
-        let file_path: String = tx.query_one("SELECT current_setting('trempy.amqp_password_file')", &[]).await.unwrap().get(0);
+        let settings: String = tx
+            .query_one(
+                "SELECT string_agg(name || '=' || setting, ' ') FROM pg_catalog.pg_settings WHERE name LIKE 'trempy.%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let file_path: String =
+            tx.query_one("SELECT current_setting('trempy.amqp_password_file')", &[]).await.unwrap().get(0);
         let read = tx.query_one("SELECT pg_catalog.pg_read_file($1)", &[&file_path]).await;
         tx.rollback().await.unwrap();
         (url, settings, read.map(|r| r.get::<_, String>(0)))
@@ -112,7 +122,13 @@ where
 
 async fn publish_confirmed(channel: &lapin::Channel, exchange: &str, routing_key: &str) -> Result<(), lapin::Error> {
     let confirm = channel
-        .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), b"{\"version\": 2, \"task\": \"forged\"}", BasicProperties::default())
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            b"{\"version\": 2, \"task\": \"forged\"}",
+            BasicProperties::default(),
+        )
         .await?
         .await?;
     let _ = confirm;
@@ -129,7 +145,11 @@ async fn the_appliers_rabbitmq_user_cannot_put_a_message_into_a_change_queue() {
     loop {
         let probe = admin.create_channel().await.unwrap();
         let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        if probe.queue_declare(format!("trempy_queue_{task}").as_str().into(), passive, FieldTable::default()).await.is_ok() {
+        if probe
+            .queue_declare(format!("trempy_queue_{task}").as_str().into(), passive, FieldTable::default())
+            .await
+            .is_ok()
+        {
             break;
         }
         assert!(Instant::now() < deadline, "the worker never declared the task's queue");
@@ -138,7 +158,11 @@ async fn the_appliers_rabbitmq_user_cannot_put_a_message_into_a_change_queue() {
     let queue = format!("trempy_queue_{task}");
     let count = || async {
         admin_channel
-            .queue_declare(queue.as_str().into(), QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() }, FieldTable::default())
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+                FieldTable::default(),
+            )
             .await
             .unwrap()
             .message_count()
@@ -151,7 +175,10 @@ async fn the_appliers_rabbitmq_user_cannot_put_a_message_into_a_change_queue() {
     let before = count().await;
 
     let url = amqp_url_of(&env("TREMPY_AMQP_URL"), &env("TREMPY_AMQP_PASSWORD_FILE"));
-    assert!(url.contains("trempy_applier@") || url.contains("trempy_applier:"), "the stack's applier does not run as trempy_applier");
+    assert!(
+        url.contains("trempy_applier@") || url.contains("trempy_applier:"),
+        "the stack's applier does not run as trempy_applier"
+    );
     let applier = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.unwrap();
     let queue_name = format!("trempy_queue_{task}");
     let exchange = format!("trempy_exchange_{task}");
@@ -160,12 +187,25 @@ async fn the_appliers_rabbitmq_user_cannot_put_a_message_into_a_change_queue() {
     let own = format!("trempy_feedback_exchange_x{task}");
     let (q1, q2, q3) = (queue_name.clone(), queue_name.clone(), queue_name.clone());
     let attempts = [
-        ("publish to the task's exchange", refusal(&applier, |c| async move { publish_confirmed(&c, &exchange, &routing_key).await }).await),
-        ("publish through the default exchange", refusal(&applier, |c| async move { publish_confirmed(&c, "", &q1).await }).await),
+        (
+            "publish to the task's exchange",
+            refusal(&applier, |c| async move { publish_confirmed(&c, &exchange, &routing_key).await }).await,
+        ),
+        (
+            "publish through the default exchange",
+            refusal(&applier, |c| async move { publish_confirmed(&c, "", &q1).await }).await,
+        ),
         (
             "bind the change queue to the dead-letter exchange",
             refusal(&applier, |c| async move {
-                c.queue_bind(q2.as_str().into(), dlx.as_str().into(), "forged".into(), QueueBindOptions::default(), FieldTable::default()).await
+                c.queue_bind(
+                    q2.as_str().into(),
+                    dlx.as_str().into(),
+                    "forged".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
             })
             .await,
         ),
@@ -174,8 +214,21 @@ async fn the_appliers_rabbitmq_user_cannot_put_a_message_into_a_change_queue() {
             refusal(&applier, |c| {
                 let own = own.clone();
                 async move {
-                    c.exchange_declare(own.as_str().into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default()).await?;
-                    c.queue_bind(q3.as_str().into(), own.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await
+                    c.exchange_declare(
+                        own.as_str().into(),
+                        ExchangeKind::Fanout,
+                        ExchangeDeclareOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                    c.queue_bind(
+                        q3.as_str().into(),
+                        own.as_str().into(),
+                        "".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
                 }
             })
             .await,
@@ -224,7 +277,10 @@ async fn plant(client: &tokio_postgres::Client, role: &str, functions: &[&str]) 
         } else {
             format!("INSERT INTO public.{role}_canary VALUES ('{name}', current_user)")
         };
-        client.batch_execute(&format!("CREATE FUNCTION public.{function} RETURNS {returns} LANGUAGE sql AS $f${body}$f$")).await.unwrap();
+        client
+            .batch_execute(&format!("CREATE FUNCTION public.{function} RETURNS {returns} LANGUAGE sql AS $f${body}$f$"))
+            .await
+            .unwrap();
     }
     client.batch_execute("RESET ROLE").await.unwrap();
 }
@@ -234,7 +290,12 @@ async fn unplant(client: &tokio_postgres::Client, role: &str, functions: &[&str]
     for function in functions {
         client.batch_execute(&format!("DROP FUNCTION public.{function}")).await.unwrap();
     }
-    client.batch_execute(&format!("DROP TABLE public.{role}_canary; REVOKE CREATE ON SCHEMA public FROM {role}; DROP ROLE {role}")).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "DROP TABLE public.{role}_canary; REVOKE CREATE ON SCHEMA public FROM {role}; DROP ROLE {role}"
+        ))
+        .await
+        .unwrap();
     called
 }
 
@@ -247,7 +308,10 @@ impl Drop for ResetSearchPaths {
             ("psql-source", "ALTER ROLE postgres IN DATABASE source RESET search_path"),
             ("psql-target", "ALTER ROLE trempy IN DATABASE target RESET search_path"),
         ] {
-            let _ = std::process::Command::new(env("TREMPY_DEV")).args([cluster, "-c", sql]).stdout(std::process::Stdio::null()).status();
+            let _ = std::process::Command::new(env("TREMPY_DEV"))
+                .args([cluster, "-c", sql])
+                .stdout(std::process::Stdio::null())
+                .status();
         }
     }
 }
@@ -272,7 +336,10 @@ async fn functions_planted_in_public_are_never_run_by_the_worker_the_sql_api_or_
     let table = format!("public.{task}");
     create_table_both(&format!("CREATE TABLE {table} (id int PRIMARY KEY, v text)")).await;
     let settings = load_settings(&task, "full_load_and_cdc", &[("public", &task)]);
-    source.batch_execute(&format!("INSERT INTO {table} SELECT g, 'loaded' FROM generate_series(1, 100) g")).await.unwrap();
+    source
+        .batch_execute(&format!("INSERT INTO {table} SELECT g, 'loaded' FROM generate_series(1, 100) g"))
+        .await
+        .unwrap();
     create_task_with(&source, &task, &settings).await;
     let applier = Applier::start(&task);
     // CDC: inserts, updates and deletes go through the bulk statements (unnest on the target)

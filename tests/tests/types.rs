@@ -55,12 +55,14 @@ async fn values_of_many_types_round_trip_exactly_through_cdc() {
     let source = source().await;
     create_task(&source, &task, &[(&schema, "Värden")]).await;
     let _applier = Applier::start(&task);
+    source.batch_execute(&awkward_rows(&t, 1)).await.unwrap();
+    // an update that leaves the 1 MB TOASTed column unchanged, and one that changes it
     source
-        .batch_execute(&awkward_rows(&t, 1))
+        .batch_execute(&format!(
+            "UPDATE {t} SET i2 = 7 WHERE id = 1; UPDATE {t} SET big = repeat('y', 1000) WHERE id = 2"
+        ))
         .await
         .unwrap();
-    // an update that leaves the 1 MB TOASTed column unchanged, and one that changes it
-    source.batch_execute(&format!("UPDATE {t} SET i2 = 7 WHERE id = 1; UPDATE {t} SET big = repeat('y', 1000) WHERE id = 2")).await.unwrap();
     let fp = wait_converged(&[(&t, "id")], Duration::from_secs(120)).await;
     assert_eq!(fp[0].0, 2);
     let target = target().await;
@@ -99,7 +101,13 @@ async fn values_of_many_types_round_trip_exactly_through_full_load_into_created_
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let expected = [("dm", "numeric(10,2)"), ("e", "text"), ("ea", "text[]"), ("num_s", "numeric(12,4)"), ("vc", "character varying(20)")];
+    let expected = [
+        ("dm", "numeric(10,2)"),
+        ("e", "text"),
+        ("ea", "text[]"),
+        ("num_s", "numeric(12,4)"),
+        ("vc", "character varying(20)"),
+    ];
     assert_eq!(types, expected.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect::<Vec<_>>());
     let big: i32 = target.query_one(&format!("SELECT length(big) FROM {t} WHERE id = 1"), &[]).await.unwrap().get(0);
     assert_eq!(big, 1_000_000, "an unchanged TOASTed value was overwritten");
@@ -112,7 +120,12 @@ const HOSTILE: &str = "SET datestyle = 'SQL, DMY'; SET intervalstyle = 'sql_stan
 
 async fn set_database_defaults(database: &str, settings: &str) {
     for client in [source().await, target().await] {
-        let statements: Vec<String> = settings.split(';').map(str::trim).filter(|s| !s.is_empty()).map(|s| format!("ALTER DATABASE {database} {s}")).collect();
+        let statements: Vec<String> = settings
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("ALTER DATABASE {database} {s}"))
+            .collect();
         for statement in statements {
             // each database is only altered on its own cluster
             let _ = client.batch_execute(&statement).await;
@@ -148,7 +161,12 @@ async fn values_round_trip_exactly_whatever_the_databases_session_defaults_say()
     let _applier = Applier::start(&task);
     wait_for_phase(&source, &task, "cdc", Duration::from_secs(120)).await;
     writer.batch_execute(&awkward_rows(&t, 3)).await.unwrap();
-    writer.batch_execute(&format!("UPDATE {t} SET d = '2024-02-13', iv = '-1 day -02:00:00', f8 = 0.1 + 0.2 WHERE id = 1")).await.unwrap();
+    writer
+        .batch_execute(&format!(
+            "UPDATE {t} SET d = '2024-02-13', iv = '-1 day -02:00:00', f8 = 0.1 + 0.2 WHERE id = 1"
+        ))
+        .await
+        .unwrap();
     let (exact_source, exact_target) = (exact(&env("TREMPY_SOURCE_DSN")).await, exact(&env("TREMPY_TARGET_DSN")).await);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let converged = loop {

@@ -92,7 +92,10 @@ impl Session<'_> {
         match decision {
             Decision::Stop => {
                 let what = first.operation().map_or("apply", |o| o.as_str());
-                let reason = format!("{what} of source transaction {first_lsn} failed on {}: {first}", first.table().unwrap_or("the target"));
+                let reason = format!(
+                    "{what} of source transaction {first_lsn} failed on {}: {first}",
+                    first.table().unwrap_or("the target")
+                );
                 state::stopped(&self.client, task, Some(first_lsn), &reason).await?;
                 Err(Error::new(ErrorKind::Stopped, reason).with_lsn(first_lsn))
             }
@@ -120,7 +123,12 @@ impl Session<'_> {
     /// Opens a target transaction and applies the message's source transactions, each in a
     /// savepoint; those in `dead` are dead-lettered instead. Returns the transactions that failed
     /// for a permanent reason (rolled back to their savepoint); any other failure is an error.
-    async fn apply_savepointed(&mut self, mut envelope: Envelope, dead: &[(Lsn, Error)], attempts: u32) -> Result<Failures, Error> {
+    async fn apply_savepointed(
+        &mut self,
+        mut envelope: Envelope,
+        dead: &[(Lsn, Error)],
+        attempts: u32,
+    ) -> Result<Failures, Error> {
         self.begin().await?;
         // Deferred constraints are checked at each statement, inside its savepoint, rather than at
         // COMMIT, where the failing source transaction could not be told apart.
@@ -161,7 +169,9 @@ impl Session<'_> {
                         // Never dead-lettered nor skipped: the target would miss the schema change.
                         let halt = Error::new(
                             ErrorKind::Schema,
-                            format!("source transaction {lsn} holds a schema change, so it cannot be dead-lettered, and it failed: {err}; fix the cause on the target, the applier tries again"),
+                            format!(
+                                "source transaction {lsn} holds a schema change, so it cannot be dead-lettered, and it failed: {err}; fix the cause on the target, the applier tries again"
+                            ),
                         );
                         let halt = match err.sqlstate() {
                             Some(code) => halt.with_sqlstate(code),
@@ -183,7 +193,11 @@ impl Session<'_> {
         if self.schema_changed {
             // A schema change rolled back with the rest: the settings, rules and caches as
             // committed (the caller prepares the message's relations again).
-            self.settings = self.committed.settings.as_deref().and_then(|text| trempy_protocol::settings::TaskSettings::parse(text).ok());
+            self.settings = self
+                .committed
+                .settings
+                .as_deref()
+                .and_then(|text| trempy_protocol::settings::TaskSettings::parse(text).ok());
             self.rules.clear();
             self.catalog = crate::catalog::Catalog::default();
             self.writer.forget_statements();

@@ -86,9 +86,12 @@ pub(super) async fn newer_settings(options: &Options, halt: Halt) -> Result<Foun
     let task = options.names.task();
     let (mut client, _driver) = target::connect(&options.target_dsn).await?;
     let position = progress::load(&mut client, task).await?;
-    let connection = Connection::connect(&options.amqp_url, ConnectionProperties::default().with_connection_name(format!("trempy-applier {task} look-ahead").into()))
-        .await
-        .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
+    let connection = Connection::connect(
+        &options.amqp_url,
+        ConnectionProperties::default().with_connection_name(format!("trempy-applier {task} look-ahead").into()),
+    )
+    .await
+    .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
     let seen = scan(&connection, options, &position).await;
     // Closing returns every message read to the head of the queue, in order.
     let _ = connection.close(200, "look-ahead done".into()).await;
@@ -97,7 +100,11 @@ pub(super) async fn newer_settings(options: &Options, halt: Halt) -> Result<Foun
         let Some(generation) = seen.generation else { return Ok(Found::Nothing) };
         progress::clear_staged(&client, task).await?;
         if progress::start_generation(&client, task, &position, generation).await? {
-            info!(task, generation, "the task was reloaded at the source (a newer generation is queued behind the halted message): starting over at it");
+            info!(
+                task,
+                generation,
+                "the task was reloaded at the source (a newer generation is queued behind the halted message): starting over at it"
+            );
             return Ok(Found::Adopted);
         }
         return Ok(Found::Nothing);
@@ -121,7 +128,12 @@ async fn scan(connection: &Connection, options: &Options, position: &progress::P
     let channel = connection.create_channel().await?;
     channel.basic_qos(options.lookahead, BasicQosOptions { global: false }).await?;
     let mut consumer = channel
-        .basic_consume(options.names.queue().as_str().into(), format!("trempy-applier-{task}-lookahead").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            options.names.queue().as_str().into(),
+            format!("trempy-applier-{task}-lookahead").as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let mut seen = Seen::default();
     let mut read = 0_u32;
@@ -150,7 +162,9 @@ fn newer_generation(body: &[u8], task: &str, current: &stream::Current) -> Optio
     }
     let head: Head = serde_json::from_slice(body).ok()?;
     let generation = head.generation.unwrap_or(1);
-    (head.task == task && stream::verdict(current, head.incarnation.as_deref(), generation) == stream::Verdict::NewGeneration).then_some(generation)
+    (head.task == task
+        && stream::verdict(current, head.incarnation.as_deref(), generation) == stream::Verdict::NewGeneration)
+        .then_some(generation)
 }
 
 /// The settings a message carries, if it is a settings control message of this task's stream

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use pgrx::prelude::*;
 use pgrx::FromDatum;
+use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use trempy_protocol::Lsn;
 use trempy_protocol::assemble::{Assembler, Counts};
@@ -52,18 +52,25 @@ pub(crate) struct Published {
 
 /// Decodes the changes committed before `upto` (at most about `batch_size` changes, always whole
 /// transactions) and publishes them. Returns once RabbitMQ has confirmed every message.
-pub(crate) fn publish_batch(client: &SpiClient<'_>, batch: Batch<'_>, publisher: &Publisher) -> Result<Published, Error> {
+pub(crate) fn publish_batch(
+    client: &SpiClient<'_>,
+    batch: Batch<'_>,
+    publisher: &Publisher,
+) -> Result<Published, Error> {
     let Batch { names, stream, tables, handoff, upto, batch_size, max_message_bytes, for_create, after } = batch;
     let mut cursor = client.try_open_cursor(
         "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4, 'messages', 'true')",
         &[names.slot().as_str().into(), upto.to_string().as_str().into(), batch_size.into(), names.publication().as_str().into()],
     )?;
-    let mut assembler = Assembler::new(stream, max_message_bytes).with_handoff(handoff).with_tables(tables).after(after);
+    let mut assembler =
+        Assembler::new(stream, max_message_bytes).with_handoff(handoff).with_tables(tables).after(after);
     let mut types: HashMap<(u32, i32), String> = HashMap::new();
     let mut describe = |relation: &pgoutput::Relation<'_>| describe(client, &mut types, relation, for_create);
     let mut sent = 0_u64;
     each_row(&mut cursor, "trempy decoding", |table| {
-        let datum = table.get_datum_by_ordinal(1)?.ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
+        let datum = table
+            .get_datum_by_ordinal(1)?
+            .ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
         // SAFETY: a bytea datum of the current tuple, valid until the page is freed.
         let data = unsafe { <&[u8] as FromDatum>::from_polymorphic_datum(datum, false, pg_sys::BYTEAOID) }
             .ok_or_else(|| Error::new(ErrorKind::Decode, "logical decoding returned a NULL data row"))?;
@@ -88,7 +95,12 @@ pub(crate) fn publish_batch(client: &SpiClient<'_>, batch: Batch<'_>, publisher:
 /// Describes a relation for the envelope: type names as `format_type` prints them, and key
 /// columns. Under REPLICA IDENTITY FULL pgoutput marks every column as key, so the primary key
 /// is read from the catalog instead.
-fn describe(client: &SpiClient<'_>, types: &mut HashMap<(u32, i32), String>, relation: &pgoutput::Relation<'_>, for_create: bool) -> Result<Relation, Error> {
+fn describe(
+    client: &SpiClient<'_>,
+    types: &mut HashMap<(u32, i32), String>,
+    relation: &pgoutput::Relation<'_>,
+    for_create: bool,
+) -> Result<Relation, Error> {
     let primary_key: Option<Vec<String>> = if relation.replica_identity == b'f' {
         let table = client.select(
             "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
@@ -109,7 +121,12 @@ fn describe(client: &SpiClient<'_>, types: &mut HashMap<(u32, i32), String>, rel
     // NOT NULL and the type of a created target table, from the current catalog (the table may
     // have been dropped since: then without them).
     let current = if for_create { crate::catalog::describe_table(client, relation.oid).ok() } else { None };
-    let extras = |name: &str| current.as_ref().and_then(|r| r.columns.iter().find(|c| c.name == name)).map(|c| (c.not_null, c.create_type.clone()));
+    let extras = |name: &str| {
+        current
+            .as_ref()
+            .and_then(|r| r.columns.iter().find(|c| c.name == name))
+            .map(|c| (c.not_null, c.create_type.clone()))
+    };
     let mut columns = Vec::with_capacity(relation.columns.len());
     for column in &relation.columns {
         let key = (column.type_oid, column.type_modifier);
@@ -117,7 +134,11 @@ fn describe(client: &SpiClient<'_>, types: &mut HashMap<(u32, i32), String>, rel
             Some(name) => name.clone(),
             None => {
                 let name = client
-                    .select("SELECT pg_catalog.format_type($1::oid, $2)", Some(1), &[i64::from(column.type_oid).into(), column.type_modifier.into()])?
+                    .select(
+                        "SELECT pg_catalog.format_type($1::oid, $2)",
+                        Some(1),
+                        &[i64::from(column.type_oid).into(), column.type_modifier.into()],
+                    )?
                     .first()
                     .get::<String>(1)?
                     .ok_or_else(|| Error::new(ErrorKind::Decode, format!("unknown type oid {}", column.type_oid)))?;
@@ -130,7 +151,14 @@ fn describe(client: &SpiClient<'_>, types: &mut HashMap<(u32, i32), String>, rel
             None => column.is_key,
         };
         let (not_null, create_type) = extras(column.name).unwrap_or_default();
-        columns.push(Column { name: column.name.to_owned(), type_name, type_oid: column.type_oid, key: is_key, not_null, create_type });
+        columns.push(Column {
+            name: column.name.to_owned(),
+            type_name,
+            type_oid: column.type_oid,
+            key: is_key,
+            not_null,
+            create_type,
+        });
     }
     let schema = if relation.namespace.is_empty() { "pg_catalog" } else { relation.namespace };
     Ok(Relation { id: relation.oid, schema: schema.to_owned(), table: relation.name.to_owned(), columns })

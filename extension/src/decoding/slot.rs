@@ -24,35 +24,69 @@ pub(crate) fn name_conflict(client: &SpiClient<'_>, names: &TaskNames) -> Result
     )?;
     let slot_db = if found.is_empty() { None } else { found.first().get::<String>(1)? };
     if let Some(db) = slot_db {
-        return Ok(Some(format!("replication slot \"{slot}\" already exists (database {db}); drop it or choose another task name")));
+        return Ok(Some(format!(
+            "replication slot \"{slot}\" already exists (database {db}); drop it or choose another task name"
+        )));
     }
     let publication = names.publication();
-    let pub_exists = !client.select("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1::text::name", Some(1), &[publication.as_str().into()])?.is_empty();
+    let pub_exists = !client
+        .select(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1::text::name",
+            Some(1),
+            &[publication.as_str().into()],
+        )?
+        .is_empty();
     Ok(pub_exists.then(|| format!("publication \"{publication}\" already exists; drop it or choose another task name")))
 }
 
 fn table_list(tables: &[(String, String)]) -> String {
-    tables.iter().map(|(s, t)| format!("{}.{}", spi::quote_identifier(s), spi::quote_identifier(t))).collect::<Vec<_>>().join(", ")
+    tables
+        .iter()
+        .map(|(s, t)| format!("{}.{}", spi::quote_identifier(s), spi::quote_identifier(t)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Creates the task's publication for exactly these tables.
-pub(crate) fn create_publication(client: &mut SpiClient<'_>, names: &TaskNames, tables: &[(String, String)]) -> Result<(), Error> {
+pub(crate) fn create_publication(
+    client: &mut SpiClient<'_>,
+    names: &TaskNames,
+    tables: &[(String, String)],
+) -> Result<(), Error> {
     // A partitioned table publishes its partitions' changes as its own (one target table), and
     // partitions created or attached later are in it without any change to the publication.
-    let sql = format!("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)", spi::quote_identifier(names.publication()), table_list(tables));
-    client.update(sql.as_str(), None, &[]).map_err(|err| Error::new(ErrorKind::Catalog, format!("could not create publication \"{}\": {err}", names.publication())))?;
+    let sql = format!(
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
+        spi::quote_identifier(names.publication()),
+        table_list(tables)
+    );
+    client.update(sql.as_str(), None, &[]).map_err(|err| {
+        Error::new(ErrorKind::Catalog, format!("could not create publication \"{}\": {err}", names.publication()))
+    })?;
     Ok(())
 }
 
 /// Makes the task's publication cover exactly these tables.
-pub(crate) fn set_publication_tables(client: &mut SpiClient<'_>, names: &TaskNames, tables: &[(String, String)]) -> Result<(), Error> {
-    let sql = format!("ALTER PUBLICATION {} SET TABLE {}", spi::quote_identifier(names.publication()), table_list(tables));
-    client.update(sql.as_str(), None, &[]).map_err(|err| Error::new(ErrorKind::Catalog, format!("could not change publication \"{}\": {err}", names.publication())))?;
+pub(crate) fn set_publication_tables(
+    client: &mut SpiClient<'_>,
+    names: &TaskNames,
+    tables: &[(String, String)],
+) -> Result<(), Error> {
+    let sql =
+        format!("ALTER PUBLICATION {} SET TABLE {}", spi::quote_identifier(names.publication()), table_list(tables));
+    client.update(sql.as_str(), None, &[]).map_err(|err| {
+        Error::new(ErrorKind::Catalog, format!("could not change publication \"{}\": {err}", names.publication()))
+    })?;
     via_partition_root(client, names)
 }
 
 /// True when the task's publication includes the table.
-pub(crate) fn publication_has(client: &SpiClient<'_>, names: &TaskNames, schema: &str, table: &str) -> Result<bool, Error> {
+pub(crate) fn publication_has(
+    client: &SpiClient<'_>,
+    names: &TaskNames,
+    schema: &str,
+    table: &str,
+) -> Result<bool, Error> {
     Ok(!client
         .select(
             "SELECT 1 FROM pg_catalog.pg_publication_tables WHERE pubname = $1::text::name AND schemaname = $2::text::name AND tablename = $3::text::name",
@@ -63,23 +97,42 @@ pub(crate) fn publication_has(client: &SpiClient<'_>, names: &TaskNames, schema:
 }
 
 /// Adds a table to the task's publication.
-pub(crate) fn add_publication_table(client: &mut SpiClient<'_>, names: &TaskNames, schema: &str, table: &str) -> Result<(), Error> {
-    let sql = format!("ALTER PUBLICATION {} ADD TABLE {}.{}", spi::quote_identifier(names.publication()), spi::quote_identifier(schema), spi::quote_identifier(table));
-    client.update(sql.as_str(), None, &[]).map_err(|err| Error::new(ErrorKind::Catalog, format!("could not change publication \"{}\": {err}", names.publication())))?;
+pub(crate) fn add_publication_table(
+    client: &mut SpiClient<'_>,
+    names: &TaskNames,
+    schema: &str,
+    table: &str,
+) -> Result<(), Error> {
+    let sql = format!(
+        "ALTER PUBLICATION {} ADD TABLE {}.{}",
+        spi::quote_identifier(names.publication()),
+        spi::quote_identifier(schema),
+        spi::quote_identifier(table)
+    );
+    client.update(sql.as_str(), None, &[]).map_err(|err| {
+        Error::new(ErrorKind::Catalog, format!("could not change publication \"{}\": {err}", names.publication()))
+    })?;
     via_partition_root(client, names)
 }
 
 /// Publications made by an older TREMpy lack `publish_via_partition_root`.
 fn via_partition_root(client: &mut SpiClient<'_>, names: &TaskNames) -> Result<(), Error> {
-    let sql = format!("ALTER PUBLICATION {} SET (publish_via_partition_root = true)", spi::quote_identifier(names.publication()));
-    client.update(sql.as_str(), None, &[]).map_err(|err| Error::new(ErrorKind::Catalog, format!("could not change publication \"{}\": {err}", names.publication())))?;
+    let sql = format!(
+        "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+        spi::quote_identifier(names.publication())
+    );
+    client.update(sql.as_str(), None, &[]).map_err(|err| {
+        Error::new(ErrorKind::Catalog, format!("could not change publication \"{}\": {err}", names.publication()))
+    })?;
     Ok(())
 }
 
 /// Drops a publication by exact name, if it exists.
 pub(crate) fn drop_publication_named(client: &mut SpiClient<'_>, publication: &str) -> Result<(), Error> {
     let sql = format!("DROP PUBLICATION IF EXISTS {}", spi::quote_identifier(publication));
-    client.update(sql.as_str(), None, &[]).map_err(|err| Error::new(ErrorKind::Catalog, format!("could not drop publication \"{publication}\": {err}")))?;
+    client.update(sql.as_str(), None, &[]).map_err(|err| {
+        Error::new(ErrorKind::Catalog, format!("could not drop publication \"{publication}\": {err}"))
+    })?;
     Ok(())
 }
 
@@ -109,7 +162,9 @@ pub(crate) fn drop_slot_named(client: &mut SpiClient<'_>, slot: &str) -> Result<
             Some(false) => {
                 client
                     .update("SELECT pg_catalog.pg_drop_replication_slot($1::text::name)", None, &[slot.into()])
-                    .map_err(|err| Error::new(ErrorKind::Catalog, format!("could not drop replication slot \"{slot}\": {err}")))?;
+                    .map_err(|err| {
+                        Error::new(ErrorKind::Catalog, format!("could not drop replication slot \"{slot}\": {err}"))
+                    })?;
                 return Ok(());
             }
             Some(true) => {
@@ -117,7 +172,11 @@ pub(crate) fn drop_slot_named(client: &mut SpiClient<'_>, slot: &str) -> Result<
             }
         }
     }
-    let found = client.update("SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name", Some(1), &[slot.into()])?;
+    let found = client.update(
+        "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name",
+        Some(1),
+        &[slot.into()],
+    )?;
     let holder = if found.is_empty() { None } else { found.first().get::<i32>(1)? };
     Err(Error::new(
         ErrorKind::Catalog,
@@ -178,13 +237,24 @@ pub(crate) fn find(client: &SpiClient<'_>, names: &TaskNames) -> Result<Found, E
 /// written nothing; waits for every transaction holding an xid to end.
 pub(crate) fn create_slot(client: &SpiClient<'_>, names: &TaskNames) -> Result<SlotIdentity, Error> {
     let publication_exists = !client
-        .select("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1::text::name", Some(1), &[names.publication().as_str().into()])?
+        .select(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1::text::name",
+            Some(1),
+            &[names.publication().as_str().into()],
+        )?
         .is_empty();
     if !publication_exists {
-        return Err(Error::new(ErrorKind::Catalog, format!("publication \"{}\" does not exist; drop and re-create the task", names.publication())));
+        return Err(Error::new(
+            ErrorKind::Catalog,
+            format!("publication \"{}\" does not exist; drop and re-create the task", names.publication()),
+        ));
     }
     let lsn = client
-        .select("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1::text::name, 'pgoutput'::name)", Some(1), &[names.slot().as_str().into()])?
+        .select(
+            "SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1::text::name, 'pgoutput'::name)",
+            Some(1),
+            &[names.slot().as_str().into()],
+        )?
         .first()
         .get::<String>(1)?
         .unwrap_or_default();

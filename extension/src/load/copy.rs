@@ -31,7 +31,14 @@ pub(crate) struct Copied {
 /// Copies `due` and publishes it; records it as copied (with its snapshot) when RabbitMQ has
 /// confirmed every chunk. Runs inside a REPEATABLE READ transaction (see
 /// [`crate::worker::in_repeatable_read_transaction`]), so that every query sees one snapshot.
-pub(crate) fn copy_table(stream: &StreamId, prepare: Prepare, for_cdc: bool, due: &Due, publisher: &Publisher, max_message_bytes: usize) -> Result<Copied, Error> {
+pub(crate) fn copy_table(
+    stream: &StreamId,
+    prepare: Prepare,
+    for_cdc: bool,
+    due: &Due,
+    publisher: &Publisher,
+    max_message_bytes: usize,
+) -> Result<Copied, Error> {
     // SAFETY: reads a variable of this backend on its main thread.
     if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_REPEATABLE_READ as i32 {
         return Err(Error::new(ErrorKind::Postgres, "a table must be copied in a REPEATABLE READ transaction"));
@@ -51,10 +58,18 @@ pub(crate) fn copy_table(stream: &StreamId, prepare: Prepare, for_cdc: bool, due
         let snapshot_time = row.get::<String>(3)?.unwrap_or_default();
         let relation = catalog::describe_table(client, due.relid)?;
         if relation.columns.is_empty() {
-            return Err(Error::new(ErrorKind::Catalog, format!("table {}.{} has no columns to copy", due.schema, due.table)));
+            return Err(Error::new(
+                ErrorKind::Catalog,
+                format!("table {}.{} has no columns to copy", due.schema, due.table),
+            ));
         }
-        let columns: Vec<String> = relation.columns.iter().map(|c| spi::quote_identifier(&c.name).to_string()).collect();
-        let sql = format!("SELECT {} FROM {}", columns.join(", "), catalog::row_source(client, &relation.schema, &relation.table)?);
+        let columns: Vec<String> =
+            relation.columns.iter().map(|c| spi::quote_identifier(&c.name).to_string()).collect();
+        let sql = format!(
+            "SELECT {} FROM {}",
+            columns.join(", "),
+            catalog::row_source(client, &relation.schema, &relation.table)?
+        );
 
         // Output functions, as COPY TO uses them.
         let mut outputs: Vec<pg_sys::FmgrInfo> = Vec::with_capacity(relation.columns.len());
@@ -72,7 +87,10 @@ pub(crate) fn copy_table(stream: &StreamId, prepare: Prepare, for_cdc: bool, due
 
         // SAFETY: reports progress in pg_stat_progress_copy for this backend.
         unsafe {
-            pg_sys::pgstat_progress_start_command(pg_sys::ProgressCommandType::PROGRESS_COMMAND_COPY, pg_sys::Oid::from(due.relid));
+            pg_sys::pgstat_progress_start_command(
+                pg_sys::ProgressCommandType::PROGRESS_COMMAND_COPY,
+                pg_sys::Oid::from(due.relid),
+            );
             pg_sys::pgstat_progress_update_param(PROGRESS_COPY_COMMAND, PROGRESS_COPY_COMMAND_TO);
             pg_sys::pgstat_progress_update_param(PROGRESS_COPY_TYPE, PROGRESS_COPY_TYPE_CALLBACK);
         }
@@ -90,7 +108,11 @@ pub(crate) fn copy_table(stream: &StreamId, prepare: Prepare, for_cdc: bool, due
         };
         let mut copied = Copied { rows: 0, bytes: 0, messages: 0 };
         let mut writer = copytext::Writer::with_capacity(max_message_bytes + max_message_bytes / 4);
-        let emit = |writer: &mut copytext::Writer, chunk: &mut LoadChunk, copied: &mut Copied, last: bool| -> Result<(), Error> {
+        let emit = |writer: &mut copytext::Writer,
+                    chunk: &mut LoadChunk,
+                    copied: &mut Copied,
+                    last: bool|
+         -> Result<(), Error> {
             chunk.last = last;
             chunk.rows = writer.rows();
             let data = writer.take();
@@ -104,8 +126,14 @@ pub(crate) fn copy_table(stream: &StreamId, prepare: Prepare, for_cdc: bool, due
             chunk.prepare = None;
             // SAFETY: progress reporting for this backend.
             unsafe {
-                pg_sys::pgstat_progress_update_param(PROGRESS_COPY_TUPLES_PROCESSED, i64::try_from(copied.rows).unwrap_or(i64::MAX));
-                pg_sys::pgstat_progress_update_param(PROGRESS_COPY_BYTES_PROCESSED, i64::try_from(copied.bytes).unwrap_or(i64::MAX));
+                pg_sys::pgstat_progress_update_param(
+                    PROGRESS_COPY_TUPLES_PROCESSED,
+                    i64::try_from(copied.rows).unwrap_or(i64::MAX),
+                );
+                pg_sys::pgstat_progress_update_param(
+                    PROGRESS_COPY_BYTES_PROCESSED,
+                    i64::try_from(copied.bytes).unwrap_or(i64::MAX),
+                );
             }
             Ok(())
         };
@@ -117,7 +145,8 @@ pub(crate) fn copy_table(stream: &StreamId, prepare: Prepare, for_cdc: bool, due
                     None => writer.value(None),
                     // SAFETY: the type's output function on a datum of the current row; the
                     // C string it returns lives in the page context until the page is freed.
-                    Some(datum) => writer.value(Some(unsafe { CStr::from_ptr(pg_sys::OutputFunctionCall(output, datum)) }.to_bytes())),
+                    Some(datum) => writer
+                        .value(Some(unsafe { CStr::from_ptr(pg_sys::OutputFunctionCall(output, datum)) }.to_bytes())),
                 }
             }
             writer.end_row();

@@ -41,7 +41,12 @@ pub(crate) enum Next {
 
 /// Records the tables to copy (those not recorded yet, in load order; a table no longer in the
 /// settings is forgotten) and returns the next one to copy, its attempt already counted.
-pub(crate) fn next(client: &mut SpiClient<'_>, task: &str, generation: u32, settings: &TaskSettings) -> Result<Next, Error> {
+pub(crate) fn next(
+    client: &mut SpiClient<'_>,
+    task: &str,
+    generation: u32,
+    settings: &TaskSettings,
+) -> Result<Next, Error> {
     let generation = i32::try_from(generation).unwrap_or(i32::MAX);
     let keep: Vec<String> = settings.tables.iter().map(|t| format!("{}.{}", t.schema_name, t.table_name)).collect();
     client.update(
@@ -50,7 +55,8 @@ pub(crate) fn next(client: &mut SpiClient<'_>, task: &str, generation: u32, sett
         &[task.into(), generation.into(), keep.into()],
     )?;
     for table in settings.tables_in_load_order() {
-        let qualified = format!("{}.{}", spi::quote_identifier(&table.schema_name), spi::quote_identifier(&table.table_name));
+        let qualified =
+            format!("{}.{}", spi::quote_identifier(&table.schema_name), spi::quote_identifier(&table.table_name));
         let recorded = !client
             .select(
                 "SELECT 1 FROM trempy.task_tables WHERE task_name = $1 AND schema_name = $2 AND table_name = $3",
@@ -61,7 +67,9 @@ pub(crate) fn next(client: &mut SpiClient<'_>, task: &str, generation: u32, sett
         if recorded {
             continue;
         }
-        let estimate = crate::catalog::row_source(client, &table.schema_name, &table.table_name).ok().and_then(|source| estimate_rows(client, &source));
+        let estimate = crate::catalog::row_source(client, &table.schema_name, &table.table_name)
+            .ok()
+            .and_then(|source| estimate_rows(client, &source));
         client.update(
             "INSERT INTO trempy.task_tables (task_name, generation, position, schema_name, table_name, relid, rows_estimated)
              SELECT $1, $2, coalesce((SELECT max(position) + 1 FROM trempy.task_tables WHERE task_name = $1), 0), $3, $4, $5::regclass, $6",
@@ -115,7 +123,8 @@ pub(crate) fn handoff(client: &SpiClient<'_>, task: &str, confirmed: trempy_prot
     for row in rows {
         let relid = u32::try_from(row.get::<i64>(1)?.unwrap_or_default()).unwrap_or_default();
         let text = row.get::<String>(2)?.unwrap_or_default();
-        let snapshot = Snapshot::parse(&text).map_err(|e| Error::new(ErrorKind::Catalog, format!("trempy.task_tables of task \"{task}\": {e}")))?;
+        let snapshot = Snapshot::parse(&text)
+            .map_err(|e| Error::new(ErrorKind::Catalog, format!("trempy.task_tables of task \"{task}\": {e}")))?;
         handoff.add(relid, snapshot);
     }
     Ok(handoff)

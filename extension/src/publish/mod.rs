@@ -48,7 +48,8 @@ impl Broker {
     /// The URL to connect with, the password file read now (so a rotated password is used from
     /// the next connection on).
     fn connect_url(&self) -> Result<String, String> {
-        trempy_protocol::credentials::resolve(&self.url, self.password_file.as_deref()).map_err(|e| e.message().to_owned())
+        trempy_protocol::credentials::resolve(&self.url, self.password_file.as_deref())
+            .map_err(|e| e.message().to_owned())
     }
 
     /// Whether the password sits in `trempy.amqp_url` itself (readable by `pg_read_all_settings`).
@@ -87,7 +88,9 @@ impl Publisher {
     pub(crate) fn spawn(names: TaskNames) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(4);
         let (reports_tx, reports) = std_mpsc::channel();
-        let thread = with_signals_blocked(|| std::thread::Builder::new().name("trempy-amqp".into()).spawn(move || run(names, rx, reports_tx)))?;
+        let thread = with_signals_blocked(|| {
+            std::thread::Builder::new().name("trempy-amqp".into()).spawn(move || run(names, rx, reports_tx))
+        })?;
         Ok(Self { tx, reports, thread: Some(thread) })
     }
 
@@ -105,7 +108,9 @@ impl Publisher {
     pub(crate) fn offer(&self, body: Vec<u8>, message_id: String) -> Offer {
         match self.tx.try_send(Command::Publish { body, message_id }) {
             Ok(()) => Offer::Accepted,
-            Err(mpsc::error::TrySendError::Full(Command::Publish { body, message_id })) => Offer::Full(body, message_id),
+            Err(mpsc::error::TrySendError::Full(Command::Publish { body, message_id })) => {
+                Offer::Full(body, message_id)
+            }
             Err(_) => Offer::Gone,
         }
     }
@@ -253,10 +258,16 @@ impl State {
             let name = format!("trempy task {}", self.names.task());
             let link = tokio::time::timeout(CONNECT_TIMEOUT, async {
                 let props = ConnectionProperties::default().with_connection_name(name.into());
-                let connection = Connection::connect(&url, props).await.map_err(|e| format!("cannot connect to RabbitMQ: {e}"))?;
+                let connection =
+                    Connection::connect(&url, props).await.map_err(|e| format!("cannot connect to RabbitMQ: {e}"))?;
                 let channel = connection.create_channel().await.map_err(|e| format!("cannot open a channel: {e}"))?;
-                channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| format!("cannot enable publisher confirms: {e}"))?;
-                topology::declare(&channel, &self.names).await.map_err(|e| format!("cannot declare the task's exchanges and queues: {e}"))?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(|e| format!("cannot enable publisher confirms: {e}"))?;
+                topology::declare(&channel, &self.names)
+                    .await
+                    .map_err(|e| format!("cannot declare the task's exchanges and queues: {e}"))?;
                 Ok::<_, String>(Link { connection, channel, feedback: None })
             })
             .await
@@ -292,7 +303,10 @@ impl State {
             return Err("RabbitMQ refused (nacked) a message".to_owned());
         }
         if let Some(returned) = confirmation.take_message() {
-            return Err(format!("RabbitMQ returned a message as unroutable ({} {}); is the task's queue bound?", returned.reply_code, returned.reply_text));
+            return Err(format!(
+                "RabbitMQ returned a message as unroutable ({} {}); is the task's queue bound?",
+                returned.reply_code, returned.reply_text
+            ));
         }
         Ok(())
     }

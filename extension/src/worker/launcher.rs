@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
+};
 use pgrx::prelude::*;
 
 use crate::gucs;
@@ -62,7 +64,9 @@ pub extern "C-unwind" fn trempy_supervisor_main(_arg: pg_sys::Datum) {
         let legacy = gucs::legacy_database();
         if legacy != legacy_reported {
             if let Some(legacy) = &legacy {
-                warning!("trempy supervisor: trempy.database is replaced by trempy.databases; serving \"{legacy}\" too: move it into trempy.databases");
+                warning!(
+                    "trempy supervisor: trempy.database is replaced by trempy.databases; serving \"{legacy}\" too: move it into trempy.databases"
+                );
             }
             legacy_reported = legacy;
         }
@@ -83,12 +87,18 @@ pub extern "C-unwind" fn trempy_supervisor_main(_arg: pg_sys::Datum) {
             false
         });
         for database in &databases {
-            let running = served.get(database).is_some_and(|s| s.worker.as_ref().is_some_and(|w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied))));
+            let running = served.get(database).is_some_and(|s| {
+                s.worker.as_ref().is_some_and(|w| {
+                    !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied))
+                })
+            });
             if running || served.get(database).is_some_and(|s| s.started.elapsed() < LAUNCHER_BACKOFF) {
                 continue;
             }
             if served.contains_key(database) {
-                warning!("trempy supervisor: the launcher of database \"{database}\" stopped (see the log above: does the database exist and accept connections?); starting it again");
+                warning!(
+                    "trempy supervisor: the launcher of database \"{database}\" stopped (see the log above: does the database exist and accept connections?); starting it again"
+                );
             }
             let worker = start_launcher(database);
             served.insert(database.clone(), Served { worker, started: Instant::now() });
@@ -108,7 +118,9 @@ fn start_launcher(database: &str) -> Option<DynamicBackgroundWorker> {
     match started {
         Ok(worker) => Some(worker),
         Err(_) => {
-            warning!("trempy supervisor: could not start the launcher of database \"{database}\": not enough max_worker_processes");
+            warning!(
+                "trempy supervisor: could not start the launcher of database \"{database}\": not enough max_worker_processes"
+            );
             None
         }
     }
@@ -129,7 +141,16 @@ pub extern "C-unwind" fn trempy_launcher_main(_arg: pg_sys::Datum) {
     let mut waiting_logged = false;
     loop {
         match super::in_transaction(|| {
-            Spi::connect(|client| Ok(client.select("SELECT pg_catalog.pg_try_advisory_lock($1, $2)", Some(1), &[super::LOCK_CLASS.into(), LAUNCHER_KEY.into()])?.first().get::<bool>(1)?))
+            Spi::connect(|client| {
+                Ok(client
+                    .select(
+                        "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+                        Some(1),
+                        &[super::LOCK_CLASS.into(), LAUNCHER_KEY.into()],
+                    )?
+                    .first()
+                    .get::<bool>(1)?)
+            })
         }) {
             Ok(Some(true)) => break,
             Ok(_) if !waiting_logged => {
@@ -215,6 +236,8 @@ fn start_task_worker(task_id: i32, name: &str, database: &str) {
         .load_dynamic();
     match started {
         Ok(_) => log!("trempy launcher: started the worker of task \"{name}\" in database \"{database}\""),
-        Err(_) => warning!("trempy launcher: could not start the worker of task \"{name}\": not enough max_worker_processes"),
+        Err(_) => {
+            warning!("trempy launcher: could not start the worker of task \"{name}\": not enough max_worker_processes")
+        }
     }
 }

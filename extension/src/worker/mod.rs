@@ -78,9 +78,9 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Erro
     PgTryBuilder::new(AssertUnwindSafe(f))
         .catch_others(|caught| {
             let message = match &caught {
-                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) | CaughtError::RustPanic { ereport: report, .. } => {
-                    report.message().to_owned()
-                }
+                CaughtError::PostgresError(report)
+                | CaughtError::ErrorReport(report)
+                | CaughtError::RustPanic { ereport: report, .. } => report.message().to_owned(),
             };
             // SAFETY: we are on the main thread, after an ERROR unwound out of a transaction.
             unsafe {
@@ -156,7 +156,11 @@ fn await_reply(reply: Option<std::sync::mpsc::Receiver<Result<(), String>>>) -> 
         match reply.recv_timeout(Duration::from_millis(100)) {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(reason)) => {
-                let kind = if reason.starts_with(crate::publish::OVERSIZE_MARK) { ErrorKind::MessageTooLarge } else { ErrorKind::Publish };
+                let kind = if reason.starts_with(crate::publish::OVERSIZE_MARK) {
+                    ErrorKind::MessageTooLarge
+                } else {
+                    ErrorKind::Publish
+                };
                 return Err(Error::new(kind, reason));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -164,7 +168,9 @@ fn await_reply(reply: Option<std::sync::mpsc::Receiver<Result<(), String>>>) -> 
                     return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while waiting for RabbitMQ"));
                 }
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Error::new(ErrorKind::PublisherGone, "the AMQP thread has stopped")),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::new(ErrorKind::PublisherGone, "the AMQP thread has stopped"));
+            }
         }
     }
 }
@@ -177,7 +183,11 @@ const FETCH_ROWS: libc::c_long = 1_000;
 /// of rows (with the page itself), so memory does not grow with the number of rows. Raw datums
 /// (`get_datum_by_ordinal`) are valid until the page is freed; `SpiHeapTupleData::get` would copy
 /// every value into the transaction's context until commit. Stops early on shutdown.
-pub(crate) fn each_row(cursor: &mut SpiCursor<'_>, what: &str, mut row: impl FnMut(&SpiTupleTable<'_>) -> Result<(), Error>) -> Result<(), Error> {
+pub(crate) fn each_row(
+    cursor: &mut SpiCursor<'_>,
+    what: &str,
+    mut row: impl FnMut(&SpiTupleTable<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
     let mut page_memory = PgMemoryContexts::new(what);
     loop {
         let mut table = cursor.fetch(FETCH_ROWS)?;

@@ -91,7 +91,11 @@ pub(crate) fn run(request: &Request) -> Result<Option<SlotIdentity>, String> {
     // SAFETY: the caller is in a transaction; the name is palloc'd in its memory context.
     let database = unsafe {
         let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
-        if name.is_null() { return Err("this session's database has no name".to_owned()) } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() }
+        if name.is_null() {
+            return Err("this session's database has no name".to_owned());
+        } else {
+            std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+        }
     };
     // SAFETY: a segment of `size` bytes, written within its bounds on this thread; detached
     // below (and by the transaction's resource owner on error).
@@ -122,9 +126,16 @@ pub(crate) fn run(request: &Request) -> Result<Option<SlotIdentity>, String> {
             }
         };
         let waited = worker.wait_for_shutdown();
-        let outcome_len = u32::from_le_bytes(std::slice::from_raw_parts(base.add(4), 4).try_into().unwrap_or([0; 4])) as usize;
+        let outcome_len =
+            u32::from_le_bytes(std::slice::from_raw_parts(base.add(4), 4).try_into().unwrap_or([0; 4])) as usize;
         let outcome = (outcome_len > 0 && outcome_len <= OUTCOME_ROOM)
-            .then(|| serde_json::from_slice::<Outcome>(std::slice::from_raw_parts(base.add(HEADER + body.len()), outcome_len)).ok())
+            .then(|| {
+                serde_json::from_slice::<Outcome>(std::slice::from_raw_parts(
+                    base.add(HEADER + body.len()),
+                    outcome_len,
+                ))
+                .ok()
+            })
             .flatten();
         pg_sys::dsm_detach(segment);
         match (outcome, waited) {
@@ -241,7 +252,8 @@ fn wait_for_older_transactions() -> Result<(), Error> {
     let read = |sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]| -> Result<Option<String>, Error> {
         in_transaction(|| Spi::connect(|client| Ok(client.select(sql, Some(1), args)?.first().get::<String>(1)?)))
     };
-    let horizon = read("SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text", &[])?.unwrap_or_default();
+    let horizon =
+        read("SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text", &[])?.unwrap_or_default();
     loop {
         let done = read(
             "SELECT (pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) >= $1::text::xid8)::text",
@@ -282,7 +294,11 @@ pub(crate) fn drop_orphans(slot_name: Option<&str>, wait: bool) -> Result<(), Er
         // slot being built): once the lock is ours, the claiming transaction has ended.
         let free = in_transaction(|| {
             Spi::connect(|client| {
-                let lock = if wait { "SELECT true FROM pg_catalog.pg_advisory_xact_lock($1)" } else { "SELECT pg_catalog.pg_try_advisory_xact_lock($1)" };
+                let lock = if wait {
+                    "SELECT true FROM pg_catalog.pg_advisory_xact_lock($1)"
+                } else {
+                    "SELECT pg_catalog.pg_try_advisory_xact_lock($1)"
+                };
                 Ok(client.select(lock, Some(1), &[claim.into()])?.first().get::<bool>(1)?.unwrap_or(false))
             })
         })?;
@@ -292,7 +308,11 @@ pub(crate) fn drop_orphans(slot_name: Option<&str>, wait: bool) -> Result<(), Er
         // A new transaction, so a new snapshot: it sees how the claiming transaction ended.
         in_transaction(|| {
             Spi::connect_mut(|client| {
-                let row = client.select("SELECT slot_name, created_publication FROM trempy.slot_claims WHERE claim = $1", Some(1), &[claim.into()])?;
+                let row = client.select(
+                    "SELECT slot_name, created_publication FROM trempy.slot_claims WHERE claim = $1",
+                    Some(1),
+                    &[claim.into()],
+                )?;
                 if row.is_empty() {
                     return Ok(()); // the caller committed: the claim is gone with it
                 }
@@ -304,7 +324,9 @@ pub(crate) fn drop_orphans(slot_name: Option<&str>, wait: bool) -> Result<(), Er
                     slot::drop_publication_named(client, &publication)?;
                 }
                 client.update("DELETE FROM trempy.slot_claims WHERE claim = $1", None, &[claim.into()])?;
-                log!("trempy: dropped replication slot \"{slot_name}\" left by a rolled-back trempy.create_task or trempy.update_task");
+                log!(
+                    "trempy: dropped replication slot \"{slot_name}\" left by a rolled-back trempy.create_task or trempy.update_task"
+                );
                 Ok(())
             })
         })?;

@@ -29,11 +29,11 @@ use trempy_protocol::settings::TaskSettings;
 
 use super::{LOCK_CLASS, confirm, ensure_connected, in_repeatable_read_transaction, in_transaction, send};
 use crate::decoding::{peek, slot};
-use crate::load::{self, Next};
 use crate::error::{Error, ErrorKind, Reaction, reaction};
 use crate::gucs;
-use crate::sequences::Sequences;
+use crate::load::{self, Next};
 use crate::publish::{Broker, Publisher};
+use crate::sequences::Sequences;
 
 enum Round {
     /// Nothing new; wait for the poll interval.
@@ -169,7 +169,9 @@ fn claim(task_id: i32) -> Option<Task> {
         let names = TaskNames::new(&name).ok()?;
         let document: serde_json::Value = serde_json::from_str(&settings).ok()?;
         let Ok(settings) = TaskSettings::parse(&settings) else {
-            warning!("trempy task \"{name}\": its stored settings no longer validate; update them with trempy.update_task");
+            warning!(
+                "trempy task \"{name}\": its stored settings no longer validate; update them with trempy.update_task"
+            );
             return None;
         };
         let interval = settings.task.interval_seconds;
@@ -211,14 +213,20 @@ fn run(task: &Task, publisher: &Publisher) {
         }
         // Sequences: at the end of the full load (which a full_load task waits for), and at the
         // interval once the task streams.
-        if sequences_owed || (settings_published && task.settings.streams() && (task.loaded.get() || !task.settings.copies())) {
+        if sequences_owed
+            || (settings_published && task.settings.streams() && (task.loaded.get() || !task.settings.copies()))
+        {
             match sequences.publish(task.names.task(), &task.settings, &task.stream, publisher, sequences_owed) {
                 Ok(()) if sequences_owed && !task.settings.streams() => {
                     // A full load runs once: the task is done, not waiting. Only now, so that a
                     // worker that died before publishing the sequences is started again.
                     if let Err(err) = in_transaction(|| {
                         Spi::connect_mut(|client| {
-                            client.update("UPDATE trempy.tasks SET enabled = false WHERE task_id = $1", None, &[task.task_id.into()])?;
+                            client.update(
+                                "UPDATE trempy.tasks SET enabled = false WHERE task_id = $1",
+                                None,
+                                &[task.task_id.into()],
+                            )?;
                             Ok(())
                         })
                     }) {
@@ -228,7 +236,10 @@ fn run(task: &Task, publisher: &Publisher) {
                 }
                 Ok(()) => sequences_owed = false,
                 Err(err) => {
-                    warning!("trempy task \"{}\": could not publish its sequences: {err}; trying again", task.names.task());
+                    warning!(
+                        "trempy task \"{}\": could not publish its sequences: {err}; trying again",
+                        task.names.task()
+                    );
                     record_error(task, &err);
                     error_active = true;
                     if sequences_owed {
@@ -238,7 +249,11 @@ fn run(task: &Task, publisher: &Publisher) {
                 }
             }
         }
-        let outcome = if settings_published { step(task, publisher) } else { publish_settings(task, publisher).map(|()| Round::Idle) };
+        let outcome = if settings_published {
+            step(task, publisher)
+        } else {
+            publish_settings(task, publisher).map(|()| Round::Idle)
+        };
         if outcome.is_ok() && !settings_published {
             settings_published = true;
             wait = Duration::ZERO;
@@ -250,7 +265,11 @@ fn run(task: &Task, publisher: &Publisher) {
                 failures = 0;
                 wait = task.poll_interval;
                 if error_active {
-                    error_active = !record(task, "UPDATE trempy.task_progress SET error_active = false WHERE task_name = $1 AND error_active", &[task.names.task().into()]);
+                    error_active = !record(
+                        task,
+                        "UPDATE trempy.task_progress SET error_active = false WHERE task_name = $1 AND error_active",
+                        &[task.names.task().into()],
+                    );
                 }
             }
             Ok(Round::Copied(due, copied)) => {
@@ -265,7 +284,11 @@ fn run(task: &Task, publisher: &Publisher) {
                     copied.rows,
                     copied.messages
                 );
-                error_active = !record(task, "UPDATE trempy.task_progress SET error_active = false WHERE task_name = $1", &[task.names.task().into()]);
+                error_active = !record(
+                    task,
+                    "UPDATE trempy.task_progress SET error_active = false WHERE task_name = $1",
+                    &[task.names.task().into()],
+                );
             }
             Ok(Round::Loaded) => {
                 failures = 0;
@@ -307,7 +330,10 @@ fn run(task: &Task, publisher: &Publisher) {
                 match reaction(err.kind(), failures) {
                     Reaction::Exit => return,
                     Reaction::Restart => {
-                        warning!("trempy task \"{}\": {err}; exiting, the launcher starts a new worker", task.names.task());
+                        warning!(
+                            "trempy task \"{}\": {err}; exiting, the launcher starts a new worker",
+                            task.names.task()
+                        );
                         record_error(task, &err);
                         return;
                     }
@@ -378,7 +404,16 @@ fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
         }
         Some(Ok(due)) => {
             ensure_connected(publisher)?;
-            let copied = in_repeatable_read_transaction(|| load::copy_table(&task.stream, task.settings.prepare(), task.settings.streams(), &due, publisher, gucs::max_message_bytes()))?;
+            let copied = in_repeatable_read_transaction(|| {
+                load::copy_table(
+                    &task.stream,
+                    task.settings.prepare(),
+                    task.settings.streams(),
+                    &due,
+                    publisher,
+                    gucs::max_message_bytes(),
+                )
+            })?;
             Ok(Round::Copied(due, copied))
         }
     }
@@ -415,7 +450,11 @@ fn round(client: &mut pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publish
         return Ok(Round::Idle);
     }
     ensure_connected(publisher)?;
-    let handoff = if task.settings.copies() { load::handoff(client, task.names.task(), position.confirmed)? } else { trempy_protocol::handoff::Handoff::new() };
+    let handoff = if task.settings.copies() {
+        load::handoff(client, task.names.task(), position.confirmed)?
+    } else {
+        trempy_protocol::handoff::Handoff::new()
+    };
     let batch = peek::Batch {
         names: &task.names,
         stream: &task.stream,
@@ -451,7 +490,11 @@ fn round(client: &mut pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publish
 
 /// Commit LSN of the stream's last transaction published (since the task's last reload).
 fn last_commit_lsn(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<Option<Lsn>, Error> {
-    let row = client.select("SELECT last_commit_lsn::text FROM trempy.task_progress WHERE task_name = $1", Some(1), &[task.names.task().into()])?;
+    let row = client.select(
+        "SELECT last_commit_lsn::text FROM trempy.task_progress WHERE task_name = $1",
+        Some(1),
+        &[task.names.task().into()],
+    )?;
     if row.is_empty() {
         return Ok(None);
     }
@@ -481,9 +524,15 @@ impl Failure {
         let name = task.names.task();
         let slot = task.names.slot();
         let cause = match self {
-            Self::Missing => format!("replication slot \"{slot}\" no longer exists (it was dropped, or this server was restored, upgraded or failed over)"),
-            Self::Invalidated => format!("replication slot \"{slot}\" was invalidated: it fell further behind than max_slot_wal_keep_size and PostgreSQL removed WAL it needed"),
-            Self::OtherSystem(detail) => format!("replication slot \"{slot}\" was created on another server or timeline ({detail}): a promoted standby or a restored copy"),
+            Self::Missing => format!(
+                "replication slot \"{slot}\" no longer exists (it was dropped, or this server was restored, upgraded or failed over)"
+            ),
+            Self::Invalidated => format!(
+                "replication slot \"{slot}\" was invalidated: it fell further behind than max_slot_wal_keep_size and PostgreSQL removed WAL it needed"
+            ),
+            Self::OtherSystem(detail) => format!(
+                "replication slot \"{slot}\" was created on another server or timeline ({detail}): a promoted standby or a restored copy"
+            ),
         };
         format!(
             "{cause}. Changes committed since the task last published may not have been captured, so the task stopped instead of going on from a new slot. \
@@ -513,7 +562,11 @@ fn record_failure(task: &Task, failure: &Failure) {
     let message = message.as_str();
     let recorded = in_transaction(|| {
         Spi::connect_mut(|client| {
-            client.update("UPDATE trempy.tasks SET failure = $2 WHERE task_id = $1", None, &[task.task_id.into(), failure.code().into()])?;
+            client.update(
+                "UPDATE trempy.tasks SET failure = $2 WHERE task_id = $1",
+                None,
+                &[task.task_id.into(), failure.code().into()],
+            )?;
             client.update(
                 "UPDATE trempy.task_progress SET last_error = $2, last_error_at = now(), error_active = true WHERE task_name = $1",
                 None,
@@ -530,7 +583,8 @@ fn record_failure(task: &Task, failure: &Failure) {
 /// Runs a write against the task's progress row (`$1` is the task name, first of `args`) in its
 /// own transaction; true on success.
 fn record(task: &Task, sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> bool {
-    let result = in_transaction(|| Spi::connect_mut(|client| client.update(sql, None, args).map(|_| ()).map_err(Error::from)));
+    let result =
+        in_transaction(|| Spi::connect_mut(|client| client.update(sql, None, args).map(|_| ()).map_err(Error::from)));
     if let Err(err) = &result {
         warning!("trempy task \"{}\": could not record progress: {err}", task.names.task());
     }
@@ -544,7 +598,9 @@ const REPORT_REFRESH: Duration = Duration::from_secs(30);
 /// A report is recorded when it says something new, or [`REPORT_REFRESH`] after the last one.
 fn worth_recording(last: Option<&(Report, std::time::Instant)>, next: &Report) -> bool {
     let Some((last, at)) = last else { return true };
-    let key = |r: &Report| (r.state, r.reason.clone(), r.since_ms, r.watermark, r.generation, r.dead_letters, r.schema_changes_applied);
+    let key = |r: &Report| {
+        (r.state, r.reason.clone(), r.since_ms, r.watermark, r.generation, r.dead_letters, r.schema_changes_applied)
+    };
     key(last) != key(next) || at.elapsed() >= REPORT_REFRESH
 }
 

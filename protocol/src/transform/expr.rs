@@ -147,7 +147,12 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, ExprError> {
                 }
                 let word: String = chars[start..i].iter().collect();
                 if word != "value" {
-                    return Err(ExprError { position, message: format!("unknown name {word:?}; the only name allowed is `value` (functions are not supported)") });
+                    return Err(ExprError {
+                        position,
+                        message: format!(
+                            "unknown name {word:?}; the only name allowed is `value` (functions are not supported)"
+                        ),
+                    });
                 }
                 tokens.push((position, Token::Value));
             }
@@ -179,7 +184,11 @@ impl Parser {
 
     fn descend(&mut self) -> Result<(), ExprError> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH { self.error(format!("the expression nests deeper than {MAX_DEPTH} levels")) } else { Ok(()) }
+        if self.depth > MAX_DEPTH {
+            self.error(format!("the expression nests deeper than {MAX_DEPTH} levels"))
+        } else {
+            Ok(())
+        }
     }
 
     fn expr(&mut self) -> Result<Node, ExprError> {
@@ -290,7 +299,9 @@ impl Expression {
                 Node::Value => true,
                 Node::Neg(inner) => integral(inner),
                 Node::Bin(BinOp::Div, _, _) => false,
-                Node::Bin(BinOp::Pow, base, exponent) => integral(base) && matches!(**exponent, Node::Number { exact: Some(f), .. } if f.s == 0 && f.m >= 0),
+                Node::Bin(BinOp::Pow, base, exponent) => {
+                    integral(base) && matches!(**exponent, Node::Number { exact: Some(f), .. } if f.s == 0 && f.m >= 0)
+                }
                 Node::Bin(_, l, r) => integral(l) && integral(r),
             }
         }
@@ -319,7 +330,8 @@ fn parse_float(value: &str) -> Option<f64> {
         "-infinity" | "-inf" => Some(f64::NEG_INFINITY),
         _ => {
             let body = value.strip_prefix(['-', '+']).unwrap_or(value);
-            let plain = !body.is_empty() && body.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
+            let plain = !body.is_empty()
+                && body.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
             if plain { value.parse().ok().filter(|f: &f64| f.is_finite()) } else { None }
         }
     }
@@ -456,7 +468,8 @@ impl Fixed {
         let numerator = self.m.checked_mul(pow10(s + other.s - self.s).ok_or(())?).ok_or(())?;
         let (q, r) = (numerator.checked_div(other.m).ok_or(())?, numerator.checked_rem(other.m).ok_or(())?);
         let round_up = r.unsigned_abs() * 2 >= other.m.unsigned_abs();
-        let q = if round_up { q.checked_add(if (numerator < 0) == (other.m < 0) { 1 } else { -1 }).ok_or(())? } else { q };
+        let q =
+            if round_up { q.checked_add(if (numerator < 0) == (other.m < 0) { 1 } else { -1 }).ok_or(())? } else { q };
         Ok(Some(Fixed { m: q, s }.trimmed()))
     }
 
@@ -547,7 +560,10 @@ mod tests {
         assert_eq!(eval("value / 3", "2", Mode::Exact).unwrap(), "0.6666666666666667");
         assert_eq!(eval("value / -3", "2", Mode::Exact).unwrap(), "-0.6666666666666667");
         // beyond 38 digits: evaluated again as double precision, with its rounding
-        assert_eq!(eval("value * value", "100000000000000000000000", Mode::Exact).unwrap(), "9999999999999999000000000000000000000000000000");
+        assert_eq!(
+            eval("value * value", "100000000000000000000000", Mode::Exact).unwrap(),
+            "9999999999999999000000000000000000000000000000"
+        );
         // non-integer power: double precision
         assert_eq!(eval("value ^ 0.5", "16", Mode::Exact).unwrap(), "4");
     }
@@ -609,7 +625,8 @@ mod tests {
             let len = (next() % 24) as usize;
             let text: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
             if let Ok(e) = Expression::parse(&text) {
-                for value in ["0", "-7", "0.001", "NaN", "Infinity", "1e308", "99999999999999999999999999999999999999"] {
+                for value in ["0", "-7", "0.001", "NaN", "Infinity", "1e308", "99999999999999999999999999999999999999"]
+                {
                     let _ = e.evaluate(value, Mode::Exact);
                     let _ = e.evaluate(value, Mode::Float);
                 }
@@ -619,7 +636,14 @@ mod tests {
 
     #[test]
     fn integral_expressions_are_recognised() {
-        for (text, integral) in [("value*2+1", true), ("value^2", true), ("value/2", false), ("value*1.5", false), ("value^-1", false), ("value^value", false)] {
+        for (text, integral) in [
+            ("value*2+1", true),
+            ("value^2", true),
+            ("value/2", false),
+            ("value*1.5", false),
+            ("value^-1", false),
+            ("value^value", false),
+        ] {
             assert_eq!(Expression::parse(text).unwrap().is_integral(), integral, "{text}");
         }
     }

@@ -147,7 +147,11 @@ impl Dec {
     }
 
     fn cmp_magnitude(&self, other: &Dec) -> Ordering {
-        self.int.len().cmp(&other.int.len()).then_with(|| self.int.cmp(&other.int)).then_with(|| self.frac.cmp(&other.frac))
+        self.int
+            .len()
+            .cmp(&other.int.len())
+            .then_with(|| self.int.cmp(&other.int))
+            .then_with(|| self.frac.cmp(&other.frac))
     }
 }
 
@@ -356,7 +360,8 @@ impl Fields {
 
     /// Microseconds since midnight.
     pub(crate) fn time_micros(&self) -> i64 {
-        (i64::from(self.hour) * 3600 + i64::from(self.minute) * 60 + i64::from(self.second)) * 1_000_000 + i64::from(self.micro)
+        (i64::from(self.hour) * 3600 + i64::from(self.minute) * 60 + i64::from(self.second)) * 1_000_000
+            + i64::from(self.micro)
     }
 
     /// The year as PostgreSQL's `extract(year …)` reports it (no year 0: 1 BC is -1).
@@ -373,7 +378,8 @@ impl Fields {
     /// `YYYY-MM-DD HH:MM:SS[.ffffff]` (with ` BC` for years before 1).
     pub(crate) fn timestamp_text(&self) -> String {
         let (y, bc) = if self.year <= 0 { (1 - self.year, " BC") } else { (self.year, "") };
-        let mut s = format!("{y:04}-{:02}-{:02} {:02}:{:02}:{:02}", self.month, self.day, self.hour, self.minute, self.second);
+        let mut s =
+            format!("{y:04}-{:02}-{:02} {:02}:{:02}:{:02}", self.month, self.day, self.hour, self.minute, self.second);
         if self.micro != 0 {
             let frac = format!("{:06}", self.micro);
             s.push('.');
@@ -499,7 +505,20 @@ pub(crate) fn parse_datetime(s: &str) -> Option<DateTime> {
 // ---------------------------------------------------------------------------------------------
 // strftime formatting.
 
-const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
 const WEEKDAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
 
 /// The strftime directives `format_date` understands.
@@ -647,7 +666,15 @@ mod tests {
         let Stamp::At(micros) = bc.stamp else { panic!() };
         assert_eq!(Fields::of(micros).pg_year(), -44);
         assert_eq!(Fields::of(micros).date_text(), "0044-03-15 BC");
-        for bad in ["2023-02-29", "2024-13-01", "24-01-01", "2024-01-01 25:00", "2024-01-01 10:00+99", "0000-01-01", "2024-01-01 10:00:00."] {
+        for bad in [
+            "2023-02-29",
+            "2024-13-01",
+            "24-01-01",
+            "2024-01-01 25:00",
+            "2024-01-01 10:00+99",
+            "0000-01-01",
+            "2024-01-01 10:00:00.",
+        ] {
             assert!(parse_datetime(bad).is_none(), "{bad}");
         }
     }
