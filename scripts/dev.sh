@@ -369,7 +369,7 @@ SET log_min_duration_statement = -1;
 \\set pw '$(password)'
 SELECT 'CREATE ROLE trempy' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'trempy') \\gexec
 ALTER ROLE trempy WITH LOGIN SUPERUSER PASSWORD :'pw';
--- "$user" would resolve to the extension's schema trempy: unqualified tables (pgbench -i, a
+-- "\$user" would resolve to the extension's schema trempy: unqualified tables (pgbench -i, a
 -- DBA's CREATE TABLE) go to public instead, never among TREMpy's own tables.
 ALTER ROLE trempy SET search_path = public;
 SELECT format('CREATE DATABASE %I OWNER trempy', :'db')

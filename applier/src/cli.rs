@@ -14,7 +14,7 @@ use crate::consume::{self, Options};
 use crate::deadletter::{self, Outcome, Selection};
 use crate::errorlog::{self, Action};
 use crate::policy::{DEFAULT_MAX_ATTEMPTS, ErrorPolicy};
-use crate::{error, report, state, target};
+use crate::{error, migrations, report, state, target};
 
 /// TREMpy applier: applies a task's changes from RabbitMQ to a target PostgreSQL database,
 /// exactly once in effect.
@@ -287,8 +287,8 @@ async fn status(args: StatusArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(err) = state::setup(&client).await {
-        tracing::error!(error = %err, "cannot create trempy.applier_state");
+    if let Err(err) = migrations::run(&client).await {
+        tracing::error!(error = %err, "cannot bring the target's TREMpy tables up to date");
         return ExitCode::FAILURE;
     }
     let rows = client
@@ -327,14 +327,12 @@ async fn status(args: StatusArgs) -> ExitCode {
     }
 }
 
-/// Connects to the target for a one-shot command and creates the error tables if needed.
+/// Connects to the target for a one-shot command and brings its TREMpy tables up to date.
 async fn connect(target_dsn: &str, task: &str) -> Result<(Arc<tokio_postgres::Client>, TaskNames), error::Error> {
     let names = TaskNames::new(task)
         .map_err(|e| error::Error::new(error::ErrorKind::Conflict, format!("--task: {}", e.message())))?;
     let (client, _driver) = target::connect(target_dsn).await?;
-    errorlog::setup(&client).await?;
-    state::setup(&client).await?;
-    deadletter::setup(&client).await?;
+    migrations::run(&client).await?;
     Ok((Arc::new(client), names))
 }
 

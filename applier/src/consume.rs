@@ -51,6 +51,7 @@ use crate::deadletter::{self, Why};
 use crate::error::{Error, ErrorKind};
 use crate::errorlog::{self, Action};
 use crate::load::{self, Verdict};
+use crate::migrations;
 use crate::policy::{self, ErrorPolicy, Reaction};
 use crate::progress::{self, Applied, Position, Staged};
 use crate::report::Live;
@@ -281,6 +282,7 @@ struct Stats {
 impl<'o> Session<'o> {
     async fn open(options: &'o Options, mut carry: Carry) -> Result<Session<'o>, Error> {
         let (mut client, _driver) = target::connect(&options.target_dsn).await?;
+        migrations::run(&client).await?;
         let task = options.names.task();
         let committed = progress::load(&mut client, task).await?;
         let settings = committed.settings.as_deref().and_then(|text| TaskSettings::parse(text).ok());
@@ -288,10 +290,6 @@ impl<'o> Session<'o> {
             carry.policy = ErrorPolicy::from_settings(settings.error_handling.as_ref(), carry.policy.max_attempts);
         }
         let staged = progress::load_staged(&client, task).await?;
-        errorlog::setup(&client).await?;
-        state::setup(&client).await?;
-        deadletter::setup(&client).await?;
-        schema_change::setup(&client).await?;
         if !carry.started {
             carry.failing = state::started(&client, task).await?;
             carry.started = true;

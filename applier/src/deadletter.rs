@@ -34,36 +34,6 @@ use crate::catalog::Catalog;
 use crate::error::{Error, ErrorKind};
 use crate::rules::{self, Rules};
 
-const SETUP: &str = "
-SET client_min_messages = warning;
-CREATE SCHEMA IF NOT EXISTS trempy;
-CREATE TABLE IF NOT EXISTS trempy.applier_deadletters (
-    id               bigserial PRIMARY KEY,
-    task_name        text NOT NULL,
-    commit_lsn       pg_lsn,
-    xid              bigint,
-    table_name       text,
-    operation        text,
-    sqlstate         text,
-    error_class      text NOT NULL,
-    reason           text NOT NULL,
-    attempts         integer NOT NULL,
-    body             bytea NOT NULL,
-    state            text NOT NULL DEFAULT 'dead' CHECK (state IN ('dead', 'replayed', 'discarded')),
-    dead_lettered_at timestamptz NOT NULL DEFAULT now(),
-    resolved_at      timestamptz
-);
-CREATE UNIQUE INDEX IF NOT EXISTS applier_deadletters_txn ON trempy.applier_deadletters (task_name, commit_lsn) WHERE commit_lsn IS NOT NULL;
-COMMENT ON TABLE trempy.applier_deadletters IS
-  'TREMpy: dead-lettered source transactions and invalid messages; replay with trempy-applier dlq replay.';
-";
-
-/// Creates the table if needed.
-pub(crate) async fn setup(client: &Client) -> Result<(), Error> {
-    client.batch_execute(SETUP).await?;
-    Ok(())
-}
-
 /// What a dead letter says about itself (headers and table columns).
 #[derive(Debug, Clone)]
 pub(crate) struct Why<'e> {

@@ -43,6 +43,9 @@ pub(crate) enum ErrorKind {
     /// target tables (the DBA runs the statements the reason names), or a statement of it failed.
     /// It halts in order and is never dead-lettered; the next attempt reconciles again.
     Schema,
+    /// The target's TREMpy tables are at a newer version than this applier knows
+    /// ([`crate::migrations`]): it halts until upgraded.
+    TargetSchema,
 }
 
 impl ErrorKind {
@@ -61,6 +64,7 @@ impl ErrorKind {
             Self::UnchangedToast => "unchanged_toast",
             Self::Schema => "schema",
             Self::Stream => "stream",
+            Self::TargetSchema => "target_schema",
         }
     }
 }

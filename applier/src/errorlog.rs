@@ -9,27 +9,6 @@ use trempy_protocol::Lsn;
 
 use crate::error::Error;
 
-const SETUP: &str = "
-SET client_min_messages = warning;
-CREATE SCHEMA IF NOT EXISTS trempy;
-CREATE TABLE IF NOT EXISTS trempy.applier_errors (
-    id          bigserial PRIMARY KEY,
-    task_name   text NOT NULL,
-    logged_at   timestamptz NOT NULL DEFAULT now(),
-    table_name  text,
-    operation   text,
-    commit_lsn  pg_lsn,
-    sqlstate    text,
-    error_class text NOT NULL,
-    message     text NOT NULL,
-    attempt     integer,
-    action      text NOT NULL
-);
-CREATE INDEX IF NOT EXISTS applier_errors_task ON trempy.applier_errors (task_name, id);
-COMMENT ON TABLE trempy.applier_errors IS
-  'TREMpy: every apply error (never row values); action says what the applier did about it.';
-";
-
 /// What the applier did about an error, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {
@@ -52,12 +31,6 @@ impl Action {
             Self::ReplayFailed => "replay_failed",
         }
     }
-}
-
-/// Creates the table if needed.
-pub(crate) async fn setup(client: &Client) -> Result<(), Error> {
-    client.batch_execute(SETUP).await?;
-    Ok(())
 }
 
 /// Records one error (in its own transaction: the client must not be inside one).

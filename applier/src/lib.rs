@@ -22,6 +22,7 @@ mod error;
 mod errorlog;
 mod keyless;
 mod load;
+mod migrations;
 mod policy;
 mod progress;
 mod report;

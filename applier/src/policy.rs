@@ -95,7 +95,8 @@ pub(crate) fn reaction(err: &Error, attempt: u32) -> Reaction {
         | ErrorKind::UnchangedToast
         | ErrorKind::Schema
         | ErrorKind::Stream
-        | ErrorKind::NewerEnvelope => Reaction::Halt(halt_delay(attempt)),
+        | ErrorKind::NewerEnvelope
+        | ErrorKind::TargetSchema => Reaction::Halt(halt_delay(attempt)),
     }
 }
 

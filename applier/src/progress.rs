@@ -7,32 +7,6 @@ use crate::error::{Error, ErrorKind};
 use crate::load::LoadMark;
 use crate::stream::Current;
 
-const SETUP: &str = "
-SET client_min_messages = warning;
-CREATE SCHEMA IF NOT EXISTS trempy;
-CREATE TABLE IF NOT EXISTS trempy.applier_progress (
-    task_name              text PRIMARY KEY,
-    commit_lsn             pg_lsn NOT NULL,
-    source_commit_time     timestamptz,
-    transactions_applied   bigint NOT NULL DEFAULT 0,
-    changes_applied        bigint NOT NULL DEFAULT 0,
-    applied_at             timestamptz NOT NULL DEFAULT now()
-);
-COMMENT ON TABLE trempy.applier_progress IS
-  'TREMpy: per task, the last source commit LSN applied here. Updated in the same transaction as the rows.';
-ALTER TABLE trempy.applier_progress
-    ADD COLUMN IF NOT EXISTS generation   integer NOT NULL DEFAULT 1,
-    ADD COLUMN IF NOT EXISTS settings     jsonb,
-    ADD COLUMN IF NOT EXISTS load_table   integer,
-    ADD COLUMN IF NOT EXISTS load_attempt integer,
-    ADD COLUMN IF NOT EXISTS load_seq     integer,
-    ADD COLUMN IF NOT EXISTS load_merge   boolean,
-    ADD COLUMN IF NOT EXISTS rows_loaded  bigint NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS incarnation  text,
-    ADD COLUMN IF NOT EXISTS retired_incarnations text[] NOT NULL DEFAULT '{}',
-    ADD COLUMN IF NOT EXISTS load_copy    bigint;
-";
-
 /// Where a task stands in the target, as committed.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Position {
@@ -44,9 +18,8 @@ pub(crate) struct Position {
     pub(crate) load: Option<LoadMark>,
 }
 
-/// Creates the progress table if needed and returns where the task stands.
+/// Where the task stands (its progress row is created if missing).
 pub(crate) async fn load(client: &mut tokio_postgres::Client, task: &str) -> Result<Position, Error> {
-    client.batch_execute(SETUP).await?;
     client
         .execute("INSERT INTO trempy.applier_progress (task_name, commit_lsn) VALUES ($1, '0/0') ON CONFLICT (task_name) DO NOTHING", &[&task])
         .await?;
@@ -205,18 +178,6 @@ pub(crate) async fn start_generation(
     Ok(updated == 1)
 }
 
-const STAGING_SETUP: &str = "
-CREATE TABLE IF NOT EXISTS trempy.applier_staging (
-    task_name  text NOT NULL,
-    commit_lsn pg_lsn NOT NULL,
-    seq        integer NOT NULL,
-    body       bytea NOT NULL,
-    PRIMARY KEY (task_name, commit_lsn, seq)
-);
-COMMENT ON TABLE trempy.applier_staging IS
-  'TREMpy: chunks of a source transaction larger than one message, kept until its last chunk arrives.';
-";
-
 /// A source transaction whose first chunks are staged in the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Staged {
@@ -224,9 +185,8 @@ pub(crate) struct Staged {
     pub(crate) next_seq: u32,
 }
 
-/// Creates the staging table if needed and returns what is staged for the task (committed).
+/// What is staged for the task (committed).
 pub(crate) async fn load_staged(client: &tokio_postgres::Client, task: &str) -> Result<Option<Staged>, Error> {
-    client.batch_execute(STAGING_SETUP).await?;
     let rows = client
         .query("SELECT commit_lsn::text, max(seq) FROM trempy.applier_staging WHERE task_name = $1 GROUP BY commit_lsn ORDER BY commit_lsn DESC", &[&task])
         .await?;

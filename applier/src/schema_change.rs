@@ -58,30 +58,6 @@ use crate::rules;
 /// `(schema, table)`, unquoted.
 pub(crate) type Name = (String, String);
 
-const SETUP: &str = "
-SET client_min_messages = warning;
-CREATE SCHEMA IF NOT EXISTS trempy;
-CREATE TABLE IF NOT EXISTS trempy.applier_schema_changes (
-    id           bigserial PRIMARY KEY,
-    task_name    text NOT NULL,
-    incarnation  text,
-    commit_lsn   pg_lsn NOT NULL,
-    source_table text NOT NULL,
-    target_table text,
-    steps        text NOT NULL,
-    applied_at   timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS applier_schema_changes_task ON trempy.applier_schema_changes (task_name, id);
-COMMENT ON TABLE trempy.applier_schema_changes IS
-  'TREMpy: source schema changes applied to the target, in the transaction that applied them.';
-";
-
-/// Creates the table if needed.
-pub(crate) async fn setup(client: &Client) -> Result<(), Error> {
-    client.batch_execute(SETUP).await?;
-    Ok(())
-}
-
 /// A source shape as the relation the stream describes after the change.
 pub(crate) fn relation(rel: u32, shape: &Shape) -> Relation {
     Relation {

@@ -14,27 +14,6 @@ use trempy_protocol::Lsn;
 
 use crate::error::Error;
 
-const SETUP: &str = "
-SET client_min_messages = warning;
-CREATE SCHEMA IF NOT EXISTS trempy;
-CREATE TABLE IF NOT EXISTS trempy.applier_state (
-    task_name   text PRIMARY KEY,
-    state       text NOT NULL CHECK (state IN ('running', 'retrying', 'stopped')),
-    reason      text,
-    since       timestamptz NOT NULL DEFAULT now(),
-    failing_lsn pg_lsn,
-    attempts    integer NOT NULL DEFAULT 0
-);
-COMMENT ON TABLE trempy.applier_state IS
-  'TREMpy: per task, running / retrying / stopped, why and since when; attempts at the failing source transaction.';
-";
-
-/// Creates the table if needed.
-pub(crate) async fn setup(client: &Client) -> Result<(), Error> {
-    client.batch_execute(SETUP).await?;
-    Ok(())
-}
-
 /// An applier started (which resumes a stopped task): state `running`. The attempt counter is
 /// kept; returns the failing source transaction it counts attempts at, if any.
 pub(crate) async fn started(client: &Client, task: &str) -> Result<Option<Lsn>, Error> {
