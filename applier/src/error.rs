@@ -3,6 +3,7 @@
 use std::fmt;
 
 use trempy_protocol::Lsn;
+use trempy_protocol::cause::Cause;
 use trempy_protocol::redact::redact;
 
 /// What went wrong.
@@ -109,12 +110,22 @@ pub(crate) struct Error {
     table: Option<String>,
     lsn: Option<Lsn>,
     operation: Option<Operation>,
+    /// What caused it, redacted ([`Cause`]).
+    cause: Option<Box<Cause>>,
 }
 
 impl Error {
     /// An error; passwords of URLs or DSNs its message quotes (a connection error may) are masked.
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: redact(&message.into()), sqlstate: None, table: None, lsn: None, operation: None }
+        Self {
+            kind,
+            message: redact(&message.into()),
+            sqlstate: None,
+            table: None,
+            lsn: None,
+            operation: None,
+            cause: None,
+        }
     }
 
     pub(crate) fn kind(&self) -> ErrorKind {
@@ -138,6 +149,12 @@ impl Error {
     /// Sets the source commit LSN, unless a more precise one is known already.
     pub(crate) fn with_lsn(mut self, lsn: Lsn) -> Self {
         self.lsn.get_or_insert(lsn);
+        self
+    }
+
+    /// Keeps what caused it (its whole chain, redacted).
+    pub(crate) fn caused_by(mut self, err: &(dyn std::error::Error + 'static)) -> Self {
+        self.cause = Some(Cause::chain(err));
         self
     }
 
@@ -173,11 +190,13 @@ impl Error {
             };
             return Self {
                 sqlstate: err.code().map(|c| c.code().to_owned()),
-                ..Self::new(kind, format!("target database: {err}"))
+                ..Self::new(kind, format!("target database: {err}")).caused_by(err)
             };
         };
         let code = db.code().code().to_owned();
-        let message = if code.starts_with("22") || code.starts_with("23") {
+        // Data and constraint errors quote row values: their cause is not kept either.
+        let values = code.starts_with("22") || code.starts_with("23");
+        let message = if values {
             let mut what = format!("target database refused a row (SQLSTATE {code})");
             if let Some(c) = db.constraint() {
                 what.push_str(&format!(", constraint \"{c}\""));
@@ -189,7 +208,8 @@ impl Error {
         } else {
             format!("target database: {} (SQLSTATE {code})", db.message())
         };
-        Self { sqlstate: Some(code), ..Self::new(ErrorKind::TargetSql, message) }
+        let error = Self { sqlstate: Some(code), ..Self::new(ErrorKind::TargetSql, message) };
+        if values { error } else { error.caused_by(err) }
     }
 }
 
@@ -207,9 +227,15 @@ impl fmt::Display for Error {
     }
 }
 
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref().map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
+
 impl From<lapin::Error> for Error {
     fn from(err: lapin::Error) -> Self {
-        Self::new(ErrorKind::Broker, format!("RabbitMQ: {err}"))
+        Self::new(ErrorKind::Broker, format!("RabbitMQ: {err}")).caused_by(&err)
     }
 }
 
@@ -222,6 +248,17 @@ impl From<tokio_postgres::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cause_is_kept_without_its_password() {
+        use std::error::Error as _;
+        let url_error = std::io::Error::other("Invalid URL: 'amqp://trempy:s3cret@rabbit:5672/%2f'");
+        let err = Error::new(ErrorKind::Broker, "cannot connect to RabbitMQ").caused_by(&url_error);
+        let cause = err.source().map(ToString::to_string).unwrap_or_default();
+        assert!(cause.contains("rabbit:5672") && !cause.contains("s3cret"), "{cause}");
+        assert!(!format!("{err:?}").contains("s3cret"));
+        assert!(Error::new(ErrorKind::Broker, "x").source().is_none());
+    }
 
     #[test]
     fn messages_never_keep_a_password() {

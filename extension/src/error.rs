@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use trempy_protocol::cause::Cause;
+
 /// What went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ErrorKind {
@@ -34,11 +36,19 @@ pub(crate) enum ErrorKind {
 pub(crate) struct Error {
     kind: ErrorKind,
     message: String,
+    /// What caused it, redacted.
+    cause: Option<Box<Cause>>,
 }
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: trempy_protocol::redact::redact(&message.into()) }
+        Self { kind, message: trempy_protocol::redact::redact(&message.into()), cause: None }
+    }
+
+    /// Keeps what caused it (its whole chain, redacted).
+    pub(crate) fn caused_by(mut self, err: &(dyn std::error::Error + 'static)) -> Self {
+        self.cause = Some(Cause::chain(err));
+        self
     }
 
     pub(crate) fn kind(&self) -> ErrorKind {
@@ -52,15 +62,21 @@ impl fmt::Display for Error {
     }
 }
 
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref().map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
+
 impl From<trempy_protocol::Error> for Error {
     fn from(err: trempy_protocol::Error) -> Self {
-        Self::new(ErrorKind::Decode, err.message())
+        Self::new(ErrorKind::Decode, err.message()).caused_by(&err)
     }
 }
 
 impl From<pgrx::spi::SpiError> for Error {
     fn from(err: pgrx::spi::SpiError) -> Self {
-        Self::new(ErrorKind::Postgres, err.to_string())
+        Self::new(ErrorKind::Postgres, err.to_string()).caused_by(&err)
     }
 }
 

@@ -18,6 +18,7 @@
 //! This crate uses neither pgrx nor tokio, so that it builds and fuzzes fast.
 
 pub mod assemble;
+pub mod cause;
 pub mod copytext;
 pub mod databases;
 pub mod envelope;
