@@ -28,6 +28,7 @@ use tracing::warn;
 use trempy_protocol::envelope::{Change, Relation};
 
 use crate::error::{Error, ErrorKind, Operation};
+use crate::ident::{self, quote_ident};
 use crate::keyless::{self, Missing};
 use crate::scd2;
 
@@ -39,13 +40,8 @@ const MAX_IN_FLIGHT: usize = 2;
 
 type InFlight = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
-/// Quotes an identifier for SQL.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 fn qualified(rel: &Relation) -> String {
-    format!("{}.{}", quote_ident(&rel.schema), quote_ident(&rel.table))
+    ident::qualified(&rel.schema, &rel.table)
 }
 
 /// How changes are written to the target (`task.cdc_settings.mode`).

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 use trempy_protocol::envelope::Relation;
 
-use crate::apply::quote_ident;
+use crate::ident::{qualified, quote_ident};
 use trempy_protocol::typename;
 
 use crate::error::{Error, ErrorKind};
@@ -19,10 +19,6 @@ pub(crate) struct Catalog {
 }
 
 /// `schema.table`, quoted.
-pub(crate) fn qualified(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(table))
-}
-
 impl Catalog {
     /// Forgets what was read (after DDL).
     pub(crate) fn forget(&mut self, schema: &str, table: &str) {

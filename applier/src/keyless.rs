@@ -16,8 +16,8 @@
 
 use trempy_protocol::envelope::Relation;
 
-use crate::apply::quote_ident;
 use crate::error::{Error, ErrorKind};
+use crate::ident::quote_ident;
 
 /// Types whose `=` is a btree equality that an index on the target can serve. The text
 /// comparison beside it keeps the match exact (`=` holds for `1.0` and `1.00`).

@@ -20,6 +20,7 @@ mod consume;
 mod deadletter;
 mod error;
 mod errorlog;
+mod ident;
 mod keyless;
 mod load;
 mod migrations;

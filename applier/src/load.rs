@@ -19,9 +19,10 @@ use futures_util::SinkExt;
 use tokio_postgres::Client;
 use trempy_protocol::envelope::{LoadChunk, Relation};
 
-use crate::apply::quote_ident;
-use crate::catalog::{self, Catalog, qualified};
+use crate::catalog::{self, Catalog};
 use crate::error::{Error, ErrorKind};
+use crate::ident::qualified;
+use crate::ident::quote_ident;
 
 /// The last load chunk applied in the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,8 +34,9 @@ use trempy_protocol::settings::{CdcMode, ColumnDesc, Scd2Columns, TaskSettings};
 use trempy_protocol::transform::{Context, TablePlan};
 
 use crate::apply::Mode;
-use crate::catalog::{Catalog, qualified};
+use crate::catalog::Catalog;
 use crate::error::{Error, ErrorKind, Operation};
+use crate::ident::qualified;
 use crate::scd2;
 
 /// One source relation, compiled.

@@ -30,9 +30,9 @@
 
 use trempy_protocol::envelope::{Change, Relation};
 
-use crate::apply::{key_indexes, quote_ident};
-use crate::catalog::qualified;
 use crate::error::{Error, ErrorKind};
+use crate::ident::qualified;
+use crate::ident::quote_ident;
 
 /// A statement and its text parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,8 @@ impl<'a> Shape<'a> {
         let width = rel.columns.len().checked_sub(COLUMNS).ok_or_else(|| {
             Error::new(ErrorKind::Rules, format!("{table} lacks its SCD2 columns")).with_table(table.clone())
         })?;
-        let keys: Vec<usize> = key_indexes(rel)?.into_iter().filter(|&k| k < width).collect();
+        let keys: Vec<usize> =
+            rel.columns.iter().enumerate().filter(|(k, c)| c.key && *k < width).map(|(k, _)| k).collect();
         if keys.is_empty() {
             return Err(Error::new(
                 ErrorKind::Rules,

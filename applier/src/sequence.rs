@@ -16,8 +16,8 @@ use tokio_postgres::Client;
 use tracing::{debug, warn};
 use trempy_protocol::sequence::SequenceValue;
 
-use crate::catalog::qualified;
 use crate::error::{Error, ErrorKind};
+use crate::ident::qualified;
 
 /// The target table and column that own the target of `value`, if the source sequence is owned:
 /// where the worker says the task's transformations put the owning column, else the same names.
@@ -91,7 +91,7 @@ pub(crate) async fn apply(
                         Missing::Skip => {
                             if warned.insert(name.clone()) {
                                 let column = owner.as_ref().map_or_else(String::new, |(t, c)| {
-                                    format!(" (owned by {t}.{})", crate::apply::quote_ident(c))
+                                    format!(" (owned by {t}.{})", crate::ident::quote_ident(c))
                                 });
                                 warn!(sequence = %name, "the target has no sequence for {name}{column}, whose column there draws from none: its values are not carried (create it, or give the target column an identity)");
                             }
@@ -130,7 +130,7 @@ pub(crate) async fn apply(
 async fn create_sequence(client: &Client, value: &SequenceValue, name: &str) -> Result<(), Error> {
     let fail = |e: tokio_postgres::Error| Error::target(&e).with_table(name.to_owned());
     client
-        .execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", crate::apply::quote_ident(&value.schema)), &[])
+        .execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", crate::ident::quote_ident(&value.schema)), &[])
         .await
         .map_err(fail)?;
     // type_name is one of bigint, integer, smallint (checked when the message was parsed)
@@ -159,7 +159,7 @@ async fn attach_default(client: &Client, name: &str, table: &str, column: &str) 
         .map_err(fail)?
         .get(0);
     if bare {
-        let column = crate::apply::quote_ident(column);
+        let column = crate::ident::quote_ident(column);
         client
             .execute(
                 &format!(
