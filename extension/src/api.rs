@@ -195,7 +195,7 @@ fn take_claim(what: &str) -> i64 {
 }
 
 /// Runs the setup helper, or raises its error.
-fn run_setup(name: &str, request: &setup::Request) -> Option<setup::SlotIdentity> {
+fn run_setup(name: &str, request: &setup::Request) -> Option<crate::decoding::slot::SlotIdentity> {
     setup::run(request).unwrap_or_else(|message| {
         fail(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

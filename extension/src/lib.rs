@@ -15,8 +15,10 @@ mod decoding;
 mod error;
 mod gucs;
 mod load;
+mod outbox;
 mod publish;
 mod sequences;
+mod session;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

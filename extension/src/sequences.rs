@@ -13,8 +13,9 @@ use trempy_protocol::settings::TaskSettings;
 use crate::catalog;
 use crate::error::{Error, ErrorKind};
 use crate::gucs;
+use crate::outbox::{confirm, ensure_connected, send};
 use crate::publish::Publisher;
-use crate::worker::{confirm, ensure_connected, in_transaction, send};
+use crate::session::in_transaction;
 
 /// What a task worker last published of its sequences, and when it looks again.
 pub(crate) struct Sequences {

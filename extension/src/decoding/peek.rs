@@ -15,8 +15,9 @@ use trempy_protocol::names::TaskNames;
 use trempy_protocol::pgoutput;
 
 use crate::error::{Error, ErrorKind};
+use crate::outbox::{confirm, send};
 use crate::publish::Publisher;
-use crate::worker::{confirm, each_row, send};
+use crate::session::each_row;
 
 /// What one decoding call is to do.
 pub(crate) struct Batch<'a> {

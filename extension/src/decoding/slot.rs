@@ -8,11 +8,22 @@
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use serde::{Deserialize, Serialize};
 use trempy_protocol::Lsn;
 use trempy_protocol::names::TaskNames;
 
 use crate::error::{Error, ErrorKind};
-use crate::worker::setup::SlotIdentity;
+
+/// The identity of a slot, recorded when it is created (see `trempy.tasks.slot_*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SlotIdentity {
+    /// The slot's consistent point: every transaction committed after it is decoded.
+    pub(crate) lsn: String,
+    /// `pg_control_system().system_identifier`.
+    pub(crate) system_id: String,
+    /// The timeline WAL was being written on.
+    pub(crate) timeline: i32,
+}
 
 /// Explains why the task's slot or publication name is already taken, if it is.
 pub(crate) fn name_conflict(client: &SpiClient<'_>, names: &TaskNames) -> Result<Option<String>, Error> {

@@ -9,8 +9,9 @@ use trempy_protocol::envelope::{self, LoadChunk, Prepare, StreamId};
 use super::Due;
 use crate::catalog;
 use crate::error::{Error, ErrorKind};
+use crate::outbox::{confirm, send};
 use crate::publish::Publisher;
-use crate::worker::{confirm, each_row, send};
+use crate::session::each_row;
 
 // pg_stat_progress_copy parameters (commands/progress.h).
 const PROGRESS_COPY_BYTES_PROCESSED: i32 = 0;

@@ -20,6 +20,7 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 
 use crate::gucs;
+use crate::session;
 
 const TICK: Duration = Duration::from_secs(1);
 const START_BACKOFF: Duration = Duration::from_secs(3);
@@ -133,14 +134,14 @@ pub extern "C-unwind" fn trempy_launcher_main(_arg: pg_sys::Datum) {
     let database = BackgroundWorker::get_extra().to_owned();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    super::set_database(&database);
-    if let Err(err) = super::pin_output_settings() {
+    session::set_database(&database);
+    if let Err(err) = session::pin_output_settings() {
         warning!("trempy launcher: could not pin its session settings: {err}");
         return;
     }
     let mut waiting_logged = false;
     loop {
-        match super::in_transaction(|| {
+        match session::in_transaction(|| {
             Spi::connect(|client| {
                 Ok(client
                     .select(
@@ -170,12 +171,12 @@ pub extern "C-unwind" fn trempy_launcher_main(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            if !super::still_served() {
+            if !session::still_served() {
                 log!("trempy launcher: database \"{database}\" left trempy.databases; stopping");
                 return;
             }
         }
-        let orphans = super::in_transaction(|| Ok(tasks_without_worker()));
+        let orphans = session::in_transaction(|| Ok(tasks_without_worker()));
         let orphans = match orphans {
             Ok(Some(orphans)) => orphans,
             Ok(None) => continue, // the extension is not created in this database (yet)

@@ -28,9 +28,9 @@ use pgrx::spi::SpiClient;
 use serde::{Deserialize, Serialize};
 use trempy_protocol::names::TaskNames;
 
-use super::in_transaction;
-use crate::decoding::slot;
+use crate::decoding::slot::{self, SlotIdentity};
 use crate::error::{Error, ErrorKind};
+use crate::session::{self, in_transaction};
 
 /// What to do with the task's publication.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,17 +59,6 @@ pub(crate) struct Request {
     pub(crate) drop_slot: bool,
     /// Create the task's slot.
     pub(crate) create_slot: bool,
-}
-
-/// The identity of a slot the helper created.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct SlotIdentity {
-    /// The slot's consistent point: every transaction committed after it is decoded.
-    pub(crate) lsn: String,
-    /// `pg_control_system().system_identifier`.
-    pub(crate) system_id: String,
-    /// The timeline WAL was being written on.
-    pub(crate) timeline: i32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,7 +158,7 @@ pub extern "C-unwind" fn trempy_setup_main(arg: pg_sys::Datum) {
         (base, (std::slice::from_raw_parts(base.add(HEADER), len).to_vec()))
     };
     let outcome = match serde_json::from_slice::<Request>(&request) {
-        Ok(request) => match super::pin_output_settings().and_then(|()| perform(&request)) {
+        Ok(request) => match session::pin_output_settings().and_then(|()| perform(&request)) {
             Ok(identity) => Outcome::Done(identity),
             Err(err) => Outcome::Failed(err.to_string()),
         },

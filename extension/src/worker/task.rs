@@ -27,13 +27,15 @@ use trempy_protocol::feedback::Report;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 
-use super::{LOCK_CLASS, confirm, ensure_connected, in_repeatable_read_transaction, in_transaction, send};
+use super::LOCK_CLASS;
 use crate::decoding::{peek, slot};
 use crate::error::{Error, ErrorKind, Reaction, reaction};
 use crate::gucs;
 use crate::load::{self, Next};
+use crate::outbox::{confirm, ensure_connected, send};
 use crate::publish::{Broker, Publisher};
 use crate::sequences::Sequences;
+use crate::session::{self, in_repeatable_read_transaction, in_transaction};
 
 enum Round {
     /// Nothing new; wait for the poll interval.
@@ -76,8 +78,8 @@ pub extern "C-unwind" fn trempy_task_main(arg: pg_sys::Datum) {
     // makes PostgreSQL's next interrupt check end the process, as a backend's does.
     unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    super::set_database(&database);
-    if let Err(err) = super::pin_output_settings() {
+    session::set_database(&database);
+    if let Err(err) = session::pin_output_settings() {
         warning!("trempy task {task_id}: could not pin the output settings: {err}");
         return;
     }
@@ -199,7 +201,7 @@ fn run(task: &Task, publisher: &Publisher) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            if !super::still_served() {
+            if !session::still_served() {
                 log!("trempy task \"{}\": its database left trempy.databases; stopping", task.names.task());
                 return;
             }
