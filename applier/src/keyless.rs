@@ -15,6 +15,7 @@
 //! one fits. A NULL old value matches `IS NULL`.
 
 use trempy_protocol::envelope::Relation;
+use trempy_protocol::typename::without_modifiers;
 
 use crate::error::{Error, ErrorKind};
 use crate::ident::quote_ident;
@@ -51,23 +52,8 @@ const INDEXABLE: &[&str] = &[
     "pg_lsn",
 ];
 
-/// `numeric(12,2)` → `numeric`; `timestamp(3) with time zone` → `timestamp with time zone`.
-fn base_type(type_name: &str) -> String {
-    let mut out = String::with_capacity(type_name.len());
-    let mut depth = 0u32;
-    for ch in type_name.chars() {
-        match ch {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            _ if depth == 0 => out.push(ch),
-            _ => {}
-        }
-    }
-    out.trim().to_owned()
-}
-
 fn indexable(type_name: &str) -> bool {
-    INDEXABLE.contains(&base_type(type_name).as_str())
+    INDEXABLE.contains(&without_modifiers(type_name).as_str())
 }
 
 /// One statement for one change, with its text parameters.

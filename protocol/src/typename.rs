@@ -43,6 +43,22 @@ const TYPE_WORDS: [&str; 13] = [
     "second",
 ];
 
+/// A `format_type()` name without its type modifiers, spaces normalized:
+/// `timestamp(3) with time zone` → `timestamp with time zone`, `numeric(12,2)` → `numeric`.
+pub fn without_modifiers(type_name: &str) -> String {
+    let mut base = String::with_capacity(type_name.len());
+    let mut depth = 0_u32;
+    for c in type_name.trim().chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => base.push(c),
+            _ => {}
+        }
+    }
+    base.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Checks a type name as `format_type` prints it (see the module documentation); the error says
 /// what is wrong and where (1-based character position), never quoting the name.
 pub fn check_type(text: &str) -> std::result::Result<(), String> {

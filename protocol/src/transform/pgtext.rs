@@ -39,18 +39,7 @@ impl Class {
         if t.starts_with('"') || t.ends_with("[]") {
             return Class::Other;
         }
-        // Drop type modifiers: `timestamp(3) without time zone` → `timestamp without time zone`.
-        let mut base = String::with_capacity(t.len());
-        let mut depth = 0_u32;
-        for c in t.chars() {
-            match c {
-                '(' => depth += 1,
-                ')' => depth = depth.saturating_sub(1),
-                _ if depth == 0 => base.push(c),
-                _ => {}
-            }
-        }
-        let base = base.split_whitespace().collect::<Vec<_>>().join(" ");
+        let base = crate::typename::without_modifiers(t);
         match base.as_str() {
             "smallint" | "integer" | "bigint" => Class::Int,
             "numeric" | "decimal" => Class::Numeric,
