@@ -17,7 +17,8 @@
 //! (nothing applied twice). At the end the task must be running.
 //!
 //! `TREMPY_FAULT_ROUNDS` (default 1: every fault once, the CI version) and `TREMPY_FAULT_SEED`
-//! (default 20261122) choose the run; `scripts/dev.sh faults` runs the long version.
+//! (default 20261122) choose the run, `TREMPY_FAULTS` (comma-separated keys such as
+//! `rabbit,kill-worker`; default all) the faults; `scripts/dev.sh faults` runs the long version.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -51,6 +52,20 @@ const FAULTS: [Fault; 8] = [
 ];
 
 impl Fault {
+    /// The fault's name in `TREMPY_FAULTS`.
+    fn key(self) -> &'static str {
+        match self {
+            Self::KillApplier => "kill-applier",
+            Self::KillDecodingWorker => "kill-worker",
+            Self::KillLauncher => "kill-launcher",
+            Self::RabbitStopStart => "rabbit",
+            Self::SourceRestartFast => "source-fast",
+            Self::SourceRestartImmediate => "source-immediate",
+            Self::TargetRestartImmediate => "target-immediate",
+            Self::TargetDown => "target-down",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::KillApplier => "SIGKILL applier",
@@ -204,13 +219,20 @@ async fn seeded_faults_under_a_mixed_workload_lose_and_duplicate_nothing() {
         .unwrap();
     wait_for_state(&source().await, &task, "running", CONVERGE).await;
 
-    let mut tallies: Vec<(Fault, Tally)> = FAULTS.iter().map(|f| (*f, Tally::default())).collect();
+    let chosen = std::env::var("TREMPY_FAULTS").unwrap_or_default();
+    let faults: Vec<Fault> = FAULTS
+        .iter()
+        .copied()
+        .filter(|f| chosen.is_empty() || chosen.split(',').any(|k| k.trim() == f.key()))
+        .collect();
+    assert!(!faults.is_empty(), "TREMPY_FAULTS={chosen:?} names no fault");
+    let mut tallies: Vec<(Fault, Tally)> = faults.iter().map(|f| (*f, Tally::default())).collect();
     let mut written_twice = 0_i64;
     let mut marker = 0_i64;
     let mut offset = 0_u64;
-    println!("fault injection: seed {seed}, {rounds} round(s) of {} faults", FAULTS.len());
+    println!("fault injection: seed {seed}, {rounds} round(s) of {} faults", faults.len());
     for round in 0..rounds {
-        let mut order = FAULTS.to_vec();
+        let mut order = faults.clone();
         for i in (1..order.len()).rev() {
             order.swap(i, usize::try_from(rng.below(i as u64 + 1)).unwrap());
         }

@@ -294,8 +294,11 @@ pub(crate) fn drop_orphans(slot_name: Option<&str>, wait: bool) -> Result<(), Er
         if !free {
             continue;
         }
-        // A new transaction, so a new snapshot: it sees how the claiming transaction ended.
-        in_transaction(|| {
+        // A new transaction, so a new snapshot: it sees how the claiming transaction ended. The
+        // publication's drop commits first, the slot's (which takes effect at once, whatever
+        // becomes of its transaction) follows with the claim's delete: whoever sees the slot gone
+        // sees the publication gone too, and a crash in between leaves the claim to finish later.
+        let claimed = in_transaction(|| {
             Spi::connect_mut(|client| {
                 let row = client.select(
                     "SELECT slot_name, created_publication FROM trempy.slot_claims WHERE claim = $1",
@@ -303,15 +306,20 @@ pub(crate) fn drop_orphans(slot_name: Option<&str>, wait: bool) -> Result<(), Er
                     &[claim.into()],
                 )?;
                 if row.is_empty() {
-                    return Ok(()); // the caller committed: the claim is gone with it
+                    return Ok(None); // the caller committed: the claim is gone with it
                 }
                 let row = row.first();
                 let slot_name = row.get::<String>(1)?.unwrap_or_default();
-                let publication = row.get::<String>(2)?;
-                slot::drop_slot_named(client, &slot_name)?;
-                if let Some(publication) = publication {
+                if let Some(publication) = row.get::<String>(2)? {
                     slot::drop_publication_named(client, &publication)?;
                 }
+                Ok(Some(slot_name))
+            })
+        })?;
+        let Some(slot_name) = claimed else { continue };
+        in_transaction(|| {
+            Spi::connect_mut(|client| {
+                slot::drop_slot_named(client, &slot_name)?;
                 client.update("DELETE FROM trempy.slot_claims WHERE claim = $1", None, &[claim.into()])?;
                 log!(
                     "trempy: dropped replication slot \"{slot_name}\" left by a rolled-back trempy.create_task or trempy.update_task"
