@@ -25,6 +25,7 @@
 
 mod isolate;
 mod lookahead;
+mod route;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{Channel, Connection, Consumer};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 use tracing::{debug, error, info, warn};
@@ -45,8 +46,10 @@ use trempy_protocol::schema::{Backfill, SchemaChange};
 use trempy_protocol::settings::TaskSettings;
 use trempy_protocol::topology;
 
+use route::Route;
+
 use crate::apply::Writer;
-use crate::catalog::Catalog;
+use crate::broker;
 use crate::deadletter::{self, Why};
 use crate::error::{Error, ErrorKind};
 use crate::errorlog::{self, Action};
@@ -58,6 +61,7 @@ use crate::report::Live;
 use crate::rules::{self, Rules};
 use crate::schema_change::{self, Management};
 use crate::sequence;
+use crate::target_catalog::Catalog;
 use crate::{state, stream, target};
 
 /// How the applier runs.
@@ -294,24 +298,30 @@ impl<'o> Session<'o> {
             carry.failing = state::started(&client, task).await?;
             carry.started = true;
         }
-        let connection = Connection::connect(
-            &options.amqp_url,
-            ConnectionProperties::default().with_connection_name(format!("trempy-applier {task}").into()),
-        )
-        .await
-        .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
-        let channel = connection.create_channel().await?;
-        topology::declare_consumer_queues(&channel, &options.names).await?;
-        let dead_letters = deadletter::confirm_channel(&connection).await?;
-        channel.basic_qos(options.prefetch, BasicQosOptions { global: false }).await?;
-        let consumer = channel
-            .basic_consume(
-                options.names.queue().as_str().into(),
-                format!("trempy-applier-{task}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let connection = broker::connect(&options.amqp_url, format!("trempy-applier {task}")).await?;
+        let opened = broker::within(broker::STEP_TIMEOUT, "opening the task's queue", async {
+            let channel = connection.create_channel().await?;
+            topology::declare_consumer_queues(&channel, &options.names).await?;
+            let dead_letters = deadletter::confirm_channel(&connection).await?;
+            channel.basic_qos(options.prefetch, BasicQosOptions { global: false }).await?;
+            let consumer = channel
+                .basic_consume(
+                    options.names.queue().as_str().into(),
+                    format!("trempy-applier-{task}").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok((channel, dead_letters, consumer))
+        })
+        .await;
+        let (channel, dead_letters, consumer) = match opened {
+            Ok(opened) => opened,
+            Err(err) => {
+                broker::close(&connection, "bye").await;
+                return Err(err);
+            }
+        };
         info!(task, watermark = %committed.watermark, generation = committed.stream.generation, incarnation = committed.stream.incarnation.as_deref().unwrap_or("-"), queue = %options.names.queue(), "applier connected");
         let pending = Applied::continuing(&committed);
         let high = committed.watermark;
@@ -354,7 +364,7 @@ impl<'o> Session<'o> {
         if self.in_transaction {
             let _ = self.client.batch_execute("ROLLBACK").await;
         }
-        let _ = self.connection.close(200, "bye".into()).await;
+        broker::close(&self.connection, "bye").await;
     }
 
     fn task(&self) -> &str {
@@ -515,11 +525,12 @@ impl<'o> Session<'o> {
         // A message whose every transaction is applied already (a redelivery) prepares nothing:
         // its relations may describe tables as they were before a schema change applied since,
         // and preparing would create a table under a name the target has left behind.
-        let applied_already = envelope.load.is_none()
-            && !envelope.transactions.is_empty()
-            && envelope.transactions.iter().all(|t| {
-                t.commit_lsn <= self.pending.watermark && self.staged.is_none_or(|s| s.commit_lsn != t.commit_lsn)
-            });
+        let applied_already = route::applied_already(
+            &envelope.transactions,
+            envelope.load.is_some(),
+            self.pending.watermark,
+            self.staged,
+        );
         debug!(
             task = self.task(),
             first = ?envelope.transactions.first().map(|t| (t.commit_lsn, t.seq, t.last)),
@@ -680,21 +691,8 @@ impl<'o> Session<'o> {
 
     /// One source transaction, or one chunk of it.
     async fn transaction(&mut self, envelope: &Envelope, transaction: Transaction) -> Result<(), Error> {
-        let lsn = transaction.commit_lsn;
-        if let Some(staged) = self.staged {
-            if lsn == staged.commit_lsn && transaction.seq != 0 {
-                if transaction.seq < staged.next_seq {
-                    return Ok(()); // redelivered after it was staged
-                }
-                if transaction.seq > staged.next_seq {
-                    return Err(self.out_of_order(&transaction, Some(staged)));
-                }
-                return if transaction.last {
-                    self.apply_staged(envelope, transaction).await
-                } else {
-                    self.stage(envelope, transaction).await
-                };
-            }
+        let (discard, route) = route::route(self.staged, self.pending.watermark, &transaction);
+        if discard && let Some(staged) = self.staged {
             // The staged transaction was re-published from its start, or abandoned for an
             // earlier position: its chunks will all come again.
             warn!(task = self.task(), lsn = %staged.commit_lsn, "discarding a partly staged source transaction that is being re-published");
@@ -702,45 +700,46 @@ impl<'o> Session<'o> {
             progress::clear_staged(&self.client, self.options.names.task()).await?;
             self.staged = None;
         }
-        if lsn <= self.pending.watermark {
-            return Ok(()); // applied already (redelivery or re-publication)
+        match route {
+            Route::Skip => Ok(()),
+            Route::OutOfOrder { expected } => Err(self.out_of_order(&transaction, expected)),
+            Route::StageFirst | Route::StageNext => self.stage(envelope, transaction).await,
+            Route::ApplyStaged => self.apply_staged(envelope, transaction).await,
+            Route::Apply => self.apply_whole(transaction).await,
         }
-        if transaction.seq != 0 {
-            return Err(self.out_of_order(&transaction, None));
+    }
+
+    /// A whole source transaction (one chunk): its schema changes, if any, halt in order.
+    async fn apply_whole(&mut self, transaction: Transaction) -> Result<(), Error> {
+        if let Err(err) = self.check_schema_rules(&transaction) {
+            // Halt in order: nothing of this source transaction is applied yet; what came
+            // before it is committed, so that its message heads the queue for the look-ahead.
+            self.commit().await?;
+            return Err(err);
         }
-        if transaction.last {
-            if let Err(err) = self.check_schema_rules(&transaction) {
-                // Halt in order: nothing of this source transaction is applied yet; what came
-                // before it is committed, so that its message heads the queue for the look-ahead.
+        self.begin().await?;
+        if !transaction.changes.iter().any(|c| matches!(c, Change::Schema(_))) {
+            return self.apply(transaction).await;
+        }
+        // A schema change that halts halts in order: this source transaction is rolled back
+        // to its start and what came before it is committed (sent and awaited first, so
+        // that none of it runs after the savepoint).
+        self.writer.finish(&self.client).await?;
+        self.client.batch_execute("SAVEPOINT trempy_schema_change").await?;
+        let before = self.pending.clone();
+        match self.apply(transaction).await {
+            Ok(()) => {
+                self.client.batch_execute("RELEASE SAVEPOINT trempy_schema_change").await?;
+                Ok(())
+            }
+            Err(err) if err.kind() == ErrorKind::Schema => {
+                self.writer.reset();
+                self.client.batch_execute("ROLLBACK TO SAVEPOINT trempy_schema_change").await?;
+                self.pending = before;
                 self.commit().await?;
-                return Err(err);
+                Err(err)
             }
-            self.begin().await?;
-            if !transaction.changes.iter().any(|c| matches!(c, Change::Schema(_))) {
-                return self.apply(transaction).await;
-            }
-            // A schema change that halts halts in order: this source transaction is rolled back
-            // to its start and what came before it is committed (sent and awaited first, so
-            // that none of it runs after the savepoint).
-            self.writer.finish(&self.client).await?;
-            self.client.batch_execute("SAVEPOINT trempy_schema_change").await?;
-            let before = self.pending.clone();
-            match self.apply(transaction).await {
-                Ok(()) => {
-                    self.client.batch_execute("RELEASE SAVEPOINT trempy_schema_change").await?;
-                    Ok(())
-                }
-                Err(err) if err.kind() == ErrorKind::Schema => {
-                    self.writer.reset();
-                    self.client.batch_execute("ROLLBACK TO SAVEPOINT trempy_schema_change").await?;
-                    self.pending = before;
-                    self.commit().await?;
-                    Err(err)
-                }
-                Err(err) => Err(err),
-            }
-        } else {
-            self.stage(envelope, transaction).await
+            Err(err) => Err(err),
         }
     }
 
@@ -988,7 +987,8 @@ impl<'o> Session<'o> {
             self.stats.changes += self.pending.changes;
         }
         if let Some(tag) = self.ackable.take() {
-            self.channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
+            let ack = async { Ok(self.channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?) };
+            broker::within(broker::STEP_TIMEOUT, "acknowledging applied messages", ack).await?;
         }
         self.pending = Applied::continuing(&self.committed);
         self.since = None;

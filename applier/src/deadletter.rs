@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use tokio_postgres::Client;
 use trempy_protocol::Lsn;
 use trempy_protocol::envelope::{CONTENT_TYPE, Change, Envelope, Transaction};
@@ -30,9 +30,10 @@ use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 
 use crate::apply::Writer;
-use crate::catalog::Catalog;
+use crate::broker;
 use crate::error::{Error, ErrorKind};
 use crate::rules::{self, Rules};
+use crate::target_catalog::Catalog;
 
 /// What a dead letter says about itself (headers and table columns).
 #[derive(Debug, Clone)]
@@ -122,16 +123,19 @@ pub(crate) async fn publish(
         .with_delivery_mode(2)
         .with_content_type(CONTENT_TYPE.into())
         .with_headers(headers(names.task(), id, why));
-    let confirm = channel
-        .basic_publish(
-            names.dlx_exchange().as_str().into(),
-            names.dlx_routing_key().as_str().into(),
-            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-            body,
-            properties,
-        )
-        .await?
-        .await?;
+    let publish = async {
+        Ok(channel
+            .basic_publish(
+                names.dlx_exchange().as_str().into(),
+                names.dlx_routing_key().as_str().into(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                body,
+                properties,
+            )
+            .await?
+            .await?)
+    };
+    let confirm = broker::within(broker::STEP_TIMEOUT, "publishing a dead letter", publish).await?;
     if !confirm.is_ack() {
         return Err(Error::new(ErrorKind::Broker, "RabbitMQ refused a dead letter (nack)"));
     }
@@ -457,12 +461,7 @@ pub(crate) async fn discard(client: &Client, task: &str, which: Selection) -> Re
 /// discarded, or never committed); other messages go back to the queue untouched. Returns how
 /// many were removed.
 pub(crate) async fn sweep(client: &Client, amqp_url: &str, names: &TaskNames) -> Result<u64, Error> {
-    let connection = Connection::connect(
-        amqp_url,
-        ConnectionProperties::default().with_connection_name(format!("trempy-applier dlq {}", names.task()).into()),
-    )
-    .await
-    .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
+    let connection = broker::connect(amqp_url, format!("trempy-applier dlq {}", names.task())).await?;
     let channel = connection.create_channel().await?;
     trempy_protocol::topology::declare_consumer_queues(&channel, names).await?;
     let mut removed = 0_u64;
@@ -494,8 +493,7 @@ pub(crate) async fn sweep(client: &Client, amqp_url: &str, names: &TaskNames) ->
             removed += 1;
         }
     }
-    let _ = channel.close(200, "done".into()).await;
-    let _ = connection.close(200, "bye".into()).await;
+    broker::close(&connection, "bye").await;
     Ok(removed)
 }
 

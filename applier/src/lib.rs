@@ -4,7 +4,7 @@
 //! The data path: [`consume`] receives messages in queue order and groups source transactions
 //! into target transactions; [`rules`] filters and transforms them into the target tables' shape;
 //! [`apply`] turns their changes into bulk SQL ([`scd2`] keeps history in `scd2` mode); [`load`] writes
-//! full-load chunks with COPY; [`catalog`] reads target column types and creates target tables; [`schema_change`] follows source schema changes on the target in stream order; [`progress`] records
+//! full-load chunks with COPY; [`target_catalog`] reads target column types and creates target tables; [`schema_change`] follows source schema changes on the target in stream order; [`progress`] records
 //! the last applied source commit LSN in the same target transaction as the rows, and anything at
 //! or below it is skipped on redelivery; messages are acknowledged only after COMMIT. [`policy`]
 //! says what to do about each kind of [`error`]; source transactions that cannot be applied are
@@ -14,7 +14,7 @@
 //! session settings that govern value formats and name resolution.
 
 mod apply;
-mod catalog;
+mod broker;
 pub mod cli;
 mod consume;
 mod deadletter;
@@ -34,3 +34,4 @@ mod sequence;
 mod state;
 mod stream;
 mod target;
+mod target_catalog;

@@ -19,10 +19,10 @@ use futures_util::SinkExt;
 use tokio_postgres::Client;
 use trempy_protocol::envelope::{LoadChunk, Relation};
 
-use crate::catalog::{self, Catalog};
 use crate::error::{Error, ErrorKind};
 use crate::ident::qualified;
 use crate::ident::quote_ident;
+use crate::target_catalog::{self, Catalog};
 
 /// The last load chunk applied in the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +176,7 @@ async fn prepare(
     let prepare = chunk.prepare.unwrap_or_default();
     let exists = catalog.columns(client, &relation.schema, &relation.table).await?.is_some();
     let created = if prepare.recreate || (!exists && prepare.create) {
-        catalog::create_table(client, relation, prepare.recreate).await?;
+        target_catalog::create_table(client, relation, prepare.recreate).await?;
         catalog.forget(&relation.schema, &relation.table);
         true
     } else if !exists {

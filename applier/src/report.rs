@@ -14,17 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 use tracing::debug;
 use trempy_protocol::Lsn;
 use trempy_protocol::feedback::{self, ApplierState, Report};
 use trempy_protocol::names::TaskNames;
-use trempy_protocol::redact::redact;
 use trempy_protocol::topology;
 
-use crate::{schema_change, target};
+use crate::{broker, schema_change, target};
 
 /// How often the target is read.
 const POLL: Duration = Duration::from_secs(1);
@@ -145,13 +144,13 @@ pub(crate) async fn run(
             Err(err) => {
                 debug!(task = names.task(), error = %err, "cannot publish a report to the source");
                 if let Some((connection, _)) = link.take() {
-                    let _ = connection.close(200, "bye".into()).await;
+                    broker::close(&connection, "bye").await;
                 }
             }
         }
     }
     if let Some((connection, _)) = link.take() {
-        let _ = connection.close(200, "bye".into()).await;
+        broker::close(&connection, "bye").await;
     }
 }
 
@@ -209,34 +208,41 @@ async fn publish(
         *link = None;
     }
     if link.is_none() {
-        let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let props = ConnectionProperties::default()
-                .with_connection_name(format!("trempy-applier {} reports", names.task()).into());
-            let connection = Connection::connect(url, props).await.map_err(|e| redact(&e.to_string()))?;
-            let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
-            topology::declare_feedback_route(&channel, names).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((connection, channel))
+        let connection = broker::connect(url, format!("trempy-applier {} reports", names.task()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let channel = broker::within(broker::STEP_TIMEOUT, "opening the feedback route", async {
+            let channel = connection.create_channel().await?;
+            topology::declare_feedback_route(&channel, names).await?;
+            Ok(channel)
         })
-        .await
-        .map_err(|_| "connecting to RabbitMQ timed out".to_owned())??;
-        *link = Some(opened);
+        .await;
+        match channel {
+            Ok(channel) => *link = Some((connection, channel)),
+            Err(err) => {
+                broker::close(&connection, "bye").await;
+                return Err(err.to_string());
+            }
+        }
     }
     let (_, channel) = link.as_ref().ok_or("no channel")?;
     let properties = BasicProperties::default()
         .with_content_type(feedback::CONTENT_TYPE.into())
         .with_app_id("trempy-applier".into());
     // Without publisher confirms the returned confirmation is resolved already; not awaited.
-    let _confirm = channel
-        .basic_publish(
-            names.feedback_exchange().as_str().into(),
-            names.feedback_queue().as_str().into(),
-            BasicPublishOptions::default(),
-            &report.to_json(),
-            properties,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    let published = broker::within(broker::STEP_TIMEOUT, "publishing a report", async {
+        channel
+            .basic_publish(
+                names.feedback_exchange().as_str().into(),
+                names.feedback_queue().as_str().into(),
+                BasicPublishOptions::default(),
+                &report.to_json(),
+                properties,
+            )
+            .await?;
+        Ok(())
+    });
+    published.await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

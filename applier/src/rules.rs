@@ -34,10 +34,10 @@ use trempy_protocol::settings::{CdcMode, ColumnDesc, Scd2Columns, TaskSettings};
 use trempy_protocol::transform::{Context, TablePlan};
 
 use crate::apply::Mode;
-use crate::catalog::Catalog;
 use crate::error::{Error, ErrorKind, Operation};
 use crate::ident::qualified;
 use crate::scd2;
+use crate::target_catalog::Catalog;
 
 /// One source relation, compiled.
 #[derive(Debug)]

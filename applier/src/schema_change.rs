@@ -49,12 +49,12 @@ use trempy_protocol::schema::{self, Backfill, Conversion, Existing, SchemaChange
 use trempy_protocol::settings::{Scd2Columns, TaskSettings};
 use trempy_protocol::typename;
 
-use crate::catalog::Catalog;
 use crate::error::{Error, ErrorKind};
 use crate::ident::qualified;
 use crate::ident::quote_ident;
 use crate::policy::{self, Reaction};
 use crate::rules;
+use crate::target_catalog::Catalog;
 
 /// `(schema, table)`, unquoted.
 pub(crate) type Name = (String, String);

@@ -14,8 +14,8 @@ use pgrx::{JsonB, PgSqlErrorCode};
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::{CdcMode, ColumnDesc, Problem, StartMode, TaskSettings};
 
-use crate::catalog::describe_table;
 use crate::decoding::slot;
+use crate::table_shape::describe_table;
 use crate::worker::setup;
 use crate::{gucs, worker};
 
@@ -566,7 +566,7 @@ fn source_columns(client: &SpiClient<'_>, schema: &str, table: &str) -> Option<V
         .ok()
         .and_then(|t| if t.is_empty() { None } else { t.first().get::<i64>(1).ok().flatten() })?;
     let relation = describe_table(client, u32::try_from(oid).ok()?).ok()?;
-    Some(crate::catalog::rule_columns(relation))
+    Some(crate::table_shape::rule_columns(relation))
 }
 
 /// The partitioned table among the task's tables that `schema.table` is a partition of

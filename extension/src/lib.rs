@@ -4,21 +4,21 @@
 //!
 //! Layout: [`api`] (SQL functions), [`gucs`] (settings), [`worker`] (launcher and task workers:
 //! everything that runs on a worker's main thread), [`load`] (the full load: snapshot copies
-//! published in chunks), [`decoding`] (slot, publication, peek and advance over SPI),
-//! [`catalog`] (table descriptions), [`sequences`] (sequence values for the target), [`publish`] (the AMQP thread: no Postgres API may be called there).
+//! published in chunks), [`decoding`] (slot, publication, decoding a batch and advancing over SPI),
+//! [`table_shape`] (table descriptions), [`sequences`] (sequence values for the target), [`amqp`] (the AMQP thread, which publishes and reads the feedback queue: no Postgres API may be called there).
 
 use pgrx::prelude::*;
 
+mod amqp;
 mod api;
-mod catalog;
 mod decoding;
 mod error;
 mod gucs;
 mod load;
 mod outbox;
-mod publish;
 mod sequences;
 mod session;
+mod table_shape;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

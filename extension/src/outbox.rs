@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::amqp::{Offer, Publisher};
 use crate::error::{Error, ErrorKind};
-use crate::publish::{Offer, Publisher};
 use crate::session::shutdown_requested;
 
 /// Hands a message to the AMQP thread, waiting while it is busy (and giving up on shutdown).
@@ -43,7 +43,7 @@ fn await_reply(reply: Option<std::sync::mpsc::Receiver<Result<(), String>>>) -> 
         match reply.recv_timeout(Duration::from_millis(100)) {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(reason)) => {
-                let kind = if reason.starts_with(crate::publish::OVERSIZE_MARK) {
+                let kind = if reason.starts_with(crate::amqp::OVERSIZE_MARK) {
                     ErrorKind::MessageTooLarge
                 } else {
                     ErrorKind::Publish

@@ -10,12 +10,12 @@ use trempy_protocol::envelope::{self, StreamId};
 use trempy_protocol::sequence::{SequenceOwner, SequenceValue};
 use trempy_protocol::settings::TaskSettings;
 
-use crate::catalog;
+use crate::amqp::Publisher;
 use crate::error::{Error, ErrorKind};
 use crate::gucs;
 use crate::outbox::{confirm, ensure_connected, send};
-use crate::publish::Publisher;
 use crate::session::in_transaction;
+use crate::table_shape;
 
 /// What a task worker last published of its sequences, and when it looks again.
 pub(crate) struct Sequences {
@@ -86,9 +86,9 @@ impl Sequences {
 /// Where the task's transformations put the owning column on the target: (schema, table,
 /// column); `None` when they leave it out (or the table is gone).
 fn target_of(client: &SpiClient<'_>, settings: &TaskSettings, owner: &SequenceOwner) -> Option<[String; 3]> {
-    let relation = catalog::describe_table(client, owner.relid).ok()?;
+    let relation = table_shape::describe_table(client, owner.relid).ok()?;
     let (schema, table) = (relation.schema.clone(), relation.table.clone());
-    let columns = catalog::rule_columns(relation);
+    let columns = table_shape::rule_columns(relation);
     let index = columns.iter().position(|c| c.name == owner.column)?;
     let (_, plan) = settings.table_plan(&schema, &table, &columns).ok()?;
     let column = plan.columns.iter().find(|c| c.source == Some(index))?;

@@ -199,7 +199,7 @@ impl Session<'_> {
                 .as_deref()
                 .and_then(|text| trempy_protocol::settings::TaskSettings::parse(text).ok());
             self.rules.clear();
-            self.catalog = crate::catalog::Catalog::default();
+            self.catalog = crate::target_catalog::Catalog::default();
             self.writer.forget_statements();
             self.schema_changed = false;
         }

@@ -1,7 +1,7 @@
 //! Newer settings behind a message that the task's rules cannot handle.
 //!
 //! When the task's filters and transformations no longer fit a source table (a column they use
-//! was dropped or renamed: [`ErrorKind::Rules`]), the applier halts at that message, which stays
+//! was dropped or renamed: [`ErrorKind::Rules`](crate::error::ErrorKind::Rules)), the applier halts at that message, which stays
 //! at the head of the queue. The remedy is new settings (`trempy.update_task`), but they travel as
 //! a control message published **behind** it, which the halted applier would never reach. So,
 //! at each halt on a rules error, the applier looks ahead:
@@ -29,7 +29,7 @@
 //! window are not seen: raise `--lookahead`.
 //!
 //! A halt because an update lacks unchanged TOAST values the target does not have
-//! ([`ErrorKind::UnchangedToast`]) has one remedy, a `reload` of the task: its messages (a newer
+//! ([`ErrorKind::UnchangedToast`](crate::error::ErrorKind::UnchangedToast)) has one remedy, a `reload` of the task: its messages (a newer
 //! generation) are queued behind the halted one, whose generation they supersede. The look-ahead
 //! then starts the newer generation at once (as its first message would: empty position, no load
 //! mark, staging cleared), so the older generation's remaining messages, the halted one included,
@@ -38,15 +38,15 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::Connection;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use tracing::info;
 use trempy_protocol::envelope::Envelope;
 
 use super::Options;
-use crate::error::{Error, ErrorKind};
-use crate::{progress, stream, target};
+use crate::error::Error;
+use crate::{broker, progress, stream, target};
 
 /// How long the queue may stay silent before the look-ahead takes it as read to its end.
 const QUIET: Duration = Duration::from_secs(1);
@@ -86,15 +86,11 @@ pub(super) async fn newer_settings(options: &Options, halt: Halt) -> Result<Foun
     let task = options.names.task();
     let (mut client, _driver) = target::connect(&options.target_dsn).await?;
     let position = progress::load(&mut client, task).await?;
-    let connection = Connection::connect(
-        &options.amqp_url,
-        ConnectionProperties::default().with_connection_name(format!("trempy-applier {task} look-ahead").into()),
-    )
-    .await
-    .map_err(|e| Error::new(ErrorKind::Broker, format!("cannot connect to RabbitMQ: {e}")))?;
-    let seen = scan(&connection, options, &position).await;
+    let connection = broker::connect(&options.amqp_url, format!("trempy-applier {task} look-ahead")).await?;
+    let seen =
+        broker::within(broker::STEP_TIMEOUT, "looking ahead in the queue", scan(&connection, options, &position)).await;
     // Closing returns every message read to the head of the queue, in order.
-    let _ = connection.close(200, "look-ahead done".into()).await;
+    broker::close(&connection, "look-ahead done").await;
     let seen = seen?;
     if halt == Halt::Reload {
         let Some(generation) = seen.generation else { return Ok(Found::Nothing) };

@@ -8,17 +8,19 @@
 //! the queue only ever receives a prefix of a batch, never a batch with a hole in it, and the
 //! main thread advances the slot only when the whole batch was confirmed.
 //!
-//! Between messages, every [`FEEDBACK_POLL`], the thread also reads the task's feedback queue
+//! Between messages, every [`feedback::POLL`], the thread also reads the task's feedback queue
 //! (the applier's reports, see [`trempy_protocol::feedback`]) on a channel of its own and hands
 //! the latest valid report to the main thread ([`Publisher::latest_report`]). Nothing about
 //! reports can fail a batch: a missing queue, a malformed report or a broken channel only means
 //! no report this time.
 
+mod feedback;
+
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::mpsc;
@@ -30,12 +32,6 @@ use trempy_protocol::topology;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the feedback queue is read.
-const FEEDBACK_POLL: Duration = Duration::from_secs(2);
-/// While not connected, how often reading the feedback queue may open a connection.
-const FEEDBACK_CONNECT_EVERY: Duration = Duration::from_secs(30);
-/// Most reports read from the feedback queue at one poll.
-const FEEDBACK_MAX_READ: usize = 200;
 
 /// Where RabbitMQ is and how to log in: `trempy.amqp_url` and `trempy.amqp_password_file`.
 #[derive(Clone, PartialEq, Eq)]
@@ -200,14 +196,23 @@ fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>, reports: std_mpsc::Sen
     };
     runtime.block_on(async move {
         let mut state = State { names, broker: None, link: None, failure: None, feedback_connect: None };
-        let mut poll = tokio::time::interval(FEEDBACK_POLL);
+        let mut poll = tokio::time::interval(feedback::POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let command = tokio::select! {
                 command = rx.recv() => command,
                 _ = poll.tick() => {
-                    if let Some(report) = state.read_feedback().await {
-                        let _ = reports.send(report);
+                    // Bounded: this thread also publishes, and a broker that stopped answering
+                    // must not hold up the task (the connection is dropped and opened again).
+                    match tokio::time::timeout(feedback::TIMEOUT, state.read_feedback()).await {
+                        Ok(Some(report)) => {
+                            let _ = reports.send(report);
+                        }
+                        Ok(None) => {}
+                        Err(_) => {
+                            eprintln!("trempy task {}: reading the feedback queue timed out; reconnecting", state.names.task());
+                            state.disconnect().await;
+                        }
                     }
                     continue;
                 }
@@ -291,9 +296,11 @@ impl State {
             .with_headers(headers);
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
         let too_large = |e: &lapin::Error| oversize(&e.to_string(), &message_id, body.len());
-        let confirm = channel
-            .basic_publish(exchange.as_str().into(), routing_key.as_str().into(), options, body, properties)
+        let publish =
+            channel.basic_publish(exchange.as_str().into(), routing_key.as_str().into(), options, body, properties);
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish)
             .await
+            .map_err(|_| format!("RabbitMQ did not take a message within {}s", CONFIRM_TIMEOUT.as_secs()))?
             .map_err(|e| too_large(&e).unwrap_or_else(|| format!("publish failed: {e}")))?;
         let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
             .await
@@ -309,44 +316,6 @@ impl State {
             ));
         }
         Ok(())
-    }
-
-    /// Reads the feedback queue to its end (boundedly) and returns the latest valid report.
-    async fn read_feedback(&mut self) -> Option<Report> {
-        self.broker.as_ref()?;
-        if self.link.is_none() {
-            if self.feedback_connect.is_some_and(|at| at.elapsed() < FEEDBACK_CONNECT_EVERY) {
-                return None;
-            }
-            self.feedback_connect = Some(Instant::now());
-        }
-        self.connect().await.ok()?;
-        let link = self.link.as_mut()?;
-        if link.feedback.as_ref().is_some_and(|c| !c.status().connected()) {
-            link.feedback = None;
-        }
-        if link.feedback.is_none() {
-            let channel = link.connection.create_channel().await.ok()?;
-            topology::declare_feedback(&channel, &self.names).await.ok()?;
-            link.feedback = Some(channel);
-        }
-        let channel = link.feedback.as_ref()?;
-        let queue = self.names.feedback_queue();
-        let mut latest = None;
-        for _ in 0..FEEDBACK_MAX_READ {
-            match channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await {
-                Ok(Some(message)) => match Report::parse(&message.delivery.data) {
-                    Ok(report) if report.task == self.names.task() => latest = Some(report),
-                    Ok(_) | Err(_) => {} // not ours, or not a report: dropped
-                },
-                Ok(None) => break,
-                Err(_) => {
-                    link.feedback = None;
-                    break;
-                }
-            }
-        }
-        latest
     }
 
     async fn disconnect(&mut self) {

@@ -14,9 +14,9 @@ use trempy_protocol::handoff::Handoff;
 use trempy_protocol::names::TaskNames;
 use trempy_protocol::pgoutput;
 
+use crate::amqp::Publisher;
 use crate::error::{Error, ErrorKind};
 use crate::outbox::{confirm, send};
-use crate::publish::Publisher;
 use crate::session::each_row;
 
 /// What one decoding call is to do.
@@ -121,7 +121,7 @@ fn describe(
     };
     // NOT NULL and the type of a created target table, from the current catalog (the table may
     // have been dropped since: then without them).
-    let current = if for_create { crate::catalog::describe_table(client, relation.oid).ok() } else { None };
+    let current = if for_create { crate::table_shape::describe_table(client, relation.oid).ok() } else { None };
     let extras = |name: &str| {
         current
             .as_ref()

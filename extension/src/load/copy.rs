@@ -7,11 +7,11 @@ use trempy_protocol::copytext;
 use trempy_protocol::envelope::{self, LoadChunk, Prepare, StreamId};
 
 use super::Due;
-use crate::catalog;
+use crate::amqp::Publisher;
 use crate::error::{Error, ErrorKind};
 use crate::outbox::{confirm, send};
-use crate::publish::Publisher;
 use crate::session::each_row;
+use crate::table_shape;
 
 // pg_stat_progress_copy parameters (commands/progress.h).
 const PROGRESS_COPY_BYTES_PROCESSED: i32 = 0;
@@ -57,7 +57,7 @@ pub(crate) fn copy_table(
         let snapshot = row.get::<String>(1)?.unwrap_or_default();
         let snapshot_lsn = row.get::<String>(2)?.unwrap_or_default();
         let snapshot_time = row.get::<String>(3)?.unwrap_or_default();
-        let relation = catalog::describe_table(client, due.relid)?;
+        let relation = table_shape::describe_table(client, due.relid)?;
         if relation.columns.is_empty() {
             return Err(Error::new(
                 ErrorKind::Catalog,
@@ -69,7 +69,7 @@ pub(crate) fn copy_table(
         let sql = format!(
             "SELECT {} FROM {}",
             columns.join(", "),
-            catalog::row_source(client, &relation.schema, &relation.table)?
+            table_shape::row_source(client, &relation.schema, &relation.table)?
         );
 
         // Output functions, as COPY TO uses them.

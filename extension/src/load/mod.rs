@@ -67,7 +67,7 @@ pub(crate) fn next(
         if recorded {
             continue;
         }
-        let estimate = crate::catalog::row_source(client, &table.schema_name, &table.table_name)
+        let estimate = crate::table_shape::row_source(client, &table.schema_name, &table.table_name)
             .ok()
             .and_then(|source| estimate_rows(client, &source));
         client.update(

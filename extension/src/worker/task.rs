@@ -28,12 +28,12 @@ use trempy_protocol::names::TaskNames;
 use trempy_protocol::settings::TaskSettings;
 
 use super::LOCK_CLASS;
-use crate::decoding::{peek, slot};
+use crate::amqp::{Broker, Publisher};
+use crate::decoding::{batch, slot};
 use crate::error::{Error, ErrorKind, Reaction, reaction};
 use crate::gucs;
 use crate::load::{self, Next};
 use crate::outbox::{confirm, ensure_connected, send};
-use crate::publish::{Broker, Publisher};
 use crate::sequences::Sequences;
 use crate::session::{self, in_repeatable_read_transaction, in_transaction};
 
@@ -457,7 +457,7 @@ fn round(client: &mut pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publish
     } else {
         trempy_protocol::handoff::Handoff::new()
     };
-    let batch = peek::Batch {
+    let batch = batch::Batch {
         names: &task.names,
         stream: &task.stream,
         tables: task_relids(client, task)?,
@@ -468,7 +468,7 @@ fn round(client: &mut pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publish
         for_create: task.settings.prepare().create,
         after: last_commit_lsn(client, task)?,
     };
-    let published = peek::publish_batch(client, batch, publisher)?;
+    let published = batch::publish_batch(client, batch, publisher)?;
     match published.end_lsn {
         Some(end) if published.counts.transactions > 0 => {
             // Recorded with the advance: the next call's first transaction names this one.
