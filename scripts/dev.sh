@@ -27,6 +27,8 @@
 #                                CPU per million changes, peak RSS, COPY pipe; see docs/benchmarks.md)
 #   test                         stack-up, unit tests, then every end-to-end test (the fault
 #                                suite in its short version: each fault once)
+#   fuzz [seconds]               every fuzz target for that long each (default 15; `test` runs it
+#                                too), starting from fuzz/seeds/<target> (the parsers' goldens)
 #   faults [rounds] [seed]       stack-up, then the long fault-injection suite (default 5 rounds
 #                                of every fault, seed 20261122) with its recovery-time table
 #
@@ -55,6 +57,7 @@ PG_CONFIG=$PG_BIN/pg_config
 PG_PKGLIBDIR=/usr/lib/postgresql/15/lib
 RABBIT_BIN=/usr/lib/rabbitmq/bin
 PGRX_VERSION=0.18.1
+CARGO_FUZZ_VERSION=0.13.2
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang
     pkg-config sudo rabbitmq-server make procps)
 ENV_DIR=$REPO_ROOT/.stack
@@ -606,6 +609,36 @@ ensure_cargo_pgrx() {
     fi
 }
 
+# cargo-fuzz runs the targets on the stable toolchain without a sanitizer (`-s none`): the
+# parsers are safe Rust, so what the fuzzer looks for is a panic, and libFuzzer's coverage
+# instrumentation needs no nightly flag.
+ensure_cargo_fuzz() {
+    if [[ $(cargo fuzz --version 2>/dev/null || true) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+        log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+        run_quiet "cargo install cargo-fuzz" cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+    fi
+}
+
+# Runs each fuzz target for $1 seconds from its seeds (fuzz/seeds/<target>); what the fuzzer
+# finds on the way goes to a scratch corpus, never into the repository. A crash fails the run and
+# leaves its input under fuzz/artifacts/<target>/.
+fuzz_smoke() {
+    local seconds=$1 target scratch
+    ensure_cargo_fuzz
+    for target in $(cd "$REPO_ROOT/fuzz" && cargo fuzz list); do
+        scratch=$(mktemp -d)
+        log "fuzzing $target for ${seconds}s"
+        if ! (cd "$REPO_ROOT/fuzz" && CARGO_TARGET_DIR="$(target_dir)-fuzz" cargo fuzz run -s none "$target" \
+            "$scratch" "seeds/$target" -- -max_total_time="$seconds" -print_final_stats=1) >"$scratch.log" 2>&1; then
+            tail -n 40 "$scratch.log" >&2
+            rm -rf "$scratch" "$scratch.log"
+            die "fuzz target $target failed; its input is in fuzz/artifacts/$target"
+        fi
+        grep -E '^stat::(number_of_executed_units|new_units_added)' "$scratch.log" | sed 's/^/    /' || true
+        rm -rf "$scratch" "$scratch.log"
+    done
+}
+
 # ----------------------------------------------------------------------------- commands
 
 cmd_deps() {
@@ -849,6 +882,8 @@ cmd_test() {
     cargo test --release -p trempy-protocol -p trempy-applier 2>&1 | tee -a "$log"
     # The extension's pure logic (plain #[test]s; nothing in them calls PostgreSQL).
     PGRX_PG_CONFIG_PATH=$PG_CONFIG cargo test --release -p trempy --lib 2>&1 | tee -a "$log"
+    log "fuzz targets, ${TREMPY_FUZZ_SECONDS:-15}s each"
+    fuzz_smoke "${TREMPY_FUZZ_SECONDS:-15}"
     log "end-to-end tests against the stack"
     (
         set -a
@@ -867,6 +902,8 @@ cmd_test() {
 }
 
 # faults [ROUNDS] [SEED]: the seeded fault-injection suite (tests/tests/faults.rs), long version.
+cmd_fuzz() { fuzz_smoke "${1:-15}"; }
+
 cmd_faults() {
     cmd_stack_up
     export CARGO_TARGET_DIR

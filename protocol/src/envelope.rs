@@ -883,6 +883,54 @@ mod tests {
         assert!(env.single(transaction(Vec::new())).relations.is_empty());
     }
 
+    /// Messages of every kind, as the extension writes them: the envelope fuzzer's seeds.
+    fn seed_messages() -> Vec<(&'static str, Vec<u8>)> {
+        let rel = relation();
+        let mut b = MessageBuilder::new(&StreamId::new("orders_sync", INCARNATION, 1));
+        b.open_transaction();
+        b.insert(16384, &[Value::Text("1"), Value::Text("quote \" unicode ✓")]).unwrap();
+        b.update(16384, Some(&[Value::Text("1"), Value::Null]), &[Value::Text("2"), Value::UnchangedToast]).unwrap();
+        b.delete(16384, &[Value::Text("2"), Value::Null]).unwrap();
+        b.close_transaction(&header(100, 0, true));
+        b.open_transaction();
+        b.truncate(&[16384], true, false).unwrap();
+        b.close_transaction(&header(200, 0, false));
+        let changes = b.finish(|id| (id == rel.id).then_some(&rel)).unwrap();
+        let chunk = LoadChunk {
+            rel: rel.id,
+            copy_id: 7,
+            table_index: 2,
+            attempt: 1,
+            seq: 0,
+            last: false,
+            rows: 2,
+            snapshot_time: "2026-11-22T06:00:00Z".into(),
+            prepare: Some(Prepare { create: true, recreate: false, truncate: true }),
+            data: String::new(),
+        };
+        let load = load_message(&stream(3), &rel, &chunk, b"1\tx\\y\n2\t\\N\n").unwrap();
+        let settings = settings_message(&stream(2), &serde_json::json!({"task": {"task_name": "t"}})).unwrap();
+        let value = SequenceValue {
+            schema: "public".into(),
+            name: "s".into(),
+            type_name: "bigint".into(),
+            increment: 1,
+            last_value: 7,
+            owner: None,
+        };
+        let sequences = sequences_message(&stream(2), &[value]).unwrap();
+        vec![("changes", changes), ("load", load), ("settings", settings), ("sequences", sequences)]
+    }
+
+    #[test]
+    fn the_fuzz_seeds_are_messages_of_every_kind() {
+        let seeds = seed_messages();
+        for (name, body) in &seeds {
+            assert!(Envelope::parse(body).is_ok(), "{name}");
+        }
+        crate::fuzz_seeds::check("envelope", &seeds);
+    }
+
     #[test]
     fn load_and_settings_messages_parse_back() {
         let rel = relation();

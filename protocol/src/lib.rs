@@ -25,6 +25,8 @@ pub mod envelope;
 mod error;
 pub mod feedback;
 pub mod filter;
+#[cfg(test)]
+mod fuzz_seeds;
 pub mod handoff;
 pub mod lsn;
 pub mod names;

@@ -132,6 +132,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_fuzz_seeds_are_postgres_forms() {
+        let forms = [("zero", "0/0"), ("short", "0/16B3748"), ("lower", "0/16b3748"), ("high", "16/B374D848")];
+        crate::fuzz_seeds::check("lsn", &forms.map(|(name, text)| (name, text.as_bytes().to_vec())));
+    }
+
+    #[test]
     fn parses_postgres_forms() {
         assert_eq!(Lsn::parse("0/0").unwrap(), Lsn::ZERO);
         assert_eq!(Lsn::parse("0/16B3748").unwrap(), Lsn(0x16B_3748));

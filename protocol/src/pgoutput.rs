@@ -723,6 +723,11 @@ mod tests {
     // ----------------------------------------------------------- goldens
 
     #[test]
+    fn the_fuzz_seeds_are_the_goldens() {
+        crate::fuzz_seeds::check("pgoutput", &all_goldens());
+    }
+
+    #[test]
     fn golden_begin() {
         let Message::Begin(begin) = parse_hex(BEGIN_1) else { panic!("not a Begin") };
         assert_eq!(begin.final_lsn, Lsn(0x154_F050));

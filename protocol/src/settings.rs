@@ -547,6 +547,11 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seeds_are_the_example_settings() {
+        crate::fuzz_seeds::check("settings", &[("good", GOOD.as_bytes().to_vec())]);
+    }
+
+    #[test]
     fn good_settings_parse_and_are_supported() {
         let s = TaskSettings::parse(GOOD).unwrap();
         assert_eq!(s.task.task_name, "orders_sync");

@@ -528,6 +528,21 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seeds_are_expressions_with_values() {
+        // The target's input: an expression on its first line, values to evaluate it on below.
+        let seeds = [
+            ("arithmetic", "value * 1.2 + 3\n12.50\n-1"),
+            ("powers", "-2^value^2 / .5\n99999999999999999999\nNaN"),
+            ("nested", "((value + 1) * (value - 1)) / 2\n0"),
+        ];
+        for (_, text) in &seeds {
+            let expression = text.lines().next().unwrap_or_default();
+            assert!(Expression::parse(expression).is_ok(), "{expression}");
+        }
+        crate::fuzz_seeds::check("math_expression", &seeds.map(|(name, text)| (name, text.as_bytes().to_vec())));
+    }
+
+    #[test]
     fn precedence_is_conventional() {
         let cases = [
             ("value*0.5+1", "10", "6.0"),
