@@ -4,6 +4,7 @@
 //! they share is [`crate::session`], their side of publishing [`crate::outbox`].
 
 pub(crate) mod launcher;
+mod phase;
 pub(crate) mod setup;
 pub(crate) mod task;
 

@@ -15,7 +15,6 @@
 //! and records it in `trempy.task_progress` (the `applier_*` columns that `trempy.status()`
 //! shows).
 
-use std::cell::Cell;
 use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -37,7 +36,11 @@ use crate::outbox::{confirm, ensure_connected, send};
 use crate::sequences::Sequences;
 use crate::session::{self, in_repeatable_read_transaction, in_transaction};
 
+use super::phase::{Phases, Work};
+
 enum Round {
+    /// RabbitMQ confirmed the task's settings.
+    SettingsPublished,
     /// Nothing new; wait for the poll interval.
     Idle,
     /// Published something; there may be more right away.
@@ -62,8 +65,6 @@ struct Task {
     settings: TaskSettings,
     document: serde_json::Value,
     poll_interval: Duration,
-    /// True once every table is copied (always, for a task without full load).
-    loaded: Cell<bool>,
 }
 
 /// Entry point of a task worker; the argument is the task's `task_id`, the extra field the
@@ -178,9 +179,8 @@ fn claim(task_id: i32) -> Option<Task> {
         };
         let interval = settings.task.interval_seconds;
         let poll_interval = interval.map_or_else(gucs::poll_interval, |s| Duration::from_secs(u64::from(s)));
-        let loaded = Cell::new(!settings.copies());
         let stream = StreamId::new(&name, &incarnation, generation);
-        Some(Task { names, task_id, stream, other_system, settings, document, poll_interval, loaded })
+        Some(Task { names, task_id, stream, other_system, settings, document, poll_interval })
     })
 }
 
@@ -193,10 +193,9 @@ fn run(task: &Task, publisher: &Publisher) {
     let mut failures = 0_u32;
     let mut error_active = true; // clear any error a previous worker left, on the first success
     let mut wait = Duration::ZERO;
-    let mut settings_published = false;
+    let mut phases = Phases::new(task.settings.copies(), task.settings.streams());
     let mut recorded_report: Option<(Report, std::time::Instant)> = None;
     let mut sequences = Sequences::new();
-    let mut sequences_owed = false;
     while BackgroundWorker::wait_latch(Some(wait)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, outside a transaction.
@@ -215,28 +214,11 @@ fn run(task: &Task, publisher: &Publisher) {
         }
         // Sequences: at the end of the full load (which a full_load task waits for), and at the
         // interval once the task streams.
-        if sequences_owed
-            || (settings_published && task.settings.streams() && (task.loaded.get() || !task.settings.copies()))
-        {
-            match sequences.publish(task.names.task(), &task.settings, &task.stream, publisher, sequences_owed) {
-                Ok(()) if sequences_owed && !task.settings.streams() => {
-                    // A full load runs once: the task is done, not waiting. Only now, so that a
-                    // worker that died before publishing the sequences is started again.
-                    if let Err(err) = in_transaction(|| {
-                        Spi::connect_mut(|client| {
-                            client.update(
-                                "UPDATE trempy.tasks SET enabled = false WHERE task_id = $1",
-                                None,
-                                &[task.task_id.into()],
-                            )?;
-                            Ok(())
-                        })
-                    }) {
-                        warning!("trempy task \"{}\": could not mark the finished full load: {err}", task.names.task());
-                    }
-                    return;
-                }
-                Ok(()) => sequences_owed = false,
+        let owed = phases.work() == Work::OwedSequences;
+        if owed || phases.periodic_sequences() {
+            match sequences.publish(task.names.task(), &task.settings, &task.stream, publisher, owed) {
+                Ok(()) if owed => phases.sequences_published(),
+                Ok(()) => {}
                 Err(err) => {
                     warning!(
                         "trempy task \"{}\": could not publish its sequences: {err}; trying again",
@@ -244,24 +226,28 @@ fn run(task: &Task, publisher: &Publisher) {
                     );
                     record_error(task, &err);
                     error_active = true;
-                    if sequences_owed {
+                    if owed {
                         wait = Duration::from_secs(1);
                         continue;
                     }
                 }
             }
         }
-        let outcome = if settings_published {
-            step(task, publisher)
-        } else {
-            publish_settings(task, publisher).map(|()| Round::Idle)
+        let outcome = match phases.work() {
+            Work::Finish => {
+                finish(task);
+                return;
+            }
+            Work::Settings => publish_settings(task, publisher).map(|()| Round::SettingsPublished),
+            Work::Load | Work::Stream => step(task, publisher, phases.loaded()),
+            // (not reached: publishing them above moved on, or its failure tries again)
+            Work::OwedSequences => Ok(Round::Idle),
         };
-        if outcome.is_ok() && !settings_published {
-            settings_published = true;
-            wait = Duration::ZERO;
-            continue;
-        }
         match outcome {
+            Ok(Round::SettingsPublished) => {
+                phases.settings_published();
+                wait = Duration::ZERO;
+            }
             Ok(Round::Stop) => return,
             Ok(Round::Idle) => {
                 failures = 0;
@@ -297,7 +283,7 @@ fn run(task: &Task, publisher: &Publisher) {
                 wait = Duration::ZERO;
                 log!("trempy task \"{}\": full load complete", task.names.task());
                 // The sequences go next (a full_load task ends once they are published).
-                sequences_owed = true;
+                phases.load_done();
             }
             Ok(Round::Failed(failure)) => {
                 record_failure(task, &failure);
@@ -351,6 +337,23 @@ fn run(task: &Task, publisher: &Publisher) {
     }
 }
 
+/// A full load runs once: the task is done, not waiting. Only now, once the sequences are
+/// published too, so that a worker that died before is started again.
+fn finish(task: &Task) {
+    if let Err(err) = in_transaction(|| {
+        Spi::connect_mut(|client| {
+            client.update(
+                "UPDATE trempy.tasks SET enabled = false WHERE task_id = $1",
+                None,
+                &[task.task_id.into()],
+            )?;
+            Ok(())
+        })
+    }) {
+        warning!("trempy task \"{}\": could not mark the finished full load: {err}", task.names.task());
+    }
+}
+
 /// Publishes the task's settings, which apply to every message after them.
 fn publish_settings(task: &Task, publisher: &Publisher) -> Result<(), Error> {
     let body = trempy_protocol::envelope::settings_message(&task.stream, &task.document)?;
@@ -360,8 +363,8 @@ fn publish_settings(task: &Task, publisher: &Publisher) -> Result<(), Error> {
 
 /// One round: the full load's next step while it lasts (a transaction to plan, one to copy),
 /// then CDC (one transaction).
-fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
-    if task.loaded.get() {
+fn step(task: &Task, publisher: &Publisher, loaded: bool) -> Result<Round, Error> {
+    if loaded {
         return in_transaction(|| Spi::connect_mut(|client| round(client, task, publisher)));
     }
     let next = in_transaction(|| {
@@ -398,12 +401,7 @@ fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
     })?;
     match next {
         None => Ok(Round::Stop),
-        Some(Err(round)) => {
-            if matches!(round, Round::Loaded) {
-                task.loaded.set(true);
-            }
-            Ok(round)
-        }
+        Some(Err(round)) => Ok(round),
         Some(Ok(due)) => {
             ensure_connected(publisher)?;
             let copied = in_repeatable_read_transaction(|| {
