@@ -27,6 +27,8 @@
 #                                CPU per million changes, peak RSS, COPY pipe; see docs/benchmarks.md)
 #   test                         stack-up, unit tests, then every end-to-end test (the fault
 #                                suite in its short version: each fault once)
+#   regress                      the extension's SQL tests (extension/regress, pg_regress) in the
+#                                source database; `test` runs them too
 #   fuzz [seconds]               every fuzz target for that long each (default 15; `test` runs it
 #                                too), starting from fuzz/seeds/<target> (the parsers' goldens)
 #   faults [rounds] [seed]       stack-up, then the long fault-injection suite (default 5 rounds
@@ -609,6 +611,31 @@ ensure_cargo_pgrx() {
     fi
 }
 
+# The extension's SQL tests: pg_regress runs extension/regress/sql/*.sql in the source database
+# (in scratch schemas; they create no task) and compares psql's output with expected/*.out. The
+# files are copied to a directory the postgres OS user owns, as pg_regress runs as that user.
+regress() {
+    local work pg_regress status=0
+    pg_regress=$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress
+    [[ -x $pg_regress ]] || die "pg_regress not found at $pg_regress (package postgresql-server-dev-15)"
+    pg_running source || die "source PostgreSQL is not running"
+    work=$(mktemp -d)
+    cp -r "$REPO_ROOT/extension/regress/." "$work/"
+    chown -R postgres: "$work"
+    local tests
+    tests=$(cd "$work/sql" && ls -- *.sql | sed 's/\.sql$//')
+    # shellcheck disable=SC2086  # one word per test
+    (cd "$work" && runuser -u postgres -- "$pg_regress" --inputdir=. --outputdir=. --bindir="$PG_BIN" \
+        --use-existing --dbname=source --host="$SOCKET_DIR" --port="${PG_PORT[source]}" --user=postgres \
+        $tests) || status=$?
+    if ((status)); then
+        [[ -f $work/regression.diffs ]] && cat "$work/regression.diffs" >&2
+        rm -rf "$work"
+        die "the extension's SQL tests failed (the diff above: expected, then what psql printed)"
+    fi
+    rm -rf "$work"
+}
+
 # cargo-fuzz runs the targets on the stable toolchain without a sanitizer (`-s none`): the
 # parsers are safe Rust, so what the fuzzer looks for is a panic, and libFuzzer's coverage
 # instrumentation needs no nightly flag.
@@ -882,6 +909,8 @@ cmd_test() {
     cargo test --release -p trempy-protocol -p trempy-applier 2>&1 | tee -a "$log"
     # The extension's pure logic (plain #[test]s; nothing in them calls PostgreSQL).
     PGRX_PG_CONFIG_PATH=$PG_CONFIG cargo test --release -p trempy --lib 2>&1 | tee -a "$log"
+    log "the extension's SQL tests (pg_regress)"
+    regress
     log "fuzz targets, ${TREMPY_FUZZ_SECONDS:-15}s each"
     fuzz_smoke "${TREMPY_FUZZ_SECONDS:-15}"
     log "end-to-end tests against the stack"
@@ -903,6 +932,7 @@ cmd_test() {
 
 # faults [ROUNDS] [SEED]: the seeded fault-injection suite (tests/tests/faults.rs), long version.
 cmd_fuzz() { fuzz_smoke "${1:-15}"; }
+cmd_regress() { require_stack; regress; }
 
 cmd_faults() {
     cmd_stack_up
