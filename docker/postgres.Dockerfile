@@ -15,6 +15,7 @@ RUN cargo pgrx package --package trempy --pg-config /usr/lib/postgresql/15/bin/p
 FROM postgres:15-bookworm
 COPY --from=build /src/target/release/trempy-pg15/usr/lib/postgresql/15/lib/ /usr/lib/postgresql/15/lib/
 COPY --from=build /src/target/release/trempy-pg15/usr/share/postgresql/15/extension/ /usr/share/postgresql/15/extension/
+COPY extension/versions/ extension/upgrades/ /usr/share/postgresql/15/extension/
 COPY docker/source-init.sh /docker-entrypoint-initdb.d/10-trempy.sh
 CMD ["postgres", "-c", "wal_level=logical", "-c", "shared_preload_libraries=trempy", \
      "-c", "max_replication_slots=16", "-c", "max_wal_senders=16", "-c", "max_worker_processes=32", \

@@ -686,6 +686,9 @@ cmd_build() {
     cd "$REPO_ROOT"
     log "building + installing extension 'trempy' (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
     cargo pgrx install --release --package trempy --pg-config "$PG_CONFIG"
+    # Earlier releases' SQL and the upgrade scripts, so ALTER EXTENSION trempy UPDATE works.
+    install -m 644 "$REPO_ROOT"/extension/versions/*.sql "$REPO_ROOT"/extension/upgrades/*.sql \
+        "$("$PG_CONFIG" --sharedir)/extension/"
     log "building trempy-applier"
     cargo build --release -p trempy-applier
 }

@@ -49,7 +49,7 @@ $$;
 -- attnum, with type, key (the replica identity index, else the primary key: the key is what the
 -- old rows of updates and deletes carry), NOT NULL and the
 -- created column type. The one description of a table: the worker's relation descriptions and
--- full loads use it too (extension/src/catalog.rs). NULL when the table does not exist.
+-- full loads use it too (extension/src/table_shape.rs). NULL when the table does not exist.
 CREATE FUNCTION trempy.table_shape(rel oid)
 RETURNS jsonb
 LANGUAGE sql STABLE

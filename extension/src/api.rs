@@ -30,7 +30,9 @@ fn fail(code: PgSqlErrorCode, message: String, detail: Option<String>) -> ! {
 
 fn fail_settings(name: &str, problems: &[Problem], code: PgSqlErrorCode, what: &str) -> ! {
     let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    fail(code, format!("{what} for task \"{name}\": {}", list.join("; ")), Some(list.join("\n")))
+    // Several problems are listed one per line too; one is said once.
+    let detail = (list.len() > 1).then(|| format!("{} problems:\n{}", list.len(), list.join("\n")));
+    fail(code, format!("{what} for task \"{name}\": {}", list.join("; ")), detail)
 }
 
 fn task_names(name: &str) -> TaskNames {
@@ -411,10 +413,10 @@ fn warn_what_reload_discards(name: &str, names: &TaskNames) {
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn validate_settings(settings: JsonB) -> TableIterator<'static, (name!(path, String), name!(message, String))> {
-    let problems = match TaskSettings::parse(&settings.0.to_string()) {
+    let problems = match TaskSettings::read(&settings.0.to_string()) {
         Err(problems) => problems,
-        Ok(parsed) => {
-            let mut problems = parsed.unsupported();
+        Ok((parsed, mut problems)) => {
+            problems.extend(parsed.unsupported());
             problems.extend(Spi::connect(|client| check_tables_and_rules(client, &parsed).problems));
             problems
         }

@@ -266,6 +266,14 @@ impl TaskSettings {
     /// A document that does not match the schema yields the first such problem (with its path);
     /// a document that matches yields every semantic problem at once.
     pub fn parse(json: &str) -> Result<Self, Vec<Problem>> {
+        let (settings, problems) = Self::read(json)?;
+        if problems.is_empty() { Ok(settings) } else { Err(problems) }
+    }
+
+    /// Reads a document that matches the schema (else its one problem), with its semantic
+    /// problems: for a caller that lists every problem, those the settings have as a whole and
+    /// those only the database can see.
+    pub fn read(json: &str) -> Result<(Self, Vec<Problem>), Vec<Problem>> {
         if !json.trim_start().starts_with('{') {
             return Err(vec![Problem::new("", "settings must be a JSON object")]);
         }
@@ -279,7 +287,7 @@ impl TaskSettings {
             vec![Problem::new(path, message)]
         })?;
         let problems = settings.problems();
-        if problems.is_empty() { Ok(settings) } else { Err(problems) }
+        Ok((settings, problems))
     }
 
     /// Every semantic problem (the schema itself is enforced by parsing).
@@ -549,6 +557,17 @@ mod tests {
     #[test]
     fn the_fuzz_seeds_are_the_example_settings() {
         crate::fuzz_seeds::check("settings", &[("good", GOOD.as_bytes().to_vec())]);
+    }
+
+    #[test]
+    fn read_keeps_the_settings_beside_their_semantic_problems_but_not_a_schema_mismatch() {
+        let zero = GOOD.replace("\"cdc_settings\"", "\"interval_seconds\": 0, \"cdc_settings\"");
+        let (settings, problems) = TaskSettings::read(&zero).unwrap();
+        assert_eq!(settings.tables[0].table_name, "orders");
+        assert_eq!(problems.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), ["task.interval_seconds"]);
+        assert_eq!(TaskSettings::parse(&zero).unwrap_err(), problems);
+        let mismatch = GOOD.replace("\"priority\": 0", "\"priority\": \"first\"");
+        assert_eq!(TaskSettings::read(&mismatch).unwrap_err()[0].path, "tables[0].priority");
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub async fn source() -> Client {
     connect(&env("TREMPY_SOURCE_DSN")).await
 }
 
+/// The DSN of another database of the source cluster.
+pub fn source_dsn_of(database: &str) -> String {
+    let dsn = env("TREMPY_SOURCE_DSN");
+    let base = dsn.rfind('/').map_or(dsn.as_str(), |i| &dsn[..i]);
+    format!("{base}/{database}")
+}
+
 /// The target database.
 pub async fn target() -> Client {
     connect(&env("TREMPY_TARGET_DSN")).await

@@ -11,11 +11,6 @@ use trempy_e2e::*;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn dsn_of(database: &str) -> String {
-    let dsn = env("TREMPY_SOURCE_DSN");
-    format!("{}/{database}", &dsn[..dsn.rfind('/').unwrap()])
-}
-
 /// Waits until `table` has the same rows in `source` as in the target.
 async fn wait_same(source: &Client, table: &str) -> i64 {
     let target = target().await;
@@ -40,7 +35,7 @@ async fn wait_same(source: &Client, table: &str) -> i64 {
 async fn connect_listed(database: &str, listed: bool) -> Client {
     let deadline = Instant::now() + WAIT;
     loop {
-        let client = connect(&dsn_of(database)).await;
+        let client = connect(&source_dsn_of(database)).await;
         let setting: String = client.query_one("SHOW trempy.databases", &[]).await.unwrap().get(0);
         if setting.split(',').any(|d| d.trim() == database) == listed {
             return client;
@@ -66,7 +61,7 @@ async fn two_databases_of_one_cluster_replicate_at_the_same_time() {
     let database = unique("second");
     let source = source().await;
     source.batch_execute(&format!("CREATE DATABASE {database}")).await.unwrap();
-    let second = connect(&dsn_of(&database)).await;
+    let second = connect(&source_dsn_of(&database)).await;
     let (task_a, task_b) = (unique("dba"), unique("dbb"));
     let (table_a, table_b) = (format!("public.{task_a}"), format!("public.{task_b}"));
     source.batch_execute(&format!("CREATE TABLE {table_a} (id bigint PRIMARY KEY, v text); INSERT INTO {table_a} SELECT g, 'loaded' FROM generate_series(1, 1000) g;")).await.unwrap();
@@ -114,7 +109,7 @@ async fn two_databases_of_one_cluster_replicate_at_the_same_time() {
     let b = writes(second, table_b.clone());
     a.await.unwrap();
     b.await.unwrap();
-    let (source, second) = (crate::source().await, connect(&dsn_of(&database)).await);
+    let (source, second) = (crate::source().await, connect(&source_dsn_of(&database)).await);
     assert_eq!(wait_same(&source, &table_a).await, 1000);
     assert_eq!(wait_same(&second, &table_b).await, 1000);
 

@@ -3,6 +3,7 @@
 -- left out), exact types with modifiers, NOT NULL, and the key (the replica identity index,
 -- else the primary key).
 SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS trempy;
 CREATE SCHEMA regress_shape;
 CREATE TYPE regress_shape.mood AS ENUM ('sad', 'ok');
 CREATE TABLE regress_shape."Odd ""name""" (
