@@ -883,6 +883,32 @@ mod tests {
         assert!(env.single(transaction(Vec::new())).relations.is_empty());
     }
 
+    fn load_chunk(rel: &Relation) -> LoadChunk {
+        LoadChunk {
+            rel: rel.id,
+            copy_id: 7,
+            table_index: 2,
+            attempt: 1,
+            seq: 0,
+            last: false,
+            rows: 2,
+            snapshot_time: "2026-11-22T06:00:00Z".into(),
+            prepare: Some(Prepare { create: true, recreate: false, truncate: true }),
+            data: String::new(),
+        }
+    }
+
+    fn sequence_value() -> SequenceValue {
+        SequenceValue {
+            schema: "public".into(),
+            name: "s".into(),
+            type_name: "bigint".into(),
+            increment: 1,
+            last_value: 7,
+            owner: None,
+        }
+    }
+
     /// Messages of every kind, as the extension writes them: the envelope fuzzer's seeds.
     fn seed_messages() -> Vec<(&'static str, Vec<u8>)> {
         let rel = relation();
@@ -896,28 +922,10 @@ mod tests {
         b.truncate(&[16384], true, false).unwrap();
         b.close_transaction(&header(200, 0, false));
         let changes = b.finish(|id| (id == rel.id).then_some(&rel)).unwrap();
-        let chunk = LoadChunk {
-            rel: rel.id,
-            copy_id: 7,
-            table_index: 2,
-            attempt: 1,
-            seq: 0,
-            last: false,
-            rows: 2,
-            snapshot_time: "2026-11-22T06:00:00Z".into(),
-            prepare: Some(Prepare { create: true, recreate: false, truncate: true }),
-            data: String::new(),
-        };
+        let chunk = load_chunk(&rel);
         let load = load_message(&stream(3), &rel, &chunk, b"1\tx\\y\n2\t\\N\n").unwrap();
         let settings = settings_message(&stream(2), &serde_json::json!({"task": {"task_name": "t"}})).unwrap();
-        let value = SequenceValue {
-            schema: "public".into(),
-            name: "s".into(),
-            type_name: "bigint".into(),
-            increment: 1,
-            last_value: 7,
-            owner: None,
-        };
+        let value = sequence_value();
         let sequences = sequences_message(&stream(2), &[value]).unwrap();
         vec![("changes", changes), ("load", load), ("settings", settings), ("sequences", sequences)]
     }
@@ -934,18 +942,7 @@ mod tests {
     #[test]
     fn load_and_settings_messages_parse_back() {
         let rel = relation();
-        let chunk = LoadChunk {
-            rel: rel.id,
-            copy_id: 7,
-            table_index: 2,
-            attempt: 1,
-            seq: 0,
-            last: false,
-            rows: 2,
-            snapshot_time: "2026-11-22T06:00:00Z".into(),
-            prepare: Some(Prepare { create: true, recreate: false, truncate: true }),
-            data: String::new(),
-        };
+        let chunk = load_chunk(&rel);
         let data = "1\tx\\y \"q\"\n2\t\\N\n";
         let body = load_message(&stream(3), &rel, &chunk, data.as_bytes()).unwrap();
         let env = Envelope::parse(&body).unwrap();
@@ -965,14 +962,7 @@ mod tests {
         let err = Envelope::parse(b"{\"version\":5,\"task\":\"t\",\"transactions\":[],\"relations\":[]}").unwrap_err();
         assert!(err.to_string().contains("envelope version 5, newer than"), "{err}");
         // sequence values, checked
-        let value = SequenceValue {
-            schema: "public".into(),
-            name: "s".into(),
-            type_name: "bigint".into(),
-            increment: 1,
-            last_value: 7,
-            owner: None,
-        };
+        let value = sequence_value();
         let env = Envelope::parse(&sequences_message(&stream(2), std::slice::from_ref(&value)).unwrap()).unwrap();
         assert_eq!(env.sequences, Some(vec![value.clone()]));
         let bad = sequences_message(&stream(2), &[SequenceValue { type_name: "text".into(), ..value }]).unwrap();
