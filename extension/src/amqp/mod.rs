@@ -14,6 +14,7 @@
 //! reports can fail a batch: a missing queue, a malformed report or a broken channel only means
 //! no report this time.
 
+mod batch;
 mod feedback;
 
 use std::sync::mpsc as std_mpsc;
@@ -181,7 +182,8 @@ struct State {
     names: TaskNames,
     broker: Option<Broker>,
     link: Option<Link>,
-    failure: Option<String>,
+    /// The batch being published: a prefix only, never a hole.
+    batch: batch::Batch,
     /// When reading the feedback queue last opened (or tried to open) a connection.
     feedback_connect: Option<Instant>,
 }
@@ -195,7 +197,7 @@ fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>, reports: std_mpsc::Sen
         }
     };
     runtime.block_on(async move {
-        let mut state = State { names, broker: None, link: None, failure: None, feedback_connect: None };
+        let mut state = State { names, broker: None, link: None, batch: batch::Batch::default(), feedback_connect: None };
         let mut poll = tokio::time::interval(feedback::POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -226,16 +228,16 @@ fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>, reports: std_mpsc::Sen
                     }
                 }
                 Command::Publish { body, message_id } => {
-                    if state.failure.is_none()
+                    if state.batch.admits()
                         && let Err(err) = state.publish(&body, message_id).await
                     {
                         eprintln!("trempy task {}: publish failed: {err}", state.names.task());
-                        state.failure = Some(err);
+                        state.batch.fail(err);
                         state.disconnect().await;
                     }
                 }
                 Command::Flush(reply) => {
-                    let _ = reply.send(state.failure.take().map_or(Ok(()), Err));
+                    let _ = reply.send(state.batch.flush());
                 }
                 Command::Connect(reply) => {
                     let connected = state.connect().await.map(|_| ());
@@ -322,5 +324,21 @@ impl State {
         if let Some(link) = self.link.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), link.connection.close(200, "bye".into())).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rabbitmqs_size_refusal_is_recognised_with_the_cause_and_the_remedy() {
+        let refused =
+            "channel closed: PRECONDITION_FAILED - message size 20000000 is larger than configured max size 16777216";
+        let text = oversize(refused, "orders:0/1A2B3C:4", 20_000_000).unwrap_or_default();
+        assert!(text.starts_with(OVERSIZE_MARK), "{text}");
+        assert!(text.contains("orders:0/1A2B3C:4") && text.contains("20000000 bytes"), "{text}");
+        assert!(text.contains("max_message_size") && text.contains("nothing is skipped"), "{text}");
+        assert_eq!(oversize("publish failed: connection reset by peer", "m", 10), None);
     }
 }
