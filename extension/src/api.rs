@@ -447,7 +447,7 @@ impl Checked {
 /// the source catalog, and what each target table needs in the task's mode.
 fn check_tables_and_rules(client: &SpiClient<'_>, settings: &TaskSettings) -> Checked {
     let mut warnings = Vec::new();
-    let mut problems = check_tables(client, settings, &mut warnings);
+    let (mut problems, identities) = check_tables(client, settings, &mut warnings);
     for (i, sequence) in settings.sequences.iter().enumerate() {
         let kind = client
             .select(
@@ -477,7 +477,7 @@ fn check_tables_and_rules(client: &SpiClient<'_>, settings: &TaskSettings) -> Ch
         let Some(columns) = catalog(&table.schema_name, &table.table_name) else { continue };
         let Ok((_, plan)) = settings.table_plan(&table.schema_name, &table.table_name, &columns) else { continue };
         let target = format!("{}.{}", plan.target_schema, plan.target_table);
-        let full = replica_identity(client, &table.schema_name, &table.table_name).as_deref() == Some("f");
+        let full = identities[i].as_deref() == Some("f");
         if !plan.columns.iter().any(|c| c.key) {
             if scd2.is_some() {
                 problems.push(Problem::new(
@@ -508,18 +508,6 @@ fn check_tables_and_rules(client: &SpiClient<'_>, settings: &TaskSettings) -> Ch
         }
     }
     Checked { problems, warnings }
-}
-
-/// A table's `relreplident` (`d`, `n`, `f` or `i`); `None` when it does not exist.
-fn replica_identity(client: &SpiClient<'_>, schema: &str, table: &str) -> Option<String> {
-    client
-        .select(
-            "SELECT c.relreplident::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
-            Some(1),
-            &[schema.into(), table.into()],
-        )
-        .and_then(|t| if t.is_empty() { Ok(None) } else { t.first().get::<String>(1) })
-        .unwrap_or_else(|err| internal(format!("could not read the catalog: {err}")))
 }
 
 /// Warns about each filtered table that has TOASTable columns (storage other than plain) and no
@@ -615,9 +603,16 @@ fn keyless_warning(qualified: &str, identity: &str, has_pk: bool, has_ri_index: 
 
 /// The checks that need the database: every table exists and is a permanent ordinary table.
 /// A table without a key is accepted (insert-only, or matched by its whole old row under
-/// `REPLICA IDENTITY FULL`); `warnings` says what that means for the insert-only ones.
-fn check_tables(client: &SpiClient<'_>, settings: &TaskSettings, warnings: &mut Vec<String>) -> Vec<Problem> {
+/// `REPLICA IDENTITY FULL`); `warnings` says what that means for the insert-only ones. Also
+/// returns each table's `relreplident` (`d`, `n`, `f` or `i`; `None` when it does not exist), in
+/// the order of the settings' tables, for the rules' checks.
+fn check_tables(
+    client: &SpiClient<'_>,
+    settings: &TaskSettings,
+    warnings: &mut Vec<String>,
+) -> (Vec<Problem>, Vec<Option<String>>) {
     let mut problems = Vec::new();
+    let mut identities = Vec::with_capacity(settings.tables.len());
     let extension_schema = client
         .select("SELECT n.nspname::text FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'trempy'", Some(1), &[])
         .ok()
@@ -647,6 +642,7 @@ fn check_tables(client: &SpiClient<'_>, settings: &TaskSettings, warnings: &mut 
                     row.get::<bool>(5).ok()??,
                 ))
             });
+        identities.push(row.as_ref().map(|(_, _, identity, _, _)| identity.clone()));
         let Some((kind, persistence, identity, has_pk, has_ri_index)) = row else {
             problems.push(Problem::new(path, format!("table {qualified} does not exist")));
             continue;
@@ -689,7 +685,7 @@ fn check_tables(client: &SpiClient<'_>, settings: &TaskSettings, warnings: &mut 
             ));
         }
     }
-    problems
+    (problems, identities)
 }
 
 /// Refuses to create tasks where no worker would ever run them.
