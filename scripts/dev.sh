@@ -22,11 +22,12 @@
 #   psql-source [psql args]      psql-target [psql args]   (unix socket, as the postgres OS user)
 #   demo                         stack-up, then a live demo (scripts/demo.sh): task `demo` on the
 #                                tables of sql/demo_schema.sql, applier left running in the background
-#   bench                        stack-up, then the benchmarks next to their anchors (scripts/bench.sh:
+#   bench [flags]                stack-up, then the benchmarks next to their anchors (crate bench/:
 #                                CDC catch-up vs native logical replication, commit-to-apply latency,
 #                                CPU per million changes, peak RSS, COPY pipe; see docs/benchmarks.md)
 #   test                         stack-up, unit tests, then every end-to-end test (the fault
-#                                suite in its short version: each fault once)
+#                                suite in its short version: each fault once), then a smoke run
+#                                of the benchmark
 #   regress                      the extension's SQL tests (extension/regress, pg_regress) in the
 #                                source database; `test` runs them too
 #   fuzz [seconds]               every fuzz target for that long each (default 15; `test` runs it
@@ -716,6 +717,7 @@ write_env_file() {
             TREMPY_SOCKET_DIR "$SOCKET_DIR" \
             TREMPY_RABBIT_NODE "$RABBIT_NODE" \
             TREMPY_APPLIER_BIN "$(target_dir)/release/trempy-applier" \
+            TREMPY_PG_BIN "$PG_BIN" \
             TREMPY_DEV "$REPO_ROOT/scripts/dev.sh"
     } | write_secret_file "$ENV_FILE" root
 }
@@ -852,7 +854,7 @@ cmd_rabbit_restart() {
     rabbit_stop
     rabbit_start
 }
-# For scripts that use the running stack (demo.sh, bench.sh): exports .stack/env and checks that
+# For scripts that use the running stack (demo.sh): exports .stack/env and checks that
 # every component is up. Reports with the caller's fail().
 use_running_stack() {
     require_stack
@@ -909,7 +911,7 @@ cmd_test() {
     cargo fmt --manifest-path fuzz/Cargo.toml --check
     PGRX_PG_CONFIG_PATH=$PG_CONFIG cargo clippy --release --workspace --all-targets -- -D warnings
     log "unit tests"
-    cargo test --release -p trempy-protocol -p trempy-applier 2>&1 | tee -a "$log"
+    cargo test --release -p trempy-protocol -p trempy-applier -p trempy-bench 2>&1 | tee -a "$log"
     # The extension's pure logic (plain #[test]s; nothing in them calls PostgreSQL).
     PGRX_PG_CONFIG_PATH=$PG_CONFIG cargo test --release -p trempy --lib 2>&1 | tee -a "$log"
     log "the extension's SQL tests (pg_regress)"
@@ -924,6 +926,15 @@ cmd_test() {
         set +a
         cargo test --release --no-fail-fast -p trempy-e2e -- --test-threads=1
     ) 2>&1 | tee -a "$log"
+    log "benchmark smoke run: every case at a tiny size (proves the benchmark works; its numbers mean nothing)"
+    (
+        set -a
+        # shellcheck disable=SC1090
+        . "$ENV_FILE"
+        set +a
+        cargo run --quiet --release -p trempy-bench -- --quick --rows 3000 --txns 500 --rate 200 --seconds 3 \
+            --rss-rows 3000 --timeout 600
+    )
     if [[ $started == 1 && ${TREMPY_KEEP_STACK:-0} != 1 ]]; then
         trap - EXIT
         cmd_stack_down
@@ -952,10 +963,20 @@ cmd_faults() {
     )
 }
 
-# bench: stack-up (deps + build unless TREMPY_SKIP_BUILD=1), then scripts/bench.sh.
+# bench: stack-up (deps + build unless TREMPY_SKIP_BUILD=1), then the benchmark (crate bench/,
+# `trempy-bench --help`; BENCH_* variables or its flags).
 cmd_bench() {
     cmd_stack_up
-    "$REPO_ROOT/scripts/bench.sh" "$@"
+    export CARGO_TARGET_DIR
+    CARGO_TARGET_DIR=$(target_dir)
+    cd "$REPO_ROOT"
+    (
+        set -a
+        # shellcheck disable=SC1090
+        . "$ENV_FILE"
+        set +a
+        cargo run --quiet --release -p trempy-bench -- "$@"
+    )
 }
 
 usage() {

@@ -292,6 +292,35 @@ pub async fn wait_converged(tables: &[(&str, &str)], timeout: Duration) -> Vec<(
     }
 }
 
+/// Waits until `table` at the target has the [`fingerprint`] `want`, and returns when the poll
+/// that saw it began. `ready` is a cheap query answering whether the fingerprint is worth taking
+/// (e.g. the largest key has arrived), so that a large table is not hashed on every poll; `check`
+/// runs between polls (e.g. to stop at once when the consumer died).
+pub async fn wait_for_fingerprint(
+    target: &Client,
+    table: &str,
+    order_by: &str,
+    want: &(i64, String),
+    ready: &str,
+    timeout: Duration,
+    mut check: impl FnMut(),
+) -> Instant {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let polled = Instant::now();
+        let ready: Option<bool> = target.query_one(ready, &[]).await.map(|r| r.get(0)).unwrap_or(None);
+        if ready == Some(true) {
+            let seen = fingerprint(target, table, order_by).await;
+            if &seen == want {
+                return polled;
+            }
+        }
+        check();
+        assert!(Instant::now() < deadline, "{table} at the target did not converge within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Installs, on the target, a trigger that counts how many times each row of `table` (keyed by
 /// its `id` column) has been written. A source that writes each id once must see 1 everywhere:
 /// anything more means a change was applied twice.
