@@ -16,9 +16,6 @@
 #   target-stop [fast|immediate]   target-start   target-restart [fast|immediate]
 #   rabbit-stop                  rabbit-start     rabbit-restart
 #   rabbitmqctl [args]           rabbitmqctl against the stack's node (tests change its settings)
-#   standby-create               a physical standby of the source (pg_basebackup, streaming) on
-#                                port base+5, started; standby-promote; standby-destroy (used by the
-#                                failover test)
 #   psql-source [psql args]      psql-target [psql args]   (unix socket, as the postgres OS user)
 #   demo                         stack-up, then a live demo (scripts/demo.sh): task `demo` on the
 #                                tables of sql/demo_schema.sql, applier left running in the background
@@ -714,11 +711,14 @@ write_env_file() {
             TREMPY_AMQP_PORT "$AMQP_PORT" \
             TREMPY_SOURCE_PGDATA "${PG_DATA[source]}" \
             TREMPY_TARGET_PGDATA "${PG_DATA[target]}" \
+            TREMPY_STANDBY_PGDATA "${PG_DATA[standby]}" \
+            TREMPY_STANDBY_PORT "${PG_PORT[standby]}" \
             TREMPY_SOCKET_DIR "$SOCKET_DIR" \
             TREMPY_RABBIT_NODE "$RABBIT_NODE" \
+            TREMPY_RABBIT_DIST_PORT "$DIST_PORT" \
+            TREMPY_EPMD_PORT "$EPMD_PORT" \
             TREMPY_APPLIER_BIN "$(target_dir)/release/trempy-applier" \
-            TREMPY_PG_BIN "$PG_BIN" \
-            TREMPY_DEV "$REPO_ROOT/scripts/dev.sh"
+            TREMPY_PG_BIN "$PG_BIN"
     } | write_secret_file "$ENV_FILE" root
 }
 
@@ -823,30 +823,6 @@ cmd_target_stop() { require_stack; pg_stop target "${1:-fast}"; }
 cmd_target_start() { require_stack; pg_start target; }
 cmd_target_restart() { require_stack; pg_restart target "${1:-fast}"; }
 cmd_rabbit_stop() { require_stack; rabbit_stop; }
-# A physical standby of the source, streaming from it (as a failover test needs one). It shares
-# the source's settings (trempy preloaded), so once promoted it runs the source's tasks.
-cmd_standby_create() {
-    require_stack
-    cmd_standby_destroy
-    pg_check_ports standby
-    install -d -m 700 -o postgres -g postgres "${PG_DATA[standby]}"
-    log "pg_basebackup of the source into ${PG_DATA[standby]}"
-    run_quiet "pg_basebackup" as_postgres "$PG_BIN/pg_basebackup" -h "$SOCKET_DIR" -p "${PG_PORT[source]}" -U postgres \
-        -D "${PG_DATA[standby]}" -X stream -R -c fast
-    pg_start standby
-}
-cmd_standby_promote() {
-    require_stack
-    log "promoting the standby"
-    run_quiet "pg_ctl promote (standby)" pg_ctl_ standby promote -w -t "$START_TIMEOUT"
-}
-cmd_standby_destroy() {
-    require_stack
-    if pg_initialized standby; then
-        pg_stop standby immediate
-    fi
-    rm -rf -- "${PG_DATA[standby]}" "${PG_LOG[standby]}"
-}
 cmd_rabbit_start() { require_stack; rabbit_start; }
 cmd_rabbitmqctl() { require_stack; rabbitmqctl_ "$@"; }
 cmd_rabbit_restart() {

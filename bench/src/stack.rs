@@ -2,7 +2,6 @@
 //! the variables of `.stack/env`): both databases, RabbitMQ, and the programs it starts.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
@@ -26,7 +25,6 @@ pub struct Stack {
     pg_bin: PathBuf,
     pub applier_bin: PathBuf,
     pub target_dsn: String,
-    dev: PathBuf,
     admin: lapin::Connection,
 }
 
@@ -76,7 +74,6 @@ impl Stack {
             pg_bin: PathBuf::from(env("TREMPY_PG_BIN")),
             applier_bin: PathBuf::from(env("TREMPY_APPLIER_BIN")),
             target_dsn: env("TREMPY_TARGET_DSN"),
-            dev: PathBuf::from(env("TREMPY_DEV")),
             admin,
         }
     }
@@ -109,28 +106,15 @@ impl Stack {
         command
     }
 
-    /// RabbitMQ's `beam.smp`, if it runs. The node name is not on its command line, so it is
-    /// recognised by the stack's private `-home` directory.
+    /// RabbitMQ's `beam.smp`, if it runs.
     pub fn rabbit_pid(&self) -> Option<Pid> {
-        let rabbit = self.stack_dir.join("rabbitmq");
-        let pid: Pid = std::fs::read_to_string(rabbit.join("rabbitmq.pid")).ok()?.trim().parse().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let home = format!("-home\0{}/home\0", rabbit.display());
-        let ours = cmdline.windows(home.len()).any(|w| w == home.as_bytes());
-        (comm.trim() == "beam.smp" && ours).then_some(pid)
+        trempy_e2e::stack::rabbit_pid()
     }
 
     /// RabbitMQ's version (`rabbitmqctl version`).
     pub async fn rabbit_version(&self) -> String {
-        let output =
-            Command::new(&self.dev).args(["rabbitmqctl", "-q", "-s", "version"]).stderr(Stdio::null()).output().await;
-        output
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|v| v.lines().next().map(str::to_owned))
-            .unwrap_or_else(|| "unknown".to_owned())
+        let version = trempy_e2e::stack::rabbitmqctl(&["-q", "-s", "version"]).await;
+        version.and_then(|v| v.lines().next().map(str::to_owned)).unwrap_or_else(|| "unknown".to_owned())
     }
 
     /// Messages ready in a queue, 0 if it does not exist.

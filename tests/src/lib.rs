@@ -3,7 +3,8 @@
 //! and the built applier), found through the variables of `.stack/env`.
 //!
 //! Every test uses its own task and tables (names made unique per process and call), so tests
-//! share one stack; tests that restart servers run serially (`--test-threads=1`).
+//! share one stack; tests that restart servers (through [`stack`]) run serially
+//! (`--test-threads=1`). The benchmark (`bench/`) is built on these helpers too.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 use tokio_postgres::{Client, NoTls};
+
+pub mod stack;
 
 /// A required environment variable, with a clear message when the stack is not up.
 pub fn env(name: &str) -> String {
@@ -62,12 +65,6 @@ pub fn source_dsn_of(database: &str) -> String {
 /// The target database.
 pub async fn target() -> Client {
     connect(&env("TREMPY_TARGET_DSN")).await
-}
-
-/// Runs a `scripts/dev.sh` subcommand (e.g. `rabbit-stop`) and asserts it succeeded.
-pub async fn dev(args: &[&str]) {
-    let status = Command::new(env("TREMPY_DEV")).args(args).stdout(Stdio::null()).status().await.unwrap();
-    assert!(status.success(), "dev.sh {args:?} failed");
 }
 
 /// Settings for a CDC upsert task over `tables` (`schema.table` names, unquoted parts).

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use trempy_e2e::stack::{Cluster, Shutdown};
 use trempy_e2e::*;
 
 const CONVERGE: Duration = Duration::from_secs(120);
@@ -158,9 +159,9 @@ async fn rabbitmq_stopped_and_restarted_mid_stream_loses_nothing() {
     let (task, t, ledger, source, _applier) = mixed_workload_task("rabbit").await;
     let writer = Writer::start(mixed_transaction(&t, &ledger));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    dev(&["rabbit-stop"]).await;
+    stack::rabbit_stop().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    dev(&["rabbit-start"]).await;
+    stack::rabbit_start().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let committed = writer.stop().await;
     wait_converged(&[(&t, "id"), (&ledger, "id")], CONVERGE).await;
@@ -306,7 +307,7 @@ async fn target_restarted_mid_stream_loses_and_duplicates_nothing() {
     let (task, t, ledger, source, _applier) = mixed_workload_task("target_restart").await;
     let writer = Writer::start(mixed_transaction(&t, &ledger));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    dev(&["target-restart", "immediate"]).await;
+    stack::restart(Cluster::Target, Shutdown::Immediate).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let committed = writer.stop().await;
     wait_converged(&[(&t, "id"), (&ledger, "id")], CONVERGE).await;

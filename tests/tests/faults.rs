@@ -24,6 +24,7 @@
 
 use std::time::{Duration, Instant};
 
+use trempy_e2e::stack::{Cluster, Shutdown};
 use trempy_e2e::*;
 
 const CONVERGE: Duration = Duration::from_secs(300);
@@ -118,17 +119,17 @@ async fn inject(fault: Fault, task: &str, applier: &mut Applier) {
         Fault::KillDecodingWorker => kill_backend("trempy task", task).await,
         Fault::KillLauncher => kill_backend("trempy launcher", task).await,
         Fault::RabbitStopStart => {
-            dev(&["rabbit-stop"]).await;
+            stack::rabbit_stop().await;
             tokio::time::sleep(Duration::from_secs(3)).await;
-            dev(&["rabbit-start"]).await;
+            stack::rabbit_start().await;
         }
-        Fault::SourceRestartFast => dev(&["source-restart", "fast"]).await,
-        Fault::SourceRestartImmediate => dev(&["source-restart", "immediate"]).await,
-        Fault::TargetRestartImmediate => dev(&["target-restart", "immediate"]).await,
+        Fault::SourceRestartFast => stack::restart(Cluster::Source, Shutdown::Fast).await,
+        Fault::SourceRestartImmediate => stack::restart(Cluster::Source, Shutdown::Immediate).await,
+        Fault::TargetRestartImmediate => stack::restart(Cluster::Target, Shutdown::Immediate).await,
         Fault::TargetDown => {
-            dev(&["target-stop", "fast"]).await;
+            stack::stop(Cluster::Target, Shutdown::Fast).await;
             tokio::time::sleep(Duration::from_secs(5)).await;
-            dev(&["target-start"]).await;
+            stack::start(Cluster::Target).await;
         }
     }
 }

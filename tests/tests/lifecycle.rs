@@ -214,7 +214,7 @@ async fn an_invalidated_slot_stops_the_task_loudly_and_a_reload_converges() {
 async fn a_promoted_standby_stops_the_task_loudly_and_a_reload_converges() {
     let (task, table, primary, settings, _applier) = loaded_task("failover", 100).await;
 
-    dev(&["standby-create"]).await;
+    stack::standby_create().await;
     let standby = connect(&env("TREMPY_STANDBY_DSN")).await;
     primary
         .batch_execute(&format!("INSERT INTO {table} SELECT g, 'before the failover' FROM generate_series(101, 130) g"))
@@ -231,7 +231,7 @@ async fn a_promoted_standby_stops_the_task_loudly_and_a_reload_converges() {
         assert!(Instant::now() < deadline, "the standby did not catch up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    dev(&["standby-promote"]).await;
+    stack::standby_promote().await;
     // The old primary is gone, as far as the task is concerned.
     primary.execute("SELECT trempy.stop_task($1)", &[&task]).await.unwrap();
 
@@ -263,7 +263,7 @@ async fn a_promoted_standby_stops_the_task_loudly_and_a_reload_converges() {
     }
     standby.execute("SELECT trempy.drop_task($1)", &[&task]).await.unwrap();
     drop(standby);
-    dev(&["standby-destroy"]).await;
+    stack::standby_destroy().await;
     drop_task(&primary, &task).await;
 }
 

@@ -146,12 +146,8 @@ async fn a_purged_queue_halts_the_applier_at_the_gap_and_a_reload_converges() {
 
 /// Sets RabbitMQ's `max_message_size` (it applies to channels opened from then on).
 fn set_broker_max_message_size(bytes: u64) {
-    let status = std::process::Command::new(env("TREMPY_DEV"))
-        .args(["rabbitmqctl", "eval", &format!("application:set_env(rabbit, max_message_size, {bytes}).")])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "rabbitmqctl eval failed");
+    let eval = format!("application:set_env(rabbit, max_message_size, {bytes}).");
+    assert!(stack::rabbitmqctl_blocking(&["eval", &eval]).is_some(), "rabbitmqctl eval failed");
 }
 
 /// RabbitMQ 3.10's default `max_message_size` (128 MiB), restored however the test ends.

@@ -305,13 +305,10 @@ struct ResetSearchPaths;
 impl Drop for ResetSearchPaths {
     fn drop(&mut self) {
         for (cluster, sql) in [
-            ("psql-source", "ALTER ROLE postgres IN DATABASE source RESET search_path"),
-            ("psql-target", "ALTER ROLE trempy IN DATABASE target RESET search_path"),
+            (stack::Cluster::Source, "ALTER ROLE postgres IN DATABASE source RESET search_path"),
+            (stack::Cluster::Target, "ALTER ROLE trempy IN DATABASE target RESET search_path"),
         ] {
-            let _ = std::process::Command::new(env("TREMPY_DEV"))
-                .args([cluster, "-c", sql])
-                .stdout(std::process::Stdio::null())
-                .status();
+            let _ = stack::psql_as_postgres(cluster, sql);
         }
     }
 }
