@@ -17,8 +17,8 @@
 #   rabbit-stop                  rabbit-start     rabbit-restart
 #   rabbitmqctl [args]           rabbitmqctl against the stack's node (tests change its settings)
 #   psql-source [psql args]      psql-target [psql args]   (unix socket, as the postgres OS user)
-#   demo                         stack-up, then a live demo (scripts/demo.sh): task `demo` on the
-#                                tables of sql/demo_schema.sql, applier left running in the background
+#   demo                         stack-up, then a live demo (crate demo/, trempy-demo): task `demo` on
+#                                the tables of sql/demo_schema.sql, applier left running in the background
 #   bench [flags]                stack-up, then the benchmarks next to their anchors (crate bench/:
 #                                CDC catch-up vs native logical replication, commit-to-apply latency,
 #                                CPU per million changes, peak RSS, COPY pipe; see docs/benchmarks.md)
@@ -830,42 +830,28 @@ cmd_rabbit_restart() {
     rabbit_stop
     rabbit_start
 }
-# For scripts that use the running stack (demo.sh): exports .stack/env and checks that
-# every component is up. Reports with the caller's fail().
-use_running_stack() {
-    require_stack
-    [[ -f $ENV_FILE ]] || fail "$ENV_FILE is missing; run 'scripts/dev.sh stack-up' first"
-    set -a
-    # shellcheck disable=SC1090
-    . "$ENV_FILE"
-    set +a
-    [[ -x $TREMPY_APPLIER_BIN ]] || fail "$TREMPY_APPLIER_BIN is not built; run 'scripts/dev.sh build'"
-    local cluster
-    for cluster in source target; do pg_running "$cluster" || fail "the $cluster PostgreSQL is not running"; done
-    rabbit_running || fail "RabbitMQ is not running"
-}
-# psql as role trempy over the stack's unix socket (after use_running_stack); the password travels
-# in the environment only. SQL_APP names the caller in pg_stat_activity.
-sql_on() {
-    local db=$1 port
-    shift
-    case $db in
-        source) port=$TREMPY_SOURCE_PORT ;;
-        target) port=$TREMPY_TARGET_PORT ;;
-        *) fail "unknown database $db" ;;
-    esac
-    PGPASSWORD=$(password) PGTZ=UTC PGAPPNAME=${SQL_APP:-trempy-dev} PGCONNECT_TIMEOUT=10 PGOPTIONS='-c client_min_messages=warning' \
-        "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$TREMPY_SOCKET_DIR" -p "$port" -U trempy -d "$db" "$@"
-}
-src() { sql_on source "$@"; }
-tgt() { sql_on target "$@"; }
 cmd_psql_source() { pg_psql source "$@"; }
 cmd_psql_target() { pg_psql target "$@"; }
 
-# demo: stack-up (deps + build unless TREMPY_SKIP_BUILD=1), then scripts/demo.sh.
+# with_stack_env CMD...: CMD from the repository with .stack/env exported and the build cache.
+with_stack_env() {
+    export CARGO_TARGET_DIR
+    CARGO_TARGET_DIR=$(target_dir)
+    cd "$REPO_ROOT"
+    (
+        set -a
+        # shellcheck disable=SC1090
+        . "$ENV_FILE"
+        set +a
+        "$@"
+    )
+}
+
+# demo: stack-up (deps + build unless TREMPY_SKIP_BUILD=1), then the demo (crate demo/,
+# `trempy-demo`): task `demo` on the tables of sql/demo_schema.sql, its applier left running.
 cmd_demo() {
     cmd_stack_up
-    "$REPO_ROOT/scripts/demo.sh" "$@"
+    with_stack_env cargo run --quiet --release -p trempy-demo -- "$@"
 }
 # test: stack-up (deps + build unless TREMPY_SKIP_BUILD=1), the unit tests, then the end-to-end
 # suite against the stack (serially: some tests restart servers). Stops the stack afterwards if
@@ -903,14 +889,8 @@ cmd_test() {
         cargo test --release --no-fail-fast -p trempy-e2e -- --test-threads=1
     ) 2>&1 | tee -a "$log"
     log "benchmark smoke run: every case at a tiny size (proves the benchmark works; its numbers mean nothing)"
-    (
-        set -a
-        # shellcheck disable=SC1090
-        . "$ENV_FILE"
-        set +a
-        cargo run --quiet --release -p trempy-bench -- --quick --rows 3000 --txns 500 --rate 200 --seconds 3 \
-            --rss-rows 3000 --timeout 600
-    )
+    with_stack_env cargo run --quiet --release -p trempy-bench -- --quick --rows 3000 --txns 500 --rate 200 \
+        --seconds 3 --rss-rows 3000 --timeout 600
     if [[ $started == 1 && ${TREMPY_KEEP_STACK:-0} != 1 ]]; then
         trap - EXIT
         cmd_stack_down
@@ -926,33 +906,15 @@ cmd_regress() { require_stack; regress; }
 
 cmd_faults() {
     cmd_stack_up
-    export CARGO_TARGET_DIR
-    CARGO_TARGET_DIR=$(target_dir)
-    cd "$REPO_ROOT"
-    (
-        set -a
-        # shellcheck disable=SC1090
-        . "$ENV_FILE"
-        set +a
-        TREMPY_FAULT_ROUNDS=${1:-5} TREMPY_FAULT_SEED=${2:-20261122} \
-            cargo test --release -p trempy-e2e --test faults -- --test-threads=1 --nocapture
-    )
+    TREMPY_FAULT_ROUNDS=${1:-5} TREMPY_FAULT_SEED=${2:-20261122} \
+        with_stack_env cargo test --release -p trempy-e2e --test faults -- --test-threads=1 --nocapture
 }
 
 # bench: stack-up (deps + build unless TREMPY_SKIP_BUILD=1), then the benchmark (crate bench/,
 # `trempy-bench --help`; BENCH_* variables or its flags).
 cmd_bench() {
     cmd_stack_up
-    export CARGO_TARGET_DIR
-    CARGO_TARGET_DIR=$(target_dir)
-    cd "$REPO_ROOT"
-    (
-        set -a
-        # shellcheck disable=SC1090
-        . "$ENV_FILE"
-        set +a
-        cargo run --quiet --release -p trempy-bench -- "$@"
-    )
+    with_stack_env cargo run --quiet --release -p trempy-bench -- "$@"
 }
 
 usage() {
@@ -981,5 +943,5 @@ main() {
     "$fn" "$@"
 }
 
-# Allow `source scripts/dev.sh` (e.g. to reuse helpers) without running a command.
-[[ ${BASH_SOURCE[0]} != "$0" ]] || { main "$@"; exit; }  # one command: bash reads nothing after it, so editing dev.sh while a command runs is safe
+# One command: bash reads nothing after this line, so editing dev.sh while a command runs is safe.
+main "$@"; exit

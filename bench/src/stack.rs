@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio::process::Command;
 use tokio_postgres::Client;
@@ -129,17 +129,7 @@ impl Stack {
 
     /// Deletes a queue if it exists.
     pub async fn delete_queue(&self, queue: &str) {
-        let channel = self.admin.create_channel().await.expect("cannot open an AMQP channel");
-        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        // a passive declare of a missing queue closes the channel: probe on a channel of its own
-        if channel.queue_declare(queue.into(), passive, FieldTable::default()).await.is_err() {
-            return;
-        }
-        channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await
-            .unwrap_or_else(|e| panic!("could not delete queue {queue}: {e}"));
-        let _ = channel.close(200, "done".into()).await;
+        trempy_e2e::delete_queue(&self.admin, queue).await;
     }
 
     /// When each server last started.

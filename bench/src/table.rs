@@ -76,10 +76,17 @@ pub async fn wait_converged(
     rows: u64,
     want: &(i64, String),
     timeout: Duration,
-    check: impl FnMut(),
+    mut check: impl FnMut(),
 ) -> f64 {
     let ready = format!("SELECT coalesce(max(id), 0) = {rows} FROM bench.t");
-    let seen = trempy_e2e::wait_for_fingerprint(&stack.target, "bench.t", "id", want, &ready, timeout, check).await;
+    let seen = trempy_e2e::wait_for_fingerprint(&stack.target, "bench.t", "id", want, &ready, timeout, || {
+        check();
+        true
+    })
+    .await;
+    let seen = seen.unwrap_or_else(|last| {
+        panic!("the target's bench.t did not converge within {timeout:?}: (rows, hash) {last:?}, wanted {want:?}")
+    });
     seen.duration_since(t0).as_secs_f64()
 }
 

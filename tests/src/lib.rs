@@ -290,9 +290,10 @@ pub async fn wait_converged(tables: &[(&str, &str)], timeout: Duration) -> Vec<(
 }
 
 /// Waits until `table` at the target has the [`fingerprint`] `want`, and returns when the poll
-/// that saw it began. `ready` is a cheap query answering whether the fingerprint is worth taking
-/// (e.g. the largest key has arrived), so that a large table is not hashed on every poll; `check`
-/// runs between polls (e.g. to stop at once when the consumer died).
+/// that saw it began; after `timeout`, or once `keep_waiting` (asked between polls, e.g. whether
+/// the consumer still runs) says no, the last fingerprint seen (`None` before `ready`). `ready` is
+/// a cheap query answering whether the fingerprint is worth taking (e.g. the largest key has
+/// arrived), so that a large table is not hashed on every poll.
 pub async fn wait_for_fingerprint(
     target: &Client,
     table: &str,
@@ -300,20 +301,23 @@ pub async fn wait_for_fingerprint(
     want: &(i64, String),
     ready: &str,
     timeout: Duration,
-    mut check: impl FnMut(),
-) -> Instant {
+    mut keep_waiting: impl FnMut() -> bool,
+) -> Result<Instant, Option<(i64, String)>> {
     let deadline = Instant::now() + timeout;
+    let mut last = None;
     loop {
         let polled = Instant::now();
         let ready: Option<bool> = target.query_one(ready, &[]).await.map(|r| r.get(0)).unwrap_or(None);
         if ready == Some(true) {
             let seen = fingerprint(target, table, order_by).await;
             if &seen == want {
-                return polled;
+                return Ok(polled);
             }
+            last = Some(seen);
         }
-        check();
-        assert!(Instant::now() < deadline, "{table} at the target did not converge within {timeout:?}");
+        if !keep_waiting() || Instant::now() >= deadline {
+            return Err(last);
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -516,6 +520,23 @@ pub async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
     let channel = connection.create_channel().await.unwrap();
     channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.unwrap();
     (connection, channel)
+}
+
+/// Deletes a queue if it exists, as the stack's administrator (a connection from
+/// [`amqp_channel`]).
+pub async fn delete_queue(admin: &lapin::Connection, queue: &str) {
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    // a passive declare of a missing queue closes its channel: probe on a channel of its own
+    let channel = admin.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    if channel.queue_declare(queue.into(), passive, lapin::types::FieldTable::default()).await.is_err() {
+        return;
+    }
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("could not delete queue {queue}: {e}"));
+    let _ = channel.close(200, "done".into()).await;
 }
 
 /// The URL a side of TREMpy connects with: `TREMPY_AMQP_URL`-style URL of `user` with the
