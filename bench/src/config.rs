@@ -54,7 +54,7 @@ impl SyncCommit {
 pub struct Args {
     /// Smoke run with small defaults (20000 / 5000 rows, 500 rows/s for 10 s, a 100000-row
     /// transaction); its numbers are not meaningful.
-    #[arg(long, env = "BENCH_QUICK")]
+    #[arg(long, env = "BENCH_QUICK", value_parser = clap::builder::BoolishValueParser::new())]
     quick: bool,
     /// Cases to run, in this order (space-separated in the environment).
     #[arg(long, env = "BENCH_CASES", value_enum, value_delimiter = ' ', num_args = 1..,
