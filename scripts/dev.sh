@@ -15,7 +15,7 @@
 #   source-stop [fast|immediate]   source-start   source-restart [fast|immediate]
 #   target-stop [fast|immediate]   target-start   target-restart [fast|immediate]
 #   rabbit-stop                  rabbit-start     rabbit-restart
-#   rabbitmqctl [args]           rabbitmqctl against the stack's node (tests change its settings)
+#   rabbitmqctl [args]           rabbitmqctl against the stack's node (e.g. list_queues)
 #   psql-source [psql args]      psql-target [psql args]   (unix socket, as the postgres OS user)
 #   demo                         stack-up, then a live demo (crate demo/, trempy-demo): task `demo` on
 #                                the tables of sql/demo_schema.sql, applier left running in the background
