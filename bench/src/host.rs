@@ -12,6 +12,19 @@ pub fn cpu_ticks(pid: Pid) -> Option<u64> {
     parse_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// The CPU ticks of each process that can be read now.
+pub fn ticks_of(pids: &[Pid]) -> Vec<(Pid, u64)> {
+    pids.iter().filter_map(|&pid| cpu_ticks(pid).map(|t| (pid, t))).collect()
+}
+
+/// CPU ticks the processes of an earlier [`ticks_of`] spent since, summed over those still
+/// there (`None` if none is).
+pub fn ticks_since(before: &[(Pid, u64)]) -> Option<u64> {
+    let spent: Vec<u64> =
+        before.iter().filter_map(|&(pid, then)| cpu_ticks(pid).and_then(|now| now.checked_sub(then))).collect();
+    (!spent.is_empty()).then(|| spent.iter().sum())
+}
+
 /// Whether a process exists and is not a zombie (an exited child stays one until reaped).
 pub fn running(pid: Pid) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -134,6 +147,16 @@ mod tests {
         assert_eq!(parse_machine_busy(stat), Some(10 + 1 + 5 + 2 + 3 + 4));
         assert_eq!(parse_machine_busy("cpu0 1 2 3\n"), None);
         assert_eq!(parse_machine_busy("cpu  1 x 3 4 5 6 7 8\n"), None);
+    }
+
+    #[test]
+    fn ticks_since_sums_the_processes_still_there() {
+        let me = std::process::id();
+        let before = ticks_of(&[me, u32::MAX]);
+        assert_eq!(before.len(), 1, "a process that is not there is left out");
+        assert!(ticks_since(&before).is_some());
+        assert_eq!(ticks_since(&[(u32::MAX, 0)]), None);
+        assert_eq!(ticks_since(&[]), None);
     }
 
     #[test]

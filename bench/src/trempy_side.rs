@@ -181,13 +181,14 @@ impl Applier {
         panic!("trempy-applier exited; see {}:\n    {}", self.log.display(), tail.join("\n    "));
     }
 
-    /// Its session at the target.
-    pub async fn backend_pid(&self, stack: &Stack) -> Option<Pid> {
-        let sql = format!(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = '{}' ORDER BY backend_start DESC LIMIT 1",
-            app_name(&self.task)
-        );
-        stack::pid(&stack.target, &sql).await
+    /// Its sessions at the target (it opens more than one: applying, reports, look-ahead).
+    pub async fn backend_pids(&self, stack: &Stack) -> Vec<Pid> {
+        let rows = stack
+            .target
+            .query("SELECT pid FROM pg_stat_activity WHERE application_name = $1", &[&app_name(&self.task)])
+            .await
+            .expect("pg_stat_activity");
+        rows.iter().filter_map(|r| Pid::try_from(r.get::<_, i32>(0)).ok()).collect()
     }
 
     /// Stops the applier as an operator would (SIGTERM), or kills it after 30 s.

@@ -120,11 +120,12 @@ pub async fn run(run: &mut Run<'_>) {
     trempy_side::create_cdc_task(stack, TASK).await;
     let mut applier = Applier::start(stack, TASK, &run.settings.applier_args);
     applier.wait_connected().await;
+    // one group of processes per CPU figure; the applier opens several target sessions
     let pids = [
-        trempy_side::worker_pid(stack, TASK).await,
-        stack.rabbit_pid(),
-        Some(applier.pid),
-        applier.backend_pid(stack).await,
+        trempy_side::worker_pid(stack, TASK).await.into_iter().collect(),
+        stack.rabbit_pid().into_iter().collect(),
+        vec![applier.pid],
+        applier.backend_pids(stack).await,
     ];
     let trempy = measure(run, "TREMpy", &walinspect, &pids, &mut || applier.assert_alive()).await;
     applier.stop().await;
@@ -133,7 +134,10 @@ pub async fn run(run: &mut Run<'_>) {
     table::recreate(stack).await;
     native::create_subscription(stack, SUBSCRIPTION, true).await;
     native::wait_streaming(stack, SUBSCRIPTION).await;
-    let pids = [native::walsender_pid(stack, SUBSCRIPTION).await, native::apply_worker_pid(stack, SUBSCRIPTION).await];
+    let pids = [
+        native::walsender_pid(stack, SUBSCRIPTION).await.into_iter().collect(),
+        native::apply_worker_pid(stack, SUBSCRIPTION).await.into_iter().collect(),
+    ];
     let native = measure(run, "native", &walinspect, &pids, &mut || {}).await;
     native::drop_subscription(stack, SUBSCRIPTION).await;
     drop_walhold(stack).await;
@@ -173,8 +177,8 @@ pub async fn run(run: &mut Run<'_>) {
             .extra(json!({"trempy_cpu_s": c_w, "anchor_cpu_s": c_ws})),
     );
     run.figure(
-        &cpu("CPU: applier + its target backend", c_apply, "native apply worker", c_aw)
-            .extra(json!({"applier_cpu_s": c_a, "target_backend_cpu_s": c_ab, "anchor_cpu_s": c_aw})),
+        &cpu("CPU: applier + its target backends", c_apply, "native apply worker", c_aw)
+            .extra(json!({"applier_cpu_s": c_a, "target_backends_cpu_s": c_ab, "anchor_cpu_s": c_aw})),
     );
     run.figure(
         &cpu("CPU: all TREMpy processes", c_total, "walsender + apply worker", c_native)
@@ -182,7 +186,7 @@ pub async fn run(run: &mut Run<'_>) {
     );
     let show = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
     run.detail(format!(
-        "{label}: CPU s while writing + draining: task worker {}, beam.smp {}, applier {}, its target backend {}; native walsender {}, apply worker {}",
+        "{label}: CPU s while writing + draining: task worker {}, beam.smp {}, applier {}, its target backends {}; native walsender {}, apply worker {}",
         show(c_w), show(c_beam), show(c_a), show(c_ab), show(c_ws), show(c_aw)
     ));
     for (who, m) in [("TREMpy", &trempy), ("native", &native)] {
@@ -199,7 +203,7 @@ async fn measure(
     run: &mut Run<'_>,
     label: &str,
     walinspect: &str,
-    pids: &[Option<Pid>],
+    pids: &[Vec<Pid>],
     check: &mut (dyn FnMut() + Send),
 ) -> Measured {
     let stack = run.stack;
@@ -210,7 +214,7 @@ async fn measure(
         "[latency] {label}: pgbench -R {} -T {} -c {} (one row per transaction)",
         settings.rate, settings.seconds, settings.clients
     ));
-    let before: Vec<Option<u64>> = pids.iter().map(|p| p.and_then(host::cpu_ticks)).collect();
+    let before: Vec<Vec<(Pid, u64)>> = pids.iter().map(|group| host::ticks_of(group)).collect();
     let writer = pgbench(stack, run, label).await;
     let t0 = Instant::now();
     let rows = stack::int(&stack.source, "SELECT count(*) FROM bench.t").await;
@@ -220,14 +224,8 @@ async fn measure(
     let rows = u64::try_from(rows).unwrap_or(0);
     let want = table::checksum(&stack.source).await;
     let tail_s = table::wait_converged(stack, t0, rows, &want, run.timeout(), check).await;
-    let cpu_s = pids
-        .iter()
-        .zip(before)
-        .map(|(p, b)| {
-            #[allow(clippy::cast_precision_loss)]
-            p.and_then(host::cpu_ticks).zip(b).and_then(|(a, b)| a.checked_sub(b)).map(|t| t as f64 / run.clk_tck)
-        })
-        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let cpu_s = before.iter().map(|b| host::ticks_since(b).map(|t| t as f64 / run.clk_tck)).collect();
     // pg_walinspect reads only flushed WAL, and the native apply worker commits asynchronously:
     // wait until the WAL writer has flushed every commit record
     let end_lsn: PgLsn =
