@@ -145,8 +145,7 @@ impl Stack {
 
 /// A session of the benchmark, in UTC (the fingerprints of both sides compare text forms).
 async fn session(dsn: &str) -> Client {
-    let separator = if dsn.contains('?') { '&' } else { '?' };
-    let client = trempy_e2e::connect(&format!("{dsn}{separator}application_name={APP_NAME}")).await;
+    let client = trempy_e2e::connect(&trempy_e2e::with_application_name(dsn, APP_NAME)).await;
     client
         .batch_execute("SET TimeZone = 'UTC'; SET client_min_messages = warning")
         .await

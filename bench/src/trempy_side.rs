@@ -144,11 +144,10 @@ impl Applier {
         let log = stack.dir().join(format!("applier-{task}.log"));
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let dsn = &stack.target_dsn;
-        let separator = if dsn.contains('?') { '&' } else { '?' };
         let child = Command::new(&stack.applier_bin)
             .args(["run", "--task", task])
             .args(extra)
-            .env("TREMPY_TARGET_DSN", format!("{dsn}{separator}application_name={}", app_name(task)))
+            .env("TREMPY_TARGET_DSN", trempy_e2e::with_application_name(dsn, &app_name(task)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

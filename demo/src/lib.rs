@@ -204,8 +204,7 @@ async fn demo(timeout: Duration) -> Result<(), String> {
 /// A session as role trempy, named in pg_stat_activity.
 async fn session(dsn_variable: &str) -> Client {
     let dsn = env(dsn_variable);
-    let separator = if dsn.contains('?') { '&' } else { '?' };
-    connect(&format!("{dsn}{separator}application_name=trempy-demo")).await
+    connect(&trempy_e2e::with_application_name(&dsn, "trempy-demo")).await
 }
 
 async fn wait_running(source: &Client) -> Result<(), String> {

@@ -50,6 +50,13 @@ pub async fn connect(dsn: &str) -> Client {
     }
 }
 
+/// `dsn` (a URL) with an `application_name`, so that its sessions can be found in
+/// `pg_stat_activity`.
+pub fn with_application_name(dsn: &str, name: &str) -> String {
+    let separator = if dsn.contains('?') { '&' } else { '?' };
+    format!("{dsn}{separator}application_name={name}")
+}
+
 /// The source database.
 pub async fn source() -> Client {
     connect(&env("TREMPY_SOURCE_DSN")).await
