@@ -130,8 +130,10 @@ struct RunArgs {
     /// Commit the target transaction at the latest this many milliseconds after its first change.
     #[arg(long, default_value_t = 250)]
     batch_delay_ms: u64,
-    /// Commit as soon as no message arrived for this many milliseconds.
-    #[arg(long, default_value_t = 5)]
+    /// Commit once no message arrived for this many milliseconds. 0 (the default): as soon as
+    /// no message is waiting; what arrives while a commit runs goes into the next one (group
+    /// commit), so a busy stream still commits in batches and a quiet one at once.
+    #[arg(long, default_value_t = 0)]
     idle_commit_ms: u64,
     /// The task's settings (the JSON given to trempy.create_task); only `error_handling` is read.
     /// Without it every `stop_if_*_error` flag is false.

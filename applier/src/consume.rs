@@ -376,6 +376,8 @@ impl<'o> Session<'o> {
         loop {
             let wait = self.commit_wait();
             let next = tokio::select! {
+                // A delivery that is waiting goes before a commit: batches grow with the load.
+                biased;
                 next = self.consumer.next() => Some(next),
                 () = sleep_opt(wait) => None,
                 _ = shutdown.wait_for(|stop| *stop) => {
@@ -1038,6 +1040,7 @@ fn message_task(body: &[u8]) -> Option<String> {
 
 async fn sleep_opt(wait: Option<Duration>) {
     match wait {
+        Some(d) if d.is_zero() => {}
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }

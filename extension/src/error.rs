@@ -17,6 +17,9 @@ pub(crate) enum ErrorKind {
     Postgres,
     /// pgoutput data TREMpy could not turn into a message.
     Decode,
+    /// The replication connection to this server could not be opened or broke (pg_hba.conf,
+    /// max_wal_senders, the walsender's own error): it is opened again from the slot.
+    Replication,
     /// RabbitMQ did not confirm a message (refused, returned, nacked, timed out, disconnected).
     Publish,
     /// RabbitMQ refused a message as larger than its `max_message_size`: retrying soon cannot
@@ -105,7 +108,7 @@ pub(crate) fn reaction(kind: ErrorKind, consecutive_failures: u32) -> Reaction {
         ErrorKind::PublisherGone => Reaction::Restart,
         // Each retry decodes the batch again: wait for the operator's fix, checking every minute.
         ErrorKind::MessageTooLarge => Reaction::RetryAfter(backoff(10_000, 60_000)),
-        ErrorKind::Publish => Reaction::RetryAfter(backoff(250, 4_000)),
+        ErrorKind::Publish | ErrorKind::Replication => Reaction::RetryAfter(backoff(250, 4_000)),
         ErrorKind::Config | ErrorKind::Catalog | ErrorKind::Decode | ErrorKind::Postgres => {
             Reaction::RetryAfter(backoff(1_000, 30_000))
         }

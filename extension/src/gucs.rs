@@ -11,7 +11,7 @@ use crate::amqp::Broker;
 static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static AMQP_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static AMQP_PASSWORD_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
+static REPLICATION_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 static MAX_MESSAGE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 static SEQUENCE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(10);
@@ -42,15 +42,13 @@ pub(crate) fn init() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
-    GucRegistry::define_int_guc(
-        c"trempy.batch_size",
-        c"Changes a task worker asks logical decoding for per call (whole transactions are always returned).",
-        c"Every call decodes again from the slot's restart_lsn, which only moves at running-transactions records, so small batches make a backlog cost quadratic. Memory does not grow with it: results are streamed.",
-        &BATCH_SIZE,
-        100,
-        10_000_000,
+    GucRegistry::define_string_guc(
+        c"trempy.replication_conninfo",
+        c"How a task worker connects to this server to stream its slot (a libpq conninfo; dbname is always the task's database).",
+        c"Empty (the default): over this server's first Unix socket directory and port, as the bootstrap superuser, which a stock pg_hba.conf lets in by peer authentication. Each task uses one of max_wal_senders. Put a password in a passfile, not here.",
+        &REPLICATION_CONNINFO,
         GucContext::Sighup,
-        GucFlags::default(),
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
     GucRegistry::define_int_guc(
         c"trempy.sequence_interval",
@@ -64,7 +62,7 @@ pub(crate) fn init() {
     );
     GucRegistry::define_int_guc(
         c"trempy.poll_interval",
-        c"How long an idle task worker waits between checks for new WAL, unless the task sets interval_seconds.",
+        c"How long a task worker that is not streaming (full load, retries) waits between checks, unless the task sets interval_seconds.",
         c"",
         &POLL_INTERVAL_MS,
         10,
@@ -119,9 +117,9 @@ pub(crate) fn broker() -> Option<Broker> {
     string(&AMQP_URL).map(|url| Broker { url, password_file: string(&AMQP_PASSWORD_FILE).map(PathBuf::from) })
 }
 
-/// `trempy.batch_size`.
-pub(crate) fn batch_size() -> i32 {
-    BATCH_SIZE.get()
+/// `trempy.replication_conninfo`, if set. Never log it.
+pub(crate) fn replication_conninfo() -> Option<String> {
+    string(&REPLICATION_CONNINFO)
 }
 
 /// `trempy.poll_interval`.

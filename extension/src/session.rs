@@ -61,6 +61,34 @@ pub(crate) fn pin_output_settings() -> Result<(), Error> {
     })
 }
 
+/// Waits on the worker's latch (and `socket`, until it is readable) for at most `timeout`, then
+/// handles interrupts. False once the worker is to stop (SIGTERM; the postmaster's death ends the
+/// process).
+pub(crate) fn wait(timeout: std::time::Duration, socket: Option<pg_sys::pgsocket>) -> bool {
+    let ms = libc::c_long::try_from(timeout.as_millis()).unwrap_or(libc::c_long::MAX);
+    let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
+    // SAFETY: main thread of a background worker; MyLatch is its own latch.
+    unsafe {
+        match socket {
+            Some(fd) => {
+                pg_sys::WaitLatchOrSocket(
+                    pg_sys::MyLatch,
+                    events | pg_sys::WL_SOCKET_READABLE as i32,
+                    fd,
+                    ms,
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+            }
+            None => {
+                pg_sys::WaitLatch(pg_sys::MyLatch, events, ms, pg_sys::PG_WAIT_EXTENSION);
+            }
+        }
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        pg_sys::check_for_interrupts!();
+    }
+    !shutdown_requested()
+}
+
 /// Runs `f` (which starts and commits its own transaction) and turns a PostgreSQL ERROR raised
 /// inside it into an [`Error`], aborting the failed transaction, so that the worker survives,
 /// records the error and retries instead of exiting.
@@ -76,6 +104,13 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Erro
             unsafe {
                 if pg_sys::IsTransactionState() {
                     pg_sys::AbortCurrentTransaction();
+                }
+                // Aborting a transaction does not release a replication slot (a backend's
+                // top-level error handler does that, and a background worker has none): an
+                // ERROR while a slot was acquired (creating one) would leave it active, owned
+                // by this process, until it exits.
+                if !pg_sys::MyReplicationSlot.is_null() {
+                    pg_sys::ReplicationSlotRelease();
                 }
             }
             Err(Error::new(ErrorKind::Postgres, message))

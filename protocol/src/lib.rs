@@ -2,6 +2,8 @@
 //!
 //! * [`lsn`]: PostgreSQL log sequence numbers.
 //! * [`pgoutput`]: a parser for the binary messages of PostgreSQL's `pgoutput` plugin (protocol 1).
+//! * [`replication`]: the streaming replication messages around pgoutput, and which position a
+//!   task worker may confirm.
 //! * [`assemble`]: turns a stream of pgoutput messages into envelope messages of bounded size.
 //! * [`envelope`]: the versioned JSON message that travels through RabbitMQ.
 //! * [`handoff`]: which decoded changes a table's full load already contains.
@@ -33,6 +35,7 @@ pub mod names;
 pub mod pgoutput;
 pub mod redact;
 pub mod renames;
+pub mod replication;
 pub mod schema;
 pub mod sequence;
 pub mod settings;

@@ -280,6 +280,98 @@ async fn idle_slot_advances_when_only_other_tables_change() {
     drop_task(&source, &task).await;
 }
 
+/// A task whose tables are idle while another database of the cluster writes retains no WAL:
+/// the walsender's keepalives are confirmed when nothing is owed, so the slot's confirmed
+/// position passes the other database's WAL and its restart position follows at the next
+/// running-transactions record (a checkpoint writes one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slot_advances_when_only_another_database_writes() {
+    let task = unique("idledb");
+    create_table_both(&format!("CREATE TABLE public.{task} (id int PRIMARY KEY)")).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task)]).await;
+    let slot = format!("trempy_{task}");
+    let elsewhere = connect(&source_dsn_of("postgres")).await;
+    let scratch = format!("public.{task}_elsewhere");
+    elsewhere.batch_execute(&format!("CREATE TABLE {scratch} (id int, v text)")).await.unwrap();
+    elsewhere
+        .batch_execute(&format!("INSERT INTO {scratch} SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g"))
+        .await
+        .unwrap();
+    let wal_after_writes: i64 = source
+        .query_one("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (confirmed, restart) = slot_position(&source, &slot).await;
+        if confirmed >= wal_after_writes && restart >= wal_after_writes {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot retains WAL another database wrote: confirmed {confirmed}, restart {restart}, WAL written up to {wal_after_writes}"
+        );
+        // A running-transactions record (a checkpoint writes one) lets restart_lsn move.
+        elsewhere.batch_execute(&format!("INSERT INTO {scratch} VALUES (0, 'tick'); CHECKPOINT")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let published_changes: i64 = source
+        .query_one("SELECT changes_published FROM trempy.status() WHERE task_name = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(published_changes, 0, "changes of another database were published");
+    elsewhere.batch_execute(&format!("DROP TABLE {scratch}")).await.unwrap();
+    drop_task(&source, &task).await;
+}
+
+/// The task's walsender (the worker's replication connection to its own server) is terminated
+/// again and again while a writer commits: each time the worker opens a new stream from the
+/// slot's confirmed position, and the target converges (nothing lost; what was sent twice is
+/// applied once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_walsender_is_replaced_and_the_target_converges() {
+    let task = unique("walsender");
+    let t = format!("public.{task}");
+    create_table_both(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, n bigint)")).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task)]).await;
+    let _applier = Applier::start(&task);
+    let slot = format!("trempy_{task}");
+    let table = t.clone();
+    let writer = Writer::start(move |i| {
+        format!("INSERT INTO {table} VALUES ({}, 0) ON CONFLICT (id) DO UPDATE SET n = {table}.n + 1", i % 500)
+    });
+    let mut terminated = Vec::new();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let row = source
+            .query_one(
+                "SELECT active_pid, pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL
+                 UNION ALL SELECT NULL, false LIMIT 1",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        if let Some(pid) = row.get::<_, Option<i32>>(0) {
+            terminated.push(pid);
+        }
+    }
+    let committed = writer.stop().await;
+    assert!(committed > 0, "the writer committed nothing");
+    assert!(terminated.len() >= 3, "the task's walsender was not there to terminate most of the time: {terminated:?}");
+    wait_converged(&[(&t, "id")], CONVERGE).await;
+    let active: Option<i32> = source
+        .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(active.is_some_and(|pid| !terminated.contains(&pid)), "no new walsender streams the slot: {active:?}");
+    drop_task(&source, &task).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_target_table_halts_in_order_then_resumes_once_created() {
     let task = unique("missing");

@@ -4,9 +4,9 @@
 //! **No Postgres API is called from here** (this module imports no pgrx): the main thread talks
 //! to this thread over channels only. Messages are published one at a time, each awaited until
 //! RabbitMQ confirms it; a nack, a returned (unroutable) message, an error or a timeout marks the
-//! batch failed and drops the connection, and every later message of the batch is discarded. So
-//! the queue only ever receives a prefix of a batch, never a batch with a hole in it, and the
-//! main thread advances the slot only when the whole batch was confirmed.
+//! stream failed and drops the connection, and every later message is discarded until the main
+//! thread rewinds. So the queue only ever receives a prefix of the stream, never a stream with a
+//! hole in it, and the main thread confirms the slot only up to what a flush said was confirmed.
 //!
 //! Between messages, every [`feedback::POLL`], the thread also reads the task's feedback queue
 //! (the applier's reports, see [`trempy_protocol::feedback`]) on a channel of its own and hands
@@ -59,6 +59,7 @@ enum Command {
     Configure(Option<Broker>),
     Publish { body: Vec<u8>, message_id: String },
     Flush(std_mpsc::Sender<Result<(), String>>),
+    Rewind,
     Connect(std_mpsc::Sender<Result<(), String>>),
 }
 
@@ -112,11 +113,17 @@ impl Publisher {
         }
     }
 
-    /// Asks for the outcome of everything offered since the last flush: `Ok` once RabbitMQ has
-    /// confirmed all of it, else the first failure. Poll the receiver with a timeout.
+    /// Asks for the outcome of everything offered so far: `Ok` once RabbitMQ has confirmed all
+    /// of it, else the first failure since the last [`Publisher::rewind`]. Poll the receiver.
     pub(crate) fn flush(&self) -> Option<std_mpsc::Receiver<Result<(), String>>> {
         let (reply, rx) = std_mpsc::channel();
         self.tx.blocking_send(Command::Flush(reply)).ok().map(|()| rx)
+    }
+
+    /// After a failure: the main thread publishes again from a confirmed position, so messages
+    /// offered from now on are published (until then every one is discarded, see [`batch`]).
+    pub(crate) fn rewind(&self) -> bool {
+        self.tx.blocking_send(Command::Rewind).is_ok()
     }
 
     /// Asks the thread to make sure it is connected (opening the connection if needed): `Ok` once
@@ -239,6 +246,7 @@ fn run(names: TaskNames, mut rx: mpsc::Receiver<Command>, reports: std_mpsc::Sen
                 Command::Flush(reply) => {
                     let _ = reply.send(state.batch.flush());
                 }
+                Command::Rewind => state.batch.rewind(),
                 Command::Connect(reply) => {
                     let connected = state.connect().await.map(|_| ());
                     if connected.is_err() {

@@ -1,5 +1,9 @@
-//! Logical decoding over SPI: the task's publication and slot ([`slot`]), and reading a batch of
-//! pgoutput changes into envelope messages ([`batch`]). Main thread only.
+//! Logical decoding: the task's publication and slot ([`slot`], over SPI), and its change stream
+//! ([`stream`]): a replication connection to this server ([`connection`]) whose pgoutput messages
+//! become envelope messages, each relation described from the catalog ([`describe`]). Main thread
+//! only.
 
-pub(crate) mod batch;
+mod connection;
+mod describe;
 pub(crate) mod slot;
+pub(crate) mod stream;

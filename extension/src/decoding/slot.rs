@@ -198,11 +198,10 @@ pub(crate) fn drop_slot_named(client: &mut SpiClient<'_>, slot: &str) -> Result<
     ))
 }
 
-/// Where the slot stands: its confirmed position and how far WAL has been flushed.
+/// Where the slot stands: its confirmed position.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Position {
     pub(crate) confirmed: Lsn,
-    pub(crate) flushed: Lsn,
 }
 
 /// What the task worker finds when it looks for its slot.
@@ -221,7 +220,7 @@ pub(crate) enum Found {
 /// Looks for the task's slot. Read-only: no XID, no WAL.
 pub(crate) fn find(client: &SpiClient<'_>, names: &TaskNames) -> Result<Found, Error> {
     let table = client.select(
-        "SELECT confirmed_flush_lsn::text, pg_catalog.pg_current_wal_flush_lsn()::text, wal_status,
+        "SELECT confirmed_flush_lsn::text, wal_status,
                 EXISTS (SELECT 1 FROM trempy.slot_claims c WHERE c.slot_name = s.slot_name::text)
            FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1::text::name AND database = pg_catalog.current_database()",
         Some(1),
@@ -231,17 +230,16 @@ pub(crate) fn find(client: &SpiClient<'_>, names: &TaskNames) -> Result<Found, E
         return Ok(Found::Missing);
     }
     let row = table.first();
-    if row.get::<bool>(4)?.unwrap_or(false) {
+    if row.get::<bool>(3)?.unwrap_or(false) {
         return Ok(Found::Claimed);
     }
-    if row.get::<String>(3)?.as_deref() == Some("lost") {
+    if row.get::<String>(2)?.as_deref() == Some("lost") {
         return Ok(Found::Invalidated);
     }
     let Some(confirmed) = row.get::<String>(1)? else {
         return Ok(Found::Invalidated);
     };
-    let flushed = row.get::<String>(2)?.unwrap_or_default();
-    Ok(Found::Usable(Position { confirmed: Lsn::parse(&confirmed)?, flushed: Lsn::parse(&flushed)? }))
+    Ok(Found::Usable(Position { confirmed: Lsn::parse(&confirmed)? }))
 }
 
 /// Creates the slot (pgoutput) and returns its identity. Must run in a transaction that has
@@ -279,15 +277,4 @@ pub(crate) fn here(client: &SpiClient<'_>) -> Result<(String, i32), Error> {
     let table = client.select("SELECT system_id, timeline FROM trempy.server_identity()", Some(1), &[])?;
     let row = table.first();
     Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<i32>(2)?.unwrap_or_default()))
-}
-
-/// Moves the slot's confirmed position to `lsn`: everything before it will never be decoded
-/// again. Only called once RabbitMQ has confirmed every message up to `lsn`.
-pub(crate) fn advance(client: &SpiClient<'_>, names: &TaskNames, lsn: Lsn) -> Result<(), Error> {
-    client.select(
-        "SELECT pg_catalog.pg_replication_slot_advance($1::text::name, $2::text::pg_lsn)",
-        None,
-        &[names.slot().as_str().into(), lsn.to_string().as_str().into()],
-    )?;
-    Ok(())
 }

@@ -48,6 +48,7 @@ impl Phases {
     }
 
     /// True once the full load is over (always, for a task without one).
+    #[cfg(test)]
     pub(crate) fn loaded(self) -> bool {
         !self.copies || matches!(self.work, Work::OwedSequences | Work::Stream | Work::Finish)
     }

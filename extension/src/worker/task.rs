@@ -7,9 +7,12 @@
 //! the task fails loudly (`trempy.tasks.failure`, the cause and the remedy in `last_error`) and the
 //! worker exits: a missing slot is never re-created silently, as that would skip every change
 //! between the old slot's position and the new one's. Is a table still to be copied? Copy it (see [`crate::load`]).
-//! Otherwise, is there WAL past the slot's confirmed position? If so, peek a batch, publish it,
-//! wait for RabbitMQ's confirms, and only then advance the slot. An empty batch advances the slot
-//! to the flushed WAL position, so idle or filtered databases do not pin WAL.
+//! Otherwise the worker streams: it opens the task's replication connection to this server and
+//! publishes each transaction as soon as its commit is decoded; the slot is confirmed only up
+//! to what RabbitMQ confirmed, and, idle, up to the walsender's keepalive position, so idle or
+//! filtered databases do not pin WAL (see [`crate::decoding::stream`]). The worker sleeps on its
+//! latch and the connection's socket; any error closes the stream, and the next one starts from
+//! the slot's confirmed position.
 //!
 //! Each round also takes the applier's latest report, if one came through the feedback queue,
 //! and records it in `trempy.task_progress` (the `applier_*` columns that `trempy.status()`
@@ -20,7 +23,6 @@ use std::time::Duration;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use trempy_protocol::Lsn;
-use trempy_protocol::assemble::Counts;
 use trempy_protocol::envelope::StreamId;
 use trempy_protocol::feedback::Report;
 use trempy_protocol::names::TaskNames;
@@ -28,13 +30,14 @@ use trempy_protocol::settings::TaskSettings;
 
 use super::LOCK_CLASS;
 use crate::amqp::{Broker, Publisher};
-use crate::decoding::{batch, slot};
+use crate::decoding::slot;
+use crate::decoding::stream::{self, Stream};
 use crate::error::{Error, ErrorKind, Reaction, reaction};
 use crate::gucs;
 use crate::load::{self, Next};
 use crate::outbox::{confirm, ensure_connected, send};
 use crate::sequences::Sequences;
-use crate::session::{self, in_repeatable_read_transaction, in_transaction};
+use crate::session::{self, guarded, in_repeatable_read_transaction, in_transaction};
 
 use super::phase::{Phases, Work};
 
@@ -43,8 +46,8 @@ enum Round {
     SettingsPublished,
     /// Nothing new; wait for the poll interval.
     Idle,
-    /// Published something; there may be more right away.
-    Published(Counts, Lsn),
+    /// Streaming; pump again after this long (or when the socket is readable).
+    Streaming(Duration),
     /// The task cannot go on: its slot is gone, invalidated, or from another server.
     Failed(Failure),
     /// Copied a table.
@@ -82,6 +85,16 @@ pub extern "C-unwind" fn trempy_task_main(arg: pg_sys::Datum) {
     session::set_database(&database);
     if let Err(err) = session::pin_output_settings() {
         warning!("trempy task {task_id}: could not pin the output settings: {err}");
+        return;
+    }
+    // The worker's own bookkeeping commits must never wait for a synchronous standby: with
+    // synchronous_standby_names = '*' its own walsender would be one, and it only answers once
+    // this worker has confirmed, so the commit would wait for itself.
+    if let Err(err) = in_transaction(|| {
+        Spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'local', false)")?;
+        Ok(())
+    }) {
+        warning!("trempy task {task_id}: could not set synchronous_commit: {err}");
         return;
     }
 
@@ -196,7 +209,8 @@ fn run(task: &Task, publisher: &Publisher) {
     let mut phases = Phases::new(task.settings.copies(), task.settings.streams());
     let mut recorded_report: Option<(Report, std::time::Instant)> = None;
     let mut sequences = Sequences::new();
-    while BackgroundWorker::wait_latch(Some(wait)) {
+    let mut streaming = Streaming::default();
+    while session::wait(wait, streaming.socket()) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -226,6 +240,8 @@ fn run(task: &Task, publisher: &Publisher) {
                     );
                     record_error(task, &err);
                     error_active = true;
+                    // The stream's messages may be behind the failure: start it again.
+                    streaming.close(publisher);
                     if owed {
                         wait = Duration::from_secs(1);
                         continue;
@@ -239,7 +255,8 @@ fn run(task: &Task, publisher: &Publisher) {
                 return;
             }
             Work::Settings => publish_settings(task, publisher).map(|()| Round::SettingsPublished),
-            Work::Load | Work::Stream => step(task, publisher, phases.loaded()),
+            Work::Load => step(task, publisher),
+            Work::Stream => streaming.step(task, publisher, &mut error_active),
             // (not reached: publishing them above moved on, or its failure tries again)
             Work::OwedSequences => Ok(Round::Idle),
         };
@@ -289,32 +306,15 @@ fn run(task: &Task, publisher: &Publisher) {
                 record_failure(task, &failure);
                 return;
             }
-            Ok(Round::Published(counts, lsn)) => {
+            Ok(Round::Streaming(next)) => {
                 failures = 0;
-                // Every decoding call re-reads WAL from the slot's restart_lsn (which moves only at
-                // running-transactions records, every 15 s or so): loop at once only when the
-                // batch was full and more is certainly waiting.
-                let full = counts.changes >= u64::try_from(gucs::batch_size()).unwrap_or(u64::MAX);
-                wait = if full { Duration::ZERO } else { task.poll_interval };
-                let recorded = record(
-                    task,
-                    "UPDATE trempy.task_progress
-                        SET changes_published = changes_published + $2, transactions_published = transactions_published + $3,
-                            messages_published = messages_published + $4, last_published_lsn = $5::pg_lsn,
-                            last_publish_at = now(), error_active = false
-                      WHERE task_name = $1",
-                    &[
-                        task.names.task().into(),
-                        i64::try_from(counts.changes).unwrap_or(i64::MAX).into(),
-                        i64::try_from(counts.transactions).unwrap_or(i64::MAX).into(),
-                        i64::try_from(counts.messages).unwrap_or(i64::MAX).into(),
-                        lsn.to_string().into(),
-                    ],
-                );
-                error_active = !recorded;
+                wait = next;
             }
             Err(err) => {
                 failures = failures.saturating_add(1);
+                // Whatever was handed to the AMQP thread may be behind a failure: the stream
+                // starts again from the slot's confirmed position, the copy from its start.
+                streaming.close(publisher);
                 match reaction(err.kind(), failures) {
                     Reaction::Exit => return,
                     Reaction::Restart => {
@@ -361,12 +361,8 @@ fn publish_settings(task: &Task, publisher: &Publisher) -> Result<(), Error> {
     confirm(publisher)
 }
 
-/// One round: the full load's next step while it lasts (a transaction to plan, one to copy),
-/// then CDC (one transaction).
-fn step(task: &Task, publisher: &Publisher, loaded: bool) -> Result<Round, Error> {
-    if loaded {
-        return in_transaction(|| Spi::connect_mut(|client| round(client, task, publisher)));
-    }
+/// The full load's next step (a transaction to plan, one to copy).
+fn step(task: &Task, publisher: &Publisher) -> Result<Round, Error> {
     let next = in_transaction(|| {
         Spi::connect_mut(|client| {
             if !enabled(client, task)? {
@@ -437,54 +433,126 @@ fn enabled(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<bool, Error
     Ok(!row.is_empty() && row.first().get::<bool>(1)?.unwrap_or(false))
 }
 
-/// One CDC round, inside one transaction.
-fn round(client: &mut pgrx::spi::SpiClient<'_>, task: &Task, publisher: &Publisher) -> Result<Round, Error> {
-    if !enabled(client, task)? {
-        return Ok(Round::Stop);
+/// How often the counts of a stream are recorded in `trempy.task_progress` at most: each record
+/// is a write transaction at the source (which the walsender decodes in turn).
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The worker's stream, while it streams, and what of it was recorded.
+#[derive(Default)]
+struct Streaming {
+    stream: Option<Stream>,
+    /// Counts and position of the stream recorded in `trempy.task_progress`.
+    recorded: stream::Confirmed,
+    recorded_at: Option<std::time::Instant>,
+    /// Commit LSN of the last transaction RabbitMQ confirmed in this worker: the next stream's
+    /// first transaction names it.
+    last_commit: Option<Lsn>,
+}
+
+impl Streaming {
+    fn socket(&self) -> Option<pg_sys::pgsocket> {
+        self.stream.as_ref().and_then(Stream::socket)
     }
-    let position = match check_slot(client, task)? {
-        Ok(position) => position,
-        Err(round) => return Ok(round),
-    };
-    if position.flushed <= position.confirmed {
-        return Ok(Round::Idle);
+
+    /// Closes the stream, if open (the walsender stops), and lets the AMQP thread publish again.
+    fn close(&mut self, publisher: &Publisher) {
+        if self.stream.take().is_some() {
+            publisher.rewind();
+        }
     }
-    ensure_connected(publisher)?;
-    let handoff = if task.settings.copies() {
-        load::handoff(client, task.names.task(), position.confirmed)?
-    } else {
-        trempy_protocol::handoff::Handoff::new()
-    };
-    let batch = batch::Batch {
-        names: &task.names,
-        stream: &task.stream,
-        tables: task_relids(client, task)?,
-        handoff,
-        upto: position.flushed,
-        batch_size: gucs::batch_size(),
-        max_message_bytes: gucs::max_message_bytes(),
-        for_create: task.settings.prepare().create,
-        after: last_commit_lsn(client, task)?,
-    };
-    let published = batch::publish_batch(client, batch, publisher)?;
-    match published.end_lsn {
-        Some(end) if published.counts.transactions > 0 => {
-            // Recorded with the advance: the next call's first transaction names this one.
-            if let Some(commit) = published.commit_lsn {
-                client.update(
-                    "UPDATE trempy.task_progress SET last_commit_lsn = $2::text::pg_lsn WHERE task_name = $1",
-                    None,
-                    &[task.names.task().into(), commit.to_string().as_str().into()],
-                )?;
+
+    /// Opens the stream if needed, then pumps it once and records its progress (at most every
+    /// [`PROGRESS_INTERVAL`], and only when something was published: recording writes WAL).
+    fn step(&mut self, task: &Task, publisher: &Publisher, error_active: &mut bool) -> Result<Round, Error> {
+        if self.stream.is_none() {
+            match self.open(task, publisher)? {
+                Ok(stream) => {
+                    self.stream = Some(stream);
+                    self.recorded = stream::Confirmed::default();
+                }
+                Err(round) => return Ok(round),
             }
-            slot::advance(client, &task.names, end)?;
-            Ok(Round::Published(published.counts, end))
         }
-        _ => {
-            // Nothing published committed before the flushed position: skip past it.
-            slot::advance(client, &task.names, position.flushed)?;
-            Ok(Round::Idle)
+        let Some(stream) = self.stream.as_mut() else { return Ok(Round::Idle) };
+        let pumped = match in_transaction(|| Spi::connect(|client| stream.pump(client, publisher, task.poll_interval)))
+        {
+            Ok(pumped) => pumped,
+            Err(err) => {
+                self.close(publisher);
+                return Err(err);
+            }
+        };
+        let confirmed = pumped.confirmed;
+        self.last_commit = confirmed.commit.or(self.last_commit);
+        let due = self.recorded_at.is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL);
+        let news = confirmed.counts != self.recorded.counts;
+        if due && (news || *error_active) {
+            let delta = |now: u64, then: u64| i64::try_from(now.saturating_sub(then)).unwrap_or(i64::MAX);
+            let recorded = record(
+                task,
+                "UPDATE trempy.task_progress
+                    SET changes_published = changes_published + $2, transactions_published = transactions_published + $3,
+                        messages_published = messages_published + $4,
+                        last_published_lsn = CASE WHEN $3 > 0 THEN $5::pg_lsn ELSE last_published_lsn END,
+                        last_publish_at = CASE WHEN $3 > 0 THEN now() ELSE last_publish_at END,
+                        last_commit_lsn = coalesce($6::pg_lsn, last_commit_lsn), error_active = false
+                  WHERE task_name = $1",
+                &[
+                    task.names.task().into(),
+                    delta(confirmed.counts.changes, self.recorded.counts.changes).into(),
+                    delta(confirmed.counts.transactions, self.recorded.counts.transactions).into(),
+                    delta(confirmed.counts.messages, self.recorded.counts.messages).into(),
+                    confirmed.end.to_string().into(),
+                    confirmed.commit.map(|lsn| lsn.to_string()).into(),
+                ],
+            );
+            if recorded {
+                self.recorded = confirmed;
+                self.recorded_at = Some(std::time::Instant::now());
+                *error_active = false;
+            }
         }
+        Ok(Round::Streaming(pumped.wait))
+    }
+
+    /// Reads where the stream starts and opens it. `Err` holds the round to report instead (the
+    /// task was stopped, or its slot failed or is claimed).
+    fn open(&self, task: &Task, publisher: &Publisher) -> Result<Result<Stream, Round>, Error> {
+        let start = in_transaction(|| {
+            Spi::connect(|client| {
+                if !enabled(client, task)? {
+                    return Ok(Err(Round::Stop));
+                }
+                let position = match check_slot(client, task)? {
+                    Ok(position) => position,
+                    Err(round) => return Ok(Err(round)),
+                };
+                let handoff = if task.settings.copies() {
+                    load::handoff(client, task.names.task(), position.confirmed)?
+                } else {
+                    trempy_protocol::handoff::Handoff::new()
+                };
+                let after = match self.last_commit {
+                    Some(lsn) => Some(lsn),
+                    None => last_commit_lsn(client, task)?,
+                };
+                Ok(Ok(stream::Start {
+                    confirmed: position.confirmed,
+                    tables: task_relids(client, task)?,
+                    handoff,
+                    after,
+                    for_create: task.settings.prepare().create,
+                    max_message_bytes: gucs::max_message_bytes(),
+                    conninfo: crate::decoding::stream::conninfo(client)?,
+                }))
+            })
+        })?;
+        let start = match start {
+            Ok(start) => start,
+            Err(round) => return Ok(Err(round)),
+        };
+        ensure_connected(publisher)?;
+        guarded(|| Stream::open(&task.names, &task.stream, start)).map(Ok)
     }
 }
 
