@@ -66,9 +66,10 @@ pub struct Args {
     /// One-row transactions of the `txns` backlog [default: 100000, quick 5000].
     #[arg(long, env = "BENCH_TXNS")]
     txns: Option<NonZeroU64>,
-    /// Latency writer: rows (= transactions) per second [default: 2000, quick 500].
-    #[arg(long, env = "BENCH_RATE")]
-    rate: Option<NonZeroU64>,
+    /// Latency writer: rows (= transactions) per second; the case runs once per rate given
+    /// [default: 1000 2000, quick 500].
+    #[arg(long, env = "BENCH_RATE", value_delimiter = ' ', num_args = 1..)]
+    rate: Vec<NonZeroU64>,
     /// Latency writer: seconds [default: 60, quick 10].
     #[arg(long, env = "BENCH_SECONDS")]
     seconds: Option<NonZeroU64>,
@@ -98,7 +99,7 @@ pub struct Settings {
     pub cases: Vec<Case>,
     pub rows: u64,
     pub txns: u64,
-    pub rate: u64,
+    pub rates: Vec<u64>,
     pub seconds: u64,
     pub clients: u64,
     pub rss_rows: u64,
@@ -116,7 +117,11 @@ impl From<Args> for Settings {
             quick: args.quick,
             rows: pick(args.rows, 1_000_000, 20_000),
             txns: pick(args.txns, 100_000, 5_000),
-            rate: pick(args.rate, 2_000, 500),
+            rates: if args.rate.is_empty() {
+                if args.quick { vec![500] } else { vec![1_000, 2_000] }
+            } else {
+                args.rate.iter().map(|r| r.get()).collect()
+            },
             seconds: pick(args.seconds, 60, 10),
             rss_rows: pick(args.rss_rows, 1_000_000, 100_000),
             clients: args.clients.get(),
@@ -152,13 +157,18 @@ mod tests {
     fn defaults_are_the_full_run_and_quick_shrinks_only_what_was_not_given() {
         let full = settings(&[]).unwrap();
         assert_eq!(
-            (full.rows, full.txns, full.rate, full.seconds, full.rss_rows),
-            (1_000_000, 100_000, 2_000, 60, 1_000_000)
+            (full.rows, full.txns, full.rates.clone(), full.seconds, full.rss_rows),
+            (1_000_000, 100_000, vec![1_000, 2_000], 60, 1_000_000)
         );
         assert_eq!(full.cases, [Case::Batch, Case::Txns, Case::Load, Case::Latency, Case::Rss]);
         assert_eq!(full.sync_commit, SyncCommit::Off);
         let quick = settings(&["--quick", "--rows", "777"]).unwrap();
-        assert_eq!((quick.rows, quick.txns, quick.rate, quick.seconds, quick.rss_rows), (777, 5_000, 500, 10, 100_000));
+        assert_eq!(
+            (quick.rows, quick.txns, quick.rates.clone(), quick.seconds, quick.rss_rows),
+            (777, 5_000, vec![500], 10, 100_000)
+        );
+        assert_eq!(settings(&["--rate", "1000 2000"]).unwrap().rates, [1_000, 2_000]);
+        assert_eq!(settings(&["--rate", "300"]).unwrap().rates, [300]);
     }
 
     #[test]

@@ -25,6 +25,16 @@ pub fn ticks_since(before: &[(Pid, u64)]) -> Option<u64> {
     (!spent.is_empty()).then(|| spent.iter().sum())
 }
 
+/// Bytes a process read through read-type system calls so far (`rchar` of `/proc/<pid>/io`,
+/// page-cache hits included): for a walsender, mostly the WAL it decoded.
+pub fn read_chars(pid: Pid) -> Option<u64> {
+    parse_io_field(&std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?, "rchar")
+}
+
+fn parse_io_field(io: &str, field: &str) -> Option<u64> {
+    io.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')?.trim().parse().ok())
+}
+
 /// Whether a process exists and is not a zombie (an exited child stays one until reaped).
 pub fn running(pid: Pid) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -165,5 +175,14 @@ mod tests {
         assert!(cpu_ticks(std::process::id()).is_some());
         assert!(status_kb(std::process::id(), "VmHWM").is_some());
         assert!(!running(u32::MAX));
+    }
+
+    #[test]
+    fn io_fields_are_read_by_name() {
+        let io = "rchar: 123456\nwchar: 42\nsyscr: 7\nread_bytes: 0\n";
+        assert_eq!(parse_io_field(io, "rchar"), Some(123_456));
+        assert_eq!(parse_io_field(io, "wchar"), Some(42));
+        assert_eq!(parse_io_field(io, "cancelled_write_bytes"), None);
+        assert_eq!(parse_io_field("rchar: x\n", "rchar"), None);
     }
 }

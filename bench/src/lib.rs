@@ -121,7 +121,11 @@ async fn measure(settings: Settings) {
             Case::Batch => cases::catch_up::run(&mut run, "batch", settings.rows, 1000).await,
             Case::Txns => cases::catch_up::run(&mut run, "txns", settings.txns, 1).await,
             Case::Load => cases::load::run(&mut run, settings.rows).await,
-            Case::Latency => cases::latency::run(&mut run).await,
+            Case::Latency => {
+                for rate in run.settings.rates.clone() {
+                    cases::latency::run(&mut run, rate).await;
+                }
+            }
             Case::Rss => cases::rss::run(&mut run).await,
         }
     }

@@ -19,13 +19,15 @@ pub enum Unit {
     CpuSPerMillion,
     #[serde(rename = "MiB")]
     Mib,
+    #[serde(rename = "MiB_per_1m")]
+    MibPerMillion,
 }
 
 impl Unit {
     fn decimals(self) -> i32 {
         match self {
             Self::RowsPerS => 0,
-            Self::Ms | Self::Mib => 1,
+            Self::Ms | Self::Mib | Self::MibPerMillion => 1,
             Self::CpuSPerMillion => 2,
         }
     }
@@ -43,6 +45,7 @@ impl Unit {
             Self::Ms => format!("{number} ms"),
             Self::CpuSPerMillion => format!("{number} CPU s/1M"),
             Self::Mib => format!("{number} MiB"),
+            Self::MibPerMillion => format!("{number} MiB/1M"),
         }
     }
 }

@@ -81,6 +81,23 @@ pub async fn worker_pid(stack: &Stack, task: &str) -> Option<Pid> {
     stack::pid(&stack.source, &sql).await
 }
 
+/// The walsender streaming the task's slot to its worker.
+pub async fn walsender_pid(stack: &Stack, task: &str) -> Option<Pid> {
+    let sql = format!("SELECT pid FROM pg_stat_replication WHERE application_name = 'trempy_{task}' LIMIT 1");
+    stack::pid(&stack.source, &sql).await
+}
+
+/// The task's walsender, once the worker has opened its stream (up to 30 s).
+pub async fn wait_walsender(stack: &Stack, task: &str) -> Option<Pid> {
+    for _ in 0..150 {
+        if let Some(pid) = walsender_pid(stack, task).await {
+            return Some(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
 /// Waits until the task's counters show `rows` changes and `txns` transactions published.
 pub async fn wait_published(stack: &Stack, task: &str, rows: u64, txns: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;

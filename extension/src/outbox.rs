@@ -36,20 +36,20 @@ pub(crate) fn ensure_connected(publisher: &Publisher) -> Result<(), Error> {
     await_reply(publisher.connect())
 }
 
+/// The error for a failure the AMQP thread reported.
+pub(crate) fn publish_failure(reason: String) -> Error {
+    let kind =
+        if reason.starts_with(crate::amqp::OVERSIZE_MARK) { ErrorKind::MessageTooLarge } else { ErrorKind::Publish };
+    Error::new(kind, reason)
+}
+
 /// Waits for the AMQP thread's answer, giving up on shutdown.
 fn await_reply(reply: Option<std::sync::mpsc::Receiver<Result<(), String>>>) -> Result<(), Error> {
     let reply = reply.ok_or_else(|| Error::new(ErrorKind::PublisherGone, "the AMQP thread has stopped"))?;
     loop {
         match reply.recv_timeout(Duration::from_millis(100)) {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(reason)) => {
-                let kind = if reason.starts_with(crate::amqp::OVERSIZE_MARK) {
-                    ErrorKind::MessageTooLarge
-                } else {
-                    ErrorKind::Publish
-                };
-                return Err(Error::new(kind, reason));
-            }
+            Ok(Err(reason)) => return Err(publish_failure(reason)),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if shutdown_requested() {
                     return Err(Error::new(ErrorKind::Shutdown, "shutdown requested while waiting for RabbitMQ"));

@@ -226,6 +226,20 @@ async fn drop_task_removes_only_its_own_slot_and_publication() {
     drop_task(&source, &b).await;
 }
 
+/// A counter of the task's row in `trempy.status()`.
+async fn status_count(client: &tokio_postgres::Client, task: &str, column: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT {column} FROM trempy.status() WHERE task_name = $1"), &[&task])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// How far the source has flushed WAL, as a byte position.
+async fn flushed_wal(client: &tokio_postgres::Client) -> i64 {
+    client.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint", &[]).await.unwrap().get(0)
+}
+
 /// The slot's confirmed_flush_lsn and restart_lsn, as byte positions.
 async fn slot_position(client: &tokio_postgres::Client, slot: &str) -> (i64, i64) {
     let row = client
@@ -253,11 +267,7 @@ async fn idle_slot_advances_when_only_other_tables_change() {
         .batch_execute(&format!("INSERT INTO {other} SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g"))
         .await
         .unwrap();
-    let wal_after_writes: i64 = source
-        .query_one("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let wal_after_writes = flushed_wal(&source).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let now = slot_position(&source, &slot).await;
@@ -271,11 +281,7 @@ async fn idle_slot_advances_when_only_other_tables_change() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let published_changes: i64 = source
-        .query_one("SELECT changes_published FROM trempy.status() WHERE task_name = $1", &[&task])
-        .await
-        .unwrap()
-        .get(0);
+    let published_changes = status_count(&source, &task, "changes_published").await;
     assert_eq!(published_changes, 0, "changes of an unpublished table were published");
     drop_task(&source, &task).await;
 }
@@ -298,11 +304,7 @@ async fn idle_slot_advances_when_only_another_database_writes() {
         .batch_execute(&format!("INSERT INTO {scratch} SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g"))
         .await
         .unwrap();
-    let wal_after_writes: i64 = source
-        .query_one("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let wal_after_writes = flushed_wal(&source).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let (confirmed, restart) = slot_position(&source, &slot).await;
@@ -317,11 +319,7 @@ async fn idle_slot_advances_when_only_another_database_writes() {
         elsewhere.batch_execute(&format!("INSERT INTO {scratch} VALUES (0, 'tick'); CHECKPOINT")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let published_changes: i64 = source
-        .query_one("SELECT changes_published FROM trempy.status() WHERE task_name = $1", &[&task])
-        .await
-        .unwrap()
-        .get(0);
+    let published_changes = status_count(&source, &task, "changes_published").await;
     assert_eq!(published_changes, 0, "changes of another database were published");
     elsewhere.batch_execute(&format!("DROP TABLE {scratch}")).await.unwrap();
     drop_task(&source, &task).await;
@@ -369,6 +367,35 @@ async fn terminated_walsender_is_replaced_and_the_target_converges() {
         .unwrap()
         .get(0);
     assert!(active.is_some_and(|pid| !terminated.contains(&pid)), "no new walsender streams the slot: {active:?}");
+    drop_task(&source, &task).await;
+}
+
+/// A streaming task decodes its slot through one replication connection, so PostgreSQL logs
+/// "starting logical decoding" once for it, not at every round (the SQL interface it used before
+/// logged two lines per round: the peek's and the advance's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_logs_one_decoding_start_not_one_per_round() {
+    let task = unique("quietlog");
+    let t = format!("public.{task}");
+    create_table_both(&format!("CREATE TABLE {t} (id int PRIMARY KEY)")).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task)]).await;
+    for i in 0..20 {
+        source.batch_execute(&format!("INSERT INTO {t} VALUES ({i})")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let published = status_count(&source, &task, "transactions_published").await;
+        if published >= 20 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {published} of 20 transactions published");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(format!("{}/source.log", env("TREMPY_STACK_DIR"))).unwrap();
+    let starts = log.matches(&format!("starting logical decoding for slot \"trempy_{task}\"")).count();
+    assert_eq!(starts, 1, "decoding of the task's slot started {starts} times for 20 transactions");
     drop_task(&source, &task).await;
 }
 

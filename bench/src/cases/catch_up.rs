@@ -41,6 +41,11 @@ struct TrempyCatchUp {
     progress: String,
     worker_s: Option<f64>,
     worker_changed: bool,
+    /// CPU seconds of the walsender that decoded for the worker.
+    walsender_s: Option<f64>,
+    /// Bytes that walsender read (WAL, mostly), and the WAL the backlog wrote.
+    walsender_read: Option<u64>,
+    backlog_wal: Option<u64>,
     beam_s: Option<f64>,
     beam_publish_s: Option<f64>,
     applier_s: Option<f64>,
@@ -57,7 +62,8 @@ pub async fn run(run: &mut Run<'_>, name: &str, rows: u64, per_txn: u64) {
     let ticks = Ticks { hz: run.clk_tck };
 
     let (t, want) = trempy_catch_up(run, name, rows, per_txn, txns, &ticks).await;
-    let (native_s, native_build_s, ws_s, aw_s, nm_s) = native_catch_up(run, name, rows, per_txn, &want, &ticks).await;
+    let (native_s, native_build_s, ws_s, aw_s, nm_s, ws_read) =
+        native_catch_up(run, name, rows, per_txn, &want, &ticks).await;
     let (e2e_s, e2e_build_s) = trempy_end_to_end(run, name, rows, per_txn, &want).await;
     let (native_e2e_s, native_e2e_build_s) = native_end_to_end(run, name, rows, per_txn, &want).await;
 
@@ -100,6 +106,30 @@ pub async fn run(run: &mut Run<'_>, name: &str, rows: u64, per_txn: u64) {
         &cpu("CPU: task worker (decode+publish)", t.worker_s)
             .anchor("native walsender", per_million(ws_s, rows))
             .extra(json!({"trempy_cpu_s": t.worker_s, "anchor_cpu_s": ws_s, "worker_pid_changed": t.worker_changed})),
+    );
+    run.figure(
+        &cpu("CPU: the task's walsender (decoding)", t.walsender_s)
+            .anchor("native walsender", per_million(ws_s, rows))
+            .extra(json!({"trempy_cpu_s": t.walsender_s, "anchor_cpu_s": ws_s})),
+    );
+    let decode_cpu = sum(&[t.worker_s, t.walsender_s]);
+    run.figure(
+        &cpu("CPU: task worker + its walsender", decode_cpu)
+            .anchor("native walsender", per_million(ws_s, rows))
+            .extra(json!({"trempy_cpu_s": decode_cpu, "anchor_cpu_s": ws_s})),
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let mib_per_million = |bytes: Option<u64>| {
+        bytes
+            .filter(|_| rows > 0)
+            .map(|b| Unit::MibPerMillion.round(b as f64 / 1_048_576.0 * 1_000_000.0 / rows as f64))
+    };
+    run.figure(
+        &Figure::new(&label, "WAL read by decoding", Unit::MibPerMillion, mib_per_million(t.walsender_read))
+            .anchor("native walsender", mib_per_million(ws_read))
+            .extra(common.clone())
+            .extra(json!({"trempy_read_bytes": t.walsender_read, "anchor_read_bytes": ws_read,
+                          "backlog_wal_bytes": t.backlog_wal, "backlog_wal_mib_per_1m": mib_per_million(t.backlog_wal)})),
     );
     run.figure(
         &cpu("CPU: RabbitMQ beam.smp", t.beam_s)
@@ -147,8 +177,20 @@ pub async fn run(run: &mut Run<'_>, name: &str, rows: u64, per_txn: u64) {
         t.build_s, t.publish_s, t.startup_s, t.drain_s
     ));
     run.detail(format!(
-        "{label}: during decode+publish the slot's restart_lsn moved {}, its confirmed_flush_lsn {} (every decoding call starts at restart_lsn)",
+        "{label}: during decode+publish the slot's restart_lsn moved {}, its confirmed_flush_lsn {}",
         t.slot_moves.0, t.slot_moves.1
+    ));
+    let mib = |b: Option<u64>| {
+        #[allow(clippy::cast_precision_loss)]
+        b.map_or_else(|| "n/a".to_owned(), |b| format!("{:.1} MiB", b as f64 / 1_048_576.0))
+    };
+    run.detail(format!(
+        "{label}: the backlog wrote {} of WAL; the task's walsender read {} (its CPU {} s), the native walsender {} (its CPU {} s)",
+        mib(t.backlog_wal),
+        mib(t.walsender_read),
+        t.walsender_s.map_or_else(|| "n/a".to_owned(), |s| format!("{s:.2}")),
+        mib(ws_read),
+        ws_s.map_or_else(|| "n/a".to_owned(), |s| format!("{s:.2}"))
     ));
     #[allow(clippy::cast_precision_loss)]
     let per_message = ratio(Some(rows as f64), u64::try_from(t.messages).ok().map(|m| m as f64))
@@ -183,9 +225,12 @@ async fn trempy_catch_up(
     trempy_side::create_cdc_task(stack, &task).await;
     trempy_side::stop_task(stack, &task).await;
     run.say(&format!("[{name}] TREMpy: building the backlog (task stopped, slot kept)"));
+    let wal_position = "SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint";
+    let wal_before = stack::int(&stack.source, wal_position).await;
     let t0 = Instant::now();
     table::build_backlog(stack, rows, per_txn, run.settings.sync_commit).await;
     let build_s = t0.elapsed().as_secs_f64();
+    let backlog_wal = u64::try_from(stack::int(&stack.source, wal_position).await - wal_before).ok();
     let want = table::checksum(&stack.source).await;
     run.say(&format!("[{name}] TREMpy: backlog built in {build_s:.3}s; start_task, waiting for decode+publish"));
     let slot = format!("trempy_{task}");
@@ -206,6 +251,10 @@ async fn trempy_catch_up(
     let worker = trempy_side::worker_pid(stack, &task).await;
     trempy_side::wait_published(stack, &task, rows, txns, run.timeout()).await;
     let publish_s = t0.elapsed().as_secs_f64();
+    // start_task opened a new stream: its walsender's whole CPU time and reads are this catch-up's
+    let walsender = trempy_side::walsender_pid(stack, &task).await;
+    let walsender_s = ticks.seconds(walsender.and_then(host::cpu_ticks), Some(0));
+    let walsender_read = walsender.and_then(host::read_chars);
     let w1 = worker.and_then(host::cpu_ticks);
     let bp = beam.and_then(host::cpu_ticks);
     let m1 = host::machine_busy();
@@ -274,6 +323,9 @@ async fn trempy_catch_up(
             progress,
             worker_s: ticks.seconds(w2.or(w1), Some(0)),
             worker_changed,
+            walsender_s,
+            walsender_read,
+            backlog_wal,
             beam_s: sum(&[busy(bp, b0), busy(b2, b1)]),
             beam_publish_s: busy(bp, b0),
             applier_s: ticks.seconds(a_cpu, Some(0)),
@@ -286,8 +338,8 @@ async fn trempy_catch_up(
 }
 
 /// The backlog behind a disabled subscription; ENABLE; until the target has it all. Returns the
-/// catch-up and build seconds and the CPU seconds of the walsender, the apply worker and the
-/// machine.
+/// catch-up and build seconds, the CPU seconds of the walsender, the apply worker and the
+/// machine, and the bytes the walsender read.
 async fn native_catch_up(
     run: &mut Run<'_>,
     name: &str,
@@ -295,7 +347,7 @@ async fn native_catch_up(
     per_txn: u64,
     want: &(i64, String),
     ticks: &Ticks,
-) -> (f64, f64, Option<f64>, Option<f64>, Option<f64>) {
+) -> (f64, f64, Option<f64>, Option<f64>, Option<f64>, Option<u64>) {
     let stack = run.stack;
     let sub = format!("bench_sub_{name}");
     table::recreate(stack).await;
@@ -314,11 +366,12 @@ async fn native_catch_up(
     let ws: Option<Pid> = native::walsender_pid(stack, &sub).await;
     let aw: Option<Pid> = native::apply_worker_pid(stack, &sub).await;
     let ws_s = ticks.seconds(ws.and_then(host::cpu_ticks), Some(0));
+    let ws_read = ws.and_then(host::read_chars);
     let aw_s = ticks.seconds(aw.and_then(host::cpu_ticks), Some(0));
     let nm_s = ticks.seconds(host::machine_busy(), nm0);
     run.say(&format!("[{name}] native: caught up in {native_s:.3}s"));
     native::drop_subscription(stack, &sub).await;
-    (native_s, build_s, ws_s, aw_s, nm_s)
+    (native_s, build_s, ws_s, aw_s, nm_s, ws_read)
 }
 
 /// Task and applier running while the backlog is written: from the first insert to the target

@@ -35,7 +35,7 @@ use super::connection::{Connection, Received};
 use super::describe::describe;
 use crate::amqp::Publisher;
 use crate::error::{Error, ErrorKind};
-use crate::outbox::send;
+use crate::outbox::{publish_failure, send};
 
 /// How long one [`Stream::pump`] reads before it lets the worker do its housekeeping.
 const PUMP_BUDGET: Duration = Duration::from_millis(50);
@@ -92,6 +92,8 @@ pub(crate) struct Pumped {
     pub(crate) confirmed: Confirmed,
     /// How long the worker may wait (on its latch and [`Stream::socket`]) before pumping again.
     pub(crate) wait: Duration,
+    /// Nothing is in flight: everything received was published and confirmed.
+    pub(crate) idle: bool,
 }
 
 /// An open stream; see the module documentation.
@@ -149,12 +151,12 @@ impl Stream {
     /// Reads what the walsender sent (for at most [`PUMP_BUDGET`]), publishes it, collects the
     /// AMQP thread's answers and reports the confirmed position. Runs inside a transaction:
     /// a Relation message is described with SPI. With nothing in flight, the worker waits up to
-    /// `idle` for the socket (its housekeeping interval).
+    /// `idle_wait` for the socket (its housekeeping interval).
     pub(crate) fn pump(
         &mut self,
         client: &SpiClient<'_>,
         publisher: &Publisher,
-        idle: Duration,
+        idle_wait: Duration,
     ) -> Result<Pumped, Error> {
         let deadline = Instant::now() + PUMP_BUDGET;
         let mut more = false;
@@ -206,6 +208,7 @@ impl Stream {
             self.request(publisher)?;
         }
         self.report()?;
+        let idle = !more && !self.open && !self.unrequested && self.tickets.is_empty();
         let wait = if more {
             Duration::ZERO
         } else if self.unrequested && !self.open {
@@ -214,9 +217,9 @@ impl Stream {
         } else if !self.tickets.is_empty() {
             Duration::from_millis(10)
         } else {
-            idle
+            idle_wait
         };
-        Ok(Pumped { confirmed: self.confirmed, wait })
+        Ok(Pumped { confirmed: self.confirmed, wait, idle })
     }
 
     fn hand_over(&mut self, publisher: &Publisher, body: Vec<u8>) -> Result<(), Error> {
@@ -252,14 +255,7 @@ impl Stream {
                     self.confirmed.counts = counts;
                     self.confirmed.commit = commit.or(self.confirmed.commit);
                 }
-                Ok(Err(reason)) => {
-                    let kind = if reason.starts_with(crate::amqp::OVERSIZE_MARK) {
-                        ErrorKind::MessageTooLarge
-                    } else {
-                        ErrorKind::Publish
-                    };
-                    return Err(Error::new(kind, reason));
-                }
+                Ok(Err(reason)) => return Err(publish_failure(reason)),
                 Err(TryRecvError::Empty) => return Ok(()),
                 Err(TryRecvError::Disconnected) => {
                     return Err(Error::new(ErrorKind::PublisherGone, "the AMQP thread has stopped"));

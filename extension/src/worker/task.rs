@@ -433,9 +433,13 @@ fn enabled(client: &pgrx::spi::SpiClient<'_>, task: &Task) -> Result<bool, Error
     Ok(!row.is_empty() && row.first().get::<bool>(1)?.unwrap_or(false))
 }
 
-/// How often the counts of a stream are recorded in `trempy.task_progress` at most: each record
-/// is a write transaction at the source (which the walsender decodes in turn).
+/// How often the counts of a busy stream are recorded in `trempy.task_progress`: each record is
+/// a write transaction at the source (which the walsender decodes in turn).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often at most the counts are recorded once the stream has nothing in flight, so that
+/// `trempy.status()` shows a caught-up task promptly.
+const PROGRESS_INTERVAL_IDLE: Duration = Duration::from_millis(100);
 
 /// The worker's stream, while it streams, and what of it was recorded.
 #[derive(Default)]
@@ -462,7 +466,8 @@ impl Streaming {
     }
 
     /// Opens the stream if needed, then pumps it once and records its progress (at most every
-    /// [`PROGRESS_INTERVAL`], and only when something was published: recording writes WAL).
+    /// [`PROGRESS_INTERVAL`], or [`PROGRESS_INTERVAL_IDLE`] once nothing is in flight, and only
+    /// when something was published: recording writes WAL).
     fn step(&mut self, task: &Task, publisher: &Publisher, error_active: &mut bool) -> Result<Round, Error> {
         if self.stream.is_none() {
             match self.open(task, publisher)? {
@@ -484,7 +489,8 @@ impl Streaming {
         };
         let confirmed = pumped.confirmed;
         self.last_commit = confirmed.commit.or(self.last_commit);
-        let due = self.recorded_at.is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL);
+        let interval = if pumped.idle { PROGRESS_INTERVAL_IDLE } else { PROGRESS_INTERVAL };
+        let due = self.recorded_at.is_none_or(|at| at.elapsed() >= interval);
         let news = confirmed.counts != self.recorded.counts;
         if due && (news || *error_active) {
             let delta = |now: u64, then: u64| i64::try_from(now.saturating_sub(then)).unwrap_or(i64::MAX);
