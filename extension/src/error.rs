@@ -57,6 +57,12 @@ impl Error {
     pub(crate) fn kind(&self) -> ErrorKind {
         self.kind
     }
+
+    /// The same error, of another kind (once the caller knows better where it came from).
+    pub(crate) fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
 }
 
 impl fmt::Display for Error {

@@ -342,32 +342,36 @@ async fn terminated_walsender_is_replaced_and_the_target_converges() {
     let writer = Writer::start(move |i| {
         format!("INSERT INTO {table} VALUES ({}, 0) ON CONFLICT (id) DO UPDATE SET n = {table}.n + 1", i % 500)
     });
-    let mut terminated = Vec::new();
-    for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let row = source
-            .query_one(
-                "SELECT active_pid, pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL
-                 UNION ALL SELECT NULL, false LIMIT 1",
-                &[&slot],
-            )
-            .await
-            .unwrap();
-        if let Some(pid) = row.get::<_, Option<i32>>(0) {
-            terminated.push(pid);
-        }
+    // Five times: wait for the worker's (new) walsender, let changes flow, terminate it.
+    let mut terminated: Vec<i32> = Vec::new();
+    for _ in 0..5 {
+        let pid = new_walsender(&source, &slot, &terminated).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        source.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+        terminated.push(pid);
     }
     let committed = writer.stop().await;
     assert!(committed > 0, "the writer committed nothing");
-    assert!(terminated.len() >= 3, "the task's walsender was not there to terminate most of the time: {terminated:?}");
     wait_converged(&[(&t, "id")], CONVERGE).await;
-    let active: Option<i32> = source
-        .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(active.is_some_and(|pid| !terminated.contains(&pid)), "no new walsender streams the slot: {active:?}");
+    new_walsender(&source, &slot, &terminated).await;
     drop_task(&source, &task).await;
+}
+
+/// Waits (up to 60 s) for a walsender streaming the slot that is none of `terminated`.
+async fn new_walsender(source: &tokio_postgres::Client, slot: &str, terminated: &[i32]) -> i32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let active: Option<i32> = source
+            .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .unwrap()
+            .and_then(|row| row.get(0));
+        if let Some(pid) = active.filter(|pid| !terminated.contains(pid)) {
+            return pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "no walsender streams the slot again after {terminated:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A streaming task decodes its slot through one replication connection, so PostgreSQL logs

@@ -52,10 +52,18 @@ async fn slot_count(source: &Client, task: &str) -> i64 {
         .get(0)
 }
 
-/// Drops the task's slot as a DBA would, retrying while the worker is in a decoding call.
+/// Drops the task's slot as a DBA would: a streaming task's walsender holds it, so terminate that
+/// first (as for any slot in use), then drop it before the worker connects again.
 async fn drop_slot_by_hand(source: &Client, task: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
+        source
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'trempy_' || $1 AND active_pid IS NOT NULL",
+                &[&task],
+            )
+            .await
+            .unwrap();
         match source.execute("SELECT pg_drop_replication_slot('trempy_' || $1)", &[&task]).await {
             Ok(_) => return,
             Err(err) => {

@@ -24,6 +24,8 @@ pub(crate) struct Connection {
     conn: *mut pg_sys::WalReceiverConn,
     functions: pg_sys::WalReceiverFunctionsType,
     socket: pg_sys::pgsocket,
+    /// Set while a call into libpqwalreceiver runs: still set after it raised an ERROR.
+    in_call: bool,
 }
 
 /// What [`Connection::receive`] found.
@@ -115,7 +117,7 @@ impl Connection {
                 reason.trim()
             )));
         }
-        let mut connection = Self { conn, functions, socket: -1 };
+        let mut connection = Self { conn, functions, socket: -1, in_call: false };
         // SAFETY: a live connection; an ERROR inside becomes a panic, and `connection`'s Drop
         // closes it.
         let result =
@@ -149,8 +151,10 @@ impl Connection {
         let mut buffer: *mut std::ffi::c_char = std::ptr::null_mut();
         let mut socket: pg_sys::pgsocket = -1;
         let conn = self.conn;
+        self.in_call = true;
         // SAFETY: main thread, live connection; an ERROR inside becomes a panic.
         let len = unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| receive(conn, &mut buffer, &mut socket)) };
+        self.in_call = false;
         self.socket = socket;
         match len {
             0 => Ok(Received::WouldBlock),
@@ -172,9 +176,17 @@ impl Connection {
         let send = self.functions.walrcv_send.ok_or_else(|| replication_error("no walrcv_send"))?;
         let len = i32::try_from(bytes.len()).map_err(|_| replication_error("message too long"))?;
         let conn = self.conn;
+        self.in_call = true;
         // SAFETY: main thread, live connection, `len` readable bytes; an ERROR becomes a panic.
         unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| send(conn, bytes.as_ptr().cast(), len)) };
+        self.in_call = false;
         Ok(())
+    }
+
+    /// Whether a call into the connection raised the ERROR being handled (the call never
+    /// returned).
+    pub(crate) fn failed(&self) -> bool {
+        self.in_call
     }
 
     /// The socket to wait on after [`Received::WouldBlock`].

@@ -143,6 +143,11 @@ impl Stream {
         })
     }
 
+    /// Whether the error that ended the last pump came from the replication connection.
+    pub(crate) fn failed_in_connection(&self) -> bool {
+        self.connection.failed()
+    }
+
     /// The socket to wait on between pumps.
     pub(crate) fn socket(&self) -> Option<pgrx::pg_sys::pgsocket> {
         self.connection.socket()
@@ -162,8 +167,12 @@ impl Stream {
         let mut more = false;
         loop {
             self.collect()?;
-            let Received::Data(buf) = self.connection.receive()? else {
-                break;
+            let buf = match self.connection.receive()? {
+                Received::Data(buf) => buf,
+                Received::WouldBlock => break,
+                Received::Ended => {
+                    return Err(Error::new(ErrorKind::Replication, "the walsender ended the replication stream"));
+                }
             };
             // The message borrows the connection's buffer: copy what outlives it first.
             match replication::parse(buf)? {

@@ -451,6 +451,8 @@ struct Streaming {
     /// Commit LSN of the last transaction RabbitMQ confirmed in this worker: the next stream's
     /// first transaction names it.
     last_commit: Option<Lsn>,
+    /// When the task was last seen enabled (`stop_task` only clears the flag).
+    checked_at: Option<std::time::Instant>,
 }
 
 impl Streaming {
@@ -458,11 +460,12 @@ impl Streaming {
         self.stream.as_ref().and_then(Stream::socket)
     }
 
-    /// Closes the stream, if open (the walsender stops), and lets the AMQP thread publish again.
+    /// After an error: closes the stream, if open (the walsender stops), and lets the AMQP
+    /// thread publish again (a publish failure is sticky until then, whoever published: the
+    /// settings, a copy, the sequences or the stream all start again from a confirmed point).
     fn close(&mut self, publisher: &Publisher) {
-        if self.stream.take().is_some() {
-            publisher.rewind();
-        }
+        self.stream = None;
+        publisher.rewind();
     }
 
     /// Opens the stream if needed, then pumps it once and records its progress (at most every
@@ -479,14 +482,37 @@ impl Streaming {
             }
         }
         let Some(stream) = self.stream.as_mut() else { return Ok(Round::Idle) };
-        let pumped = match in_transaction(|| Spi::connect(|client| stream.pump(client, publisher, task.poll_interval)))
-        {
-            Ok(pumped) => pumped,
+        // Whether the task is still enabled, at the housekeeping interval (a catalog read).
+        let check = self.checked_at.is_none_or(|at| at.elapsed() >= task.poll_interval);
+        let pumped = in_transaction(|| {
+            Spi::connect(|client| {
+                if check && !enabled(client, task)? {
+                    return Ok(None);
+                }
+                stream.pump(client, publisher, task.poll_interval).map(Some)
+            })
+        });
+        let pumped = match pumped {
+            Ok(Some(pumped)) => pumped,
+            Ok(None) => {
+                self.close(publisher);
+                return Ok(Round::Stop);
+            }
             Err(err) => {
+                // An ERROR raised by the replication connection (the walsender ended, the
+                // connection broke) is opened again soon; others follow their own kind.
+                let err = if self.stream.as_ref().is_some_and(Stream::failed_in_connection) {
+                    err.with_kind(crate::error::ErrorKind::Replication)
+                } else {
+                    err
+                };
                 self.close(publisher);
                 return Err(err);
             }
         };
+        if check {
+            self.checked_at = Some(std::time::Instant::now());
+        }
         let confirmed = pumped.confirmed;
         self.last_commit = confirmed.commit.or(self.last_commit);
         let interval = if pumped.idle { PROGRESS_INTERVAL_IDLE } else { PROGRESS_INTERVAL };
