@@ -66,23 +66,12 @@ pub(crate) fn pin_output_settings() -> Result<(), Error> {
 /// process).
 pub(crate) fn wait(timeout: std::time::Duration, socket: Option<pg_sys::pgsocket>) -> bool {
     let ms = libc::c_long::try_from(timeout.as_millis()).unwrap_or(libc::c_long::MAX);
-    let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
+    let events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
+    // WaitLatch is WaitLatchOrSocket without a socket (PGINVALID_SOCKET, -1).
+    let (events, fd) = socket.map_or((events, -1), |fd| (events | pg_sys::WL_SOCKET_READABLE, fd));
     // SAFETY: main thread of a background worker; MyLatch is its own latch.
     unsafe {
-        match socket {
-            Some(fd) => {
-                pg_sys::WaitLatchOrSocket(
-                    pg_sys::MyLatch,
-                    events | pg_sys::WL_SOCKET_READABLE as i32,
-                    fd,
-                    ms,
-                    pg_sys::PG_WAIT_EXTENSION,
-                );
-            }
-            None => {
-                pg_sys::WaitLatch(pg_sys::MyLatch, events, ms, pg_sys::PG_WAIT_EXTENSION);
-            }
-        }
+        pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events as i32, fd, ms, pg_sys::PG_WAIT_EXTENSION);
         pg_sys::ResetLatch(pg_sys::MyLatch);
         pg_sys::check_for_interrupts!();
     }

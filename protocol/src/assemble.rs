@@ -117,6 +117,11 @@ impl Assembler {
             || (!self.handoff.is_empty() && self.open.as_ref().is_some_and(|open| self.handoff.skips(rel, open.xid)))
     }
 
+    /// Whether a transaction is open: its BEGIN was fed, its COMMIT not yet.
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// End LSN of the last complete transaction seen: where the slot may advance once everything
     /// produced so far is confirmed.
     pub fn last_end_lsn(&self) -> Option<Lsn> {
@@ -346,6 +351,18 @@ mod tests {
             out.push(Envelope::parse(&body).unwrap());
         }
         (out, a)
+    }
+
+    #[test]
+    fn a_transaction_is_open_from_its_begin_to_its_commit() {
+        let mut a = Assembler::new(&StreamId::new("t", "i", 1), 1 << 20);
+        assert!(!a.in_transaction());
+        for (message, open_after) in
+            [(Message::Relation(rel_msg(2)), false), (begin(1), true), (insert("x"), true), (commit(1), false)]
+        {
+            a.push::<Error>(message, &mut describe).unwrap();
+            assert_eq!(a.in_transaction(), open_after);
+        }
     }
 
     #[test]

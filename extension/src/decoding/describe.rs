@@ -16,10 +16,11 @@ use crate::error::{Error, ErrorKind};
 /// is read from the catalog instead.
 pub(crate) fn describe(
     client: &SpiClient<'_>,
-    types: &mut HashMap<(u32, i32), String>,
     relation: &pgoutput::Relation<'_>,
     for_create: bool,
 ) -> Result<Relation, Error> {
+    // format_type once per distinct type of the relation
+    let mut types: HashMap<(u32, i32), String> = HashMap::new();
     let primary_key: Option<Vec<String>> = if relation.replica_identity == b'f' {
         let table = client.select(
             "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)

@@ -17,7 +17,7 @@
 //! * **Memory.** A transaction of any size goes out in chunks as it is decoded; the socket's
 //!   backpressure holds the walsender while the AMQP thread is busy.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -79,7 +79,7 @@ struct Ticket {
 pub(crate) struct Confirmed {
     /// Since the stream was opened.
     pub(crate) counts: Counts,
-    /// End LSN up to which the slot may be confirmed.
+    /// End of the last transaction RabbitMQ confirmed (or the slot's position at the start).
     pub(crate) end: Lsn,
     /// Commit LSN of the last transaction confirmed, if any.
     pub(crate) commit: Option<Lsn>,
@@ -105,8 +105,6 @@ pub(crate) struct Stream {
     tickets: VecDeque<Ticket>,
     confirmed: Confirmed,
     for_create: bool,
-    /// A transaction is being received (BEGIN seen, COMMIT not yet).
-    open: bool,
     /// Complete transactions received since the last flush request.
     unrequested: bool,
     /// Highest WAL position received (the status update's write position).
@@ -133,7 +131,6 @@ impl Stream {
             tickets: VecDeque::new(),
             confirmed: Confirmed { counts: Counts::default(), end: start.confirmed, commit: start.after },
             for_create: start.for_create,
-            open: false,
             unrequested: false,
             written: start.confirmed,
             reply_requested: false,
@@ -180,21 +177,15 @@ impl Stream {
                     self.written = self.written.max(wal_start);
                     let message = pgoutput::parse(data)?;
                     let commit_end = match &message {
-                        Message::Begin(_) => {
-                            self.open = true;
-                            None
-                        }
                         Message::Commit(commit) => Some(commit.end_lsn),
                         _ => None,
                     };
                     let for_create = self.for_create;
-                    let mut describe =
-                        |relation: &pgoutput::Relation<'_>| describe(client, &mut HashMap::new(), relation, for_create);
+                    let mut describe = |relation: &pgoutput::Relation<'_>| describe(client, relation, for_create);
                     if let Some(body) = self.assembler.push(message, &mut describe)? {
                         self.hand_over(publisher, body)?;
                     }
                     if let Some(end) = commit_end {
-                        self.open = false;
                         self.unrequested = true;
                         self.confirmations.received(end);
                     }
@@ -209,18 +200,19 @@ impl Stream {
                 break;
             }
         }
+        let open = self.assembler.in_transaction();
         // Between transactions, with the AMQP thread idle: what was received goes now.
-        if !self.open && self.unrequested && self.tickets.is_empty() {
+        if !open && self.unrequested && self.tickets.is_empty() {
             if let Some(body) = self.assembler.finish()? {
                 self.hand_over(publisher, body)?;
             }
             self.request(publisher)?;
         }
         self.report()?;
-        let idle = !more && !self.open && !self.unrequested && self.tickets.is_empty();
+        let idle = !more && !open && !self.unrequested && self.tickets.is_empty();
         let wait = if more {
             Duration::ZERO
-        } else if self.unrequested && !self.open {
+        } else if self.unrequested && !open {
             // packed transactions wait for the AMQP thread: look again soon
             Duration::from_millis(1)
         } else if !self.tickets.is_empty() {
@@ -228,7 +220,8 @@ impl Stream {
         } else {
             idle_wait
         };
-        Ok(Pumped { confirmed: self.confirmed, wait, idle })
+        let confirmed = Confirmed { end: self.confirmations.confirmed(), ..self.confirmed };
+        Ok(Pumped { confirmed, wait, idle })
     }
 
     fn hand_over(&mut self, publisher: &Publisher, body: Vec<u8>) -> Result<(), Error> {
@@ -258,9 +251,7 @@ impl Stream {
                 Ok(Ok(())) => {
                     let (counts, commit) = (ticket.counts, ticket.commit);
                     self.tickets.pop_front();
-                    if let Some(end) = self.confirmations.answered() {
-                        self.confirmed.end = self.confirmed.end.max(end);
-                    }
+                    self.confirmations.answered();
                     self.confirmed.counts = counts;
                     self.confirmed.commit = commit.or(self.confirmed.commit);
                 }
@@ -281,7 +272,7 @@ impl Stream {
         if !due && self.last_status.elapsed() < STATUS_MIN_INTERVAL {
             return Ok(());
         }
-        let pending = self.open || self.unrequested;
+        let pending = self.assembler.in_transaction() || self.unrequested;
         let Some(flush) = self.confirmations.report(pending, due) else {
             return Ok(());
         };

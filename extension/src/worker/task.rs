@@ -477,6 +477,8 @@ impl Streaming {
                 Ok(stream) => {
                     self.stream = Some(stream);
                     self.recorded = stream::Confirmed::default();
+                    // opening just read the enabled flag
+                    self.checked_at = Some(std::time::Instant::now());
                 }
                 Err(round) => return Ok(round),
             }
@@ -575,7 +577,7 @@ impl Streaming {
                     after,
                     for_create: task.settings.prepare().create,
                     max_message_bytes: gucs::max_message_bytes(),
-                    conninfo: crate::decoding::stream::conninfo(client)?,
+                    conninfo: stream::conninfo(client)?,
                 }))
             })
         })?;
