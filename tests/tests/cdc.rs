@@ -357,6 +357,73 @@ async fn terminated_walsender_is_replaced_and_the_target_converges() {
     drop_task(&source, &task).await;
 }
 
+/// A replication connection that cannot be opened (here a conninfo naming no server; in
+/// production a `pg_hba.conf` without a matching line, or `max_wal_senders` used up) keeps the
+/// task retrying with the cause and the remedy in `trempy.status()`, publishing nothing; once it
+/// is fixed the task resumes and the target converges, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_replication_connection_retries_loudly_and_resumes_once_fixed() {
+    let task = unique("noconn");
+    let t = format!("public.{task}");
+    create_table_both(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)")).await;
+    let source = source().await;
+    create_task(&source, &task, &[("public", &task)]).await;
+    let _applier = Applier::start(&task);
+    // Point the worker at no server (one statement per call: ALTER SYSTEM refuses a transaction
+    // block), then end its current stream: the next one cannot be opened. The guard puts the
+    // setting back even if an assertion fails, so that later tests are not left without streams.
+    let reset = ResetConninfo;
+    source
+        .batch_execute("ALTER SYSTEM SET trempy.replication_conninfo = 'host=/nonexistent-trempy-socket-dir port=1'")
+        .await
+        .unwrap();
+    source.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let slot = format!("trempy_{task}");
+    let walsender = new_walsender(&source, &slot, &[]).await;
+    source.execute("SELECT pg_terminate_backend($1)", &[&walsender]).await.unwrap();
+    source
+        .batch_execute(&format!("INSERT INTO {t} SELECT g, 'while unreachable' FROM generate_series(1, 50) g"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let last_error = loop {
+        let text = status_text(&source, &task, "last_error").await.unwrap_or_default();
+        if text.contains("could not open the replication connection") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no error about the replication connection: {text:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let state = state(&source, &task).await;
+    let published = status_count(&source, &task, "changes_published").await;
+    drop(reset);
+    assert!(
+        last_error.contains("pg_hba.conf")
+            && last_error.contains("max_wal_senders")
+            && last_error.contains("trempy.replication_conninfo"),
+        "the error names the cause and the remedy: {last_error}"
+    );
+    assert_eq!(state.as_deref(), Some("retrying"));
+    assert_eq!(published, 0, "changes were published without a stream");
+    source.batch_execute(&format!("INSERT INTO {t} VALUES (51, 'after the fix')")).await.unwrap();
+    let fp = wait_converged(&[(&t, "id")], CONVERGE).await;
+    assert_eq!(fp[0].0, 51);
+    drop_task(&source, &task).await;
+}
+
+/// Resets `trempy.replication_conninfo` at the source when dropped.
+struct ResetConninfo;
+
+impl Drop for ResetConninfo {
+    fn drop(&mut self) {
+        let reset = "ALTER SYSTEM RESET trempy.replication_conninfo";
+        let reset = trempy_e2e::stack::psql_as_postgres(Cluster::Source, reset)
+            && trempy_e2e::stack::psql_as_postgres(Cluster::Source, "SELECT pg_reload_conf()");
+        assert!(reset || std::thread::panicking(), "could not reset trempy.replication_conninfo");
+    }
+}
+
 /// Waits (up to 60 s) for a walsender streaming the slot that is none of `terminated`.
 async fn new_walsender(source: &tokio_postgres::Client, slot: &str, terminated: &[i32]) -> i32 {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
